@@ -1,1 +1,40 @@
-//! placeholder
+//! Latchkey's Proxy-Wasm filter for MCP traffic in Envoy.
+//!
+//! Everything except [`wasm`] is plain, host-independent Rust and is unit
+//! tested natively. Data flows one way:
+//!
+//! * [`config`]: the plugin configuration (JSON) and its defaults.
+//! * [`mcp`]: parse → classify one MCP JSON-RPC message from headers and body.
+//! * [`check`]: context → build the `envoy.service.auth.v3` `CheckRequest`.
+//! * [`decision`]: decide → read the `CheckResponse` into header edits or a
+//!   local reply.
+//! * [`flow`]: the per-request state machine that strings these together and
+//!   tells the host what to do ([`flow::Action`]).
+//! * [`jsonrpc`]: JSON-RPC error bodies and codes used by every local reply.
+//! * `wasm` (wasm32 only): apply → the thin proxy-wasm glue.
+//!
+//! The authorization service reuses [`mcp::classify`], [`mcp::McpMessage`]
+//! and [`jsonrpc::error_body`] from the rlib.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
+pub mod check;
+pub mod config;
+pub mod decision;
+pub mod flow;
+mod json;
+pub mod jsonrpc;
+pub mod mcp;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -1,0 +1,285 @@
+//! Who is calling: verification of the organisation's OIDC/JWT bearer tokens
+//! against the issuer's JWKS (fetched once, cached, re-fetched on an unknown
+//! `kid` at most every few seconds), with `iss`, `aud`, `exp` and `nbf` checks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::IdentityProvider;
+
+/// The minimum time between two JWKS fetches triggered by unknown `kid`s, so a
+/// flood of forged tokens cannot turn into a flood of requests to the IdP.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthnError {
+    #[error("no bearer token: send `Authorization: Bearer <token>` from your identity provider")]
+    Missing,
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token is signed with key '{0}', which the identity provider does not publish")]
+    UnknownKey(String),
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    #[error("the token has expired; get a new one from your identity provider")]
+    Expired,
+    #[error("the token is not valid yet (nbf in the future)")]
+    NotYetValid,
+    #[error("the token is for another audience; request one for {expected}")]
+    WrongAudience { expected: String },
+    #[error("the token was issued by another issuer; expected {expected}")]
+    WrongIssuer { expected: String },
+    #[error("the token lacks the '{0}' claim")]
+    MissingClaim(&'static str),
+    #[error("the token uses an algorithm this gateway does not accept")]
+    BadAlgorithm,
+    #[error("the identity provider's signing keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl AuthnError {
+    /// Whether the client can fix this by getting a (new) token, as opposed
+    /// to a gateway-side failure.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, AuthnError::KeysUnavailable(_))
+    }
+
+    /// RFC 6750 error code for `WWW-Authenticate`.
+    pub fn bearer_error(&self) -> Option<&'static str> {
+        match self {
+            AuthnError::Missing => None,
+            AuthnError::KeysUnavailable(_) => None,
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// The caller, as established from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    /// The OAuth client the token was issued to (`client_id`, else `azp`).
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    client_id: Option<String>,
+    azp: Option<String>,
+}
+
+/// Verifies inbound tokens for one issuer.
+pub struct TokenVerifier {
+    issuer: String,
+    jwks_uri: RwLock<Option<String>>,
+    leeway: u64,
+    http: reqwest::Client,
+    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    /// Held while fetching, so concurrent misses share one fetch.
+    fetch: Mutex<Option<Instant>>,
+}
+
+impl TokenVerifier {
+    pub fn new(idp: &IdentityProvider) -> Self {
+        Self {
+            issuer: idp.issuer.clone(),
+            jwks_uri: RwLock::new(idp.jwks_uri.clone()),
+            leeway: idp.leeway_secs,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: RwLock::new(HashMap::new()),
+            fetch: Mutex::new(None),
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub async fn has_keys(&self) -> bool {
+        !self.keys.read().await.is_empty()
+    }
+
+    /// Fetches the JWKS now (at start-up and on unknown `kid`).
+    pub async fn refresh(&self) -> Result<usize, AuthnError> {
+        let mut last = self.fetch.lock().await;
+        let uri = self.jwks_uri().await?;
+        let set: JwkSet = self
+            .http
+            .get(&uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| AuthnError::KeysUnavailable(format!("GET {uri}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| AuthnError::KeysUnavailable(format!("JWKS at {uri} is not valid: {e}")))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            if let (Some(kid), Some((key, alg))) = (jwk.common.key_id.clone(), decoding_key(jwk)) {
+                keys.insert(kid, (key, alg));
+            }
+        }
+        let n = keys.len();
+        *self.keys.write().await = keys;
+        *last = Some(Instant::now());
+        Ok(n)
+    }
+
+    async fn jwks_uri(&self) -> Result<String, AuthnError> {
+        if let Some(uri) = self.jwks_uri.read().await.clone() {
+            return Ok(uri);
+        }
+        #[derive(Deserialize)]
+        struct Discovery {
+            jwks_uri: String,
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let d: Discovery = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| AuthnError::KeysUnavailable(format!("GET {url}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| AuthnError::KeysUnavailable(format!("discovery at {url}: {e}")))?;
+        *self.jwks_uri.write().await = Some(d.jwks_uri.clone());
+        Ok(d.jwks_uri)
+    }
+
+    async fn key_for(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthnError> {
+        if let Some(k) = self.keys.read().await.get(kid) {
+            return Ok(k.clone());
+        }
+        let recently = self
+            .fetch
+            .lock()
+            .await
+            .is_some_and(|t| t.elapsed() < REFETCH_INTERVAL);
+        if !recently || !self.has_keys().await {
+            self.refresh().await?;
+        }
+        self.keys
+            .read()
+            .await
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthnError::UnknownKey(kid.to_string()))
+    }
+
+    /// Verifies `token` for a gateway whose public URL is `audience`.
+    pub async fn verify(&self, token: &str, audience: &str) -> Result<Caller, AuthnError> {
+        let header = decode_header(token).map_err(|_| AuthnError::Malformed)?;
+        let kid = header.kid.ok_or(AuthnError::MissingClaim("kid"))?;
+        let (key, alg) = self.key_for(&kid).await?;
+        if header.alg != alg {
+            return Err(AuthnError::BadAlgorithm);
+        }
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<Claims>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthnError::Expired,
+                K::ImmatureSignature => AuthnError::NotYetValid,
+                K::InvalidAudience => AuthnError::WrongAudience {
+                    expected: audience.to_string(),
+                },
+                K::InvalidIssuer => AuthnError::WrongIssuer {
+                    expected: self.issuer.clone(),
+                },
+                K::InvalidSignature => AuthnError::BadSignature,
+                K::MissingRequiredClaim(c) => AuthnError::MissingClaim(match c.as_str() {
+                    "exp" => "exp",
+                    "iss" => "iss",
+                    "aud" => "aud",
+                    _ => "sub",
+                }),
+                K::InvalidAlgorithm | K::InvalidAlgorithmName => AuthnError::BadAlgorithm,
+                _ => AuthnError::Malformed,
+            }
+        })?;
+        let subject = data
+            .claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("sub"))?;
+        Ok(Caller {
+            subject,
+            client_id: data.claims.client_id.or(data.claims.azp),
+        })
+    }
+}
+
+fn decoding_key(jwk: &Jwk) -> Option<(DecodingKey, Algorithm)> {
+    use jsonwebtoken::jwk::{AlgorithmParameters as P, KeyAlgorithm as KA};
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    let alg = match jwk.common.key_algorithm {
+        Some(KA::RS256) => Algorithm::RS256,
+        Some(KA::RS384) => Algorithm::RS384,
+        Some(KA::RS512) => Algorithm::RS512,
+        Some(KA::PS256) => Algorithm::PS256,
+        Some(KA::PS384) => Algorithm::PS384,
+        Some(KA::PS512) => Algorithm::PS512,
+        Some(KA::ES256) => Algorithm::ES256,
+        Some(KA::ES384) => Algorithm::ES384,
+        Some(KA::EdDSA) => Algorithm::EdDSA,
+        Some(_) => return None,
+        // No `alg` on the key: infer the common default for its type.
+        None => match &jwk.algorithm {
+            P::RSA(_) => Algorithm::RS256,
+            P::EllipticCurve(_) => Algorithm::ES256,
+            P::OctetKeyPair(_) => Algorithm::EdDSA,
+            P::OctetKey(_) => return None,
+        },
+    };
+    Some((key, alg))
+}
+
+/// The token from an `Authorization: Bearer` header value.
+pub fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthnError> {
+    let value = authorization.ok_or(AuthnError::Missing)?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Ok("abc"));
+        assert_eq!(bearer_token(None), Err(AuthnError::Missing));
+        assert_eq!(bearer_token(Some("Basic abc")), Err(AuthnError::Malformed));
+        assert_eq!(bearer_token(Some("Bearer ")), Err(AuthnError::Malformed));
+    }
+
+    #[test]
+    fn only_missing_token_has_no_bearer_error_code() {
+        assert_eq!(AuthnError::Missing.bearer_error(), None);
+        assert_eq!(AuthnError::Expired.bearer_error(), Some("invalid_token"));
+        assert!(!AuthnError::KeysUnavailable("x".into()).is_client_error());
+    }
+}

@@ -1,0 +1,465 @@
+//! The service configuration file (TOML): where to listen, Redis, master keys,
+//! the inbound identity provider, upstream MCP servers and the gateways that
+//! publish them. Loading validates cross references so a mistake is reported
+//! with the name that is wrong, before anything starts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not consistent: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    pub vault: VaultConfig,
+    pub identity_provider: IdentityProvider,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub gateways: Vec<Gateway>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// gRPC `envoy.service.auth.v3.Authorization`.
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// HTTP side: protected resource metadata, health.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9191))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8181))
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    /// Prefix of every key Latchkey writes, so one Redis can hold several deployments.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_key_prefix() -> String {
+    "latchkey".into()
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+/// Where master keys come from. They are never stored in Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// A file with one `key-id:base64(32 bytes)` per line.
+    pub key_file: Option<PathBuf>,
+    /// Or an environment variable with the same lines, separated by newlines or commas.
+    pub key_env: Option<String>,
+    /// Key id used for new ciphertexts; defaults to the last key listed.
+    pub active_key: Option<String>,
+    /// How long a decrypted credential stays in this process's memory.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_cache_ttl() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProvider {
+    /// Expected `iss` of inbound tokens.
+    pub issuer: String,
+    /// JWKS location; discovered from `<issuer>/.well-known/openid-configuration` when absent.
+    pub jwks_uri: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: String,
+    /// The upstream MCP endpoint (Streamable HTTP).
+    pub url: Url,
+    #[serde(default)]
+    pub auth: ServerAuth,
+}
+
+/// How an upstream server expects its credential.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerAuth {
+    /// The upstream takes no credential; the client's is still removed.
+    #[default]
+    None,
+    /// A header carrying the identity's secret, e.g. `authorization: Bearer <secret>`.
+    StaticHeader {
+        #[serde(default = "default_auth_header")]
+        header: String,
+        #[serde(default)]
+        prefix: String,
+    },
+}
+
+fn default_auth_header() -> String {
+    "authorization".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub name: String,
+    /// Public base URL; also the `aud` inbound tokens must carry. Each
+    /// assignment is published at `<public_url>/<assignment name>`.
+    pub public_url: Url,
+    /// Other `Host` values that reach this gateway (e.g. a mesh-internal name).
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawAssignment")]
+pub struct Assignment {
+    pub name: String,
+    pub server: String,
+    pub scheme: IdentityScheme,
+}
+
+/// Whose credential is injected for an assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityScheme {
+    /// Each person brings their own identity for the server.
+    PerUser,
+    /// One global identity (typically a service account) used by everyone.
+    Shared { identity: String },
+}
+
+/// An assignment as written: `scheme = "shared"` needs `identity`,
+/// `scheme = "per_user"` must not have one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssignment {
+    name: String,
+    server: String,
+    scheme: SchemeName,
+    identity: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SchemeName {
+    PerUser,
+    Shared,
+}
+
+impl TryFrom<RawAssignment> for Assignment {
+    type Error = String;
+
+    fn try_from(raw: RawAssignment) -> Result<Self, String> {
+        let scheme = match (raw.scheme, raw.identity) {
+            (SchemeName::Shared, Some(identity)) if !identity.is_empty() => {
+                IdentityScheme::Shared { identity }
+            }
+            (SchemeName::Shared, _) => {
+                return Err(format!(
+                    "assignment '{}': scheme \"shared\" needs `identity = \"<global identity id>\"`",
+                    raw.name
+                ));
+            }
+            (SchemeName::PerUser, None) => IdentityScheme::PerUser,
+            (SchemeName::PerUser, Some(_)) => {
+                return Err(format!(
+                    "assignment '{}': scheme \"per_user\" takes each user's own identity; remove `identity`",
+                    raw.name
+                ));
+            }
+        };
+        Ok(Assignment {
+            name: raw.name,
+            server: raw.server,
+            scheme,
+        })
+    }
+}
+
+impl Gateway {
+    /// Path prefix under which this gateway's assignments are published, without trailing `/`.
+    pub fn base_path(&self) -> &str {
+        self.public_url.path().trim_end_matches('/')
+    }
+
+    /// The `host[:port]` clients use to reach the gateway.
+    pub fn authority(&self) -> String {
+        authority_of(&self.public_url)
+    }
+
+    /// Public path of one assignment.
+    pub fn assignment_path(&self, assignment: &Assignment) -> String {
+        format!("{}/{}", self.base_path(), assignment.name)
+    }
+
+    /// RFC 9728 metadata URL for this gateway: the well-known prefix inserted
+    /// before the resource's path.
+    pub fn resource_metadata_url(&self) -> String {
+        let mut origin = self.public_url.clone();
+        origin.set_path("");
+        origin.set_query(None);
+        format!(
+            "{}/.well-known/oauth-protected-resource{}",
+            origin.as_str().trim_end_matches('/'),
+            self.base_path()
+        )
+    }
+}
+
+pub fn authority_of(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.vault.key_file.is_none() && self.vault.key_env.is_none() {
+            return invalid(
+                "[vault] needs key_file or key_env: master keys never live in Redis".into(),
+            );
+        }
+        let mut names = HashSet::new();
+        for s in &self.servers {
+            if !names.insert(s.name.as_str()) {
+                return invalid(format!("server '{}' is declared twice", s.name));
+            }
+            if let ServerAuth::StaticHeader { header, .. } = &s.auth
+                && http_header_name_invalid(header)
+            {
+                return invalid(format!(
+                    "server '{}': '{header}' is not a valid HTTP header name",
+                    s.name
+                ));
+            }
+        }
+        let mut gateways = HashSet::new();
+        for g in &self.gateways {
+            if !gateways.insert(g.name.as_str()) {
+                return invalid(format!("gateway '{}' is declared twice", g.name));
+            }
+            if g.public_url.host_str().is_none() {
+                return invalid(format!("gateway '{}': public_url has no host", g.name));
+            }
+            let mut assignments = HashSet::new();
+            for a in &g.assignments {
+                if a.name.is_empty() || a.name.contains('/') {
+                    return invalid(format!(
+                        "gateway '{}': assignment name '{}' must be one non-empty path segment",
+                        g.name, a.name
+                    ));
+                }
+                if !assignments.insert(a.name.as_str()) {
+                    return invalid(format!(
+                        "gateway '{}': assignment '{}' is declared twice",
+                        g.name, a.name
+                    ));
+                }
+                if self.server(&a.server).is_none() {
+                    return invalid(format!(
+                        "gateway '{}', assignment '{}': unknown server '{}' (declare it under [[servers]])",
+                        g.name, a.name, a.server
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn http_header_name_invalid(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[vault]
+key_env = "LATCHKEY_MASTER_KEYS"
+
+[identity_provider]
+issuer = "http://127.0.0.1:8080"
+
+[[servers]]
+name = "everything"
+url = "http://127.0.0.1:3001/mcp"
+auth = { type = "static_header", header = "authorization", prefix = "Bearer " }
+
+[[gateways]]
+name = "local"
+public_url = "http://127.0.0.1:10000/mcp"
+
+[[gateways.assignments]]
+name = "everything"
+server = "everything"
+scheme = "shared"
+identity = "everything-sa"
+
+[[gateways.assignments]]
+name = "everything-mine"
+server = "everything"
+scheme = "per_user"
+"#;
+
+    #[test]
+    fn parses_sample_with_defaults() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.listen.grpc.port(), 9191);
+        assert_eq!(c.listen.http.port(), 8181);
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        let g = &c.gateways[0];
+        assert_eq!(g.base_path(), "/mcp");
+        assert_eq!(g.authority(), "127.0.0.1:10000");
+        assert_eq!(g.assignment_path(&g.assignments[0]), "/mcp/everything");
+        assert_eq!(
+            g.resource_metadata_url(),
+            "http://127.0.0.1:10000/.well-known/oauth-protected-resource/mcp"
+        );
+        assert_eq!(
+            g.assignments[0].scheme,
+            IdentityScheme::Shared {
+                identity: "everything-sa".into()
+            }
+        );
+        assert_eq!(g.assignments[1].scheme, IdentityScheme::PerUser);
+    }
+
+    #[test]
+    fn unknown_server_is_named() {
+        let text = SAMPLE.replace(
+            "server = \"everything\"\nscheme = \"per_user\"",
+            "server = \"nope\"\nscheme = \"per_user\"",
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown server 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn missing_master_keys_is_refused() {
+        let text = SAMPLE.replace("key_env = \"LATCHKEY_MASTER_KEYS\"", "cache_ttl_secs = 5");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("key_file or key_env"), "{err}");
+    }
+
+    #[test]
+    fn typo_in_field_is_refused_with_its_name() {
+        let text = SAMPLE
+            .replace("leeway_secs", "x")
+            .replace("issuer =", "isuer =");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("isuer"), "{err}");
+    }
+
+    #[test]
+    fn scheme_and_identity_must_agree() {
+        let text = SAMPLE.replace("identity = \"everything-sa\"\n", "");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("needs `identity"), "{err}");
+        let text = SAMPLE.replace(
+            "scheme = \"per_user\"",
+            "scheme = \"per_user\"\nidentity = \"x\"",
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("remove `identity`"), "{err}");
+    }
+
+    #[test]
+    fn bad_header_name_is_refused() {
+        let text = SAMPLE.replace("header = \"authorization\"", "header = \"bad header\"");
+        assert!(Config::parse(&text).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! What one Check is about, read out of an Envoy `CheckRequest`: the HTTP
+//! request, the peer, and the MCP message. The MCP context comes from the
+//! Latchkey filter's `latchkey.mcp` metadata or, behind Envoy's native
+//! ext_authz filter, from the request body it forwards.
+
+use latchkey_filter::mcp::McpMessage;
+use latchkey_proto::auth::CheckRequest;
+
+/// Everything the decision needs, independent of how it arrived.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    /// The mTLS peer's URI SAN (SPIFFE ID), when the connection had one.
+    pub peer_principal: Option<String>,
+    pub mcp: Option<McpMessage>,
+}
+
+/// A request the service cannot judge because it is malformed; answered
+/// with 400 and a JSON-RPC error, never forwarded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub http_status: u16,
+    pub jsonrpc_code: i64,
+    pub message: String,
+    pub id: Option<serde_json::Value>,
+}
+
+impl RequestContext {
+    pub fn from_check(req: &CheckRequest) -> Result<Self, BadRequest> {
+        let attrs = req.attributes.clone().unwrap_or_default();
+        let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
+        let header = |name: &str| {
+            http.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let host = if http.host.is_empty() {
+            header(":authority")
+                .or_else(|| header("host"))
+                .unwrap_or_default()
+        } else {
+            http.host.clone()
+        };
+        let peer_principal = attrs.source.map(|s| s.principal).filter(|p| !p.is_empty());
+        let from_filter = attrs
+            .metadata_context
+            .as_ref()
+            .and_then(|m| {
+                m.filter_metadata
+                    .get(latchkey_proto::MCP_METADATA_NAMESPACE)
+            })
+            .and_then(McpMessage::from_metadata);
+        let mcp = match from_filter {
+            Some(m) => Some(m),
+            None => crate::native::mcp_from_http(&http)?,
+        };
+        Ok(Self {
+            request_id: http.id.clone(),
+            method: http.method.clone(),
+            authorization: header("authorization"),
+            host,
+            path: http.path.clone(),
+            peer_principal,
+            mcp,
+        })
+    }
+}

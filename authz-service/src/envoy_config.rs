@@ -1,0 +1,261 @@
+//! Renders an Envoy bootstrap from the Latchkey config: one listener, a route
+//! per server assignment to its upstream cluster, the Latchkey Wasm filter
+//! (or Envoy's native ext_authz filter) in front of the router, and clusters
+//! for the authorization service and every upstream. The local stack, the
+//! end-to-end tests and the benchmarks all run bootstraps rendered here, so
+//! there is one place that knows how Latchkey is wired into Envoy.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use url::Url;
+
+use crate::config::Config;
+
+/// How Envoy asks Latchkey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthzMode {
+    /// The Latchkey Wasm filter (MCP-aware, calls Check itself).
+    Wasm,
+    /// Envoy's built-in `envoy.filters.http.ext_authz`, body forwarded to Check.
+    Native,
+    /// No authorization at all: a baseline for benchmarks only.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub mode: AuthzMode,
+    /// Path of `latchkey_filter.wasm` as Envoy will see it.
+    pub wasm_path: String,
+    pub max_body_bytes: u64,
+    pub authz_timeout_ms: u64,
+}
+
+pub fn render(config: &Config, opts: &RenderOptions) -> String {
+    let mut y = String::new();
+    let authz = loopback_if_unspecified(config.listen.grpc);
+    let http = loopback_if_unspecified(config.listen.http);
+    // Envoy buffers the whole request body for the Check: leave room above
+    // the filter's own limit so the filter, not Envoy, answers an oversize body.
+    let buffer_limit = opts.max_body_bytes.saturating_mul(2).max(1 << 20);
+
+    let _ = writeln!(
+        y,
+        "# Rendered by `latchkey envoy render`; edit the Latchkey config and render again."
+    );
+    let _ = writeln!(
+        y,
+        "admin:\n  address:\n    socket_address: {{ address: {}, port_value: {} }}",
+        opts.admin.ip(),
+        opts.admin.port()
+    );
+    let _ = writeln!(y, "static_resources:\n  listeners:\n  - name: mcp");
+    let _ = writeln!(
+        y,
+        "    address:\n      socket_address: {{ address: {}, port_value: {} }}",
+        opts.listen.ip(),
+        opts.listen.port()
+    );
+    let _ = writeln!(y, "    per_connection_buffer_limit_bytes: {buffer_limit}");
+    let _ = writeln!(
+        y,
+        "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:"
+    );
+    let _ = writeln!(
+        y,
+        "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    let _ = writeln!(y, "          stat_prefix: mcp\n          codec_type: AUTO");
+    let _ = writeln!(
+        y,
+        "          # SSE streams stay open: no overall request timeout, a long idle timeout."
+    );
+    let _ = writeln!(
+        y,
+        "          request_timeout: 0s\n          stream_idle_timeout: 3600s"
+    );
+    let _ = writeln!(
+        y,
+        "          route_config:\n            name: mcp\n            virtual_hosts:"
+    );
+    for g in &config.gateways {
+        let mut domains = vec![g.authority()];
+        if let Some(h) = g.public_url.host_str()
+            && !domains.iter().any(|d| d == h)
+        {
+            domains.push(h.to_string());
+        }
+        domains.extend(g.extra_hosts.iter().cloned());
+        let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+        let _ = writeln!(
+            y,
+            "            - name: gateway_{}\n              domains: [{}]\n              routes:",
+            g.name,
+            domains.join(", ")
+        );
+        let _ = writeln!(
+            y,
+            "              - match: {{ prefix: \"/.well-known/oauth-protected-resource\" }}\n                route: {{ cluster: latchkey_http }}"
+        );
+        if opts.mode != AuthzMode::None {
+            let _ = writeln!(
+                y,
+                "                typed_per_filter_config:\n                  latchkey:\n                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    disabled: true"
+            );
+        }
+        for a in &g.assignments {
+            let Some(server) = config.server(&a.server) else {
+                continue;
+            };
+            let upstream_path = match server.url.path() {
+                "" => "/",
+                p => p,
+            };
+            let _ = writeln!(
+                y,
+                "              - match: {{ path: \"{}\" }}",
+                g.assignment_path(a)
+            );
+            let _ = writeln!(
+                y,
+                "                route:\n                  cluster: server_{}\n                  prefix_rewrite: \"{upstream_path}\"\n                  timeout: 0s\n                  idle_timeout: 3600s",
+                server.name
+            );
+            if let Some(host) = host_header(&server.url) {
+                let _ = writeln!(y, "                  host_rewrite_literal: \"{host}\"");
+            }
+        }
+    }
+    let _ = writeln!(y, "          http_filters:");
+    match opts.mode {
+        AuthzMode::Wasm => {
+            let plugin = serde_json::json!({
+                "authz_cluster": "latchkey_authz",
+                "authz_authority": "latchkey-authz",
+                "authz_timeout_ms": opts.authz_timeout_ms,
+                "max_body_bytes": opts.max_body_bytes,
+            });
+            let _ = writeln!(
+                y,
+                "          - name: latchkey\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: latchkey\n                root_id: latchkey"
+            );
+            let _ = writeln!(
+                y,
+                "                # Lets the filter hold headers while it reads the body, and still change them afterwards."
+            );
+            let _ = writeln!(
+                y,
+                "                allow_on_headers_stop_iteration: true\n                fail_open: false"
+            );
+            let _ = writeln!(
+                y,
+                "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: '{plugin}'"
+            );
+            let _ = writeln!(
+                y,
+                "                vm_config:\n                  runtime: envoy.wasm.runtime.v8\n                  code:\n                    local:\n                      filename: \"{}\"",
+                opts.wasm_path
+            );
+        }
+        AuthzMode::Native => {
+            let _ = writeln!(
+                y,
+                "          - name: latchkey\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n              transport_api_version: V3"
+            );
+            let _ = writeln!(
+                y,
+                "              grpc_service:\n                envoy_grpc: {{ cluster_name: latchkey_authz, authority: latchkey-authz }}\n                timeout: {}s",
+                opts.authz_timeout_ms as f64 / 1000.0
+            );
+            let _ = writeln!(
+                y,
+                "              failure_mode_allow: false\n              status_on_error: {{ code: ServiceUnavailable }}"
+            );
+            let _ = writeln!(
+                y,
+                "              with_request_body: {{ max_request_bytes: {}, allow_partial_message: false, pack_as_bytes: true }}",
+                opts.max_body_bytes
+            );
+        }
+        AuthzMode::None => {}
+    }
+    let _ = writeln!(
+        y,
+        "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    );
+    let _ = writeln!(y, "  clusters:");
+    cluster(
+        &mut y,
+        "latchkey_authz",
+        &authz.ip().to_string(),
+        authz.port(),
+        true,
+        false,
+    );
+    cluster(
+        &mut y,
+        "latchkey_http",
+        &http.ip().to_string(),
+        http.port(),
+        false,
+        false,
+    );
+    for s in &config.servers {
+        let host = s.url.host_str().unwrap_or("127.0.0.1");
+        let tls = s.url.scheme() == "https";
+        let port = s.url.port_or_known_default().unwrap_or(80);
+        cluster(
+            &mut y,
+            &format!("server_{}", s.name),
+            host,
+            port,
+            false,
+            tls,
+        );
+    }
+    y
+}
+
+fn cluster(y: &mut String, name: &str, host: &str, port: u16, http2: bool, tls: bool) {
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let _ = writeln!(
+        y,
+        "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s"
+    );
+    let _ = writeln!(
+        y,
+        "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", port_value: {port} }}"
+    );
+    if http2 {
+        let _ = writeln!(
+            y,
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{}}"
+        );
+    }
+    if tls {
+        let _ = writeln!(
+            y,
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: \"{host}\""
+        );
+    }
+}
+
+/// The `Host` an upstream expects, when it differs from what clients sent.
+fn host_header(url: &Url) -> Option<String> {
+    Some(crate::config::authority_of(url)).filter(|h| !h.is_empty())
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}

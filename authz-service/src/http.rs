@@ -1,0 +1,87 @@
+//! The HTTP side of `latchkey serve`: RFC 9728 protected resource metadata for
+//! each gateway (so an MCP client without a token learns where to get one),
+//! and liveness/readiness probes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::config::Gateway;
+use crate::state::AppState;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/oauth-protected-resource", get(metadata_root))
+        .route(
+            "/.well-known/oauth-protected-resource/{*resource}",
+            get(metadata),
+        )
+        .with_state(state)
+}
+
+/// Ready when Redis answers and the identity provider's keys are loaded:
+/// without either, every Check would fail closed.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = state.vault.ping().await {
+        problems.push(e.to_string());
+    }
+    if !state.verifier.has_keys().await
+        && let Err(e) = state.verifier.refresh().await
+    {
+        problems.push(e.to_string());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
+    }
+}
+
+async fn metadata_root(State(state): State<Arc<AppState>>) -> Response {
+    match state.config.gateways.as_slice() {
+        [only] => Json(resource_metadata(only, state.verifier.issuer())).into_response(),
+        _ => not_found("/"),
+    }
+}
+
+/// `resource` is the gateway path, or an assignment path under it (clients
+/// try the path of the endpoint they were given first).
+async fn metadata(State(state): State<Arc<AppState>>, Path(resource): Path<String>) -> Response {
+    let requested = format!("/{}", resource.trim_end_matches('/'));
+    let gateway = state.config.gateways.iter().find(|g| {
+        let base = g.base_path();
+        requested == base || requested.starts_with(&format!("{base}/"))
+    });
+    match gateway {
+        Some(g) => Json(resource_metadata(g, state.verifier.issuer())).into_response(),
+        None => not_found(&requested),
+    }
+}
+
+fn resource_metadata(g: &Gateway, issuer: &str) -> serde_json::Value {
+    json!({
+        "resource": g.public_url.as_str().trim_end_matches('/'),
+        "authorization_servers": [issuer],
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Latchkey gateway {}", g.name),
+    })
+}
+
+fn not_found(path: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({
+            "error": "not_found",
+            "error_description": format!("no gateway is published at {path}"),
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,78 @@
+//! The MCP context when Envoy's native ext_authz filter is in front instead of
+//! the Latchkey filter: the message is classified from the forwarded headers
+//! and body (`with_request_body`) with the same code the filter runs.
+
+use latchkey_filter::mcp::{self, McpMessage};
+use latchkey_proto::auth::attribute_context::HttpRequest;
+
+use crate::context::BadRequest;
+
+pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadRequest> {
+    if http.method.is_empty() {
+        return Ok(None);
+    }
+    let mut headers: Vec<(String, String)> = http
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if mcp::header(&headers, ":method").is_none() {
+        headers.push((":method".into(), http.method.clone()));
+    }
+    let body = if http.raw_body.is_empty() {
+        http.body.as_bytes()
+    } else {
+        http.raw_body.as_slice()
+    };
+    mcp::classify(&headers, body)
+        .map(Some)
+        .map_err(|e| BadRequest {
+            http_status: e.http_status,
+            jsonrpc_code: e.jsonrpc_code,
+            message: e.message,
+            id: e.id,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(method: &str, body: &str) -> HttpRequest {
+        let mut h = HttpRequest {
+            method: method.into(),
+            raw_body: body.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        h.headers
+            .insert("content-type".into(), "application/json".into());
+        h
+    }
+
+    #[test]
+    fn classifies_forwarded_body() {
+        let m = mcp_from_http(&http(
+            "POST",
+            r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"echo"}}"#,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.method.as_deref(), Some("tools/call"));
+        assert_eq!(m.name.as_deref(), Some("echo"));
+        assert_eq!(m.id, Some(serde_json::json!("x")));
+    }
+
+    #[test]
+    fn malformed_body_is_a_bad_request() {
+        let e = mcp_from_http(&http("POST", "{nope")).unwrap_err();
+        assert_eq!((e.http_status, e.jsonrpc_code), (400, -32700));
+        let e = mcp_from_http(&http("POST", "[]")).unwrap_err();
+        assert_eq!(e.jsonrpc_code, -32600);
+    }
+
+    #[test]
+    fn get_needs_no_body() {
+        let m = mcp_from_http(&http("GET", "")).unwrap().unwrap();
+        assert_eq!(m.kind, mcp::MessageKind::Stream);
+    }
+}

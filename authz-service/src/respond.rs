@@ -1,0 +1,139 @@
+//! Turns a `Decision` into the Envoy `CheckResponse`: on allow, the headers to
+//! set and remove; on deny, the status, `WWW-Authenticate` and a JSON-RPC
+//! error body carrying the request's id. Both Envoy's native ext_authz filter
+//! and the Latchkey Wasm filter apply these fields as they are.
+
+use latchkey_filter::jsonrpc;
+use latchkey_proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
+use latchkey_proto::core::header_value_option::HeaderAppendAction;
+use latchkey_proto::core::{HeaderValue, HeaderValueOption};
+use latchkey_proto::envoy::r#type::v3::HttpStatus;
+use latchkey_proto::google::rpc::Status;
+use prost_types::{Struct, Value, value::Kind};
+
+use crate::context::BadRequest;
+use crate::decision::{Allow, Decision, Deny};
+
+/// google.rpc.Code values Envoy reads from `CheckResponse.status`.
+mod grpc_code {
+    pub const OK: i32 = 0;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+pub fn to_check_response(decision: &Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(a) => allow(a),
+        Decision::Deny(d) => deny(d),
+    }
+}
+
+fn allow(a: &Allow) -> CheckResponse {
+    let mut headers = Vec::new();
+    // The client's token never goes upstream. When the credential rides in
+    // `authorization` itself, overwriting it is the removal; listing it in
+    // headers_to_remove as well would drop the credential we just set.
+    let mut headers_to_remove = vec!["authorization".to_string()];
+    if let Some(h) = &a.inject {
+        headers_to_remove.retain(|r| *r != h.name);
+        headers.push(header(
+            &h.name,
+            h.value.expose(),
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    CheckResponse {
+        status: Some(Status {
+            code: grpc_code::OK,
+            ..Default::default()
+        }),
+        http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(attribution(a)),
+    }
+}
+
+/// Who the request ran as, for Envoy's access log and later filters. No secrets.
+fn attribution(a: &Allow) -> Struct {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("user".to_string(), s(&a.caller.subject));
+    if let Some(c) = &a.caller.client_id {
+        fields.insert("client_id".to_string(), s(c));
+    }
+    fields.insert("gateway".to_string(), s(&a.route.gateway.name));
+    fields.insert("assignment".to_string(), s(&a.route.assignment.name));
+    fields.insert("server".to_string(), s(&a.route.server.name));
+    if let Some(i) = &a.identity {
+        fields.insert("identity".to_string(), s(i));
+    }
+    Struct {
+        fields: fields.into_iter().collect(),
+    }
+}
+
+fn deny(d: &Deny) -> CheckResponse {
+    let mut headers = vec![header(
+        "content-type",
+        "application/json",
+        HeaderAppendAction::OverwriteIfExistsOrAdd,
+    )];
+    if let Some(w) = &d.www_authenticate {
+        headers.push(header(
+            "www-authenticate",
+            w,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    let code = match d.http_status {
+        401 => grpc_code::UNAUTHENTICATED,
+        500..=599 => grpc_code::UNAVAILABLE,
+        _ => grpc_code::PERMISSION_DENIED,
+    };
+    CheckResponse {
+        status: Some(Status {
+            code,
+            message: d.reason.to_string(),
+            ..Default::default()
+        }),
+        http_response: Some(check_response::HttpResponse::DeniedResponse(
+            DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(d.http_status),
+                }),
+                headers,
+                body: jsonrpc::error_body(d.id.as_ref(), d.jsonrpc_code, &d.message),
+            },
+        )),
+        dynamic_metadata: None,
+    }
+}
+
+pub fn bad_request(b: &BadRequest) -> CheckResponse {
+    deny(&Deny {
+        http_status: b.http_status,
+        jsonrpc_code: b.jsonrpc_code,
+        message: b.message.clone(),
+        id: b.id.clone(),
+        www_authenticate: None,
+        reason: "bad_request",
+    })
+}
+
+fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,13 @@
+//! What the running service shares between its gRPC and HTTP sides.
+
+use crate::authn::TokenVerifier;
+use crate::config::Config;
+use crate::routing::RouteTable;
+use crate::vault::Vault;
+
+pub struct AppState {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub verifier: TokenVerifier,
+    pub vault: Vault,
+}

@@ -1,0 +1,609 @@
+//! The per-request state machine. The host feeds it headers, body progress
+//! and the `Check` outcome; it answers with the [`Action`] the host must
+//! carry out. It never touches the host itself, so every path is unit
+//! tested natively.
+//!
+//! ```text
+//! headers ──► (POST) ReadingBody ──end──► Checking ──OK──► Allowed
+//!    │                 │                     │
+//!    └─(GET/DELETE)────┼──────────► Checking └──deny/error──► Done
+//!                      └─bad input / too big─────────────────► Done
+//! ```
+
+use crate::check::{CheckCall, Connection, check_call};
+use crate::config::{Config, ConfigError};
+use crate::decision::{HeaderEdit, LocalReply, Verdict, decide_grpc};
+use crate::jsonrpc;
+use crate::mcp::{self, Head, McpMessage, RequestError};
+use serde_json::Value;
+use std::rc::Rc;
+
+/// The plugin configuration as the root context holds it: shared by every
+/// request of the VM, possibly invalid (then every request fails closed).
+pub type SharedConfig = Rc<Result<Config, ConfigError>>;
+
+/// What the host must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Keep the request held (more body to come, or `Check` in flight).
+    Wait,
+    /// Dispatch this `Check`, keep holding the request, and report the
+    /// outcome with [`RequestFlow::on_check_response`] or
+    /// [`RequestFlow::on_dispatch_failed`].
+    Check(CheckCall),
+    /// Apply the edits in order and let the request go upstream.
+    Continue(Vec<HeaderEdit>),
+    /// Answer locally; nothing reaches upstream.
+    Respond(LocalReply),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Start,
+    ReadingBody,
+    Checking,
+    Allowed,
+    Done,
+}
+
+/// One request's progress through the filter.
+#[derive(Debug)]
+pub struct RequestFlow {
+    config: SharedConfig,
+    state: State,
+    headers: Vec<(String, String)>,
+    connection: Connection,
+    message: Option<McpMessage>,
+    buffered: usize,
+}
+
+impl RequestFlow {
+    pub fn new(config: SharedConfig) -> RequestFlow {
+        RequestFlow {
+            config,
+            state: State::Start,
+            headers: Vec::new(),
+            connection: Connection::default(),
+            message: None,
+            buffered: 0,
+        }
+    }
+
+    fn id(&self) -> Option<&Value> {
+        self.message.as_ref().and_then(|m| m.id.as_ref())
+    }
+
+    fn respond(&mut self, reply: LocalReply) -> Action {
+        self.state = State::Done;
+        Action::Respond(reply)
+    }
+
+    fn reject(&mut self, error: RequestError) -> Action {
+        let mut reply = LocalReply::error(
+            error.http_status,
+            error.id.as_ref(),
+            error.jsonrpc_code,
+            &error.message,
+        );
+        if error.http_status == 405 {
+            reply
+                .headers
+                .push(("allow".into(), "GET, POST, DELETE".into()));
+        }
+        self.respond(reply)
+    }
+
+    fn too_large(&mut self, limit: usize, size: usize) -> Action {
+        self.reject(RequestError::new(
+            413,
+            jsonrpc::INVALID_REQUEST,
+            format!(
+                "request body of {size} bytes exceeds the gateway's limit of {limit} bytes for one MCP message"
+            ),
+        ))
+    }
+
+    fn start_check(&mut self, config: &Config, body: &[u8], message: McpMessage) -> Action {
+        let call = check_call(config, &self.headers, body, &self.connection, &message);
+        self.message = Some(message);
+        match call {
+            Some(call) => {
+                self.state = State::Checking;
+                Action::Check(call)
+            }
+            None => self.on_dispatch_failed("the authz cluster name cannot be encoded"),
+        }
+    }
+
+    /// Request headers arrived. `headers` are all of them (pseudo headers
+    /// included); `connection` what the host knows about the peer.
+    pub fn on_headers(
+        &mut self,
+        headers: Vec<(String, String)>,
+        connection: Connection,
+        end_of_stream: bool,
+    ) -> Action {
+        if self.state != State::Start {
+            return Action::Wait;
+        }
+        self.headers = headers;
+        self.connection = connection;
+        let config = Rc::clone(&self.config);
+        let Ok(config) = config.as_ref() else {
+            return self.respond(LocalReply::error(
+                503,
+                None,
+                jsonrpc::INTERNAL_ERROR,
+                "the gateway's Latchkey filter is misconfigured (see the Envoy log); no request is forwarded until it is fixed",
+            ));
+        };
+        match mcp::inspect_headers(&self.headers) {
+            Err(e) => self.reject(e),
+            Ok(Head::Complete(message)) => self.start_check(config, &[], message),
+            Ok(Head::NeedsBody) => {
+                let declared = mcp::header(&self.headers, "content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if let Some(size) = declared.filter(|s| *s > config.max_body_bytes) {
+                    return self.too_large(config.max_body_bytes, size);
+                }
+                self.state = State::ReadingBody;
+                if end_of_stream {
+                    self.finish_body(config, Vec::new())
+                } else {
+                    Action::Wait
+                }
+            }
+        }
+    }
+
+    /// Body data arrived; `buffered` is the total size held so far. At the
+    /// end of the stream `read(buffered)` must return the whole body.
+    pub fn on_body(
+        &mut self,
+        buffered: usize,
+        end_of_stream: bool,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
+    ) -> Action {
+        match self.state {
+            State::ReadingBody => {}
+            State::Allowed => return Action::Continue(Vec::new()),
+            State::Start | State::Checking | State::Done => return Action::Wait,
+        }
+        self.buffered = buffered;
+        let config = Rc::clone(&self.config);
+        let Ok(config) = config.as_ref() else {
+            return self.respond(LocalReply::unavailable(None, "misconfigured filter"));
+        };
+        if buffered > config.max_body_bytes {
+            return self.too_large(config.max_body_bytes, buffered);
+        }
+        if !end_of_stream {
+            return Action::Wait;
+        }
+        match read(buffered) {
+            Some(body) if body.len() <= config.max_body_bytes => self.finish_body(config, body),
+            Some(body) => self.too_large(config.max_body_bytes, body.len()),
+            None if buffered == 0 => self.finish_body(config, Vec::new()),
+            None => self.respond(LocalReply::error(
+                500,
+                None,
+                jsonrpc::INTERNAL_ERROR,
+                "the gateway could not read the request body",
+            )),
+        }
+    }
+
+    /// Request trailers arrived: the body is complete.
+    pub fn on_trailers(&mut self, read: impl FnOnce(usize) -> Option<Vec<u8>>) -> Action {
+        self.on_body(self.buffered, true, read)
+    }
+
+    fn finish_body(&mut self, config: &Config, body: Vec<u8>) -> Action {
+        match mcp::classify_body(&self.headers, &body) {
+            Ok(message) => self.start_check(config, &body, message),
+            Err(e) => self.reject(e),
+        }
+    }
+
+    /// The `Check` call finished: `grpc_status` as reported by the host,
+    /// `body` the serialized `CheckResponse` (when OK and readable).
+    pub fn on_check_response(&mut self, grpc_status: u32, body: Option<&[u8]>) -> Action {
+        if self.state != State::Checking {
+            return Action::Wait;
+        }
+        match decide_grpc(grpc_status, body, &self.headers, self.id()) {
+            Verdict::Allow(edits) => {
+                self.state = State::Allowed;
+                Action::Continue(edits)
+            }
+            Verdict::Deny(reply) => self.respond(reply),
+        }
+    }
+
+    /// The host refused to start the `Check` call (unknown cluster, bad
+    /// argument, ...).
+    pub fn on_dispatch_failed(&mut self, detail: &str) -> Action {
+        let reply = LocalReply::unavailable(self.id(), detail);
+        self.respond(reply)
+    }
+
+    /// The classified message, once known.
+    pub fn message(&self) -> Option<&McpMessage> {
+        self.message.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mcp::MessageKind;
+    use latchkey_proto::auth::attribute_context::HttpRequest;
+    use latchkey_proto::auth::check_response::HttpResponse;
+    use latchkey_proto::auth::{CheckRequest, CheckResponse, OkHttpResponse};
+    use latchkey_proto::core::header_value_option::HeaderAppendAction;
+    use latchkey_proto::core::{HeaderValue, HeaderValueOption};
+    use prost::Message;
+    use serde_json::json;
+
+    fn config(max: usize) -> SharedConfig {
+        Rc::new(Ok(Config {
+            max_body_bytes: max,
+            ..Config::default()
+        }))
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn post(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v = h(&[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "gw"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer user-token"),
+        ]);
+        v.extend(h(extra));
+        v
+    }
+
+    /// Runs a POST with `body` delivered in one chunk.
+    fn post_body(flow: &mut RequestFlow, headers: Vec<(String, String)>, body: &str) -> Action {
+        assert_eq!(
+            flow.on_headers(headers, Connection::default(), false),
+            Action::Wait
+        );
+        let bytes = body.as_bytes().to_vec();
+        flow.on_body(bytes.len(), true, |n| {
+            assert_eq!(n, bytes.len());
+            Some(bytes)
+        })
+    }
+
+    fn reply(action: Action) -> (u16, Value, Vec<(String, String)>) {
+        let Action::Respond(r) = action else {
+            panic!("expected a local reply, got {action:?}");
+        };
+        assert!(
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "content-type" && v.starts_with("application/json")),
+            "{:?}",
+            r.headers
+        );
+        (r.status, serde_json::from_str(&r.body).unwrap(), r.headers)
+    }
+
+    fn check_request(action: &Action) -> CheckRequest {
+        let Action::Check(call) = action else {
+            panic!("expected a Check, got {action:?}");
+        };
+        CheckRequest::decode(call.message.as_slice()).unwrap()
+    }
+
+    fn http(req: &CheckRequest) -> HttpRequest {
+        req.attributes
+            .clone()
+            .unwrap()
+            .request
+            .unwrap()
+            .http
+            .unwrap()
+    }
+
+    fn mcp_of(req: &CheckRequest) -> McpMessage {
+        let md = req.attributes.clone().unwrap().metadata_context.unwrap();
+        McpMessage::from_metadata(&md.filter_metadata["latchkey.mcp"]).unwrap()
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":"call-1","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+
+    #[test]
+    fn tools_call_checks_then_continues_without_authorization() {
+        let mut flow = RequestFlow::new(config(1024));
+        let action = post_body(&mut flow, post(&[("x-request-id", "r1")]), CALL);
+        let req = check_request(&action);
+        let http = http(&req);
+        assert_eq!(http.raw_body, CALL.as_bytes());
+        assert_eq!(http.headers["authorization"], "Bearer user-token");
+        assert_eq!(http.id, "r1");
+        let m = mcp_of(&req);
+        assert_eq!(m.kind, MessageKind::Request);
+        assert_eq!(m.name.as_deref(), Some("echo"));
+        assert_eq!(m.id, Some(json!("call-1")));
+
+        let resp = CheckResponse {
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "authorization".into(),
+                        value: "Bearer downstream".into(),
+                        raw_value: vec![],
+                    }),
+                    append: None,
+                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                    keep_empty_value: false,
+                }],
+                ..OkHttpResponse::default()
+            })),
+            ..CheckResponse::default()
+        };
+        let action = flow.on_check_response(0, Some(&resp.encode_to_vec()));
+        assert_eq!(
+            action,
+            Action::Continue(vec![
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Set("authorization".into(), "Bearer downstream".into()),
+            ])
+        );
+        // Late callbacks after the decision pass through.
+        assert_eq!(flow.on_body(0, true, |_| None), Action::Continue(vec![]));
+        assert_eq!(flow.on_check_response(0, None), Action::Wait);
+    }
+
+    #[test]
+    fn body_in_chunks_and_trailers() {
+        let mut flow = RequestFlow::new(config(1024));
+        assert_eq!(
+            flow.on_headers(post(&[]), Connection::default(), false),
+            Action::Wait
+        );
+        assert_eq!(flow.on_body(10, false, |_| unreachable!()), Action::Wait);
+        assert_eq!(flow.on_body(40, false, |_| unreachable!()), Action::Wait);
+        let action = flow.on_trailers(|n| {
+            assert_eq!(n, 40);
+            Some(CALL.as_bytes().to_vec())
+        });
+        assert!(matches!(action, Action::Check(_)));
+        assert_eq!(
+            flow.message().unwrap().method.as_deref(),
+            Some("tools/call")
+        );
+    }
+
+    #[test]
+    fn bad_inputs_answer_locally() {
+        type Case<'a> = (Vec<(String, String)>, &'a str, u16, i64, Value);
+        let cases: Vec<Case> = vec![
+            (post(&[]), "{not json", 400, -32700, Value::Null),
+            (post(&[]), "", 400, -32700, Value::Null),
+            (
+                post(&[]),
+                r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+                400,
+                -32600,
+                Value::Null,
+            ),
+            (
+                post(&[]),
+                r#"{"jsonrpc":"1.0","id":3,"method":"ping"}"#,
+                400,
+                -32600,
+                json!(3),
+            ),
+            (
+                post(&[
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "other"),
+                ]),
+                CALL,
+                400,
+                -32020,
+                json!("call-1"),
+            ),
+        ];
+        for (headers, body, status, code, id) in cases {
+            let mut flow = RequestFlow::new(config(1024));
+            let (s, v, _) = reply(post_body(&mut flow, headers, body));
+            assert_eq!(
+                (s, v["error"]["code"].as_i64().unwrap()),
+                (status, code),
+                "{body}"
+            );
+            assert_eq!(v["id"], id, "{body}");
+            assert_eq!(v["jsonrpc"], "2.0");
+            // Nothing else happens afterwards.
+            assert_eq!(flow.on_check_response(0, Some(b"")), Action::Wait);
+        }
+    }
+
+    #[test]
+    fn empty_post_with_end_of_stream_on_headers() {
+        let mut flow = RequestFlow::new(config(1024));
+        let (s, v, _) = reply(flow.on_headers(post(&[]), Connection::default(), true));
+        assert_eq!(s, 400);
+        assert_eq!(v["error"]["code"], -32700);
+    }
+
+    #[test]
+    fn wrong_content_type_is_415_and_method_405() {
+        let mut flow = RequestFlow::new(config(1024));
+        let headers = h(&[(":method", "POST"), ("content-type", "text/plain")]);
+        let (s, v, _) = reply(flow.on_headers(headers, Connection::default(), false));
+        assert_eq!(s, 415);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json")
+        );
+
+        let mut flow = RequestFlow::new(config(1024));
+        let (s, _, headers) =
+            reply(flow.on_headers(h(&[(":method", "PUT")]), Connection::default(), false));
+        assert_eq!(s, 405);
+        assert!(headers.contains(&("allow".into(), "GET, POST, DELETE".into())));
+    }
+
+    #[test]
+    fn body_limit_by_content_length_and_by_accumulated_size() {
+        let mut flow = RequestFlow::new(config(16));
+        let (s, v, _) = reply(flow.on_headers(
+            post(&[("content-length", "17")]),
+            Connection::default(),
+            false,
+        ));
+        assert_eq!(s, 413);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("limit of 16 bytes")
+        );
+
+        let mut flow = RequestFlow::new(config(16));
+        assert_eq!(
+            flow.on_headers(
+                post(&[("content-length", "16")]),
+                Connection::default(),
+                false
+            ),
+            Action::Wait
+        );
+        assert_eq!(flow.on_body(16, false, |_| unreachable!()), Action::Wait);
+        let (s, _, _) = reply(flow.on_body(17, false, |_| unreachable!()));
+        assert_eq!(s, 413);
+
+        // Exactly at the limit is fine.
+        let body = r#"{"jsonrpc":"2.0","method":"x"}"#;
+        let mut flow = RequestFlow::new(config(body.len()));
+        assert!(matches!(
+            post_body(&mut flow, post(&[]), body),
+            Action::Check(_)
+        ));
+        // A host handing over more than it announced is still bounded.
+        let mut flow = RequestFlow::new(config(8));
+        flow.on_headers(post(&[]), Connection::default(), false);
+        let (s, _, _) = reply(flow.on_body(4, true, |_| Some(vec![b' '; 9])));
+        assert_eq!(s, 413);
+    }
+
+    #[test]
+    fn unreadable_body_fails_closed() {
+        let mut flow = RequestFlow::new(config(1024));
+        flow.on_headers(post(&[]), Connection::default(), false);
+        let (s, _, _) = reply(flow.on_body(10, true, |_| None));
+        assert_eq!(s, 500);
+    }
+
+    #[test]
+    fn get_and_delete_check_from_headers() {
+        for (method, kind) in [
+            ("GET", MessageKind::Stream),
+            ("DELETE", MessageKind::SessionEnd),
+        ] {
+            let mut flow = RequestFlow::new(config(1024));
+            let headers = h(&[
+                (":method", method),
+                ("authorization", "Bearer t"),
+                ("mcp-session-id", "sess-9"),
+            ]);
+            let action = flow.on_headers(headers, Connection::default(), true);
+            let req = check_request(&action);
+            let m = mcp_of(&req);
+            assert_eq!(m.kind, kind);
+            assert_eq!(m.session_id.as_deref(), Some("sess-9"));
+            assert!(http(&req).raw_body.is_empty());
+            // Body data while checking stays held.
+            assert_eq!(flow.on_body(3, false, |_| None), Action::Wait);
+            assert!(matches!(
+                flow.on_check_response(0, Some(b"")),
+                Action::Continue(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn notification_and_response_are_checked_too() {
+        for (body, kind) in [
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                MessageKind::Notification,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":4,"result":{}}"#,
+                MessageKind::Response,
+            ),
+        ] {
+            let mut flow = RequestFlow::new(config(1024));
+            let action = post_body(&mut flow, post(&[]), body);
+            assert_eq!(mcp_of(&check_request(&action)).kind, kind);
+        }
+    }
+
+    #[test]
+    fn timeout_grpc_failure_and_dispatch_failure_are_503_with_id() {
+        for status in [4u32, 14, 13] {
+            let mut flow = RequestFlow::new(config(1024));
+            post_body(&mut flow, post(&[]), CALL);
+            let (s, v, _) = reply(flow.on_check_response(status, None));
+            assert_eq!(s, 503);
+            assert_eq!(v["id"], "call-1");
+            assert_eq!(v["error"]["code"], -32603);
+        }
+        let mut flow = RequestFlow::new(config(1024));
+        post_body(
+            &mut flow,
+            post(&[]),
+            r#"{"jsonrpc":"2.0","id":12,"method":"ping"}"#,
+        );
+        let (s, v, _) = reply(flow.on_dispatch_failed("could not start the call"));
+        assert_eq!(s, 503);
+        assert_eq!(v["id"], 12);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("authorization service unavailable")
+        );
+    }
+
+    #[test]
+    fn invalid_config_fails_closed() {
+        let bad: SharedConfig = Rc::new(Config::parse(Some(b"{\"max_body_bytes\":0}")));
+        for headers in [
+            post(&[]),
+            h(&[(":method", "GET")]),
+            h(&[(":method", "PUT")]),
+        ] {
+            let mut flow = RequestFlow::new(Rc::clone(&bad));
+            let (s, v, _) = reply(flow.on_headers(headers, Connection::default(), false));
+            assert_eq!(s, 503);
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("misconfigured")
+            );
+            assert_eq!(
+                flow.on_body(1, true, |_| Some(b"{}".to_vec())),
+                Action::Wait
+            );
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The proxy-wasm glue (wasm32 only): reads the plugin configuration,
+//! headers, body and Envoy properties, feeds them to [`RequestFlow`], and
+//! carries out the [`Action`]s it returns. No decisions are made here.
+//!
+//! Host calls go through `proxy_wasm::hostcalls`, whose functions return a
+//! `Result`, rather than the trait helpers that `unwrap()` it; every error
+//! is logged and fails the request closed.
+
+use crate::check::Connection;
+use crate::config::{Config, ConfigError};
+use crate::decision::{HeaderEdit, LocalReply};
+use crate::flow::{Action, RequestFlow, SharedConfig};
+use crate::jsonrpc;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, Status};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| {
+        Box::new(Root {
+            config: Rc::new(Err(ConfigError("plugin not configured yet".into()))),
+        })
+    });
+}}
+
+fn log(level: LogLevel, message: &str) {
+    // Nothing sensible to do if logging itself fails.
+    let _ = hostcalls::log(level, message);
+}
+
+/// The plugin: holds the configuration shared by all requests of this VM.
+struct Root {
+    config: SharedConfig,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let raw = hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        );
+        let parsed = match raw {
+            Ok(bytes) => Config::parse(bytes.as_deref()),
+            Err(status) => Err(ConfigError(format!(
+                "could not read the plugin configuration: {status:?}"
+            ))),
+        };
+        match &parsed {
+            Ok(c) => log(
+                LogLevel::Info,
+                &format!(
+                    "configured (authz cluster {:?}, authority {:?}, timeout {} ms, max body {} bytes)",
+                    c.authz_cluster, c.authz_authority, c.authz_timeout_ms, c.max_body_bytes
+                ),
+            ),
+            Err(e) => log(
+                LogLevel::Error,
+                &format!("{e}; every request will be answered 503 until it is fixed"),
+            ),
+        }
+        self.config = Rc::new(parsed);
+        // Accept the plugin even when invalid: it then fails closed per
+        // request instead of being dropped from the filter chain.
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Filter {
+            flow: RequestFlow::new(Rc::clone(&self.config)),
+            token: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One HTTP request.
+struct Filter {
+    flow: RequestFlow,
+    /// Token of the `Check` call in flight.
+    token: Option<u32>,
+}
+
+fn property(path: &[&str]) -> Option<String> {
+    match hostcalls::get_property(path.to_vec()) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok().filter(|s| !s.is_empty()),
+        _ => None,
+    }
+}
+
+fn read_request_body(size: usize) -> Option<Vec<u8>> {
+    match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
+        Ok(body) => body,
+        Err(status) => {
+            log(
+                LogLevel::Error,
+                &format!("cannot read the request body: {status:?}"),
+            );
+            None
+        }
+    }
+}
+
+fn apply(edit: &HeaderEdit) -> Result<(), Status> {
+    let map = MapType::HttpRequestHeaders;
+    match edit {
+        HeaderEdit::Remove(name) => hostcalls::remove_map_value(map, name),
+        HeaderEdit::Set(name, value) => hostcalls::set_map_value(map, name, Some(value)),
+        HeaderEdit::Add(name, value) => hostcalls::add_map_value(map, name, value),
+    }
+}
+
+/// Where an action is carried out: inside a filter callback (answer with a
+/// `types::Action`) or in the gRPC callback (resume the held request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Filter,
+    Callback,
+}
+
+impl Filter {
+    fn run(&mut self, action: Action, phase: Phase) -> types::Action {
+        match action {
+            Action::Wait => types::Action::Pause,
+            Action::Check(call) => match hostcalls::dispatch_grpc_call(
+                &call.upstream,
+                call.service,
+                call.method,
+                Vec::new(),
+                Some(&call.message),
+                call.timeout,
+            ) {
+                Ok(token) => {
+                    self.token = Some(token);
+                    types::Action::Pause
+                }
+                Err(status) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("could not start the Check call: {status:?}"),
+                    );
+                    let next = self
+                        .flow
+                        .on_dispatch_failed("the call could not be started");
+                    self.run(next, phase)
+                }
+            },
+            Action::Continue(edits) => {
+                for edit in &edits {
+                    if let Err(status) = apply(edit) {
+                        log(
+                            LogLevel::Error,
+                            &format!("could not apply {edit:?}: {status:?}"),
+                        );
+                        let id = self.flow.message().and_then(|m| m.id.clone());
+                        return self.send(LocalReply::error(
+                            500,
+                            id.as_ref(),
+                            jsonrpc::INTERNAL_ERROR,
+                            "the gateway could not apply the authorization decision",
+                        ));
+                    }
+                }
+                if phase == Phase::Callback
+                    && let Err(status) = hostcalls::resume_http_request()
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("could not resume the request: {status:?}"),
+                    );
+                }
+                types::Action::Continue
+            }
+            Action::Respond(reply) => self.send(reply),
+        }
+    }
+
+    fn send(&self, reply: LocalReply) -> types::Action {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Err(status) = hostcalls::send_http_response(
+            u32::from(reply.status),
+            headers,
+            Some(reply.body.as_bytes()),
+        ) {
+            log(
+                LogLevel::Error,
+                &format!("could not send the local reply: {status:?}"),
+            );
+            let _ = hostcalls::reset_http_request();
+        }
+        types::Action::Pause
+    }
+}
+
+impl Context for Filter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.token != Some(token_id) {
+            return;
+        }
+        self.token = None;
+        let body = if status_code == 0 {
+            match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size) {
+                Ok(Some(bytes)) => Some(bytes),
+                Ok(None) if response_size == 0 => Some(Vec::new()),
+                Ok(None) => None,
+                Err(status) => {
+                    log(
+                        LogLevel::Error,
+                        &format!("cannot read the Check response: {status:?}"),
+                    );
+                    None
+                }
+            }
+        } else {
+            let detail = hostcalls::get_grpc_status()
+                .ok()
+                .and_then(|(_, message)| message)
+                .unwrap_or_default();
+            log(
+                LogLevel::Warn,
+                &format!("Check failed with gRPC status {status_code}: {detail}"),
+            );
+            None
+        };
+        let action = self.flow.on_check_response(status_code, body.as_deref());
+        self.run(action, Phase::Callback);
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(
+        &mut self,
+        _num_headers: usize,
+        end_of_stream: bool,
+    ) -> types::Action {
+        let headers = match hostcalls::get_map(MapType::HttpRequestHeaders) {
+            Ok(h) => h,
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot read request headers: {status:?}"),
+                );
+                return self.send(LocalReply::error(
+                    500,
+                    None,
+                    jsonrpc::INTERNAL_ERROR,
+                    "the gateway could not read the request headers",
+                ));
+            }
+        };
+        let connection = Connection {
+            source_address: property(&["source", "address"]),
+            destination_address: property(&["destination", "address"]),
+            peer_uri_san: property(&["connection", "uri_san_peer_certificate"]),
+            protocol: property(&["request", "protocol"]),
+            time: hostcalls::get_current_time().ok(),
+        };
+        let action = self.flow.on_headers(headers, connection, end_of_stream);
+        self.run(action, Phase::Filter)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> types::Action {
+        let action = self
+            .flow
+            .on_body(body_size, end_of_stream, read_request_body);
+        self.run(action, Phase::Filter)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> types::Action {
+        let action = self.flow.on_trailers(read_request_body);
+        self.run(action, Phase::Filter)
+    }
+}
