@@ -510,10 +510,14 @@ fn check_mirrored_headers(
         }
         return Ok(());
     };
-    let required = message
-        .protocol_version
-        .as_deref()
-        .is_some_and(requires_header_mirroring);
+    // The `initialize` handshake may omit the mirrored headers (the version is
+    // not negotiated yet; the official SDKs send none there), but a header
+    // that is sent must still agree with the body.
+    let required = method != "initialize"
+        && message
+            .protocol_version
+            .as_deref()
+            .is_some_and(requires_header_mirroring);
     let version = message.protocol_version.as_deref().unwrap_or_default();
 
     match methods.first().map(|m| m.trim_matches([' ', '\t'])) {
@@ -923,6 +927,17 @@ mod tests {
             assert_eq!(e.id, Some(json!("c1")));
             assert!(e.message.contains(needle), "{} vs {needle}", e.message);
         }
+    }
+
+    #[test]
+    fn header_mirroring_2026_initialize_may_omit_but_not_contradict() {
+        const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2026-07-28"}}"#;
+        let v = ("mcp-protocol-version", "2026-07-28");
+        let m = classify(&post(&[v]), INIT.as_bytes()).unwrap();
+        assert_eq!(m.method.as_deref(), Some("initialize"));
+        classify(&post(&[v, ("mcp-method", "initialize")]), INIT.as_bytes()).unwrap();
+        let e = err(&post(&[v, ("mcp-method", "tools/list")]), INIT);
+        assert_eq!((e.http_status, e.jsonrpc_code), (400, -32020));
     }
 
     #[test]

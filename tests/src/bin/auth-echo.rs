@@ -1,0 +1,102 @@
+//! `auth-echo`: a small upstream MCP server (official Rust SDK, Streamable
+//! HTTP at `/mcp`) that reports the credential it received, so end-to-end
+//! tests can prove what reached the upstream and what did not.
+//!
+//! * tool `whoami`: returns the `Authorization` header of the HTTP request
+//!   that carried the call (or `none`);
+//! * `GET /seen`: every `Authorization` value and every header name this
+//!   server received on `/mcp`, as JSON.
+//!
+//! It never logs header values: the secret scan of the test logs must pass.
+//!
+//! Usage: `auth-echo --port <port>`
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{Json, Response};
+use axum::routing::get;
+use rmcp::handler::server::tool::Extension;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{tool, tool_router};
+use serde_json::json;
+
+#[derive(Default)]
+struct Seen {
+    authorization: Vec<String>,
+    header_names: std::collections::BTreeSet<String>,
+    requests: u64,
+}
+
+type SharedSeen = Arc<Mutex<Seen>>;
+
+#[derive(Clone)]
+struct AuthEcho;
+
+#[tool_router(server_handler)]
+impl AuthEcho {
+    #[tool(description = "Returns the Authorization header this server received with the call")]
+    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
+        parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string()
+    }
+}
+
+async fn record(State(seen): State<SharedSeen>, request: Request, next: Next) -> Response {
+    if request.uri().path().starts_with("/mcp")
+        && let Ok(mut s) = seen.lock()
+    {
+        s.requests += 1;
+        for (name, value) in request.headers() {
+            s.header_names.insert(name.as_str().to_string());
+            if name == http::header::AUTHORIZATION {
+                s.authorization
+                    .push(value.to_str().unwrap_or("<non-ascii>").to_string());
+            }
+        }
+    }
+    next.run(request).await
+}
+
+async fn seen(State(seen): State<SharedSeen>) -> Json<serde_json::Value> {
+    let s = seen.lock().map(|s| {
+        json!({
+            "authorization": s.authorization,
+            "header_names": s.header_names,
+            "requests": s.requests,
+        })
+    });
+    Json(s.unwrap_or_else(|_| json!({"error": "poisoned"})))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = match (args.next().as_deref(), args.next()) {
+        (Some("--port"), Some(p)) => p.parse()?,
+        _ => anyhow::bail!("usage: auth-echo --port <port>"),
+    };
+    let seen_state: SharedSeen = Arc::default();
+    let mcp = StreamableHttpService::new(
+        || Ok(AuthEcho),
+        Arc::new(LocalSessionManager::default()),
+        // Behind Envoy the Host is whatever the route sets; this is a test peer.
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    );
+    let app = Router::new()
+        .nest_service("/mcp", mcp)
+        .route("/seen", get(seen))
+        .layer(middleware::from_fn_with_state(seen_state.clone(), record))
+        .with_state(seen_state);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("AUTH_ECHO_READY http://127.0.0.1:{port}/mcp");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Child processes owned by a test: output to a log file, their own process
+//! group (so helpers they spawn die with them), killed on drop, and bounded
+//! waits for readiness that fail with the tail of the log.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+pub struct Process {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Process> {
+        use std::os::unix::process::CommandExt;
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Process {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits until `ready()` holds, failing early if the process exits.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                bail!(
+                    "{} exited ({status}) before {what}; log tail:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{} not {what} after {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_for_port(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        self.wait_until(&format!("listening on port {port}"), timeout, || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let log = self.log.clone();
+        self.wait_until(&format!("logging {needle:?}"), timeout, || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle))
+        })
+    }
+
+    /// Stops the process group (TERM, then KILL after a grace period).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pgid = child.id() as i32;
+        // SAFETY: signalling a process group we created; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+
+    /// Freezes / thaws the process (SIGSTOP / SIGCONT), e.g. to make it slow.
+    pub fn pause(&self, paused: bool) {
+        if let Some(pid) = self.pid() {
+            let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Blocking HTTP GET status, for readiness checks (no async runtime needed).
+pub fn http_status(url: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = TcpStream::connect(authority).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,353 @@
+//! A whole Latchkey deployment for one scenario: Redis, the identity
+//! provider, upstreams, `latchkey serve` with a generated master key and
+//! stored service-account secrets, and Envoy running a bootstrap rendered by
+//! `latchkey envoy render` — the same path operators use.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths;
+use crate::peers::{AuthEcho, Everything, Idp, Redis, TokenRequest, wait_http};
+use crate::process::{Process, free_port};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthzMode {
+    /// The Latchkey Wasm filter.
+    Wasm,
+    /// Envoy's native ext_authz filter calling the same service.
+    Native,
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub mode: AuthzMode,
+    /// Also start server-everything (slower to start; not every scenario needs it).
+    pub everything: bool,
+    pub authz_timeout_ms: u64,
+    pub max_body_bytes: u64,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            mode: AuthzMode::Wasm,
+            everything: false,
+            authz_timeout_ms: 2000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub struct Stack {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub redis: Redis,
+    pub idp: Idp,
+    pub echo: AuthEcho,
+    pub everything: Option<Everything>,
+    pub latchkey: Option<Process>,
+    pub envoy: Process,
+    pub envoy_port: u16,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    /// The service-account secret stored for the `whoami` server.
+    pub whoami_secret: String,
+    /// The service-account secret stored for `everything`.
+    pub everything_secret: String,
+    /// Every secret this run created or handed out, for the log scan.
+    secrets: Mutex<Vec<String>>,
+}
+
+impl Stack {
+    pub async fn start(scenario: &str, opts: StackOptions) -> Result<Stack> {
+        let dir = paths::scenario_dir(scenario)?;
+        let redis = Redis::start(&dir)?;
+        let idp = Idp::start(&dir)?;
+        let echo = AuthEcho::start(&dir)?;
+        let everything = if opts.everything {
+            Some(Everything::start(&dir)?)
+        } else {
+            None
+        };
+
+        let envoy_port = free_port();
+        let admin_port = free_port();
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let latchkey_bin = paths::workspace_bin("latchkey")?;
+
+        let key_line = run(
+            Command::new(&latchkey_bin).args(["keys", "generate", "--id", "e2e1"]),
+            None,
+        )?;
+        let key_file = dir.join("master.keys");
+        std::fs::write(&key_file, &key_line)?;
+        let key_material = key_line
+            .trim()
+            .split_once(':')
+            .map(|(_, k)| k.to_string())
+            .unwrap_or_default();
+
+        let everything_url = everything
+            .as_ref()
+            .map(Everything::url)
+            .unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
+        let config = format!(
+            r#"
+[listen]
+grpc = "127.0.0.1:{grpc_port}"
+http = "127.0.0.1:{http_port}"
+
+[redis]
+url = "{redis}"
+
+[vault]
+key_file = "{key_file}"
+cache_ttl_secs = 30
+
+[identity_provider]
+issuer = "{issuer}"
+
+[[servers]]
+name = "whoami"
+url = "{echo}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+
+[[servers]]
+name = "everything"
+url = "{everything_url}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+
+[[gateways]]
+name = "e2e"
+public_url = "http://127.0.0.1:{envoy_port}/mcp"
+
+[[gateways.assignments]]
+name = "whoami"
+server = "whoami"
+scheme = "shared"
+identity = "whoami-sa"
+
+[[gateways.assignments]]
+name = "everything"
+server = "everything"
+scheme = "shared"
+identity = "everything-sa"
+
+[[gateways.assignments]]
+name = "whoami-mine"
+server = "whoami"
+scheme = "per_user"
+
+[[gateways.assignments]]
+name = "whoami-late"
+server = "whoami"
+scheme = "shared"
+identity = "late-sa"
+"#,
+            redis = redis.url(),
+            key_file = key_file.display(),
+            issuer = idp.issuer(),
+            echo = echo.url(),
+        );
+        let config_path = dir.join("latchkey.toml");
+        std::fs::write(&config_path, config)?;
+
+        let whoami_secret = format!("sa-whoami-{}", random_hex());
+        let everything_secret = format!("sa-everything-{}", random_hex());
+        let late_secret = format!("sa-late-{}", random_hex());
+        for (id, server, secret) in [
+            ("whoami-sa", "whoami", &whoami_secret),
+            ("everything-sa", "everything", &everything_secret),
+            ("late-sa", "whoami", &late_secret),
+        ] {
+            let out = run(
+                Command::new(&latchkey_bin)
+                    .args(["identity", "put-shared", "--config"])
+                    .arg(&config_path)
+                    .args(["--id", id, "--server", server]),
+                Some(secret),
+            )?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("cli.log"))?
+                .write_all(out.as_bytes())?;
+        }
+
+        let latchkey = start_latchkey(&latchkey_bin, &config_path, &dir, http_port)?;
+
+        let mode = match opts.mode {
+            AuthzMode::Wasm => "wasm",
+            AuthzMode::Native => "native",
+        };
+        let bootstrap = run(
+            Command::new(&latchkey_bin)
+                .args(["envoy", "render", "--config"])
+                .arg(&config_path)
+                .args(["--listen", &format!("127.0.0.1:{envoy_port}")])
+                .args(["--admin", &format!("127.0.0.1:{admin_port}")])
+                .args(["--mode", mode, "--wasm"])
+                .arg(paths::filter_wasm()?)
+                .args(["--max-body-bytes", &opts.max_body_bytes.to_string()])
+                .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()]),
+            None,
+        )?;
+        let bootstrap_path = dir.join("envoy.yaml");
+        std::fs::write(&bootstrap_path, bootstrap)?;
+        let mut cmd = Command::new(paths::envoy()?);
+        cmd.arg("-c")
+            .arg(&bootstrap_path)
+            .args(["--base-id", &admin_port.to_string()])
+            .args([
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+                "--disable-hot-restart",
+            ]);
+        let mut envoy = Process::spawn("envoy", cmd, &dir)?;
+        wait_http(
+            &mut envoy,
+            &format!("http://127.0.0.1:{admin_port}/ready"),
+            200,
+            Duration::from_secs(30),
+        )?;
+
+        Ok(Stack {
+            dir,
+            config_path,
+            redis,
+            idp,
+            echo,
+            everything,
+            latchkey: Some(latchkey),
+            envoy,
+            envoy_port,
+            grpc_port,
+            http_port,
+            secrets: Mutex::new(vec![
+                whoami_secret.clone(),
+                everything_secret.clone(),
+                late_secret,
+                key_material,
+            ]),
+            whoami_secret,
+            everything_secret,
+        })
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.envoy_port)
+    }
+
+    /// The public URL of one assignment, through Envoy.
+    pub fn url(&self, assignment: &str) -> String {
+        format!("{}/{assignment}", self.gateway_url())
+    }
+
+    /// A valid token for `sub`, audience = this gateway.
+    pub async fn token(&self, sub: &str) -> Result<String> {
+        self.token_with(&TokenRequest::new(sub, &self.gateway_url()))
+            .await
+    }
+
+    pub async fn token_with(&self, req: &TokenRequest) -> Result<String> {
+        let t = self.idp.token(req).await?;
+        self.remember_secret(&t);
+        Ok(t)
+    }
+
+    pub fn remember_secret(&self, s: &str) {
+        if let Ok(mut v) = self.secrets.lock() {
+            v.push(s.to_string());
+        }
+    }
+
+    pub fn stop_latchkey(&mut self) {
+        self.latchkey = None;
+    }
+
+    pub fn restart_latchkey(&mut self) -> Result<()> {
+        self.latchkey = None;
+        self.latchkey = Some(start_latchkey(
+            &paths::workspace_bin("latchkey")?,
+            &self.config_path,
+            &self.dir,
+            self.http_port,
+        )?);
+        Ok(())
+    }
+
+    /// Fails if any secret of this run is in any log of this run.
+    pub fn assert_no_secret_in_logs(&self) -> Result<usize> {
+        let secrets = self.secrets.lock().map(|v| v.clone()).unwrap_or_default();
+        crate::secrets::scan_logs(&self.dir, &secrets)
+    }
+}
+
+fn start_latchkey(
+    bin: &PathBuf,
+    config: &PathBuf,
+    dir: &std::path::Path,
+    http_port: u16,
+) -> Result<Process> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env("LATCHKEY_LOG", "info");
+    let name = if dir.join("latchkey.log").exists() {
+        format!("latchkey-{}", random_hex())
+    } else {
+        "latchkey".to_string()
+    };
+    let mut p = Process::spawn(&name, cmd, dir)?;
+    wait_http(
+        &mut p,
+        &format!("http://127.0.0.1:{http_port}/readyz"),
+        200,
+        Duration::from_secs(20),
+    )?;
+    Ok(p)
+}
+
+/// Runs a command to completion; its stdout on success, stderr in the error.
+fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
