@@ -259,3 +259,55 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
         addr
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Config {
+        Config::parse(include_str!("../../envoy/latchkey.local.toml")).unwrap()
+    }
+
+    fn defaults(mode: AuthzMode) -> RenderOptions {
+        RenderOptions {
+            listen: "127.0.0.1:10000".parse().unwrap(),
+            admin: "127.0.0.1:9901".parse().unwrap(),
+            mode,
+            wasm_path: "target/wasm32-wasip1/release/latchkey_filter.wasm".into(),
+            max_body_bytes: 1 << 20,
+            authz_timeout_ms: 2000,
+        }
+    }
+
+    /// `envoy/local.yaml` is kept for reading; it must be what the renderer
+    /// produces (`latchkey envoy render --config envoy/latchkey.local.toml`).
+    #[test]
+    fn committed_local_bootstrap_is_current() {
+        assert_eq!(
+            render(&local(), &defaults(AuthzMode::Wasm)),
+            include_str!("../../envoy/local.yaml"),
+            "re-render: latchkey envoy render --config envoy/latchkey.local.toml > envoy/local.yaml"
+        );
+    }
+
+    #[test]
+    fn routes_each_assignment_and_holds_headers_for_the_body() {
+        let y = render(&local(), &defaults(AuthzMode::Wasm));
+        assert!(y.contains("match: { path: \"/mcp/everything\" }"));
+        assert!(y.contains("prefix_rewrite: \"/mcp\""));
+        assert!(y.contains("allow_on_headers_stop_iteration: true"));
+        assert!(y.contains("envoy.wasm.runtime.v8"));
+        assert!(y.contains("fail_open: false"));
+        // The metadata route bypasses the filter so token-less clients can read it.
+        assert!(y.contains("disabled: true"));
+    }
+
+    #[test]
+    fn native_mode_fails_closed_and_forwards_the_body() {
+        let y = render(&local(), &defaults(AuthzMode::Native));
+        assert!(y.contains("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"));
+        assert!(y.contains("failure_mode_allow: false"));
+        assert!(y.contains("pack_as_bytes: true"));
+        assert!(!y.contains("envoy.wasm.runtime.v8"));
+    }
+}

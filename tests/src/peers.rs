@@ -85,10 +85,17 @@ impl TokenRequest {
 
 pub struct Idp {
     pub port: u16,
-    pub process: Process,
+    /// `None` when talking to an identity provider someone else started.
+    pub process: Option<Process>,
 }
 
 impl Idp {
+    /// An identity provider already running at `issuer` (`http://127.0.0.1:<port>`).
+    pub fn at(issuer: &str) -> Idp {
+        let port = issuer.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(0);
+        Idp { port, process: None }
+    }
+
     pub fn start(dir: &Path) -> Result<Idp> {
         let port = free_port();
         let mut cmd = Command::new("node");
@@ -99,7 +106,10 @@ impl Idp {
         }
         let mut process = Process::spawn("idp", cmd, dir)?;
         process.wait_for_log("IDP_READY", Duration::from_secs(20))?;
-        Ok(Idp { port, process })
+        Ok(Idp {
+            port,
+            process: Some(process),
+        })
     }
 
     pub fn issuer(&self) -> String {
