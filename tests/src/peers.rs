@@ -92,8 +92,15 @@ pub struct Idp {
 impl Idp {
     /// An identity provider already running at `issuer` (`http://127.0.0.1:<port>`).
     pub fn at(issuer: &str) -> Idp {
-        let port = issuer.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(0);
-        Idp { port, process: None }
+        let port = issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or(0);
+        Idp {
+            port,
+            process: None,
+        }
     }
 
     pub fn start(dir: &Path) -> Result<Idp> {

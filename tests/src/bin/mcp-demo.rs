@@ -44,8 +44,18 @@ async fn main() -> Result<()> {
     let step = |s: &str| println!("\n▶ {s}");
 
     step("A client without a token is told where to get one");
-    let r = post_json(&whoami, None, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &[]).await?;
-    println!("  HTTP {}  WWW-Authenticate: {}", r.status, r.header("www-authenticate").unwrap_or("-"));
+    let r = post_json(
+        &whoami,
+        None,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &[],
+    )
+    .await?;
+    println!(
+        "  HTTP {}  WWW-Authenticate: {}",
+        r.status,
+        r.header("www-authenticate").unwrap_or("-")
+    );
     let md_url = r
         .header("www-authenticate")
         .and_then(|h| h.split("resource_metadata=\"").nth(1))
@@ -53,7 +63,10 @@ async fn main() -> Result<()> {
         .context("no resource_metadata in the challenge")?
         .to_string();
     let md: serde_json::Value = reqwest::get(&md_url).await?.json().await?;
-    println!("  {md_url} → authorization_servers = {}", md["authorization_servers"]);
+    println!(
+        "  {md_url} → authorization_servers = {}",
+        md["authorization_servers"]
+    );
     if r.status != 401 {
         bail!("expected 401 without a token");
     }
@@ -61,29 +74,53 @@ async fn main() -> Result<()> {
     step("It gets a token from the identity provider (client credentials, aud = the gateway)");
     let idp = Idp::at(&a.idp);
     let token = idp.token(&TokenRequest::new("alice", &a.gateway)).await?;
-    println!("  token for sub=alice, client_id=e2e-agent ({} chars)", token.len());
+    println!(
+        "  token for sub=alice, client_id=e2e-agent ({} chars)",
+        token.len()
+    );
 
-    step(&format!("MCP client → {whoami}: initialize, tools/list, tools/call whoami"));
+    step(&format!(
+        "MCP client → {whoami}: initialize, tools/list, tools/call whoami"
+    ));
     let client = McpClient::connect(&whoami, &token).await?;
     let tools = client.list_tools().await?;
-    println!("  tools: {}", tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "  tools: {}",
+        tools
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let seen = McpClient::text(&client.call_tool("whoami", json!({})).await?);
     client.close().await?;
     let expected = std::fs::read_to_string(&a.expect_file)
         .with_context(|| format!("reading {}", a.expect_file))?;
     let is_service_account = seen == format!("Bearer {}", expected.trim());
     let has_client_token = seen.contains(&token);
-    println!("  upstream received the gateway's service-account credential: {}", yes(is_service_account));
-    println!("  upstream received the client's token:                      {}", yes(has_client_token));
+    println!(
+        "  upstream received the gateway's service-account credential: {}",
+        yes(is_service_account)
+    );
+    println!(
+        "  upstream received the client's token:                      {}",
+        yes(has_client_token)
+    );
     if !is_service_account || has_client_token {
         bail!("the upstream did not receive the service-account credential");
     }
 
-    step(&format!("MCP client → {everything}: server-everything through the same gateway"));
+    step(&format!(
+        "MCP client → {everything}: server-everything through the same gateway"
+    ));
     let client = McpClient::connect(&everything, &token).await?;
     let tools = client.list_tools().await?;
     println!("  {} tools listed", tools.len());
-    let echoed = McpClient::text(&client.call_tool("echo", json!({"message": "hello through Latchkey"})).await?);
+    let echoed = McpClient::text(
+        &client
+            .call_tool("echo", json!({"message": "hello through Latchkey"}))
+            .await?,
+    );
     println!("  echo → {echoed}");
     client.close().await?;
 
