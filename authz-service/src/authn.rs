@@ -12,10 +12,6 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config::IdentityProvider;
 
-/// The minimum time between two JWKS fetches triggered by unknown `kid`s, so a
-/// flood of forged tokens cannot turn into a flood of requests to the IdP.
-const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthnError {
     #[error("no bearer token: send `Authorization: Bearer <token>` from your identity provider")]
@@ -79,6 +75,8 @@ pub struct TokenVerifier {
     issuer: String,
     jwks_uri: RwLock<Option<String>>,
     leeway: u64,
+    /// Minimum time between JWKS fetches triggered by unknown `kid`s.
+    refetch_interval: Duration,
     http: reqwest::Client,
     keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
     /// Held while fetching, so concurrent misses share one fetch.
@@ -91,6 +89,7 @@ impl TokenVerifier {
             issuer: idp.issuer.clone(),
             jwks_uri: RwLock::new(idp.jwks_uri.clone()),
             leeway: idp.leeway_secs,
+            refetch_interval: Duration::from_secs(idp.jwks_refetch_min_secs),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -168,7 +167,7 @@ impl TokenVerifier {
             .fetch
             .lock()
             .await
-            .is_some_and(|t| t.elapsed() < REFETCH_INTERVAL);
+            .is_some_and(|t| t.elapsed() < self.refetch_interval);
         if !recently || !self.has_keys().await {
             self.refresh().await?;
         }

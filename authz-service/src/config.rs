@@ -120,6 +120,14 @@ pub struct IdentityProvider {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+    /// Minimum time between two JWKS fetches caused by tokens with an unknown
+    /// `kid`, so forged tokens cannot flood the identity provider.
+    #[serde(default = "default_jwks_refetch")]
+    pub jwks_refetch_min_secs: u64,
+}
+
+fn default_jwks_refetch() -> u64 {
+    5
 }
 
 fn default_leeway() -> u64 {

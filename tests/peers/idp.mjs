@@ -11,6 +11,7 @@
 //   exp_offset  seconds from now until exp; negative gives an expired token (default 3600)
 //   iss         overrides the iss claim (a "wrong issuer" token with a valid signature)
 //   scope       scope claim
+// SIGUSR2 adds a signing key (key rotation).
 // client_id and azp always carry the client_id.
 
 import { OAuth2Server } from 'oauth2-mock-server';
@@ -44,6 +45,13 @@ server.service.on('beforeTokenSigning', (token, req) => {
   }
   if (typeof body.iss === 'string') token.payload.iss = body.iss;
   if (typeof body.aud === 'string') token.payload.aud = body.aud;
+});
+
+// SIGUSR2 adds a new signing key (tokens then alternate between the keys),
+// as an identity provider does when it rotates keys.
+process.on('SIGUSR2', async () => {
+  const jwk = await server.issuer.keys.generate('RS256');
+  console.log(`IDP_KEY_ADDED ${jwk.kid}`);
 });
 
 await server.start(port, host);

@@ -119,6 +119,21 @@ pub async fn send(
     })
 }
 
+/// Sends a request and returns once the response headers arrived, without
+/// reading the body (for streams that stay open, like a GET SSE stream).
+pub async fn open(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, reqwest::header::HeaderMap)> {
+    let mut req = reqwest::Client::new().request(method.parse()?, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    Ok((resp.status().as_u16(), resp.headers().clone()))
+}
+
 /// POSTs an MCP message the way a Streamable HTTP client does.
 pub async fn post_json(
     url: &str,

@@ -155,6 +155,12 @@ pub fn jwt_claims(token: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?)
 }
 
+/// The protected header of a JWT (for test assertions).
+pub fn jwt_header(token: &str) -> Result<serde_json::Value> {
+    let header = token.split('.').next().context("not a JWT")?;
+    Ok(serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?)
+}
+
 /// The same token with its signature altered (a forged token).
 pub fn tamper_signature(token: &str) -> String {
     let (rest, sig) = token.rsplit_once('.').unwrap_or((token, ""));

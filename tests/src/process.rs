@@ -131,6 +131,16 @@ impl Process {
         let _ = child.wait();
     }
 
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
     /// Freezes / thaws the process (SIGSTOP / SIGCONT), e.g. to make it slow.
     pub fn pause(&self, paused: bool) {
         if let Some(pid) = self.pid() {

@@ -112,6 +112,8 @@ cache_ttl_secs = 30
 
 [identity_provider]
 issuer = "{issuer}"
+# Scenarios rotate keys right after start; production keeps the 5 s default.
+jwks_refetch_min_secs = 0
 
 [[servers]]
 name = "whoami"

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use latchkey_e2e::peers::{TokenRequest, jwt_claims, tamper_signature};
+use latchkey_e2e::peers::{TokenRequest, jwt_claims, jwt_header, tamper_signature};
 use latchkey_e2e::stack::AuthzMode;
 use latchkey_e2e::{McpClient, Stack, StackOptions, post_json};
 use serde_json::{Value, json};
@@ -131,6 +131,26 @@ async fn valid_token_reaches_upstream_with_service_account_credential() -> Resul
         "GET streams are authenticated too"
     );
     let bearer = format!("Bearer {token}");
+    let (status, headers) = latchkey_e2e::client::open(
+        "GET",
+        &stack.url("everything"),
+        &[
+            ("accept", "text/event-stream"),
+            ("authorization", bearer.as_str()),
+            session_headers[0],
+            session_headers[1],
+        ],
+    )
+    .await?;
+    assert_eq!(
+        status, 200,
+        "an authenticated GET opens the server's SSE stream"
+    );
+    assert!(
+        headers["content-type"]
+            .to_str()?
+            .starts_with("text/event-stream")
+    );
     let delete = latchkey_e2e::client::send(
         "DELETE",
         &stack.url("everything"),
@@ -159,7 +179,7 @@ async fn valid_token_reaches_upstream_with_service_account_credential() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_get_401_pointing_at_metadata_that_resolves() -> Result<()> {
-    let stack = Stack::start("bad_tokens", StackOptions::default()).await?;
+    let mut stack = Stack::start("bad_tokens", StackOptions::default()).await?;
     let aud = stack.gateway_url();
     let expired = stack
         .token_with(&TokenRequest {
@@ -250,6 +270,25 @@ async fn bad_tokens_get_401_pointing_at_metadata_that_resolves() -> Result<()> {
         0,
         "no unauthenticated request may reach upstream"
     );
+
+    // The IdP rotates keys: tokens signed with the new key verify at once
+    // (the service re-fetches the JWKS on an unknown kid).
+    let idp = stack.idp.process.as_mut().expect("test-owned IdP");
+    idp.signal(libc::SIGUSR2);
+    idp.wait_for_log("IDP_KEY_ADDED", Duration::from_secs(10))?;
+    let mut kids = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        let t = stack.token("alice").await?;
+        kids.insert(
+            jwt_header(&t)?["kid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let r = post_json(&stack.url("whoami"), Some(&t), INIT, &[]).await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(kids.len(), 2, "tokens from both keys were tried: {kids:?}");
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
