@@ -121,6 +121,14 @@ impl TokenVerifier {
             .json()
             .await
             .map_err(|e| AuthnError::KeysUnavailable(format!("JWKS at {uri} is not valid: {e}")))?;
+        let n = self.install(&set).await;
+        *last = Some(Instant::now());
+        Ok(n)
+    }
+
+    /// Replaces the verification keys with those of `set` (keys without a
+    /// `kid` or of an unsupported type are skipped); returns how many were taken.
+    pub async fn install(&self, set: &JwkSet) -> usize {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             if let (Some(kid), Some((key, alg))) = (jwk.common.key_id.clone(), decoding_key(jwk)) {
@@ -129,8 +137,7 @@ impl TokenVerifier {
         }
         let n = keys.len();
         *self.keys.write().await = keys;
-        *last = Some(Instant::now());
-        Ok(n)
+        n
     }
 
     async fn jwks_uri(&self) -> Result<String, AuthnError> {

@@ -1,18 +1,5 @@
 //! `latchkey`: the authorization service (`serve`) and the operator CLI.
 
-mod authn;
-mod check;
-mod config;
-mod context;
-mod decision;
-mod envoy_config;
-mod http;
-mod native;
-mod respond;
-mod routing;
-mod state;
-mod vault;
-
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,9 +10,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use latchkey_proto::auth::authorization_server::AuthorizationServer;
 
-use crate::config::Config;
-use crate::envoy_config::{AuthzMode, RenderOptions};
-use crate::vault::{KeyRing, Secret, Vault};
+use latchkey_authz::config::Config;
+use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
+use latchkey_authz::vault::{KeyRing, Secret, Vault};
+use latchkey_authz::{authn, check, http, routing, state};
 
 #[derive(Parser)]
 #[command(
