@@ -111,16 +111,7 @@ impl TokenVerifier {
     pub async fn refresh(&self) -> Result<usize, AuthnError> {
         let mut last = self.fetch.lock().await;
         let uri = self.jwks_uri().await?;
-        let set: JwkSet = self
-            .http
-            .get(&uri)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| AuthnError::KeysUnavailable(format!("GET {uri}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| AuthnError::KeysUnavailable(format!("JWKS at {uri} is not valid: {e}")))?;
+        let set: JwkSet = self.get_json(&uri, "JWKS").await?;
         let n = self.install(&set).await;
         *last = Some(Instant::now());
         Ok(n)
@@ -140,6 +131,24 @@ impl TokenVerifier {
         n
     }
 
+    /// GETs a JSON document from the identity provider; any failure means
+    /// its keys are unavailable (and every Check fails closed).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<T, AuthnError> {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| AuthnError::KeysUnavailable(format!("GET {url}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| AuthnError::KeysUnavailable(format!("{what} at {url} is not valid: {e}")))
+    }
+
     async fn jwks_uri(&self) -> Result<String, AuthnError> {
         if let Some(uri) = self.jwks_uri.read().await.clone() {
             return Ok(uri);
@@ -152,16 +161,7 @@ impl TokenVerifier {
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let d: Discovery = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| AuthnError::KeysUnavailable(format!("GET {url}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| AuthnError::KeysUnavailable(format!("discovery at {url}: {e}")))?;
+        let d: Discovery = self.get_json(&url, "OIDC discovery document").await?;
         *self.jwks_uri.write().await = Some(d.jwks_uri.clone());
         Ok(d.jwks_uri)
     }
