@@ -1,7 +1,10 @@
-//! Clients: a real MCP client (the official Rust SDK over Streamable HTTP)
-//! and a raw HTTP helper for sending exactly the bytes a scenario needs.
+//! Clients: a real MCP client (the official Rust SDK over Streamable HTTP,
+//! with a bearer token) and raw HTTP helpers for sending exactly the bytes a
+//! scenario needs and reading status, headers and body, SSE included.
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use rmcp::RoleClient;
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
@@ -9,20 +12,25 @@ use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
+/// The bound on one MCP exchange and on one raw HTTP exchange.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected, initialized MCP client session.
 pub struct McpClient {
     service: RunningService<RoleClient, ()>,
 }
 
 impl McpClient {
-    /// Connects and runs `initialize` with `Authorization: Bearer <token>`.
+    /// Connects and runs `initialize` with `Authorization: Bearer <token>`
+    /// (rmcp adds the `Bearer ` prefix itself). Bounded to 30 s.
     pub async fn connect(url: &str, token: &str) -> Result<McpClient> {
         let config = StreamableHttpClientTransportConfig::with_uri(url.to_string())
             .auth_header(token.to_string());
         let transport = StreamableHttpClientTransport::from_config(config);
-        let service =
-            ().serve(transport)
-                .await
-                .with_context(|| format!("MCP initialize at {url}"))?;
+        let service = tokio::time::timeout(CALL_TIMEOUT, ().serve(transport))
+            .await
+            .with_context(|| format!("MCP initialize at {url}: no answer in {CALL_TIMEOUT:?}"))?
+            .with_context(|| format!("MCP initialize at {url}"))?;
         Ok(McpClient { service })
     }
 
@@ -32,8 +40,12 @@ impl McpClient {
             .map(|i| i.protocol_version.to_string())
     }
 
+    /// `tools/list`, following pagination.
     pub async fn list_tools(&self) -> Result<Vec<Tool>> {
-        Ok(self.service.list_all_tools().await?)
+        tokio::time::timeout(CALL_TIMEOUT, self.service.list_all_tools())
+            .await
+            .context("tools/list: no answer in time")?
+            .context("tools/list")
     }
 
     pub async fn call_tool(
@@ -45,7 +57,10 @@ impl McpClient {
         if let serde_json::Value::Object(map) = arguments {
             params = params.with_arguments(map);
         }
-        Ok(self.service.call_tool(params).await?)
+        tokio::time::timeout(CALL_TIMEOUT, self.service.call_tool(params))
+            .await
+            .with_context(|| format!("tools/call {name}: no answer in time"))?
+            .with_context(|| format!("tools/call {name}"))
     }
 
     /// The text of the first text content block of a tool result.
@@ -104,14 +119,23 @@ pub async fn send(
     body: Vec<u8>,
 ) -> Result<HttpReply> {
     let client = reqwest::Client::new();
-    let mut req = client.request(method.parse()?, url).body(body);
+    let mut req = client
+        .request(method.parse()?, url)
+        .timeout(CALL_TIMEOUT)
+        .body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.text().await?;
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("{method} {url}: reading the body"))?;
     Ok(HttpReply {
         status,
         headers,
@@ -130,7 +154,10 @@ pub async fn open(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await?;
+    let resp = tokio::time::timeout(CALL_TIMEOUT, req.send())
+        .await
+        .with_context(|| format!("{method} {url}: no response headers in {CALL_TIMEOUT:?}"))?
+        .with_context(|| format!("{method} {url}"))?;
     Ok((resp.status().as_u16(), resp.headers().clone()))
 }
 
@@ -151,4 +178,144 @@ pub async fn post_json(
     }
     headers.extend_from_slice(extra);
     send("POST", url, &headers, body.as_bytes().to_vec()).await
+}
+
+/// A response whose body is read incrementally as Server-Sent Events, for
+/// streams that stay open (a GET SSE stream, a long tool call).
+pub struct SseReply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    body: Option<reqwest::Response>,
+    buffer: String,
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.data)
+            .with_context(|| format!("SSE data not JSON: {}", self.data))
+    }
+}
+
+impl SseReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next event; `None` once the stream ended. Fails after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<Option<SseEvent>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.take_event() {
+                return Ok(Some(event));
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            let chunk = tokio::time::timeout_at(deadline, body.chunk())
+                .await
+                .with_context(|| format!("no complete SSE event within {timeout:?}"))??;
+            match chunk {
+                Some(bytes) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+                None => {
+                    self.body = None;
+                    // A final event without its blank line still counts.
+                    if !self.buffer.trim().is_empty() {
+                        self.buffer.push_str("\n\n");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event's `data` as JSON (a JSON-RPC message).
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Option<serde_json::Value>> {
+        loop {
+            match self.next_event(timeout).await? {
+                None => return Ok(None),
+                // Priming events (an id and empty data) carry no message.
+                Some(e) if e.data.is_empty() => continue,
+                Some(e) => return e.json().map(Some),
+            }
+        }
+    }
+
+    fn take_event(&mut self) -> Option<SseEvent> {
+        let end = self.buffer.find("\n\n")?;
+        let block: String = self.buffer.drain(..end + 2).collect();
+        let mut event = SseEvent::default();
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => data.push(value.to_string()),
+                "event" => event.event = Some(value.to_string()),
+                "id" => event.id = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        event.data = data.join("\n");
+        Some(event)
+    }
+}
+
+/// Sends a request and returns once the response headers arrived, with the
+/// body left to read event by event ([`SseReply::next_event`]).
+pub async fn open_sse(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<SseReply> {
+    let mut req = reqwest::Client::new()
+        .request(method.parse()?, url)
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(CALL_TIMEOUT, req.send())
+        .await
+        .with_context(|| format!("{method} {url}: no response headers in {CALL_TIMEOUT:?}"))?
+        .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    Ok(SseReply {
+        status,
+        headers,
+        body: Some(resp),
+        buffer: String::new(),
+    })
+}
+
+/// Reads a whole (finite) SSE body into its events.
+pub fn parse_sse(body: &str) -> Result<Vec<SseEvent>> {
+    let mut reply = SseReply {
+        status: 0,
+        headers: Default::default(),
+        body: None,
+        buffer: format!("{}\n\n", body.replace("\r\n", "\n")),
+    };
+    let mut events = Vec::new();
+    while let Some(e) = reply.take_event() {
+        if !(e.data.is_empty() && e.event.is_none() && e.id.is_none()) {
+            events.push(e);
+        }
+    }
+    if events.is_empty() && !body.trim().is_empty() {
+        bail!("no SSE events in: {body}");
+    }
+    Ok(events)
 }

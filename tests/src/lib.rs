@@ -2,15 +2,27 @@
 //! the identity provider, upstream MCP servers, `latchkey serve` and Envoy
 //! loading the built `.wasm` — on free loopback ports, each with its own log
 //! file under `target/e2e/<scenario>/`, and stops them when dropped.
+//!
+//! Modules, one idea each: [`process`] (child processes, ports, readiness),
+//! [`paths`] (workspace binaries and peers), [`peers`] (Redis, IdP, upstream
+//! MCP servers), [`envoy`] (Envoy 1.40 on a bootstrap), [`client`] (rmcp
+//! client and raw HTTP/SSE), [`secrets`] (log scan), [`stack`] (a whole
+//! deployment for one scenario).
 
 pub mod client;
+pub mod envoy;
 pub mod paths;
 pub mod peers;
 pub mod process;
 pub mod secrets;
 pub mod stack;
 
-pub use client::{HttpReply, McpClient, post_json};
-pub use peers::{AuthEcho, Everything, Idp, Redis, TokenRequest};
-pub use process::{Process, free_port};
+pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, post_json, send};
+pub use envoy::Envoy;
+pub use paths::scenario_dir;
+pub use peers::{
+    AuthEcho, Everything, Idp, Redis, TokenRequest, jwt_claims, jwt_header, tamper_signature,
+};
+pub use process::{Process, free_port, http_get};
+pub use secrets::secrets_scan;
 pub use stack::{Stack, StackOptions};

@@ -1,5 +1,6 @@
-//! The real peers Latchkey talks to in tests: Redis, the organisation's
-//! identity provider (oauth2-mock-server), and upstream MCP servers
+//! The real peers Latchkey talks to in tests, each started on a free
+//! loopback port: Redis, the organisation's identity provider
+//! (oauth2-mock-server), and upstream MCP servers
 //! (`@modelcontextprotocol/server-everything` and the rmcp-based `auth-echo`).
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::paths;
-use crate::process::{Process, free_port, http_status};
+use crate::process::{Process, free_port};
 
 pub struct Redis {
     pub port: u16,
@@ -34,19 +35,30 @@ impl Redis {
         ])
         .current_dir(dir);
         let mut process = Process::spawn("redis", cmd, dir)
-            .context("redis-server not found: run scripts/setup")?;
+            .context("redis-server could not be started: run scripts/setup")?;
         process.wait_for_port(port, Duration::from_secs(10))?;
         Ok(Redis { port, process })
+    }
+
+    /// `PING`, expecting `PONG`.
+    pub fn ping(&self) -> Result<()> {
+        let reply = self.command(&["PING"])?;
+        if reply.trim_end() != "+PONG" {
+            bail!("redis on port {} answered PING with {reply:?}", self.port);
+        }
+        Ok(())
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Runs one command with redis-cli semantics over a raw connection.
+    /// Sends one command (RESP over a raw connection) and returns the raw
+    /// reply as text, e.g. `+PONG\r\n` or `$5\r\nvalue\r\n`.
     pub fn command(&self, args: &[&str]) -> Result<String> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .with_context(|| format!("connecting to redis on port {}", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
@@ -59,9 +71,11 @@ impl Redis {
     }
 }
 
-/// What to put in a token the identity provider issues.
+/// What to put in a token the identity provider issues (client credentials
+/// grant; `idp.mjs` turns the extra form parameters into claims).
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
+    /// The `client_id` and `azp` claims.
     pub client_id: String,
     pub sub: String,
     pub aud: String,
@@ -69,9 +83,12 @@ pub struct TokenRequest {
     pub exp_offset: i64,
     /// Overrides the `iss` claim (the signature stays valid).
     pub iss: Option<String>,
+    /// The `scope` claim (space-separated); absent when `None`.
+    pub scope: Option<String>,
 }
 
 impl TokenRequest {
+    /// `sub` for audience `aud`, client `e2e-agent`, valid for 10 minutes.
     pub fn new(sub: &str, aud: &str) -> Self {
         Self {
             client_id: "e2e-agent".into(),
@@ -79,12 +96,38 @@ impl TokenRequest {
             aud: aud.into(),
             exp_offset: 600,
             iss: None,
+            scope: None,
         }
+    }
+
+    pub fn client(mut self, client_id: &str) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    pub fn scope(mut self, scope: &str) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Expired `seconds_ago` seconds ago (and issued a minute before that).
+    pub fn expired(mut self, seconds_ago: i64) -> Self {
+        self.exp_offset = -seconds_ago.abs().max(1);
+        self
+    }
+
+    /// Claims issuer `iss` while signed by this identity provider's key.
+    pub fn issuer(mut self, iss: &str) -> Self {
+        self.iss = Some(iss.into());
+        self
     }
 }
 
+/// The organisation's identity provider: `node tests/peers/idp.mjs`
+/// (oauth2-mock-server) with an RS256 key generated at start.
 pub struct Idp {
     pub port: u16,
+    issuer: String,
     /// `None` when talking to an identity provider someone else started.
     pub process: Option<Process>,
 }
@@ -92,37 +135,76 @@ pub struct Idp {
 impl Idp {
     /// An identity provider already running at `issuer` (`http://127.0.0.1:<port>`).
     pub fn at(issuer: &str) -> Idp {
+        let issuer = issuer.trim_end_matches('/').to_string();
         let port = issuer
             .rsplit(':')
             .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .and_then(|p| p.parse().ok())
             .unwrap_or(0);
         Idp {
             port,
+            issuer,
             process: None,
         }
     }
 
+    /// Starts one on a free port with issuer `http://127.0.0.1:<port>`.
     pub fn start(dir: &Path) -> Result<Idp> {
-        let port = free_port();
-        let mut cmd = Command::new("node");
-        cmd.arg(paths::peers_dir().join("idp.mjs"))
-            .args(["--port", &port.to_string()]);
-        if !paths::peers_dir().join("node_modules").exists() {
-            bail!("tests/peers/node_modules is missing: run scripts/setup");
+        Self::start_with_issuer(dir, None)
+    }
+
+    /// Starts one on a free port; `issuer` (e.g. a public URL in front of
+    /// it) overrides the `iss` of its tokens and discovery document.
+    pub fn start_with_issuer(dir: &Path, issuer: Option<&str>) -> Result<Idp> {
+        let script = paths::peers_dir().join("idp.mjs");
+        if !paths::peers_dir()
+            .join("node_modules/oauth2-mock-server")
+            .exists()
+        {
+            bail!("tests/peers/node_modules/oauth2-mock-server is missing: run scripts/setup");
         }
-        let mut process = Process::spawn("idp", cmd, dir)?;
+        let port = free_port();
+        let issuer = issuer
+            .map(|i| i.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
+        let mut cmd = Command::new("node");
+        cmd.arg(&script)
+            .args(["--port", &port.to_string()])
+            .args(["--issuer", &issuer]);
+        let mut process =
+            Process::spawn("idp", cmd, dir).context("node not found: install Node.js 20+")?;
         process.wait_for_log("IDP_READY", Duration::from_secs(20))?;
         Ok(Idp {
             port,
+            issuer,
             process: Some(process),
         })
     }
 
+    /// The `iss` of its tokens.
     pub fn issuer(&self) -> String {
+        self.issuer.clone()
+    }
+
+    /// Where it listens (differs from the issuer when one was given).
+    pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks", self.base_url())
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.base_url())
+    }
+
+    /// The JWK set (`{"keys": [...]}`).
+    pub async fn jwks(&self) -> Result<serde_json::Value> {
+        get_json(&self.jwks_uri()).await
+    }
+
+    /// A signed JWT shaped by `req`.
     pub async fn token(&self, req: &TokenRequest) -> Result<String> {
         let mut form = vec![
             ("grant_type", "client_credentials".to_string()),
@@ -134,19 +216,44 @@ impl Idp {
         if let Some(iss) = &req.iss {
             form.push(("iss", iss.clone()));
         }
-        let reply: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/token", self.issuer()))
+        if let Some(scope) = &req.scope {
+            form.push(("scope", scope.clone()));
+        }
+        let url = format!("{}/token", self.base_url());
+        let resp = reqwest::Client::new()
+            .post(&url)
             .form(&form)
+            .timeout(Duration::from_secs(10))
             .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+            .await
+            .with_context(|| format!("identity provider at {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("identity provider answered {status} at {url}: {text}");
+        }
+        let reply: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("identity provider answered non-JSON: {text}"))?;
         reply["access_token"]
             .as_str()
             .map(str::to_string)
             .context("identity provider answered without access_token")
     }
+}
+
+async fn get_json(url: &str) -> Result<serde_json::Value> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        bail!("GET {url} answered {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
 }
 
 /// The claims of a JWT, without verifying it (for test assertions).
@@ -191,18 +298,26 @@ impl Everything {
     }
 }
 
+/// The rmcp upstream that reports the credential it received (`auth-echo`).
 pub struct AuthEcho {
     pub port: u16,
     pub process: Process,
 }
 
 impl AuthEcho {
+    /// Starts the `auth-echo` binary from the current profile folder. Inside
+    /// this crate's integration tests prefer
+    /// `AuthEcho::start_bin(dir, env!("CARGO_BIN_EXE_auth-echo"))`.
     pub fn start(dir: &Path) -> Result<AuthEcho> {
+        Self::start_bin(dir, paths::workspace_bin("auth-echo")?)
+    }
+
+    pub fn start_bin(dir: &Path, bin: impl AsRef<Path>) -> Result<AuthEcho> {
         let port = free_port();
-        let mut cmd = Command::new(paths::workspace_bin("auth-echo")?);
+        let mut cmd = Command::new(bin.as_ref());
         cmd.args(["--port", &port.to_string()]);
         let mut process = Process::spawn("auth-echo", cmd, dir)?;
-        process.wait_for_port(port, Duration::from_secs(10))?;
+        process.wait_for_log("AUTH_ECHO_READY", Duration::from_secs(10))?;
         Ok(AuthEcho { port, process })
     }
 
@@ -210,14 +325,26 @@ impl AuthEcho {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
 
-    /// What the upstream received so far: `authorization` values, header names, request count.
+    /// What the upstream received so far on `/mcp`:
+    /// `{"authorization": [values...], "header_names": [...], "requests": n}`.
     pub async fn seen(&self) -> Result<serde_json::Value> {
-        Ok(reqwest::get(format!("http://127.0.0.1:{}/seen", self.port))
-            .await?
-            .json()
-            .await?)
+        get_json(&format!("http://127.0.0.1:{}/seen", self.port)).await
     }
 
+    /// Every `Authorization` value received so far, in order.
+    pub async fn seen_authorizations(&self) -> Result<Vec<String>> {
+        let seen = self.seen().await?;
+        Ok(seen["authorization"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// How many requests reached `/mcp`.
     pub async fn requests(&self) -> Result<u64> {
         Ok(self.seen().await?["requests"].as_u64().unwrap_or(0))
     }
@@ -225,7 +352,5 @@ impl AuthEcho {
 
 /// Waits (blocking) for an HTTP endpoint to answer `want`.
 pub fn wait_http(process: &mut Process, url: &str, want: u16, timeout: Duration) -> Result<()> {
-    process.wait_until(&format!("answering {want} on {url}"), timeout, || {
-        http_status(url) == Some(want)
-    })
+    process.wait_for_http(url, want, timeout)
 }

@@ -52,7 +52,8 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn log_tail(&self) -> String {
+    /// The last 25 lines of the log.
+    pub fn log_tail(&self) -> String {
         let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(25)..].join("\n")
@@ -78,15 +79,17 @@ impl Process {
             }
             if let Some(status) = self.exited() {
                 bail!(
-                    "{} exited ({status}) before {what}; log tail:\n{}",
+                    "{} exited ({status}) before {what}; tail of {}:\n{}",
                     self.name,
+                    self.log.display(),
                     self.log_tail()
                 );
             }
             if start.elapsed() > timeout {
                 bail!(
-                    "{} not {what} after {timeout:?}; log tail:\n{}",
+                    "{} not {what} after {timeout:?}; tail of {}:\n{}",
                     self.name,
+                    self.log.display(),
                     self.log_tail()
                 );
             }
@@ -97,6 +100,13 @@ impl Process {
     pub fn wait_for_port(&mut self, port: u16, timeout: Duration) -> Result<()> {
         self.wait_until(&format!("listening on port {port}"), timeout, || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    /// Waits until a GET of `url` answers with status `want`.
+    pub fn wait_for_http(&mut self, url: &str, want: u16, timeout: Duration) -> Result<()> {
+        self.wait_until(&format!("answering {want} on {url}"), timeout, || {
+            http_status(url) == Some(want)
         })
     }
 
@@ -161,6 +171,13 @@ impl Drop for Process {
 
 /// Blocking HTTP GET status, for readiness checks (no async runtime needed).
 pub fn http_status(url: &str) -> Option<u16> {
+    http_get(url).map(|(status, _)| status)
+}
+
+/// Blocking HTTP/1.1 GET of a plain `http://host:port/path` URL: status and
+/// body (read until the server closes; 2 s read timeout). `None` when
+/// nothing answers.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = rest
@@ -174,7 +191,13 @@ pub fn http_status(url: &str) -> Option<u16> {
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.split_whitespace().nth(1)?.parse().ok()
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::envoy::Envoy;
 use crate::paths;
-use crate::peers::{AuthEcho, Everything, Idp, Redis, TokenRequest, wait_http};
+use crate::peers::{AuthEcho, Everything, Idp, Redis, TokenRequest};
 use crate::process::{Process, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct Stack {
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
     pub latchkey: Option<Process>,
-    pub envoy: Process,
+    pub envoy: Envoy,
     pub envoy_port: u16,
     pub grpc_port: u16,
     pub http_port: u16,
@@ -79,7 +80,7 @@ impl Stack {
         let admin_port = free_port();
         let grpc_port = free_port();
         let http_port = free_port();
-        let latchkey_bin = paths::workspace_bin("latchkey")?;
+        let latchkey_bin = paths::latchkey_bin()?;
 
         let key_line = run(
             Command::new(&latchkey_bin).args(["keys", "generate", "--id", "e2e1"]),
@@ -200,26 +201,7 @@ identity = "late-sa"
                 .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()]),
             None,
         )?;
-        let bootstrap_path = dir.join("envoy.yaml");
-        std::fs::write(&bootstrap_path, bootstrap)?;
-        let mut cmd = Command::new(paths::envoy()?);
-        cmd.arg("-c")
-            .arg(&bootstrap_path)
-            .args(["--base-id", &admin_port.to_string()])
-            .args([
-                "--concurrency",
-                "1",
-                "--log-level",
-                "info",
-                "--disable-hot-restart",
-            ]);
-        let mut envoy = Process::spawn("envoy", cmd, &dir)?;
-        wait_http(
-            &mut envoy,
-            &format!("http://127.0.0.1:{admin_port}/ready"),
-            200,
-            Duration::from_secs(30),
-        )?;
+        let envoy = Envoy::start(&dir, &bootstrap)?;
 
         Ok(Stack {
             dir,
@@ -278,7 +260,7 @@ identity = "late-sa"
     pub fn restart_latchkey(&mut self) -> Result<()> {
         self.latchkey = None;
         self.latchkey = Some(start_latchkey(
-            &paths::workspace_bin("latchkey")?,
+            &paths::latchkey_bin()?,
             &self.config_path,
             &self.dir,
             self.http_port,
@@ -309,8 +291,7 @@ fn start_latchkey(
         "latchkey".to_string()
     };
     let mut p = Process::spawn(&name, cmd, dir)?;
-    wait_http(
-        &mut p,
+    p.wait_for_http(
         &format!("http://127.0.0.1:{http_port}/readyz"),
         200,
         Duration::from_secs(20),

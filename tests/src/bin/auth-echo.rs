@@ -5,7 +5,9 @@
 //! * tool `whoami`: returns the `Authorization` header of the HTTP request
 //!   that carried the call (or `none`);
 //! * `GET /seen`: every `Authorization` value and every header name this
-//!   server received on `/mcp`, as JSON.
+//!   server received on any request (but `/seen` itself), and how many
+//!   requests reached `/mcp`, as JSON:
+//!   `{"authorization": [...], "header_names": [...], "requests": n}`.
 //!
 //! It never logs header values: the secret scan of the test logs must pass.
 //!
@@ -50,10 +52,13 @@ impl AuthEcho {
 }
 
 async fn record(State(seen): State<SharedSeen>, request: Request, next: Next) -> Response {
-    if request.uri().path().starts_with("/mcp")
+    // Everything but the test's own look at `/seen` is recorded.
+    if request.uri().path() != "/seen"
         && let Ok(mut s) = seen.lock()
     {
-        s.requests += 1;
+        if request.uri().path().starts_with("/mcp") {
+            s.requests += 1;
+        }
         for (name, value) in request.headers() {
             s.header_names.insert(name.as_str().to_string());
             if name == http::header::AUTHORIZATION {

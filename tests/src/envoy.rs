@@ -1,0 +1,90 @@
+//! Envoy 1.40 from the repo-local `.venv`, run on a given bootstrap with its
+//! admin interface moved to a free loopback port, ready once admin `/ready`
+//! answers `LIVE`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::paths;
+use crate::process::{Process, free_port, http_get};
+
+pub struct Envoy {
+    pub admin_port: u16,
+    /// The bootstrap file Envoy runs (`<dir>/<name>.yaml`).
+    pub bootstrap: PathBuf,
+    pub process: Process,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap_yaml`, logging to `<dir>/envoy.log`.
+    pub fn start(dir: &Path, bootstrap_yaml: &str) -> Result<Envoy> {
+        Self::start_named(dir, "envoy", bootstrap_yaml)
+    }
+
+    /// As [`Envoy::start`], with a process name for the log and bootstrap
+    /// files (for scenarios that run several Envoys).
+    ///
+    /// Whatever `admin` the bootstrap names, the admin listens on a free
+    /// port: `--config-yaml` merges an override over the file.
+    pub fn start_named(dir: &Path, name: &str, bootstrap_yaml: &str) -> Result<Envoy> {
+        let envoy = paths::envoy()?;
+        let bootstrap = dir.join(format!("{name}.yaml"));
+        std::fs::write(&bootstrap, bootstrap_yaml)
+            .with_context(|| format!("writing {}", bootstrap.display()))?;
+        let admin_port = free_port();
+        let admin = format!(
+            "{{admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}}}"
+        );
+        let mut cmd = Command::new(envoy);
+        cmd.arg("-c")
+            .arg(&bootstrap)
+            .args(["--config-yaml", &admin])
+            .args(["--base-id", &unique_base_id().to_string()])
+            .args(["--concurrency", "1", "--log-level", "info"])
+            // No shared memory: nothing stale is left behind by a killed run.
+            .arg("--disable-hot-restart")
+            .current_dir(dir);
+        let mut process = Process::spawn(name, cmd, dir)?;
+        let ready = format!("http://127.0.0.1:{admin_port}/ready");
+        process.wait_until(&format!("LIVE at {ready}"), Duration::from_secs(30), || {
+            http_get(&ready).is_some_and(|(status, body)| status == 200 && body.contains("LIVE"))
+        })?;
+        Ok(Envoy {
+            admin_port,
+            bootstrap,
+            process,
+        })
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// One admin page as text, e.g. `stats?filter=wasm` or `clusters`.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        let url = format!("{}/{}", self.admin_url(), path.trim_start_matches('/'));
+        http_get(&url)
+            .map(|(_, body)| body)
+            .with_context(|| format!("{}: no answer from {url}", self.process.name))
+    }
+
+    /// The value of one counter or gauge from admin `/stats` (None when absent).
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        let text = self.admin_get(&format!("stats?filter={name}"))?;
+        Ok(text.lines().find_map(|line| {
+            let (k, v) = line.split_once(": ")?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        }))
+    }
+}
+
+/// A base id no other Envoy of this test run uses (pid-derived, so parallel
+/// test binaries differ too).
+fn unique_base_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100
+}
