@@ -18,9 +18,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use latchkey_authz::authn::TokenVerifier;
 use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
+use latchkey_authz::credentials::Credentials;
+use latchkey_authz::identity::{Availability, IdentitySecret};
 use latchkey_authz::routing::RouteTable;
 use latchkey_authz::state::AppState;
-use latchkey_authz::vault::{KeyRing, Secret, Vault};
+use latchkey_authz::store::Store;
+use latchkey_authz::vault::{KeyRing, Secret};
 use latchkey_proto::auth::authorization_server::Authorization;
 use latchkey_proto::auth::{AttributeContext, CheckRequest, attribute_context};
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -190,11 +193,23 @@ fn bench(c: &mut Criterion) {
 
     let state = rt.block_on(async {
         let keys = KeyRing::from_config(&config.vault).expect("keys");
-        let vault = Vault::connect(keys, &redis_url, "bench", Duration::from_secs(3600))
+        let store = Store::connect(&redis_url, "bench", Duration::from_secs(2), 1000)
             .await
             .expect("redis");
-        vault
-            .put_global("crm-sa", "crm", "bench", &Secret::new("sa-secret"))
+        let credentials = Credentials::new(store, keys, Duration::from_secs(3600));
+        let secret = IdentitySecret::Static {
+            value: Secret::new("sa-secret"),
+        };
+        credentials
+            .put_identity(
+                "bench",
+                "crm-sa",
+                "crm",
+                "bench",
+                Availability::Global,
+                &secret,
+                true,
+            )
             .await
             .expect("store");
         let verifier = TokenVerifier::new(&config.identity_provider);
@@ -203,7 +218,7 @@ fn bench(c: &mut Criterion) {
             routes: RouteTable::build(&config),
             config,
             verifier,
-            vault,
+            credentials,
         })
     });
     let service = CheckService { state };

@@ -188,6 +188,42 @@ impl TokenVerifier {
 
     /// Verifies `token` for a gateway whose public URL is `audience`.
     pub async fn verify(&self, token: &str, audience: &str) -> Result<Caller, AuthnError> {
+        let claims: Claims = self.verify_as(token, audience).await?;
+        let subject = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("sub"))?;
+        Ok(Caller {
+            subject,
+            client_id: claims.client_id.or(claims.azp),
+        })
+    }
+
+    /// Verifies `token` for `audience` and returns the caller and every
+    /// claim (for the admin API, which reads capabilities from them).
+    pub async fn verify_with_claims(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(Caller, serde_json::Map<String, serde_json::Value>), AuthnError> {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            self.verify_as(token, audience).await?;
+        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let subject = text("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("sub"))?;
+        let caller = Caller {
+            subject,
+            client_id: text("client_id").or_else(|| text("azp")),
+        };
+        Ok((caller, claims))
+    }
+
+    async fn verify_as<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, AuthnError> {
         let header = decode_header(token).map_err(|_| AuthnError::Malformed)?;
         let kid = header.kid.ok_or(AuthnError::MissingClaim("kid"))?;
         let (key, alg) = self.key_for(&kid).await?;
@@ -200,7 +236,7 @@ impl TokenVerifier {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = decode::<Claims>(token, &key, &v).map_err(|e| {
+        let data = decode::<T>(token, &key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::ExpiredSignature => AuthnError::Expired,
@@ -222,15 +258,7 @@ impl TokenVerifier {
                 _ => AuthnError::Malformed,
             }
         })?;
-        let subject = data
-            .claims
-            .sub
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthnError::MissingClaim("sub"))?;
-        Ok(Caller {
-            subject,
-            client_id: data.claims.client_id.or(data.claims.azp),
-        })
+        Ok(data.claims)
     }
 }
 

@@ -34,7 +34,7 @@ impl Authorization for CheckService {
         let decider = Decider {
             routes: &self.state.routes,
             verifier: &self.state.verifier,
-            vault: &self.state.vault,
+            credentials: &self.state.credentials,
         };
         let decision = decider.decide(&ctx).await;
         log_decision(&ctx, &decision, started);
@@ -66,6 +66,7 @@ fn log_decision(ctx: &RequestContext, decision: &Decision, started: Instant) {
             user = %a.caller.subject,
             client_id = a.caller.client_id.as_deref().unwrap_or(""),
             identity = a.identity.as_deref().unwrap_or(""),
+            identity_version = a.identity_version.unwrap_or(0),
             mcp_method,
             mcp_name,
             latency_us,

@@ -33,9 +33,80 @@ pub struct Config {
     pub vault: VaultConfig,
     pub identity_provider: IdentityProvider,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub servers: Vec<Server>,
     #[serde(default)]
     pub gateways: Vec<Gateway>,
+}
+
+/// The operator API (`latchkey.admin.v1.Admin`) and who may do what there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// The `aud` admin tokens must carry (not a gateway's: a token for
+    /// calling tools must not administer the vault).
+    #[serde(default = "default_admin_audience")]
+    pub audience: String,
+    /// A claim listing capabilities directly (array, or space-separated string).
+    #[serde(default = "default_capabilities_claim")]
+    pub capabilities_claim: String,
+    /// Claims whose values are group or role names, looked up in `roles`.
+    #[serde(default = "default_role_claims")]
+    pub role_claims: Vec<String>,
+    /// Group or role name → the capabilities it grants.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9192))
+}
+fn default_admin_audience() -> String {
+    "latchkey-admin".into()
+}
+fn default_capabilities_claim() -> String {
+    "latchkey_capabilities".into()
+}
+fn default_role_claims() -> Vec<String> {
+    vec!["groups".into(), "roles".into()]
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            audience: default_admin_audience(),
+            capabilities_claim: default_capabilities_claim(),
+            role_claims: default_role_claims(),
+            roles: Default::default(),
+        }
+    }
+}
+
+/// The audit trail (a Redis stream) and its bound.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Approximate maximum number of events the stream keeps.
+    #[serde(default = "default_audit_max_len")]
+    pub stream_max_len: usize,
+}
+
+fn default_audit_max_len() -> usize {
+    1_000_000
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            stream_max_len: default_audit_max_len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +144,14 @@ pub struct RedisConfig {
     /// Prefix of every key Latchkey writes, so one Redis can hold several deployments.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// Bound on connecting and on each command: past it, a request that
+    /// needs Redis fails closed rather than waiting.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_timeout() -> u64 {
+    500
 }
 
 fn default_redis_url() -> String {
@@ -87,6 +166,7 @@ impl Default for RedisConfig {
         Self {
             url: default_redis_url(),
             key_prefix: default_key_prefix(),
+            timeout_ms: default_redis_timeout(),
         }
     }
 }
@@ -305,6 +385,10 @@ impl Config {
         Ok(config)
     }
 
+    pub fn gateway(&self, name: &str) -> Option<&Gateway> {
+        self.gateways.iter().find(|g| g.name == name)
+    }
+
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }
@@ -330,10 +414,26 @@ impl Config {
                 ));
             }
         }
+        for (role, caps) in &self.admin.roles {
+            for cap in caps {
+                if crate::capability::Capability::parse(cap).is_none() {
+                    return invalid(format!(
+                        "[admin.roles] '{role}': unknown capability '{cap}' (known: {})",
+                        crate::capability::Capability::names()
+                    ));
+                }
+            }
+        }
         let mut gateways = HashSet::new();
         for g in &self.gateways {
             if !gateways.insert(g.name.as_str()) {
                 return invalid(format!("gateway '{}' is declared twice", g.name));
+            }
+            if g.name.is_empty() || g.name.contains(':') {
+                return invalid(format!(
+                    "gateway '{}': a gateway name must be non-empty and without ':'",
+                    g.name
+                ));
             }
             if g.public_url.host_str().is_none() {
                 return invalid(format!("gateway '{}': public_url has no host", g.name));

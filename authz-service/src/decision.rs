@@ -7,10 +7,14 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::authn::{AuthnError, Caller, TokenVerifier, bearer_token};
+use crate::cache::OpenIdentity;
 use crate::config::{IdentityScheme, ServerAuth};
 use crate::context::RequestContext;
+use crate::credentials::{CredentialError, Credentials};
+use crate::identity::{PrincipalKind, Status, UseError};
 use crate::routing::{Route, RouteTable};
-use crate::vault::{CredentialError, Secret, Vault, VaultError};
+use crate::store::StoreError;
+use crate::vault::{Secret, VaultError};
 
 /// A header to set on the upstream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub struct Allow {
     pub route: Arc<Route>,
     /// Which identity backed the credential, for attribution (never the secret).
     pub identity: Option<String>,
+    /// The version of that identity's secret, for attribution.
+    pub identity_version: Option<u64>,
     pub inject: Option<InjectedHeader>,
 }
 
@@ -62,7 +68,7 @@ pub mod codes {
 pub struct Decider<'a> {
     pub routes: &'a RouteTable,
     pub verifier: &'a TokenVerifier,
-    pub vault: &'a Vault,
+    pub credentials: &'a Credentials,
 }
 
 impl Decider<'_> {
@@ -86,15 +92,59 @@ impl Decider<'_> {
             Ok(c) => c,
             Err(e) => return Decision::Deny(authn_denial(e, &route, id)),
         };
+        if let Err(deny) = self.principals_enabled(&caller).await {
+            return Decision::Deny(Deny { id, ..deny });
+        }
         match self.credential(&route, &caller).await {
-            Ok((identity, inject)) => Decision::Allow(Allow {
-                caller,
-                route,
-                identity,
-                inject,
-            }),
+            Ok(identity) => {
+                let inject = identity
+                    .as_ref()
+                    .and_then(|i| injected_header(&route.server.auth, i));
+                Decision::Allow(Allow {
+                    caller,
+                    identity: identity.as_ref().map(|i| i.record.id.clone()),
+                    identity_version: identity.as_ref().map(|i| i.record.version),
+                    route,
+                    inject,
+                })
+            }
             Err(deny) => Decision::Deny(Deny { id, ..deny }),
         }
+    }
+
+    /// A deactivated user or a disabled agent is refused before anything
+    /// else, on every gateway.
+    async fn principals_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+        let user = self
+            .credentials
+            .principal_status(PrincipalKind::User, &caller.subject)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if user == Status::Disabled {
+            return Err(forbidden(
+                "user_deactivated",
+                format!(
+                    "user '{}' is deactivated; an operator can reactivate them with `latchkey user reactivate`",
+                    caller.subject
+                ),
+            ));
+        }
+        if let Some(agent) = &caller.client_id {
+            let status = self
+                .credentials
+                .principal_status(PrincipalKind::Agent, agent)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if status == Status::Disabled {
+                return Err(forbidden(
+                    "agent_disabled",
+                    format!(
+                        "agent '{agent}' is disabled; an operator can enable it with `latchkey agent enable`"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn authenticate(
@@ -106,40 +156,135 @@ impl Decider<'_> {
         self.verifier.verify(token, audience).await
     }
 
+    /// The identity whose credential goes upstream, per the assignment's scheme.
     async fn credential(
         &self,
         route: &Route,
         caller: &Caller,
-    ) -> Result<(Option<String>, Option<InjectedHeader>), Deny> {
+    ) -> Result<Option<Arc<OpenIdentity>>, Deny> {
+        let server = &route.server.name;
         match &route.assignment.scheme {
-            IdentityScheme::PerUser => Err(Deny {
-                http_status: 403,
-                jsonrpc_code: codes::FORBIDDEN,
-                message: format!(
-                    "consent needed: user '{}' has not connected an identity for server '{}' on gateway '{}'",
-                    caller.subject, route.server.name, route.gateway.name
-                ),
-                id: None,
-                www_authenticate: None,
-                reason: "consent_needed",
-            }),
             IdentityScheme::Shared { identity } => {
-                let secret = self
-                    .vault
-                    .global_secret(identity, &route.server.name)
+                let open = self
+                    .credentials
+                    .identity(identity)
                     .await
-                    .map_err(|e| credential_denial(&e, route))?;
-                let inject = match &route.server.auth {
-                    ServerAuth::None => None,
-                    ServerAuth::StaticHeader { header, prefix } => Some(InjectedHeader {
-                        name: header.to_ascii_lowercase(),
-                        value: Secret::new(format!("{prefix}{}", secret.expose())),
-                    }),
-                };
-                Ok((Some(identity.clone()), inject))
+                    .map_err(|e| unavailable(&e))?
+                    .ok_or_else(|| {
+                        Deny::unavailable(
+                            "shared_identity_missing",
+                            format!(
+                                "the shared identity '{identity}' for server '{server}' is not in the vault; an operator stores it with `latchkey identity put-shared`"
+                            ),
+                        )
+                    })?;
+                open.record
+                    .usable_as_shared(server)
+                    .map_err(|e| use_denial(&e))?;
+                Ok(Some(open))
+            }
+            IdentityScheme::PerUser => {
+                let user = &caller.subject;
+                let consent = || consent_needed(user, server, &route.gateway.name);
+                let connection = self
+                    .credentials
+                    .connection(&route.gateway.name, user)
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .ok_or_else(consent)?;
+                if connection.status == Status::Disabled {
+                    return Err(forbidden(
+                        "connection_disabled",
+                        format!(
+                            "the connection of user '{user}' to gateway '{}' is disabled; it can be enabled with `latchkey connection enable`",
+                            route.gateway.name
+                        ),
+                    ));
+                }
+                let id = connection.identities.get(server).ok_or_else(consent)?;
+                // A deleted identity means connecting again, not an outage.
+                let open = self
+                    .credentials
+                    .identity(id)
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .ok_or_else(consent)?;
+                open.record
+                    .usable_by(user, server)
+                    .map_err(|e| use_denial(&e))?;
+                Ok(Some(open))
             }
         }
     }
+}
+
+/// The header the upstream gets for `identity`, per how the server expects it.
+fn injected_header(auth: &ServerAuth, identity: &OpenIdentity) -> Option<InjectedHeader> {
+    match auth {
+        ServerAuth::None => None,
+        ServerAuth::StaticHeader { header, prefix } => Some(InjectedHeader {
+            name: header.to_ascii_lowercase(),
+            value: Secret::new(format!(
+                "{prefix}{}",
+                identity.secret.upstream_value().expose()
+            )),
+        }),
+    }
+}
+
+impl Deny {
+    fn unavailable(reason: &'static str, message: String) -> Deny {
+        Deny {
+            http_status: 503,
+            jsonrpc_code: codes::UNAVAILABLE,
+            message,
+            id: None,
+            www_authenticate: None,
+            reason,
+        }
+    }
+}
+
+fn forbidden(reason: &'static str, message: String) -> Deny {
+    Deny {
+        http_status: 403,
+        jsonrpc_code: codes::FORBIDDEN,
+        message,
+        id: None,
+        www_authenticate: None,
+        reason,
+    }
+}
+
+fn consent_needed(user: &str, server: &str, gateway: &str) -> Deny {
+    forbidden(
+        "consent_needed",
+        format!(
+            "consent needed: user '{user}' has not connected an identity for server '{server}' on gateway '{gateway}'"
+        ),
+    )
+}
+
+fn use_denial(e: &UseError) -> Deny {
+    let reason = match e {
+        UseError::Disabled(_) => "identity_disabled",
+        UseError::PrivateToOwner(_) => "identity_private",
+        UseError::WrongServer { .. } => "identity_wrong_server",
+        UseError::NotGlobal(_) => "identity_not_global",
+    };
+    forbidden(reason, e.to_string())
+}
+
+/// Something the decision needs cannot be read: fail closed with 503. The
+/// message names the cause, never a secret.
+fn unavailable(e: &CredentialError) -> Deny {
+    let reason = match e {
+        CredentialError::Store(StoreError::Unavailable(_)) => "vault_unavailable",
+        CredentialError::Vault(VaultError::UnknownKey { .. }) => "vault_key_missing",
+        CredentialError::Vault(VaultError::Tampered(_)) => "vault_record_rejected",
+        _ => "credential_error",
+    };
+    Deny::unavailable(reason, format!("the credential is unavailable: {e}"))
 }
 
 fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
@@ -173,30 +318,5 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         id,
         www_authenticate: Some(challenge),
         reason: "unauthenticated",
-    }
-}
-
-fn credential_denial(e: &CredentialError, route: &Route) -> Deny {
-    let (status, reason) = match e {
-        CredentialError::Vault(VaultError::Unavailable(_)) => (503, "vault_unavailable"),
-        CredentialError::Vault(VaultError::UnknownKey { .. }) => (503, "vault_key_missing"),
-        CredentialError::Disabled(_) => (403, "identity_disabled"),
-        _ => (503, "credential_error"),
-    };
-    // The message names the identity and cause but never the secret.
-    Deny {
-        http_status: status,
-        jsonrpc_code: if status == 403 {
-            codes::FORBIDDEN
-        } else {
-            codes::UNAVAILABLE
-        },
-        message: format!(
-            "the credential for server '{}' is unavailable: {e}",
-            route.server.name
-        ),
-        id: None,
-        www_authenticate: None,
-        reason,
     }
 }

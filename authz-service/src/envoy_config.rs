@@ -32,6 +32,9 @@ pub struct RenderOptions {
     pub wasm_path: String,
     pub max_body_bytes: u64,
     pub authz_timeout_ms: u64,
+    /// Every `latchkey serve` replica's gRPC address, balanced round-robin;
+    /// empty means the config's own `listen.grpc`.
+    pub authz_endpoints: Vec<SocketAddr>,
 }
 
 pub fn render(config: &Config, opts: &RenderOptions) -> String {
@@ -187,19 +190,22 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     );
     let _ = writeln!(y, "  clusters:");
-    cluster(
-        &mut y,
-        "latchkey_authz",
-        &authz.ip().to_string(),
-        authz.port(),
-        true,
-        false,
-    );
+    let replicas: Vec<(String, u16)> = if opts.authz_endpoints.is_empty() {
+        vec![(authz.ip().to_string(), authz.port())]
+    } else {
+        opts.authz_endpoints
+            .iter()
+            .map(|a| {
+                let a = loopback_if_unspecified(*a);
+                (a.ip().to_string(), a.port())
+            })
+            .collect()
+    };
+    cluster(&mut y, "latchkey_authz", &replicas, true, false);
     cluster(
         &mut y,
         "latchkey_http",
-        &http.ip().to_string(),
-        http.port(),
+        &[(http.ip().to_string(), http.port())],
         false,
         false,
     );
@@ -210,8 +216,7 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         cluster(
             &mut y,
             &format!("server_{}", s.name),
-            host,
-            port,
+            &[(host.to_string(), port)],
             false,
             tls,
         );
@@ -219,20 +224,27 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
     y
 }
 
-fn cluster(y: &mut String, name: &str, host: &str, port: u16, http2: bool, tls: bool) {
-    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
-        "STATIC"
-    } else {
-        "STRICT_DNS"
-    };
+/// A cluster of `endpoints` (host, port); several are balanced round-robin.
+fn cluster(y: &mut String, name: &str, endpoints: &[(String, u16)], http2: bool, tls: bool) {
+    let all_ips = endpoints
+        .iter()
+        .all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
+    let kind = if all_ips { "STATIC" } else { "STRICT_DNS" };
     let _ = writeln!(
         y,
-        "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s"
+        "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN"
     );
     let _ = writeln!(
         y,
-        "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", port_value: {port} }}"
+        "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:"
     );
+    for (host, port) in endpoints {
+        let _ = writeln!(
+            y,
+            "        - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", port_value: {port} }}"
+        );
+    }
+    let host = endpoints.first().map(|(h, _)| h.as_str()).unwrap_or("");
     if http2 {
         let _ = writeln!(
             y,
@@ -276,6 +288,7 @@ mod tests {
             wasm_path: "target/wasm32-wasip1/release/latchkey_filter.wasm".into(),
             max_body_bytes: 1 << 20,
             authz_timeout_ms: 2000,
+            authz_endpoints: vec![],
         }
     }
 

@@ -26,12 +26,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Ready when Redis answers and the identity provider's keys are loaded:
-/// without either, every Check would fail closed.
+/// Ready when Redis answers, the invalidation subscription is live and the
+/// identity provider's keys are loaded: without them, Checks would fail
+/// closed or could serve a credential that was just disabled elsewhere.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = state.vault.ping().await {
+    if let Err(e) = state.credentials.store.ping().await {
         problems.push(e.to_string());
+    }
+    if !state.credentials.cache.subscribed() {
+        problems.push("the invalidation subscription to Redis is not established".to_string());
     }
     if !state.verifier.has_keys().await
         && let Err(e) = state.verifier.refresh().await

@@ -2,16 +2,29 @@
 //! (`main.rs`) is its command line, and benchmarks and tests reach the same
 //! modules. A Check flows one way: `context` (what is asked) → `decision`
 //! (authn, routing, credential) → `respond` (the Envoy answer).
+//!
+//! Credentials: `identity` (the model) → `vault` (keys and sealing) →
+//! `store` (Redis) → `cache` (this replica's memory) → `credentials` (what
+//! `decision` and `admin` call). `admin` is the operator API, gated by
+//! `capability`; `audit` owns the event schema.
 
+pub mod admin;
+pub mod admin_client;
+pub mod audit;
 pub mod authn;
+pub mod cache;
+pub mod capability;
 pub mod check;
 pub mod config;
 pub mod context;
+pub mod credentials;
 pub mod decision;
 pub mod envoy_config;
 pub mod http;
+pub mod identity;
 pub mod native;
 pub mod respond;
 pub mod routing;
 pub mod state;
+pub mod store;
 pub mod vault;

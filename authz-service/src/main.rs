@@ -8,12 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use latchkey_proto::admin::admin_server::AdminServer;
 use latchkey_proto::auth::authorization_server::AuthorizationServer;
 
+use latchkey_authz::admin_client::{
+    AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
+};
 use latchkey_authz::config::Config;
+use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
-use latchkey_authz::vault::{KeyRing, Secret, Vault};
-use latchkey_authz::{authn, check, http, routing, state};
+use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::store::Store;
+use latchkey_authz::vault::{KeyRing, Secret};
+use latchkey_authz::{admin, admin_client, authn, check, http, routing, state};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +29,8 @@ use latchkey_authz::{authn, check, http, routing, state};
     about = "The identity layer for MCP traffic in Envoy"
 )]
 struct Cli {
+    #[command(flatten)]
+    admin: AdminArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,43 +42,26 @@ enum Command {
         #[arg(long, env = "LATCHKEY_CONFIG")]
         config: PathBuf,
     },
-    /// Manage identities (credentials for upstream servers).
+    /// Identities: credentials for upstream servers.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Users: deactivate and reactivate.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Connections: which identity a user uses for each per-user server of a gateway.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+    /// Agents: disable and enable.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Master keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Who the admin API thinks you are, and your capabilities.
+    Whoami,
     /// Envoy configuration.
     #[command(subcommand)]
     Envoy(EnvoyCommand),
-}
-
-#[derive(Subcommand)]
-enum IdentityCommand {
-    /// Store (or replace) a global identity's secret for a shared assignment.
-    /// The secret is read from standard input, never from the command line.
-    PutShared {
-        #[arg(long, env = "LATCHKEY_CONFIG")]
-        config: PathBuf,
-        /// Identity id, as named by the assignment's `identity`.
-        #[arg(long)]
-        id: String,
-        /// The server the identity authenticates to.
-        #[arg(long)]
-        server: String,
-        /// Who is recorded as the creator.
-        #[arg(long, default_value = "operator")]
-        owner: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Print a new random master key line (`key-id:base64`) for a key file.
-    Generate {
-        #[arg(long, default_value = "k1")]
-        id: String,
-    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +85,10 @@ enum EnvoyCommand {
         max_body_bytes: u64,
         #[arg(long, default_value_t = 2000)]
         authz_timeout_ms: u64,
+        /// A `latchkey serve` replica's gRPC address; repeat for several
+        /// (balanced round-robin). Defaults to the config's `listen.grpc`.
+        #[arg(long = "authz")]
+        authz_endpoints: Vec<SocketAddr>,
     },
 }
 
@@ -130,13 +126,25 @@ fn main() -> Result<()> {
                     "no secret on standard input: pipe it in, e.g. `printf %s \"$TOKEN\" | latchkey identity put-shared ...`"
                 );
             }
-            let secret = Secret::new(secret);
+            let secret = IdentitySecret::Static {
+                value: Secret::new(secret),
+            };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(async {
-                    let vault = open_vault(&config).await?;
-                    let record = vault.put_global(&id, &server, &owner, &secret).await?;
+                    let credentials = open_credentials(&config).await?;
+                    let record = credentials
+                        .put_identity(
+                            &format!("{owner} (offline put-shared)"),
+                            &id,
+                            &server,
+                            &owner,
+                            Availability::Global,
+                            &secret,
+                            true,
+                        )
+                        .await?;
                     println!(
                         "stored identity '{}' for server '{}' (version {}, key {})",
                         record.id, record.server, record.version, record.sealed.key_id
@@ -148,6 +156,12 @@ fn main() -> Result<()> {
             println!("{}", KeyRing::generate_line(&id));
             Ok(())
         }
+        Command::Identity(c) => admin_call(admin_client::identity(&cli.admin, c)),
+        Command::User(c) => admin_call(admin_client::user(&cli.admin, c)),
+        Command::Connection(c) => admin_call(admin_client::connection(&cli.admin, c)),
+        Command::Agent(c) => admin_call(admin_client::agent(&cli.admin, c)),
+        Command::Keys(c) => admin_call(admin_client::keys(&cli.admin, c)),
+        Command::Whoami => admin_call(admin_client::whoami(&cli.admin)),
         Command::Envoy(EnvoyCommand::Render {
             config,
             listen,
@@ -156,6 +170,7 @@ fn main() -> Result<()> {
             wasm,
             max_body_bytes,
             authz_timeout_ms,
+            authz_endpoints,
         }) => {
             let config = Config::load(&config)?;
             print!(
@@ -168,13 +183,21 @@ fn main() -> Result<()> {
                         mode,
                         wasm_path: wasm,
                         max_body_bytes,
-                        authz_timeout_ms
+                        authz_timeout_ms,
+                        authz_endpoints,
                     }
                 )
             );
             Ok(())
         }
     }
+}
+
+fn admin_call(call: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(call)
 }
 
 fn init_tracing() {
@@ -188,17 +211,22 @@ fn init_tracing() {
         .init();
 }
 
-async fn open_vault(config: &Config) -> Result<Vault> {
+async fn open_credentials(config: &Config) -> Result<Credentials> {
     let keys = KeyRing::from_config(&config.vault)?;
     tracing::debug!(active_key = keys.active_id(), "master keys loaded");
-    Vault::connect(
-        keys,
+    let store = Store::connect(
         &config.redis.url,
         &config.redis.key_prefix,
-        Duration::from_secs(config.vault.cache_ttl_secs),
+        Duration::from_millis(config.redis.timeout_ms),
+        config.audit.stream_max_len,
     )
     .await
-    .with_context(|| format!("connecting to Redis at {}", redacted_url(&config.redis.url)))
+    .with_context(|| format!("connecting to Redis at {}", redacted_url(&config.redis.url)))?;
+    Ok(Credentials::new(
+        store,
+        keys,
+        Duration::from_secs(config.vault.cache_ttl_secs),
+    ))
 }
 
 /// A Redis URL without its password, for error messages.
@@ -215,7 +243,13 @@ fn redacted_url(raw: &str) -> String {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let vault = open_vault(&config).await?;
+    let credentials = open_credentials(&config).await?;
+    // Invalidations first: readiness waits for the subscription, so no
+    // Check is answered from a cache that could miss a change.
+    tokio::spawn(credentials.cache.clone().listen(
+        credentials.store.client().clone(),
+        credentials.store.channel(),
+    ));
     let verifier = authn::TokenVerifier::new(&config.identity_provider);
     match verifier.refresh().await {
         Ok(n) => {
@@ -227,23 +261,31 @@ async fn serve(config: Config) -> Result<()> {
     let routes = routing::RouteTable::build(&config);
     let grpc_addr = config.listen.grpc;
     let http_addr = config.listen.http;
+    let admin_addr = config.admin.listen;
     let state = Arc::new(state::AppState {
         config,
         routes,
         verifier,
-        vault,
+        credentials,
     });
+    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
+    tokio::spawn(announce(state.clone(), replica_id.clone()));
 
     let grpc = tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(check::CheckService {
             state: state.clone(),
         }))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
+    let admin_grpc = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(admin::AdminService {
+            state: state.clone(),
+        }))
+        .serve_with_shutdown(admin_addr, shutdown_signal());
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding the HTTP side to {http_addr}"))?;
     let http = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
-    tracing::info!(%grpc_addr, %http_addr, "latchkey serving");
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, replica = %replica_id, "latchkey serving");
     tokio::try_join!(
         async {
             grpc.await
@@ -253,8 +295,36 @@ async fn serve(config: Config) -> Result<()> {
             http.await
                 .with_context(|| format!("HTTP server on {http_addr}"))
         },
+        async {
+            admin_grpc
+                .await
+                .with_context(|| format!("admin gRPC server on {admin_addr}"))
+        },
     )?;
     Ok(())
+}
+
+/// Tells the other replicas which keys this one holds (for key rotation).
+async fn announce(state: Arc<state::AppState>, replica_id: String) {
+    let credentials = &state.credentials;
+    let info = latchkey_authz::store::ReplicaInfo {
+        id: replica_id,
+        pid: std::process::id(),
+        key_ids: credentials.keys.key_ids().map(str::to_string).collect(),
+        started_at: latchkey_authz::identity::now_rfc3339(),
+    };
+    let every = Duration::from_secs(10);
+    loop {
+        if let Err(e) = credentials.store.announce(&info, every * 3).await {
+            tracing::warn!(error = %e, "cannot announce this replica to the others");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn short_random_hex() -> String {
+    use rand::Rng;
+    format!("{:08x}", rand::rng().random::<u32>())
 }
 
 async fn shutdown_signal() {

@@ -2,12 +2,12 @@
 
 use crate::authn::TokenVerifier;
 use crate::config::Config;
+use crate::credentials::Credentials;
 use crate::routing::RouteTable;
-use crate::vault::Vault;
 
 pub struct AppState {
     pub config: Config,
     pub routes: RouteTable,
     pub verifier: TokenVerifier,
-    pub vault: Vault,
+    pub credentials: Credentials,
 }

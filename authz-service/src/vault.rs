@@ -1,5 +1,7 @@
-//! The credential vault: master keys, AES-256-GCM sealing of identity secrets,
-//! records in Redis, and a short-lived in-process cache of decrypted secrets.
+//! The credential vault's cryptography: master keys (from a key file or an
+//! environment variable, never from Redis) and AES-256-GCM sealing of
+//! identity secrets. Records live in Redis (`store`); decrypted secrets only
+//! in the replica's memory (`cache`).
 //!
 //! Each ciphertext carries the id of the key that sealed it and is bound by
 //! additional authenticated data to its identity id, server and version, so a
@@ -9,16 +11,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VaultConfig;
+use crate::identity::{IdentitySecret, VaultRecord};
 
 const NONCE_LEN: usize = 12;
 
@@ -32,14 +33,6 @@ pub enum VaultError {
     UnknownKey { id: String, key_id: String },
     #[error("identity '{0}' failed to decrypt: wrong key or the record was tampered with")]
     Tampered(String),
-    #[error("credential store (Redis) unavailable: {0}")]
-    Unavailable(String),
-    #[error(
-        "identity '{0}' does not exist; an operator stores it with `latchkey identity put-shared`"
-    )]
-    NotFound(String),
-    #[error("identity record '{id}' is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
 }
 
 /// A decrypted secret. Its `Debug` never prints the value.
@@ -136,11 +129,23 @@ impl KeyRing {
         &self.active
     }
 
+    /// Seals with the configured active key.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, VaultError> {
-        let cipher = self
-            .keys
-            .get(&self.active)
-            .ok_or_else(|| VaultError::NoKeys("active key missing".into()))?;
+        self.seal_with(&self.active.clone(), aad, plaintext)
+    }
+
+    /// Seals with a fresh random nonce under `key_id`.
+    pub fn seal_with(
+        &self,
+        key_id: &str,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Sealed, VaultError> {
+        let cipher = self.keys.get(key_id).ok_or_else(|| {
+            VaultError::NoKeys(format!(
+                "key '{key_id}' is the active key but is not loaded on this replica; add it to the key file"
+            ))
+        })?;
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ciphertext = cipher
@@ -153,7 +158,7 @@ impl KeyRing {
             )
             .map_err(|_| VaultError::NoKeys("encryption failed".into()))?;
         Ok(Sealed {
-            key_id: self.active.clone(),
+            key_id: key_id.to_string(),
             nonce: B64.encode(nonce),
             ciphertext: B64.encode(ciphertext),
         })
@@ -199,191 +204,50 @@ pub struct Sealed {
     pub ciphertext: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Availability {
-    Private,
-    Global,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentityStatus {
-    Enabled,
-    Disabled,
-}
-
-/// One identity as stored in Redis: metadata in the clear, the secret sealed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VaultRecord {
-    pub id: String,
-    pub server: String,
-    pub owner: String,
-    pub availability: Availability,
-    pub status: IdentityStatus,
-    /// Increases on every change of the secret; part of the AAD.
-    pub version: u64,
-    pub updated_at: String,
-    pub sealed: Sealed,
-}
-
-impl VaultRecord {
-    fn aad(id: &str, server: &str, version: u64) -> Vec<u8> {
-        format!("latchkey/v1/identity\0{id}\0{server}\0{version}").into_bytes()
-    }
-}
-
-/// Identity records in Redis plus the decrypted-secret cache.
-pub struct Vault {
-    keys: KeyRing,
-    redis: redis::aio::ConnectionManager,
-    prefix: String,
-    cache: moka::future::Cache<String, Secret>,
-}
-
-impl Vault {
-    pub async fn connect(
-        keys: KeyRing,
-        redis_url: &str,
-        prefix: &str,
-        cache_ttl: Duration,
-    ) -> Result<Self, VaultError> {
-        let client =
-            redis::Client::open(redis_url).map_err(|e| VaultError::Unavailable(e.to_string()))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let redis = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| VaultError::Unavailable(e.to_string()))?;
-        Ok(Self {
-            keys,
-            redis,
-            prefix: prefix.to_string(),
-            cache: moka::future::Cache::builder()
-                .time_to_live(cache_ttl)
-                .max_capacity(100_000)
-                .build(),
-        })
+impl KeyRing {
+    /// Whether this replica holds the key `key_id`.
+    pub fn has(&self, key_id: &str) -> bool {
+        self.keys.contains_key(key_id)
     }
 
-    fn key(&self, id: &str) -> String {
-        format!("{}:identity:{id}", self.prefix)
+    /// Ids of every loaded key (never the key material).
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
     }
 
-    pub async fn ping(&self) -> Result<(), VaultError> {
-        let mut conn = self.redis.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| VaultError::Unavailable(e.to_string()))
-    }
-
-    pub async fn record(&self, id: &str) -> Result<VaultRecord, VaultError> {
-        let mut conn = self.redis.clone();
-        let raw: Option<String> = conn
-            .get(self.key(id))
-            .await
-            .map_err(|e| VaultError::Unavailable(e.to_string()))?;
-        let raw = raw.ok_or_else(|| VaultError::NotFound(id.to_string()))?;
-        serde_json::from_str(&raw).map_err(|e| VaultError::Corrupt {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Stores (or replaces) a global identity's secret; the version increases.
-    pub async fn put_global(
+    /// Seals an identity's secret with `key_id`, bound to its id, server and version.
+    pub fn seal_identity(
         &self,
+        key_id: &str,
         id: &str,
         server: &str,
-        owner: &str,
-        secret: &Secret,
-    ) -> Result<VaultRecord, VaultError> {
-        let version = match self.record(id).await {
-            Ok(existing) => existing.version + 1,
-            Err(VaultError::NotFound(_)) => 1,
-            Err(e) => return Err(e),
-        };
-        let sealed = self.keys.seal(
-            &VaultRecord::aad(id, server, version),
-            secret.expose().as_bytes(),
-        )?;
-        let record = VaultRecord {
-            id: id.to_string(),
-            server: server.to_string(),
-            owner: owner.to_string(),
-            availability: Availability::Global,
-            status: IdentityStatus::Enabled,
-            version,
-            updated_at: now_rfc3339(),
-            sealed,
-        };
-        let json = serde_json::to_string(&record).map_err(|e| VaultError::Corrupt {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut conn = self.redis.clone();
-        conn.set::<_, _, ()>(self.key(id), json)
-            .await
-            .map_err(|e| VaultError::Unavailable(e.to_string()))?;
-        self.cache.invalidate(id).await;
-        Ok(record)
+        version: u64,
+        secret: &IdentitySecret,
+    ) -> Result<Sealed, VaultError> {
+        self.seal_with(
+            key_id,
+            &identity_aad(id, server, version),
+            &secret.to_plaintext(),
+        )
     }
 
-    /// The usable secret of a global identity for `server`: from the cache, or
-    /// read and decrypted from Redis. Disabled, private or mismatched records are refused.
-    pub async fn global_secret(&self, id: &str, server: &str) -> Result<Secret, CredentialError> {
-        let cache_key = format!("{server}\0{id}");
-        if let Some(s) = self.cache.get(&cache_key).await {
-            return Ok(s);
-        }
-        let record = self.record(id).await?;
-        if record.server != server {
-            return Err(CredentialError::WrongServer {
-                id: id.to_string(),
-                server: record.server,
-            });
-        }
-        if record.availability != Availability::Global {
-            return Err(CredentialError::NotGlobal(id.to_string()));
-        }
-        if record.status != IdentityStatus::Enabled {
-            return Err(CredentialError::Disabled(id.to_string()));
-        }
-        let plain = self.keys.open(
-            id,
-            &VaultRecord::aad(id, server, record.version),
+    /// Opens the secret of a stored identity; fails if the ciphertext was
+    /// altered or belongs to another record.
+    pub fn open_identity(&self, record: &VaultRecord) -> Result<IdentitySecret, VaultError> {
+        let plain = self.open(
+            &record.id,
+            &identity_aad(&record.id, &record.server, record.version),
             &record.sealed,
         )?;
-        let secret = Secret::new(
-            String::from_utf8(plain).map_err(|_| VaultError::Tampered(id.to_string()))?,
-        );
-        self.cache.insert(cache_key, secret.clone()).await;
-        Ok(secret)
+        IdentitySecret::from_plaintext(&plain)
+            .ok_or_else(|| VaultError::Tampered(record.id.clone()))
     }
 }
 
-/// Why a credential could not be produced for a request.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    #[error(transparent)]
-    Vault(#[from] VaultError),
-    #[error("identity '{0}' is disabled")]
-    Disabled(String),
-    #[error("identity '{0}' is private and cannot back a shared assignment")]
-    NotGlobal(String),
-    #[error("identity '{id}' belongs to server '{server}', not to this assignment's server")]
-    WrongServer { id: String, server: String },
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// Additional authenticated data of an identity's ciphertext: moving it onto
+/// another record (other id, server or version) makes it fail to decrypt.
+pub fn identity_aad(id: &str, server: &str, version: u64) -> Vec<u8> {
+    format!("latchkey/v1/identity\0{id}\0{server}\0{version}").into_bytes()
 }
 
 #[cfg(test)]
@@ -397,7 +261,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip_with_fresh_nonces() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let aad = VaultRecord::aad("id1", "srv", 1);
+        let aad = identity_aad("id1", "srv", 1);
         let a = k.seal(&aad, b"s3cret").unwrap();
         let b = k.seal(&aad, b"s3cret").unwrap();
         assert_ne!(a.nonce, b.nonce, "every write needs its own nonce");
@@ -409,11 +273,11 @@ mod tests {
     #[test]
     fn ciphertext_bound_to_its_record() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let sealed = k.seal(&VaultRecord::aad("id1", "srv", 1), b"x").unwrap();
+        let sealed = k.seal(&identity_aad("id1", "srv", 1), b"x").unwrap();
         for other in [
-            VaultRecord::aad("id2", "srv", 1),
-            VaultRecord::aad("id1", "other", 1),
-            VaultRecord::aad("id1", "srv", 2),
+            identity_aad("id2", "srv", 1),
+            identity_aad("id1", "other", 1),
+            identity_aad("id1", "srv", 2),
         ] {
             assert!(matches!(
                 k.open("id1", &other, &sealed),
@@ -425,7 +289,7 @@ mod tests {
     #[test]
     fn flipped_byte_is_rejected() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let aad = VaultRecord::aad("id1", "srv", 1);
+        let aad = identity_aad("id1", "srv", 1);
         let mut sealed = k.seal(&aad, b"secret-value").unwrap();
         let mut raw = B64.decode(&sealed.ciphertext).unwrap();
         raw[0] ^= 1;
@@ -441,7 +305,7 @@ mod tests {
         let l1 = KeyRing::generate_line("k1");
         let l2 = KeyRing::generate_line("k2");
         let old = ring(&l1);
-        let aad = VaultRecord::aad("id", "s", 1);
+        let aad = identity_aad("id", "s", 1);
         let sealed = old.seal(&aad, b"v").unwrap();
         let both = ring(&format!("{l1}\n{l2}"));
         assert_eq!(both.active_id(), "k2");

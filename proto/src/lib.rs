@@ -12,6 +12,9 @@ include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
 pub use envoy::config::core::v3 as core;
 pub use envoy::service::auth::v3 as auth;
+/// Latchkey's operator API (`latchkey.admin.v1.Admin`).
+#[cfg(feature = "grpc")]
+pub use latchkey::admin::v1 as admin;
 
 /// Name of the dynamic/filter metadata namespace that carries the MCP context.
 pub const MCP_METADATA_NAMESPACE: &str = "latchkey.mcp";

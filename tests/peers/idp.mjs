@@ -16,6 +16,7 @@
 //   exp_offset  seconds from now until exp; negative gives an expired token (default 3600)
 //   iss         overrides the iss claim (a "wrong issuer" token with a valid signature)
 //   scope       scope claim
+//   claims      a JSON object merged into the payload (groups, capabilities, act, ...)
 // client_id and azp carry the client_id. The token response's `expires_in`
 // stays 3600 whatever exp_offset says.
 // SIGUSR2 adds a signing key (key rotation).
@@ -70,6 +71,15 @@ server.service.on('beforeTokenSigning', (token, req) => {
   if (str(body.iss) !== undefined) token.payload.iss = body.iss;
   if (typeof body.aud === 'string' || Array.isArray(body.aud)) token.payload.aud = body.aud;
   if (str(body.scope) !== undefined) token.payload.scope = body.scope;
+  // Extra claims (groups, capabilities, act, ...) as one JSON object.
+  if (str(body.claims) !== undefined) {
+    try {
+      const extra = JSON.parse(body.claims);
+      if (extra && typeof extra === 'object' && !Array.isArray(extra)) Object.assign(token.payload, extra);
+    } catch {
+      console.error('idp.mjs: the claims parameter is not a JSON object; ignored');
+    }
+  }
 });
 
 // SIGUSR2 adds a new signing key (tokens then alternate between the keys),

@@ -17,11 +17,31 @@ use crate::process::{Process, free_port};
 pub struct Redis {
     pub port: u16,
     pub process: Process,
+    /// Where a persistent Redis keeps `dump.rdb` (None: nothing is kept).
+    data_dir: Option<std::path::PathBuf>,
+    log_dir: std::path::PathBuf,
+    restarts: u32,
 }
 
 impl Redis {
     pub fn start(dir: &Path) -> Result<Redis> {
-        let port = free_port();
+        Self::start_on(dir, free_port(), None, "redis")
+    }
+
+    /// A Redis whose data survives `stop_saving` + `restart` (an RDB file
+    /// in `<dir>/redis-data`), for scenarios where Redis goes away mid-run.
+    pub fn start_persistent(dir: &Path) -> Result<Redis> {
+        let data = dir.join("redis-data");
+        std::fs::create_dir_all(&data)?;
+        Self::start_on(dir, free_port(), Some(data), "redis")
+    }
+
+    fn start_on(
+        dir: &Path,
+        port: u16,
+        data_dir: Option<std::path::PathBuf>,
+        name: &str,
+    ) -> Result<Redis> {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -33,11 +53,137 @@ impl Redis {
             "--appendonly",
             "no",
         ])
-        .current_dir(dir);
-        let mut process = Process::spawn("redis", cmd, dir)
+        .current_dir(data_dir.as_deref().unwrap_or(dir));
+        let mut process = Process::spawn(name, cmd, dir)
             .context("redis-server could not be started: run scripts/setup")?;
         process.wait_for_port(port, Duration::from_secs(10))?;
-        Ok(Redis { port, process })
+        Ok(Redis {
+            port,
+            process,
+            data_dir,
+            log_dir: dir.to_path_buf(),
+            restarts: 0,
+        })
+    }
+
+    /// Stops Redis after writing its data to disk (persistent Redis only).
+    pub fn stop_saving(&mut self) -> Result<()> {
+        if self.data_dir.is_none() {
+            bail!("this Redis was not started persistent");
+        }
+        // The connection closes as Redis exits; the reply may never come.
+        let _ = self.command(&["SHUTDOWN", "SAVE"]);
+        self.process.stop();
+        Ok(())
+    }
+
+    /// Starts Redis again on the same port with the data it saved.
+    pub fn restart(&mut self) -> Result<()> {
+        self.restarts += 1;
+        let again = Self::start_on(
+            &self.log_dir.clone(),
+            self.port,
+            self.data_dir.clone(),
+            &format!("redis-{}", self.restarts + 1),
+        )?;
+        let restarts = self.restarts;
+        *self = again;
+        self.restarts = restarts;
+        Ok(())
+    }
+
+    fn connection(&self) -> Result<redis::Connection> {
+        redis::Client::open(self.url())?
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .with_context(|| format!("connecting to redis on port {}", self.port))
+    }
+
+    /// The JSON documents in field `field` of every entry of stream `key`.
+    pub fn stream_json(&self, key: &str, field: &str) -> Result<Vec<serde_json::Value>> {
+        let mut conn = self.connection()?;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)?;
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let text: String = entry
+                    .get(field)
+                    .with_context(|| format!("stream entry {} has no '{field}'", entry.id))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("stream entry {} is not JSON: {text}", entry.id))
+            })
+            .collect()
+    }
+
+    /// Every key and its value (strings, set members, stream fields,
+    /// hash fields) as text, for scanning Redis for plaintext secrets.
+    pub fn dump_all(&self) -> Result<Vec<(String, String)>> {
+        let mut conn = self.connection()?;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn)?;
+        let mut out = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn)?;
+            let value = match kind.as_str() {
+                "string" => redis::cmd("GET").arg(&key).query::<String>(&mut conn)?,
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query::<Vec<String>>(&mut conn)?
+                    .join("\n"),
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query::<Vec<String>>(&mut conn)?
+                    .join("\n"),
+                "stream" => {
+                    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .query(&mut conn)?;
+                    reply
+                        .ids
+                        .iter()
+                        .flat_map(|e| e.map.values())
+                        .filter_map(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
+                other => format!("<{other}>"),
+            };
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Reads a string key (None when absent).
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        Ok(redis::cmd("GET").arg(key).query(&mut self.connection()?)?)
+    }
+
+    /// Writes a string key.
+    pub fn set(&self, key: &str, value: &str) -> Result<()> {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query::<()>(&mut self.connection()?)?;
+        Ok(())
+    }
+
+    /// Total calls of one command since start, from `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> Result<u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection()?)?;
+        let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
     }
 
     /// `PING`, expecting `PONG`.
@@ -85,6 +231,8 @@ pub struct TokenRequest {
     pub iss: Option<String>,
     /// The `scope` claim (space-separated); absent when `None`.
     pub scope: Option<String>,
+    /// More claims, merged into the payload.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl TokenRequest {
@@ -97,7 +245,14 @@ impl TokenRequest {
             exp_offset: 600,
             iss: None,
             scope: None,
+            claims: Default::default(),
         }
+    }
+
+    /// Adds one claim, e.g. `groups` or `latchkey_capabilities`.
+    pub fn claim(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.claims.insert(name.into(), value);
+        self
     }
 
     pub fn client(mut self, client_id: &str) -> Self {
@@ -218,6 +373,12 @@ impl Idp {
         }
         if let Some(scope) = &req.scope {
             form.push(("scope", scope.clone()));
+        }
+        if !req.claims.is_empty() {
+            form.push((
+                "claims",
+                serde_json::Value::Object(req.claims.clone()).to_string(),
+            ));
         }
         let url = format!("{}/token", self.base_url());
         let resp = reqwest::Client::new()

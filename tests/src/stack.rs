@@ -31,6 +31,12 @@ pub struct StackOptions {
     pub everything: bool,
     pub authz_timeout_ms: u64,
     pub max_body_bytes: u64,
+    /// How many `latchkey serve` replicas share Redis behind Envoy (round-robin).
+    pub replicas: usize,
+    /// Master key ids in the key file; the first is the configured active one.
+    pub key_ids: Vec<String>,
+    /// Keep Redis data across a stop (`Redis::stop_saving` / `restart`).
+    pub persistent_redis: bool,
 }
 
 impl Default for StackOptions {
@@ -40,7 +46,29 @@ impl Default for StackOptions {
             everything: false,
             authz_timeout_ms: 2000,
             max_body_bytes: 64 * 1024,
+            replicas: 1,
+            key_ids: vec!["e2e1".into()],
+            persistent_redis: false,
         }
+    }
+}
+
+/// The audience admin tokens carry in every stack.
+pub const ADMIN_AUDIENCE: &str = "latchkey-admin";
+
+/// One `latchkey serve` process and its ports (its own config file, since
+/// the listen addresses differ; everything else is shared).
+pub struct Replica {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    pub process: Option<Process>,
+}
+
+impl Replica {
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
     }
 }
 
@@ -51,11 +79,11 @@ pub struct Stack {
     pub idp: Idp,
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
-    pub latchkey: Option<Process>,
+    pub replicas: Vec<Replica>,
     pub envoy: Envoy,
     pub envoy_port: u16,
-    pub grpc_port: u16,
-    pub http_port: u16,
+    /// The master key file every replica reads.
+    pub key_file: PathBuf,
     /// The service-account secret stored for the `whoami` server.
     pub whoami_secret: String,
     /// The service-account secret stored for `everything`.
@@ -67,7 +95,11 @@ pub struct Stack {
 impl Stack {
     pub async fn start(scenario: &str, opts: StackOptions) -> Result<Stack> {
         let dir = paths::scenario_dir(scenario)?;
-        let redis = Redis::start(&dir)?;
+        let redis = if opts.persistent_redis {
+            Redis::start_persistent(&dir)?
+        } else {
+            Redis::start(&dir)?
+        };
         let idp = Idp::start(&dir)?;
         let echo = AuthEcho::start(&dir)?;
         let everything = if opts.everything {
@@ -78,38 +110,44 @@ impl Stack {
 
         let envoy_port = free_port();
         let admin_port = free_port();
-        let grpc_port = free_port();
-        let http_port = free_port();
         let latchkey_bin = paths::latchkey_bin()?;
 
-        let key_line = run(
-            Command::new(&latchkey_bin).args(["keys", "generate", "--id", "e2e1"]),
-            None,
-        )?;
+        let mut key_lines = String::new();
+        let mut key_material = Vec::new();
+        for id in &opts.key_ids {
+            let line = run(
+                Command::new(&latchkey_bin).args(["keys", "generate", "--id", id]),
+                None,
+            )?;
+            key_material.push(
+                line.trim()
+                    .split_once(':')
+                    .map(|(_, k)| k.to_string())
+                    .unwrap_or_default(),
+            );
+            key_lines.push_str(&line);
+        }
         let key_file = dir.join("master.keys");
-        std::fs::write(&key_file, &key_line)?;
-        let key_material = key_line
-            .trim()
-            .split_once(':')
-            .map(|(_, k)| k.to_string())
-            .unwrap_or_default();
+        std::fs::write(&key_file, &key_lines)?;
+        let active_key = opts.key_ids.first().cloned().unwrap_or_default();
 
         let everything_url = everything
             .as_ref()
             .map(Everything::url)
             .unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
-        let config = format!(
+        let shared = format!(
             r#"
-[listen]
-grpc = "127.0.0.1:{grpc_port}"
-http = "127.0.0.1:{http_port}"
-
 [redis]
 url = "{redis}"
 
 [vault]
 key_file = "{key_file}"
+active_key = "{active_key}"
 cache_ttl_secs = 30
+
+[admin.roles]
+"platform-admins" = ["identities:manage", "users:manage", "agents:manage", "connections:manage", "keys:manage"]
+"secops" = ["identities:manage"]
 
 [identity_provider]
 issuer = "{issuer}"
@@ -158,8 +196,28 @@ identity = "late-sa"
             issuer = idp.issuer(),
             echo = echo.url(),
         );
-        let config_path = dir.join("latchkey.toml");
-        std::fs::write(&config_path, config)?;
+        let mut replicas = Vec::new();
+        for n in 0..opts.replicas.max(1) {
+            let (grpc_port, http_port, admin_api_port) = (free_port(), free_port(), free_port());
+            // The listen sections go first: TOML tables after [admin.roles] would nest.
+            let config = format!(
+                "[listen]\ngrpc = \"127.0.0.1:{grpc_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_api_port}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}"
+            );
+            let config_path = dir.join(if n == 0 {
+                "latchkey.toml".to_string()
+            } else {
+                format!("latchkey-{n}.toml")
+            });
+            std::fs::write(&config_path, config)?;
+            replicas.push(Replica {
+                grpc_port,
+                http_port,
+                admin_port: admin_api_port,
+                config_path,
+                process: None,
+            });
+        }
+        let config_path = replicas[0].config_path.clone();
 
         let whoami_secret = format!("sa-whoami-{}", random_hex());
         let everything_secret = format!("sa-everything-{}", random_hex());
@@ -183,7 +241,19 @@ identity = "late-sa"
                 .write_all(out.as_bytes())?;
         }
 
-        let latchkey = start_latchkey(&latchkey_bin, &config_path, &dir, http_port)?;
+        for (n, r) in replicas.iter_mut().enumerate() {
+            r.process = Some(start_latchkey(
+                &latchkey_bin,
+                &r.config_path,
+                &dir,
+                r.http_port,
+                n,
+            )?);
+        }
+        let authz_args: Vec<String> = replicas
+            .iter()
+            .flat_map(|r| ["--authz".to_string(), format!("127.0.0.1:{}", r.grpc_port)])
+            .collect();
 
         let mode = match opts.mode {
             AuthzMode::Wasm => "wasm",
@@ -198,7 +268,8 @@ identity = "late-sa"
                 .args(["--mode", mode, "--wasm"])
                 .arg(paths::filter_wasm()?)
                 .args(["--max-body-bytes", &opts.max_body_bytes.to_string()])
-                .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()]),
+                .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()])
+                .args(&authz_args),
             None,
         )?;
         let envoy = Envoy::start(&dir, &bootstrap)?;
@@ -210,17 +281,21 @@ identity = "late-sa"
             idp,
             echo,
             everything,
-            latchkey: Some(latchkey),
+            replicas,
             envoy,
             envoy_port,
-            grpc_port,
-            http_port,
-            secrets: Mutex::new(vec![
-                whoami_secret.clone(),
-                everything_secret.clone(),
-                late_secret,
-                key_material,
-            ]),
+            key_file,
+            secrets: Mutex::new(
+                [
+                    vec![
+                        whoami_secret.clone(),
+                        everything_secret.clone(),
+                        late_secret,
+                    ],
+                    key_material,
+                ]
+                .concat(),
+            ),
             whoami_secret,
             everything_secret,
         })
@@ -253,19 +328,93 @@ identity = "late-sa"
         }
     }
 
+    /// Replica 0's process (the only one unless `replicas` was set).
+    pub fn latchkey(&self) -> Option<&Process> {
+        self.replicas.first().and_then(|r| r.process.as_ref())
+    }
+
     pub fn stop_latchkey(&mut self) {
-        self.latchkey = None;
+        self.stop_replica(0);
     }
 
     pub fn restart_latchkey(&mut self) -> Result<()> {
-        self.latchkey = None;
-        self.latchkey = Some(start_latchkey(
-            &paths::latchkey_bin()?,
-            &self.config_path,
+        self.restart_replica(0)
+    }
+
+    pub fn stop_replica(&mut self, n: usize) {
+        if let Some(r) = self.replicas.get_mut(n) {
+            r.process = None;
+        }
+    }
+
+    pub fn restart_replica(&mut self, n: usize) -> Result<()> {
+        let bin = paths::latchkey_bin()?;
+        let r = self.replicas.get_mut(n).context("no such replica")?;
+        r.process = None;
+        r.process = Some(start_latchkey(
+            &bin,
+            &r.config_path,
             &self.dir,
-            self.http_port,
+            r.http_port,
+            n,
         )?);
         Ok(())
+    }
+
+    /// A token for the admin API: `sub`, audience `latchkey-admin`, with
+    /// `groups` (mapped to capabilities in `[admin.roles]`).
+    pub async fn admin_token(&self, sub: &str, groups: &[&str]) -> Result<String> {
+        self.token_with(
+            &TokenRequest::new(sub, ADMIN_AUDIENCE)
+                .client("latchkey-cli")
+                .claim("groups", serde_json::json!(groups)),
+        )
+        .await
+    }
+
+    /// Runs the `latchkey` CLI against replica `n`'s admin API with `token`,
+    /// `--json`, and `stdin` piped in; its parsed JSON lines on success, its
+    /// stderr in the error.
+    pub fn cli(
+        &self,
+        n: usize,
+        token: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>> {
+        let r = self.replicas.get(n).context("no such replica")?;
+        let out = run(
+            Command::new(paths::latchkey_bin()?)
+                .args(["--json", "--admin-url", &r.admin_url()])
+                .args(args)
+                .env("LATCHKEY_TOKEN", token),
+            stdin,
+        )?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("cli.log"))?
+            .write_all(format!("$ latchkey {}\n{out}", args.join(" ")).as_bytes())?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("CLI printed non-JSON: {l}")))
+            .collect()
+    }
+
+    /// Runs the CLI expecting it to fail; returns its stderr.
+    pub fn cli_refused(&self, n: usize, token: &str, args: &[&str]) -> Result<String> {
+        match self.cli(n, token, args, None) {
+            Ok(out) => bail!(
+                "`latchkey {}` succeeded but should not have: {out:?}",
+                args.join(" ")
+            ),
+            Err(e) => Ok(format!("{e:#}")),
+        }
+    }
+
+    /// Every lifecycle event in the audit stream, oldest first.
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
+        self.redis.stream_json("latchkey:audit", "event")
     }
 
     /// Fails if any secret of this run is in any log of this run.
@@ -280,15 +429,21 @@ fn start_latchkey(
     config: &PathBuf,
     dir: &std::path::Path,
     http_port: u16,
+    replica: usize,
 ) -> Result<Process> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
         .env("LATCHKEY_LOG", "info");
-    let name = if dir.join("latchkey.log").exists() {
-        format!("latchkey-{}", random_hex())
-    } else {
+    let base = if replica == 0 {
         "latchkey".to_string()
+    } else {
+        format!("latchkey-r{replica}")
+    };
+    let name = if dir.join(format!("{base}.log")).exists() {
+        format!("{base}-{}", random_hex())
+    } else {
+        base
     };
     let mut p = Process::spawn(&name, cmd, dir)?;
     p.wait_for_http(

@@ -402,11 +402,11 @@ async fn authz_down_or_slow_fails_closed() -> Result<()> {
     let before = stack.echo.requests().await?;
 
     // Slow past the filter's timeout: the service is frozen mid-run.
-    if let Some(p) = &stack.latchkey {
+    if let Some(p) = stack.latchkey() {
         p.pause(true);
     }
     let r = post_json(&url, Some(&token), &call(json!(21), "whoami"), &[]).await?;
-    if let Some(p) = &stack.latchkey {
+    if let Some(p) = stack.latchkey() {
         p.pause(false);
     }
     assert_eq!(r.status, 503, "{}", r.body);

@@ -1,0 +1,378 @@
+//! Redis: identity records (sealed), users, agents, connections, their
+//! indexes, the active key id, the replica registry, the invalidation
+//! channel and the audit stream. Every change is one atomic compare-and-set
+//! that also appends its audit event and publishes the changed key, so a
+//! change is either entirely there (record, index, event, notification) or
+//! not at all.
+//!
+//! The request path reads through `cache`; only misses reach this module.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::audit::LifecycleEvent;
+use crate::identity::PrincipalKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the credential store (Redis) is unavailable: {0}")]
+    Unavailable(String),
+    #[error("record '{key}' in Redis is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("'{0}' kept changing while this change was applied; try again")]
+    Contended(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Compare-and-set of one record plus its index entries, audit event and
+/// invalidation message, atomically.
+///
+/// KEYS[1] record, KEYS[2] audit stream, KEYS[3..] index sets.
+/// ARGV[1] expected current value ("" = must not exist), ARGV[2] new value
+/// ("" = delete), ARGV[3] audit event ("" = none), ARGV[4] stream max length,
+/// ARGV[5] invalidation channel ("" = none), ARGV[6] index member.
+const CHANGE_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  for i = 3, #KEYS do redis.call('SREM', KEYS[i], ARGV[6]) end
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+  for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[6]) end
+end
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
+return 1
+"#;
+
+/// How many times a change is retried when another writer got there first.
+const CHANGE_ATTEMPTS: usize = 8;
+
+/// The outcome of a change function: the new value (None deletes) and the
+/// event that describes it.
+pub struct Mutation<T> {
+    pub new: Option<T>,
+    pub event: LifecycleEvent,
+}
+
+/// One `latchkey serve` process as it announces itself to the others.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub pid: u32,
+    /// Ids (never material) of the master keys it holds.
+    pub key_ids: Vec<String>,
+    pub started_at: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    redis: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+    audit_max_len: usize,
+    change: redis::Script,
+}
+
+impl Store {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        audit_max_len: usize,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let redis = client.get_connection_manager_with_config(config).await?;
+        Ok(Self {
+            redis,
+            client,
+            prefix: prefix.to_string(),
+            audit_max_len,
+            change: redis::Script::new(CHANGE_SCRIPT),
+        })
+    }
+
+    /// For opening the invalidation subscription (a dedicated connection).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    // --- key names -------------------------------------------------------
+
+    pub fn identity_key(&self, id: &str) -> String {
+        format!("{}:identity:{id}", self.prefix)
+    }
+    pub fn identities_index(&self) -> String {
+        format!("{}:identities", self.prefix)
+    }
+    pub fn owner_index(&self, owner: &str) -> String {
+        format!("{}:identities:owner:{owner}", self.prefix)
+    }
+    pub fn principal_key(&self, kind: PrincipalKind, id: &str) -> String {
+        format!("{}:{}:{id}", self.prefix, kind.as_str())
+    }
+    /// Gateway names cannot contain `:`, so the user part may.
+    pub fn connection_key(&self, gateway: &str, user: &str) -> String {
+        format!("{}:connection:{gateway}:{user}", self.prefix)
+    }
+    pub fn connections_index(&self) -> String {
+        format!("{}:connections", self.prefix)
+    }
+    pub fn user_connections_index(&self, user: &str) -> String {
+        format!("{}:connections:user:{user}", self.prefix)
+    }
+    pub fn active_key_key(&self) -> String {
+        format!("{}:vault:active_key", self.prefix)
+    }
+    pub fn audit_stream(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+    pub fn channel(&self) -> String {
+        format!("{}:invalidate", self.prefix)
+    }
+    fn replica_key(&self, id: &str) -> String {
+        format!("{}:replica:{id}", self.prefix)
+    }
+
+    // --- reads -----------------------------------------------------------
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn get_raw(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        Ok(conn.get(key).await?)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.get_raw(key).await? {
+            Some(raw) => parse(key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Many records at once (missing ones are skipped), in chunks.
+    pub async fn get_many<T: DeserializeOwned>(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut conn = self.redis.clone();
+        for chunk in keys.chunks(500) {
+            let raws: Vec<Option<String>> =
+                redis::cmd("MGET").arg(chunk).query_async(&mut conn).await?;
+            for (key, raw) in chunk.iter().zip(raws) {
+                if let Some(raw) = raw {
+                    out.push(parse(key, &raw)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        let mut members: Vec<String> = conn.smembers(index).await?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// The master key id new ciphertexts are sealed with, when one was set
+    /// by a rotation (otherwise the configured default applies).
+    pub async fn active_key(&self) -> Result<Option<String>, StoreError> {
+        self.get_raw(&self.active_key_key()).await
+    }
+
+    // --- changes ---------------------------------------------------------
+
+    /// Reads `key`, lets `change` decide the new value and its event, and
+    /// writes both atomically, retrying if someone else changed the record
+    /// in between. `indexes` are sets that hold `member` while the record
+    /// exists. Returns the value written (None when deleted).
+    pub async fn mutate<T, E>(
+        &self,
+        key: &str,
+        indexes: &[String],
+        member: &str,
+        mut change: impl FnMut(Option<T>) -> Result<Mutation<T>, E>,
+    ) -> Result<Option<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError>,
+    {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let raw = self.get_raw(key).await?;
+            let current = match &raw {
+                Some(r) => Some(parse::<T>(key, r)?),
+                None => None,
+            };
+            let Mutation { new, event } = change(current)?;
+            let new_raw = match &new {
+                Some(v) => serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?,
+                None => String::new(),
+            };
+            let event_json = event.to_json();
+            let applied = self
+                .apply(
+                    key,
+                    indexes,
+                    raw.as_deref().unwrap_or(""),
+                    &new_raw,
+                    &event_json,
+                    true,
+                    member,
+                )
+                .await?;
+            if applied {
+                event.log();
+                return Ok(new);
+            }
+        }
+        Err(StoreError::Contended(key.to_string()).into())
+    }
+
+    /// Replaces a record's value if it is still `expected`, with no event and
+    /// no notification (re-encryption: the plaintext is unchanged).
+    pub async fn replace_if_unchanged(
+        &self,
+        key: &str,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.apply(key, &[], expected, new, "", false, "").await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn apply(
+        &self,
+        key: &str,
+        indexes: &[String],
+        expected: &str,
+        new: &str,
+        event: &str,
+        notify: bool,
+        member: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.change.prepare_invoke();
+        invocation.key(key).key(self.audit_stream());
+        for index in indexes {
+            invocation.key(index);
+        }
+        invocation
+            .arg(expected)
+            .arg(new)
+            .arg(event)
+            .arg(self.audit_max_len)
+            .arg(if notify {
+                self.channel()
+            } else {
+                String::new()
+            })
+            .arg(member);
+        let applied: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(applied == 1)
+    }
+
+    /// Sets the active key id, with its event, and tells every replica.
+    pub async fn set_active_key(
+        &self,
+        key_id: &str,
+        event: &LifecycleEvent,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .set(self.active_key_key(), key_id)
+            .ignore()
+            .cmd("XADD")
+            .arg(self.audit_stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.audit_max_len)
+            .arg("*")
+            .arg("event")
+            .arg(event.to_json())
+            .ignore()
+            .publish(self.channel(), self.active_key_key())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        event.log();
+        Ok(())
+    }
+
+    /// Appends an event that is not tied to one record's change.
+    pub async fn append_event(&self, event: &LifecycleEvent) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        redis::cmd("XADD")
+            .arg(self.audit_stream())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.audit_max_len)
+            .arg("*")
+            .arg("event")
+            .arg(event.to_json())
+            .query_async::<String>(&mut conn)
+            .await?;
+        event.log();
+        Ok(())
+    }
+
+    // --- replicas --------------------------------------------------------
+
+    /// Announces this replica (and the key ids it holds) for `ttl`.
+    pub async fn announce(&self, info: &ReplicaInfo, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        let json = serde_json::to_string(info).unwrap_or_default();
+        conn.set_ex::<_, _, ()>(self.replica_key(&info.id), json, ttl.as_secs().max(1))
+            .await?;
+        Ok(())
+    }
+
+    /// The replicas that announced themselves recently.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
+        let mut conn = self.redis.clone();
+        let pattern = format!("{}:replica:*", self.prefix);
+        let mut keys = Vec::new();
+        let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        drop(iter);
+        self.get_many(&keys).await
+    }
+}
+
+fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
