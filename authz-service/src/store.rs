@@ -164,7 +164,15 @@ impl Store {
 
     pub async fn get_raw(&self, key: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.redis.clone();
-        Ok(conn.get(key).await?)
+        match conn.get(key).await {
+            Err(e) if reconnectable(&e) => {
+                // The first command after Redis came back only triggers the
+                // reconnection; a read is safe to send again.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                Ok(conn.get(key).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -368,6 +376,16 @@ impl Store {
         drop(iter);
         self.get_many(&keys).await
     }
+}
+
+/// How long a read waits before its one retry after a dropped connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Errors after which the command was not executed and the connection is
+/// being re-established. Only reads are retried: a write's script may have
+/// run before its reply was lost.
+fn reconnectable(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error()
 }
 
 fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {

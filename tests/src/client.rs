@@ -12,6 +12,28 @@ use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
+/// A 2025-11-25 `initialize` request with id 1, for raw exchanges.
+pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
+
+/// A `tools/call` request of `tool` with no arguments.
+pub fn tools_call(id: serde_json::Value, tool: &str) -> String {
+    serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{}}})
+        .to_string()
+}
+
+/// Asserts `body` is a JSON-RPC error with `id` and `code` and a message a
+/// person can act on; returns it parsed.
+pub fn assert_jsonrpc_error(body: &str, id: &serde_json::Value, code: i64) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON-RPC: {body}"));
+    assert_eq!(v["jsonrpc"], "2.0", "{body}");
+    assert_eq!(&v["id"], id, "error must carry the request id: {body}");
+    assert_eq!(v["error"]["code"], code, "{body}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.len() > 10, "message should say what to do: {body}");
+    v
+}
+
 /// The bound on one MCP exchange and on one raw HTTP exchange.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -8,27 +8,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use latchkey_e2e::client::{INITIALIZE as INIT, assert_jsonrpc_error, tools_call as call};
 use latchkey_e2e::peers::{TokenRequest, jwt_claims, jwt_header, tamper_signature};
 use latchkey_e2e::stack::AuthzMode;
 use latchkey_e2e::{McpClient, Stack, StackOptions, post_json};
 use serde_json::{Value, json};
-
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
-
-fn call(id: Value, tool: &str) -> String {
-    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{}}})
-        .to_string()
-}
-
-fn assert_jsonrpc_error(body: &str, id: &Value, code: i64) -> Value {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON-RPC: {body}"));
-    assert_eq!(v["jsonrpc"], "2.0", "{body}");
-    assert_eq!(&v["id"], id, "error must carry the request id: {body}");
-    assert_eq!(v["error"]["code"], code, "{body}");
-    let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.len() > 10, "message should say what to do: {body}");
-    v
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_token_reaches_upstream_with_service_account_credential() -> Result<()> {

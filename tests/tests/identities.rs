@@ -1,0 +1,737 @@
+//! Identities, users, connections, agents and master keys, end to end: the
+//! `latchkey` CLI against the admin API of real `latchkey serve` replicas
+//! sharing one real Redis, and requests through a real Envoy running the
+//! Wasm filter, balanced round-robin over the replicas.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use latchkey_e2e::client::{INITIALIZE, assert_jsonrpc_error};
+use latchkey_e2e::stack::random_hex;
+use latchkey_e2e::{McpClient, Stack, StackOptions, post_json};
+use serde_json::{Value, json};
+
+const ADMINS: &[&str] = &["platform-admins"];
+
+/// The status and body of an `initialize` on `assignment` with `token`:
+/// every request is checked, so this is the decision for that caller.
+async fn initialize(stack: &Stack, assignment: &str, token: &str) -> Result<(u16, String)> {
+    let r = post_json(&stack.url(assignment), Some(token), INITIALIZE, &[]).await?;
+    Ok((r.status, r.body))
+}
+
+/// How many decisions replica `n` has logged so far.
+fn decisions(stack: &Stack, n: usize) -> usize {
+    stack.replicas[n]
+        .process
+        .as_ref()
+        .map(|p| {
+            p.log_text()
+                .lines()
+                .filter(|l| l.contains("\"latchkey::decision\""))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sends one request per replica (Envoy balances round-robin), checks each
+/// got `status` with `needle` in the body, and that every replica decided one.
+async fn expect_on_every_replica(
+    stack: &Stack,
+    assignment: &str,
+    token: &str,
+    status: u16,
+    needle: &str,
+) -> Result<()> {
+    let before: Vec<usize> = (0..stack.replicas.len())
+        .map(|n| decisions(stack, n))
+        .collect();
+    for _ in 0..stack.replicas.len() {
+        let (got, body) = initialize(stack, assignment, token).await?;
+        ensure!(
+            got == status && body.contains(needle),
+            "{assignment}: expected {status} with {needle:?}, got {got}: {body}"
+        );
+        if status != 200 {
+            assert_jsonrpc_error(&body, &json!(1), -32003);
+        }
+    }
+    // Decisions are logged right after they are answered.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (n, b) in before.iter().enumerate() {
+        ensure!(
+            decisions(stack, n) > *b,
+            "replica {n} took no decision: round-robin did not reach it"
+        );
+    }
+    Ok(())
+}
+
+/// Asserts the audit stream holds `(action, actor, target)` in this order
+/// (other events may come between), each with no secret in it.
+fn assert_audited(stack: &Stack, expected: &[(&str, &str, &str)], secrets: &[&str]) -> Result<()> {
+    let events = stack.audit_events()?;
+    let mut at = 0;
+    for (action, actor, target) in expected {
+        let found = events[at..]
+            .iter()
+            .position(|e| e["action"] == *action && e["actor"] == *actor && e["target"] == *target);
+        let Some(i) = found else {
+            anyhow::bail!(
+                "no audit event {action} by {actor} on {target} after position {at}; events: {}",
+                serde_json::to_string_pretty(&events)?
+            );
+        };
+        let e = &events[at + i];
+        ensure!(e["event"] == "lifecycle" && e["time"].is_string(), "{e}");
+        at += i + 1;
+    }
+    for e in &events {
+        let text = e.to_string();
+        for s in secrets {
+            ensure!(!text.contains(s), "an audit event carries a secret: {text}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_and_enable_take_effect_on_every_replica() -> Result<()> {
+    let stack = Stack::start(
+        "replicas_disable",
+        StackOptions {
+            replicas: 2,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secret = format!("alice-pat-{}", random_hex());
+    stack.remember_secret(&secret);
+
+    // Alice brings her own identity (through replica 0) and connects it
+    // (through replica 1).
+    let created = stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity",
+            "create",
+            "--server",
+            "whoami",
+            "--id",
+            "alice-whoami",
+        ],
+        Some(&secret),
+    )?;
+    assert_eq!(created[0]["owner"], "alice");
+    assert_eq!(created[0]["availability"], "private");
+    assert_eq!(created[0]["status"], "enabled");
+    assert_eq!(created[0]["key_id"], "e2e1");
+    assert!(!created[0].to_string().contains(&secret));
+    stack.cli(
+        1,
+        &alice_admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-whoami",
+        ],
+        None,
+    )?;
+
+    // The upstream sees alice's own credential, not her token.
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let result = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&result), format!("Bearer {secret}"));
+    client.close().await?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    // Identity.
+    stack.cli(0, &ops, &["identity", "disable", "alice-whoami"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "disabled").await?;
+    stack.cli(1, &ops, &["identity", "enable", "alice-whoami"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    // User: deactivation stops every gateway path, shared ones too.
+    stack.cli(1, &ops, &["user", "deactivate", "alice"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "deactivated").await?;
+    expect_on_every_replica(&stack, "whoami", &alice, 403, "deactivated").await?;
+    let refused = stack.cli_refused(0, &alice_admin, &["identity", "list"])?;
+    assert!(refused.contains("deactivated"), "{refused}");
+    stack.cli(0, &ops, &["user", "reactivate", "alice"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    // Connection: alice turns her own off and on.
+    stack.cli(
+        0,
+        &alice_admin,
+        &["connection", "disable", "--gateway", "e2e"],
+        None,
+    )?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "connection").await?;
+    stack.cli(
+        1,
+        &alice_admin,
+        &["connection", "enable", "--gateway", "e2e"],
+        None,
+    )?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    // Agent: the client alice's token was issued to.
+    stack.cli(1, &ops, &["agent", "disable", "e2e-agent"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "agent 'e2e-agent'").await?;
+    let other_agent = stack
+        .token_with(&latchkey_e2e::TokenRequest::new("alice", &stack.gateway_url()).client("other"))
+        .await?;
+    expect_on_every_replica(&stack, "whoami-mine", &other_agent, 200, "").await?;
+    stack.cli(0, &ops, &["agent", "enable", "e2e-agent"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    let listed = stack.cli(0, &alice_admin, &["connection", "list"], None)?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["identities"]["whoami"], "alice-whoami");
+
+    assert_audited(
+        &stack,
+        &[
+            ("identity.create", "alice", "alice-whoami"),
+            ("connection.use_identity", "alice", "e2e/alice"),
+            ("identity.disable", "ops", "alice-whoami"),
+            ("identity.enable", "ops", "alice-whoami"),
+            ("user.deactivate", "ops", "alice"),
+            ("user.reactivate", "ops", "alice"),
+            ("connection.disable", "alice", "e2e/alice"),
+            ("connection.enable", "alice", "e2e/alice"),
+            ("agent.disable", "ops", "e2e-agent"),
+            ("agent.enable", "ops", "e2e-agent"),
+        ],
+        &[&secret],
+    )?;
+    let disable = stack
+        .audit_events()?
+        .into_iter()
+        .find(|e| e["action"] == "identity.disable")
+        .context("identity.disable event")?;
+    assert_eq!(disable["before"]["status"], "enabled", "{disable}");
+    assert_eq!(disable["after"]["status"], "disabled", "{disable}");
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_identities_stay_private_and_global_ones_are_shared() -> Result<()> {
+    let stack = Stack::start("private_global", StackOptions::default()).await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let bob_admin = stack.admin_token("bob", &[]).await?;
+    let (alice, bob, ops_user) = (
+        stack.token("alice").await?,
+        stack.token("bob").await?,
+        stack.token("ops").await?,
+    );
+    let secret = format!("alice-private-{}", random_hex());
+    stack.remember_secret(&secret);
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity",
+            "create",
+            "--server",
+            "whoami",
+            "--id",
+            "alice-pat",
+        ],
+        Some(&secret),
+    )?;
+    let use_it = |user: &'static str| {
+        [
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-pat",
+            "--user",
+            user,
+        ]
+    };
+
+    // Nobody else can use it: not bob, not an administrator (for himself or for bob).
+    let refused = stack.cli_refused(0, &bob_admin, &use_it("bob"))?;
+    assert!(refused.contains("private to its owner"), "{refused}");
+    for user in ["ops", "bob"] {
+        let refused = stack.cli_refused(0, &ops, &use_it(user))?;
+        assert!(refused.contains("private to its owner"), "{refused}");
+    }
+    // Bob cannot even look at it; the administrator sees metadata, never the secret.
+    let refused = stack.cli_refused(0, &bob_admin, &["identity", "show", "alice-pat"])?;
+    assert!(refused.contains("'identities:manage'"), "{refused}");
+    let shown = stack.cli(0, &ops, &["identity", "show", "alice-pat"], None)?;
+    assert_eq!(shown[0]["owner"], "alice");
+    assert!(!shown[0].to_string().contains(&secret));
+    // Missing capabilities are named.
+    let refused = stack.cli_refused(0, &bob_admin, &["user", "deactivate", "alice"])?;
+    assert!(refused.contains("'users:manage'"), "{refused}");
+    let refused = stack.cli_refused(0, &alice_admin, &["identity", "make-global", "alice-pat"])?;
+    assert!(refused.contains("'identities:manage'"), "{refused}");
+    let refused = stack.cli_refused(0, &bob_admin, &["keys", "list"])?;
+    assert!(refused.contains("'keys:manage'"), "{refused}");
+    // A gateway token is not an admin token.
+    let refused = stack.cli_refused(0, &bob, &["whoami"])?;
+    assert!(refused.contains("audience"), "{refused}");
+
+    // Alice herself can.
+    stack.cli(0, &alice_admin, &use_it("alice"), None)?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+
+    // Made global, bob may select it; made private again, the gateway refuses
+    // bob even though his connection still names it, and alice keeps it.
+    stack.cli(0, &ops, &["identity", "make-global", "alice-pat"], None)?;
+    stack.cli(0, &bob_admin, &use_it("bob"), None)?;
+    let (status, body) = initialize(&stack, "whoami-mine", &bob).await?;
+    assert_eq!(status, 200, "{body}");
+    stack.cli(0, &ops, &["identity", "make-private", "alice-pat"], None)?;
+    let (status, body) = initialize(&stack, "whoami-mine", &bob).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("private to its owner"), "{body}");
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+    // The administrator has no connection and gets none through the gateway.
+    let (status, body) = initialize(&stack, "whoami-mine", &ops_user).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("consent needed"), "{body}");
+
+    // Global identities back shared assignments for everyone.
+    for token in [&alice, &bob, &ops_user] {
+        let (status, body) = initialize(&stack, "whoami", token).await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Listing: your own by default, everyone's with the capability.
+    let mine = stack.cli(0, &bob_admin, &["identity", "list"], None)?;
+    assert!(mine.is_empty(), "{mine:?}");
+    let all = stack.cli(0, &ops, &["identity", "list", "--owner", "*"], None)?;
+    assert!(all.len() >= 4, "alice-pat and three shared: {all:?}");
+
+    assert_audited(
+        &stack,
+        &[
+            ("identity.create", "alice", "alice-pat"),
+            ("connection.use_identity", "alice", "e2e/alice"),
+            ("identity.make_global", "ops", "alice-pat"),
+            ("connection.use_identity", "bob", "e2e/bob"),
+            ("identity.make_private", "ops", "alice-pat"),
+        ],
+        &[&secret],
+    )?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivating_the_creator_of_a_global_identity_keeps_it_working() -> Result<()> {
+    let stack = Stack::start("global_creator", StackOptions::default()).await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let carol_admin = stack.admin_token("carol", &["secops"]).await?;
+    let (bob, carol) = (stack.token("bob").await?, stack.token("carol").await?);
+    let secret = format!("carol-global-{}", random_hex());
+    stack.remember_secret(&secret);
+
+    // Carol (identity manager) replaces the shared identity behind `whoami-late`.
+    stack.cli(0, &ops, &["identity", "delete", "late-sa"], None)?;
+    let created = stack.cli(
+        0,
+        &carol_admin,
+        &[
+            "identity", "create", "--server", "whoami", "--id", "late-sa", "--global",
+        ],
+        Some(&secret),
+    )?;
+    assert_eq!(created[0]["availability"], "global");
+    assert_eq!(created[0]["owner"], "carol");
+
+    let client = McpClient::connect(&stack.url("whoami-late"), &bob).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+
+    stack.cli(0, &ops, &["user", "deactivate", "carol"], None)?;
+    // Bob's shared-scheme calls go on with the identity carol created.
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    let (status, body) = initialize(&stack, "whoami-late", &bob).await?;
+    assert_eq!(status, 200, "{body}");
+    client.close().await?;
+    // Carol herself is out.
+    let (status, body) = initialize(&stack, "whoami-late", &carol).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("deactivated"), "{body}");
+
+    assert_audited(
+        &stack,
+        &[
+            ("identity.delete", "ops", "late-sa"),
+            ("identity.create", "carol", "late-sa"),
+            ("user.deactivate", "ops", "carol"),
+        ],
+        &[&secret],
+    )?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_no_plaintext_and_moved_or_flipped_ciphertexts_are_refused() -> Result<()> {
+    let stack = Stack::start("vault_integrity", StackOptions::default()).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secrets: Vec<String> = (0..3)
+        .map(|i| format!("alice-{i}-{}", random_hex()))
+        .collect();
+    for (i, s) in secrets.iter().enumerate() {
+        stack.remember_secret(s);
+        stack.cli(
+            0,
+            &alice_admin,
+            &[
+                "identity",
+                "create",
+                "--server",
+                "whoami",
+                "--id",
+                &format!("a{i}"),
+            ],
+            Some(s),
+        )?;
+    }
+    let connect = |id: &str| {
+        stack.cli(
+            0,
+            &alice_admin,
+            &[
+                "connection",
+                "use",
+                "--gateway",
+                "e2e",
+                "--server",
+                "whoami",
+                "--identity",
+                id,
+            ],
+            None,
+        )
+    };
+    connect("a0")?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+
+    // No plaintext secret anywhere in Redis: records, indexes, audit stream.
+    let dump = stack.redis.dump_all()?;
+    assert!(dump.len() >= 8, "{dump:?}");
+    let mut all_secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    all_secrets.extend([
+        stack.whoami_secret.as_str(),
+        stack.everything_secret.as_str(),
+    ]);
+    for (key, value) in &dump {
+        for s in &all_secrets {
+            assert!(!value.contains(s), "plaintext secret in Redis key {key}");
+        }
+    }
+
+    // a1's ciphertext copied onto a2 (same owner and server): a2 no longer opens.
+    let record = |id: &str| -> Result<Value> {
+        let raw = stack
+            .redis
+            .get(&format!("latchkey:identity:{id}"))?
+            .context("record")?;
+        Ok(serde_json::from_str(&raw)?)
+    };
+    let mut a2 = record("a2")?;
+    a2["sealed"] = record("a1")?["sealed"].clone();
+    stack.redis.set("latchkey:identity:a2", &a2.to_string())?;
+    connect("a2")?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failed to decrypt"), "{body}");
+    assert_jsonrpc_error(&body, &json!(1), -32603);
+
+    // One flipped bit in a1's ciphertext.
+    let mut a1 = record("a1")?;
+    let ct = a1["sealed"]["ciphertext"].as_str().context("ciphertext")?;
+    let mut bytes = base64_decode(ct)?;
+    bytes[3] ^= 0x01;
+    a1["sealed"]["ciphertext"] = json!(base64_encode(&bytes));
+    stack.redis.set("latchkey:identity:a1", &a1.to_string())?;
+    connect("a1")?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failed to decrypt"), "{body}");
+    for s in &secrets {
+        assert!(!body.contains(s.as_str()));
+    }
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+fn base64_decode(s: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::STANDARD.decode(s)?)
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
+    let mut stack = Stack::start(
+        "key_rotation",
+        StackOptions {
+            replicas: 2,
+            key_ids: vec!["e2e1".into(), "e2e2".into()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secret = format!("alice-rot-{}", random_hex());
+    stack.remember_secret(&secret);
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity",
+            "create",
+            "--server",
+            "whoami",
+            "--id",
+            "alice-rot",
+        ],
+        Some(&secret),
+    )?;
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-rot",
+        ],
+        None,
+    )?;
+    let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
+    let on = |keys: &[Value], id: &str| {
+        keys.iter()
+            .find(|k| k["id"] == id)
+            .map(|k| (k["active"].as_bool(), k["records"].as_u64()))
+    };
+    assert_eq!(on(&keys, "e2e1"), Some((Some(true), Some(4))), "{keys:?}");
+    assert_eq!(on(&keys, "e2e2"), Some((Some(false), Some(0))), "{keys:?}");
+
+    let refused = stack.cli_refused(0, &ops, &["keys", "rotate", "--to", "nope"])?;
+    assert!(refused.contains("not loaded"), "{refused}");
+
+    // Steady traffic on a shared and a per-user path while the keys rotate.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let urls = [stack.url("whoami"), stack.url("whoami-mine")];
+        let token = alice.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for url in &urls {
+                    let r = post_json(url, Some(&token), INITIALIZE, &[]).await;
+                    statuses.push(r.map(|r| (r.status, r.body)));
+                }
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = stack.cli(1, &ops, &["keys", "rotate", "--to", "e2e2"], None)?;
+    assert_eq!(rotated[0]["active_key"], "e2e2");
+    assert_eq!(rotated[0]["re_encrypted"], 4, "{rotated:?}");
+    // A write right after the rotation is sealed with the new key.
+    let later = format!("alice-later-{}", random_hex());
+    stack.remember_secret(&later);
+    let created = stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity",
+            "create",
+            "--server",
+            "whoami",
+            "--id",
+            "alice-later",
+        ],
+        Some(&later),
+    )?;
+    assert_eq!(created[0]["key_id"], "e2e2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses = traffic.await?;
+    assert!(
+        statuses.len() >= 10,
+        "too little traffic: {}",
+        statuses.len()
+    );
+    for s in &statuses {
+        let (status, body) = s.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        assert_eq!(*status, 200, "a request failed during rotation: {body}");
+    }
+
+    let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
+    assert_eq!(on(&keys, "e2e1"), Some((Some(false), Some(0))), "{keys:?}");
+    assert_eq!(on(&keys, "e2e2"), Some((Some(true), Some(5))), "{keys:?}");
+
+    // The old key can go: replicas restarted without it (nothing cached)
+    // still open every record.
+    let text = std::fs::read_to_string(&stack.key_file)?;
+    let only_new: String = text
+        .lines()
+        .filter(|l| l.starts_with("e2e2:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&stack.key_file, only_new)?;
+    for n in 0..2 {
+        let config = std::fs::read_to_string(&stack.replicas[n].config_path)?;
+        std::fs::write(
+            &stack.replicas[n].config_path,
+            config.replace("active_key = \"e2e1\"", "active_key = \"e2e2\""),
+        )?;
+        stack.restart_replica(n)?;
+    }
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+    expect_on_every_replica(&stack, "whoami", &alice, 200, "").await?;
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+
+    assert_audited(
+        &stack,
+        &[
+            ("identity.create", "alice", "alice-rot"),
+            ("keys.activate", "ops", "e2e2"),
+            ("keys.rotate", "ops", "e2e2"),
+            ("identity.create", "alice", "alice-later"),
+        ],
+        &[&secret, &later],
+    )?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_fails_closed_and_recovers_clean() -> Result<()> {
+    let mut stack = Stack::start(
+        "redis_stopped",
+        StackOptions {
+            persistent_redis: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let dave = stack.token("dave").await?;
+    let secret = format!("alice-redis-{}", random_hex());
+    stack.remember_secret(&secret);
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity", "create", "--server", "whoami", "--id", "alice-r",
+        ],
+        Some(&secret),
+    )?;
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-r",
+        ],
+        None,
+    )?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+
+    stack.redis.stop_saving()?;
+    // Cached: alice's status, connection and identity were read a moment ago.
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "cached credential keeps serving: {body}");
+    // Not cached: a user never seen fails closed, saying why.
+    let (status, body) = initialize(&stack, "whoami", &dave).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+    assert_jsonrpc_error(&body, &json!(1), -32603);
+    // Writes fail whole.
+    let refused = stack.cli_refused(0, &alice_admin, &["identity", "disable", "alice-r"])?;
+    assert!(
+        refused.contains("unavailable") || refused.contains("Redis"),
+        "{refused}"
+    );
+
+    stack.redis.restart()?;
+    if let Some(p) = stack.replicas[0].process.as_mut() {
+        p.wait_for_log("cache flushed", Duration::from_secs(20))?;
+    }
+    // The flushed cache reads again from Redis, and everything is intact.
+    let gets_before = stack.redis.command_calls("get")?;
+    let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        stack.redis.command_calls("get")? > gets_before,
+        "the cache was flushed on resubscription"
+    );
+    let (status, body) = initialize(&stack, "whoami", &dave).await?;
+    assert_eq!(status, 200, "{body}");
+    let listed = stack.cli(0, &alice_admin, &["identity", "list"], None)?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0]["status"], "enabled",
+        "the failed disable left nothing"
+    );
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+
+    let events = stack.audit_events()?;
+    assert!(
+        !events.iter().any(|e| e["action"] == "identity.disable"),
+        "no event for a change that did not happen"
+    );
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
