@@ -20,6 +20,7 @@ use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::routing::RouteTable;
 use latchkey_authz::state::AppState;
 use latchkey_authz::store::Store;
@@ -193,9 +194,16 @@ fn bench(c: &mut Criterion) {
 
     let state = rt.block_on(async {
         let keys = KeyRing::from_config(&config.vault).expect("keys");
-        let store = Store::connect(&redis_url, "bench", Duration::from_secs(2), 1000)
-            .await
-            .expect("redis");
+        let store = Store::connect(
+            &Topology::Single {
+                url: redis_url.clone(),
+            },
+            "bench",
+            Duration::from_secs(2),
+            1000,
+        )
+        .await
+        .expect("redis");
         let credentials = Credentials::new(store, keys, Duration::from_secs(3600));
         let secret = IdentitySecret::Static {
             value: Secret::new("sa-secret"),

@@ -88,11 +88,20 @@ impl ReplicaCache {
     /// Keeps a subscription to `channel` for as long as the process runs,
     /// reconnecting with back-off and flushing the cache on every
     /// (re)subscription.
-    pub async fn listen(self: Arc<Self>, client: redis::Client, channel: String) {
+    pub async fn listen(self: Arc<Self>, store: crate::store::Store) {
+        let channel = store.channel();
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
+        let mut attempt = 0;
         loop {
-            match client.get_async_pubsub().await {
+            attempt += 1;
+            let pubsub = match store.pubsub_client(attempt).await {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(redis::RedisError::from(std::io::Error::other(
+                    e.to_string(),
+                ))),
+            };
+            match pubsub {
                 Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                     Ok(()) => {
                         // Anything may have changed while we were not listening.

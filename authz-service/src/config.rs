@@ -141,6 +141,16 @@ impl Default for Listen {
 pub struct RedisConfig {
     #[serde(default = "default_redis_url")]
     pub url: String,
+    /// A Redis Cluster's seed nodes (`redis://host:port`); replaces `url`.
+    /// Every Latchkey key carries the prefix as one hash tag, so the change
+    /// script's keys share a slot.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// Sentinels (`redis://host:port`) that name the master; replaces `url`.
+    #[serde(default)]
+    pub sentinel_nodes: Vec<String>,
+    /// The master's name as the Sentinels know it (`sentinel monitor <name> ...`).
+    pub sentinel_master: Option<String>,
     /// Prefix of every key Latchkey writes, so one Redis can hold several deployments.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -165,6 +175,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: default_redis_url(),
+            cluster_nodes: Vec::new(),
+            sentinel_nodes: Vec::new(),
+            sentinel_master: None,
             key_prefix: default_key_prefix(),
             timeout_ms: default_redis_timeout(),
         }
@@ -413,6 +426,25 @@ impl Config {
                     s.name
                 ));
             }
+        }
+        if !self.redis.cluster_nodes.is_empty() && !self.redis.sentinel_nodes.is_empty() {
+            return invalid(
+                "[redis] names both cluster_nodes and sentinel_nodes; pick the one your Redis is"
+                    .into(),
+            );
+        }
+        if !self.redis.sentinel_nodes.is_empty()
+            && self
+                .redis
+                .sentinel_master
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+        {
+            return invalid(
+                "[redis] sentinel_nodes needs sentinel_master, the name the Sentinels monitor"
+                    .into(),
+            );
         }
         for (role, caps) in &self.admin.roles {
             for cap in caps {

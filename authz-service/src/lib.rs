@@ -23,6 +23,7 @@ pub mod envoy_config;
 pub mod http;
 pub mod identity;
 pub mod native;
+pub mod redis_backend;
 pub mod respond;
 pub mod routing;
 pub mod state;

@@ -18,6 +18,7 @@ use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
 use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
 use latchkey_authz::{admin, admin_client, authn, check, http, routing, state};
@@ -215,7 +216,7 @@ async fn open_credentials(config: &Config) -> Result<Credentials> {
     let keys = KeyRing::from_config(&config.vault)?;
     tracing::debug!(active_key = keys.active_id(), "master keys loaded");
     let store = Store::connect(
-        &config.redis.url,
+        &Topology::from_config(&config.redis),
         &config.redis.key_prefix,
         Duration::from_millis(config.redis.timeout_ms),
         config.audit.stream_max_len,
@@ -246,10 +247,7 @@ async fn serve(config: Config) -> Result<()> {
     let credentials = open_credentials(&config).await?;
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
-    tokio::spawn(credentials.cache.clone().listen(
-        credentials.store.client().clone(),
-        credentials.store.channel(),
-    ));
+    tokio::spawn(credentials.cache.clone().listen(credentials.store.clone()));
     let verifier = authn::TokenVerifier::new(&config.identity_provider);
     match verifier.refresh().await {
         Ok(n) => {

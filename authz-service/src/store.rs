@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::LifecycleEvent;
 use crate::identity::PrincipalKind;
+use crate::redis_backend::{Backend, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,8 +83,7 @@ pub struct ReplicaInfo {
 
 #[derive(Clone)]
 pub struct Store {
-    redis: ConnectionManager,
-    client: redis::Client,
+    redis: Backend,
     prefix: String,
     audit_max_len: usize,
     change: redis::Script,
@@ -92,29 +91,24 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(
-        url: &str,
+        topology: &Topology,
         prefix: &str,
         timeout: Duration,
         audit_max_len: usize,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let redis = client.get_connection_manager_with_config(config).await?;
+        let redis = Backend::connect(topology, timeout).await?;
         Ok(Self {
             redis,
-            client,
-            prefix: prefix.to_string(),
+            prefix: topology.key_prefix(prefix),
             audit_max_len,
             change: redis::Script::new(CHANGE_SCRIPT),
         })
     }
 
-    /// For opening the invalidation subscription (a dedicated connection).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Where to open the invalidation subscription (a dedicated connection);
+    /// `attempt` spreads reconnections over a Cluster's nodes.
+    pub async fn pubsub_client(&self, attempt: usize) -> Result<redis::Client, StoreError> {
+        Ok(self.redis.pubsub_client(attempt).await?)
     }
 
     // --- key names -------------------------------------------------------
@@ -150,8 +144,8 @@ impl Store {
     pub fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)
     }
-    fn replica_key(&self, id: &str) -> String {
-        format!("{}:replica:{id}", self.prefix)
+    fn replicas_key(&self) -> String {
+        format!("{}:replicas", self.prefix)
     }
 
     // --- reads -----------------------------------------------------------
@@ -355,27 +349,52 @@ impl Store {
 
     // --- replicas --------------------------------------------------------
 
-    /// Announces this replica (and the key ids it holds) for `ttl`.
+    /// Announces this replica (and the key ids it holds); it counts as live
+    /// for `ttl` after each announcement. A hash rather than expiring keys,
+    /// so the same commands work on one server and on a Cluster.
     pub async fn announce(&self, info: &ReplicaInfo, ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.redis.clone();
-        let json = serde_json::to_string(info).unwrap_or_default();
-        conn.set_ex::<_, _, ()>(self.replica_key(&info.id), json, ttl.as_secs().max(1))
+        let entry = AnnouncedReplica {
+            info: info.clone(),
+            live_until: unix_now() + ttl.as_secs().max(1),
+        };
+        let json = serde_json::to_string(&entry).unwrap_or_default();
+        conn.hset::<_, _, _, ()>(self.replicas_key(), &info.id, json)
             .await?;
         Ok(())
     }
 
-    /// The replicas that announced themselves recently.
+    /// The replicas that announced themselves recently; stale entries are removed.
     pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, StoreError> {
         let mut conn = self.redis.clone();
-        let pattern = format!("{}:replica:*", self.prefix);
-        let mut keys = Vec::new();
-        let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
+        let all: std::collections::HashMap<String, String> =
+            conn.hgetall(self.replicas_key()).await?;
+        let now = unix_now();
+        let mut live = Vec::new();
+        for (id, json) in all {
+            match serde_json::from_str::<AnnouncedReplica>(&json) {
+                Ok(r) if r.live_until >= now => live.push(r.info),
+                _ => {
+                    conn.hdel::<_, _, ()>(self.replicas_key(), &id).await?;
+                }
+            }
         }
-        drop(iter);
-        self.get_many(&keys).await
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(live)
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AnnouncedReplica {
+    info: ReplicaInfo,
+    live_until: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// How long a read waits before its one retry after a dropped connection.

@@ -25,4 +25,4 @@ pub use peers::{
 };
 pub use process::{Process, free_port, http_get};
 pub use secrets::secrets_scan;
-pub use stack::{Stack, StackOptions};
+pub use stack::{RedisTopology, Stack, StackOptions};

@@ -66,6 +66,82 @@ impl Redis {
         })
     }
 
+    /// `n` Redis servers formed into a Cluster (no replicas), ready once
+    /// every node reports `cluster_state:ok`.
+    pub fn start_cluster(dir: &Path, n: usize) -> Result<Vec<Redis>> {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let port = free_port();
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .current_dir(dir);
+            let mut process = Process::spawn(&format!("redis-node{i}"), cmd, dir)?;
+            process.wait_for_port(port, Duration::from_secs(10))?;
+            nodes.push(Redis {
+                port,
+                process,
+                data_dir: None,
+                log_dir: dir.to_path_buf(),
+                restarts: 0,
+            });
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .context("redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = node.command(&["CLUSTER", "INFO"]).unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "redis cluster node {} never reached cluster_state:ok: {info}",
+                        node.port
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// A Sentinel monitoring `master` under `name`; returns it and its port.
+    pub fn start_sentinel(dir: &Path, master: &Redis, name: &str) -> Result<(Process, u16)> {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        // Sentinel rewrites its config file, so each run writes a fresh one.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {name} 2000\n",
+                master.port
+            ),
+        )?;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&conf).arg("--sentinel").current_dir(dir);
+        let mut process = Process::spawn("redis-sentinel", cmd, dir)?;
+        process.wait_for_port(port, Duration::from_secs(10))?;
+        Ok((process, port))
+    }
+
     /// Stops Redis after writing its data to disk (persistent Redis only).
     pub fn stop_saving(&mut self) -> Result<()> {
         if self.data_dir.is_none() {
@@ -170,6 +246,21 @@ impl Redis {
             .arg(value)
             .query::<()>(&mut self.connection()?)?;
         Ok(())
+    }
+
+    /// Calls of every command since start but `ignored` ones (e.g. the
+    /// `info` used to read this, or replicas' periodic announcements).
+    pub fn calls_except(&self, ignored: &[&str]) -> Result<u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection()?)?;
+        Ok(info
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| l.split_once(":calls="))
+            .filter(|(name, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(name)))
+            .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+            .sum())
     }
 
     /// Total calls of one command since start, from `INFO commandstats`.

@@ -37,6 +37,16 @@ pub struct StackOptions {
     pub key_ids: Vec<String>,
     /// Keep Redis data across a stop (`Redis::stop_saving` / `restart`).
     pub persistent_redis: bool,
+    /// One Redis, a three-node Cluster, or one Redis watched by a Sentinel.
+    pub redis_topology: RedisTopology,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisTopology {
+    #[default]
+    Single,
+    Cluster,
+    Sentinel,
 }
 
 impl Default for StackOptions {
@@ -49,6 +59,7 @@ impl Default for StackOptions {
             replicas: 1,
             key_ids: vec!["e2e1".into()],
             persistent_redis: false,
+            redis_topology: RedisTopology::Single,
         }
     }
 }
@@ -75,7 +86,11 @@ impl Replica {
 pub struct Stack {
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// The Redis (the first node of a Cluster; the master under Sentinel).
     pub redis: Redis,
+    /// The other Cluster nodes, or the Sentinel.
+    pub redis_extra: Vec<Redis>,
+    pub sentinel: Option<Process>,
     pub idp: Idp,
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
@@ -95,10 +110,37 @@ pub struct Stack {
 impl Stack {
     pub async fn start(scenario: &str, opts: StackOptions) -> Result<Stack> {
         let dir = paths::scenario_dir(scenario)?;
-        let redis = if opts.persistent_redis {
-            Redis::start_persistent(&dir)?
-        } else {
-            Redis::start(&dir)?
+        let (redis, redis_extra, sentinel, redis_section) = match opts.redis_topology {
+            RedisTopology::Single => {
+                let redis = if opts.persistent_redis {
+                    Redis::start_persistent(&dir)?
+                } else {
+                    Redis::start(&dir)?
+                };
+                let section = format!("[redis]\nurl = \"{}\"\n", redis.url());
+                (redis, Vec::new(), None, section)
+            }
+            RedisTopology::Cluster => {
+                let mut nodes = Redis::start_cluster(&dir, 3)?;
+                let section = format!(
+                    "[redis]\ncluster_nodes = [{}]\n",
+                    nodes
+                        .iter()
+                        .map(|n| format!("\"{}\"", n.url()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let first = nodes.remove(0);
+                (first, nodes, None, section)
+            }
+            RedisTopology::Sentinel => {
+                let redis = Redis::start(&dir)?;
+                let (sentinel, port) = Redis::start_sentinel(&dir, &redis, "latchkey-e2e")?;
+                let section = format!(
+                    "[redis]\nsentinel_nodes = [\"redis://127.0.0.1:{port}\"]\nsentinel_master = \"latchkey-e2e\"\n"
+                );
+                (redis, Vec::new(), Some(sentinel), section)
+            }
         };
         let idp = Idp::start(&dir)?;
         let echo = AuthEcho::start(&dir)?;
@@ -137,9 +179,7 @@ impl Stack {
             .unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
         let shared = format!(
             r#"
-[redis]
-url = "{redis}"
-
+{redis_section}
 [vault]
 key_file = "{key_file}"
 active_key = "{active_key}"
@@ -191,7 +231,6 @@ server = "whoami"
 scheme = "shared"
 identity = "late-sa"
 "#,
-            redis = redis.url(),
             key_file = key_file.display(),
             issuer = idp.issuer(),
             echo = echo.url(),
@@ -278,6 +317,8 @@ identity = "late-sa"
             dir,
             config_path,
             redis,
+            redis_extra,
+            sentinel,
             idp,
             echo,
             everything,
@@ -414,7 +455,18 @@ identity = "late-sa"
 
     /// Every lifecycle event in the audit stream, oldest first.
     pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
-        self.redis.stream_json("latchkey:audit", "event")
+        // A Cluster keeps every Latchkey key on the node owning its hash tag.
+        for node in std::iter::once(&self.redis).chain(&self.redis_extra) {
+            for key in ["latchkey:audit", "{latchkey}:audit"] {
+                // Other nodes answer MOVED for the tagged key.
+                if let Ok(events) = node.stream_json(key, "event")
+                    && !events.is_empty()
+                {
+                    return Ok(events);
+                }
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Fails if any secret of this run is in any log of this run.

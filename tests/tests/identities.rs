@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use latchkey_e2e::client::{INITIALIZE, assert_jsonrpc_error};
 use latchkey_e2e::stack::random_hex;
-use latchkey_e2e::{McpClient, Stack, StackOptions, post_json};
+use latchkey_e2e::{McpClient, RedisTopology, Stack, StackOptions, post_json};
 use serde_json::{Value, json};
 
 const ADMINS: &[&str] = &["platform-admins"];
@@ -155,6 +155,19 @@ async fn disable_and_enable_take_effect_on_every_replica() -> Result<()> {
     assert_eq!(McpClient::text(&result), format!("Bearer {secret}"));
     client.close().await?;
     expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    // Warm: the allowed path makes no Redis round trip on either replica.
+    let background = ["info", "hset", "hgetall", "hdel", "ping"];
+    let before = stack.redis.calls_except(&background)?;
+    for _ in 0..10 {
+        let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        stack.redis.calls_except(&background)?,
+        before,
+        "Redis commands on the cached allowed path"
+    );
 
     // Identity.
     stack.cli(0, &ops, &["identity", "disable", "alice-whoami"], None)?;
@@ -734,4 +747,82 @@ async fn redis_stopped_mid_run_fails_closed_and_recovers_clean() -> Result<()> {
     );
     stack.assert_no_secret_in_logs()?;
     Ok(())
+}
+
+/// The same identity lifecycle on another Redis deployment shape: two
+/// replicas, a private identity, disable/enable seen by both, the shared
+/// path, and the audit trail.
+async fn identity_lifecycle_on(topology: RedisTopology, scenario: &str) -> Result<()> {
+    let stack = Stack::start(
+        scenario,
+        StackOptions {
+            replicas: 2,
+            redis_topology: topology,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secret = format!("alice-topo-{}", random_hex());
+    stack.remember_secret(&secret);
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity", "create", "--server", "whoami", "--id", "alice-t",
+        ],
+        Some(&secret),
+    )?;
+    stack.cli(
+        1,
+        &alice_admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-t",
+        ],
+        None,
+    )?;
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+    expect_on_every_replica(&stack, "whoami", &alice, 200, "").await?;
+
+    stack.cli(0, &ops, &["identity", "disable", "alice-t"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "disabled").await?;
+    stack.cli(1, &ops, &["identity", "enable", "alice-t"], None)?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
+    assert_eq!(keys[0]["records"], 4, "{keys:?}");
+    assert_audited(
+        &stack,
+        &[
+            ("identity.create", "alice", "alice-t"),
+            ("connection.use_identity", "alice", "e2e/alice"),
+            ("identity.disable", "ops", "alice-t"),
+            ("identity.enable", "ops", "alice-t"),
+        ],
+        &[&secret],
+    )?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_work_on_a_redis_cluster() -> Result<()> {
+    identity_lifecycle_on(RedisTopology::Cluster, "redis_cluster").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_work_behind_redis_sentinel() -> Result<()> {
+    identity_lifecycle_on(RedisTopology::Sentinel, "redis_sentinel").await
 }
