@@ -598,6 +598,36 @@ scheme = "per_user"
     }
 
     #[test]
+    fn redis_topology_and_admin_roles_are_checked() {
+        let both = SAMPLE.replace(
+            "[identity_provider]",
+            "[redis]\ncluster_nodes = [\"redis://a:1\"]\nsentinel_nodes = [\"redis://b:2\"]\nsentinel_master = \"m\"\n\n[identity_provider]",
+        );
+        let err = Config::parse(&both).unwrap_err().to_string();
+        assert!(err.contains("pick the one"), "{err}");
+        let no_master = SAMPLE.replace(
+            "[identity_provider]",
+            "[redis]\nsentinel_nodes = [\"redis://b:2\"]\n\n[identity_provider]",
+        );
+        let err = Config::parse(&no_master).unwrap_err().to_string();
+        assert!(err.contains("sentinel_master"), "{err}");
+        let typo = SAMPLE.replace(
+            "[identity_provider]",
+            "[admin.roles]\nops = [\"users:manage\", \"user:manage\"]\n\n[identity_provider]",
+        );
+        let err = Config::parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("unknown capability 'user:manage'"), "{err}");
+        let ok = SAMPLE.replace(
+            "[identity_provider]",
+            "[admin]\nlisten = \"127.0.0.1:9999\"\n\n[admin.roles]\nops = [\"users:manage\"]\n\n[identity_provider]",
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.admin.listen.port(), 9999);
+        assert_eq!(c.admin.audience, "latchkey-admin");
+        assert_eq!(c.redis.timeout_ms, 500);
+    }
+
+    #[test]
     fn bad_header_name_is_refused() {
         let text = SAMPLE.replace("header = \"authorization\"", "header = \"bad header\"");
         assert!(Config::parse(&text).is_err());
