@@ -164,6 +164,12 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             );
         }
         AuthzMode::Native => {
+            // Envoy's own MCP parser first, as a native MCP deployment has it;
+            // the service still reads the forwarded body for the decision.
+            let _ = writeln!(
+                y,
+                "          - name: envoy.filters.http.mcp\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp"
+            );
             let _ = writeln!(
                 y,
                 "          - name: latchkey\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n              transport_api_version: V3"

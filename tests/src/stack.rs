@@ -507,7 +507,7 @@ fn start_latchkey(
 }
 
 /// Runs a command to completion; its stdout on success, stderr in the error.
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {

@@ -1,0 +1,131 @@
+//! `fast-mcp`: the upstream of the load benchmark. A minimal, stateless MCP
+//! server over Streamable HTTP that answers every request with one
+//! `application/json` body (no SSE, no session), so the upstream is never
+//! what a benchmark measures:
+//! * `initialize` → the protocol version asked for, a `tools` capability;
+//! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`);
+//! * `tools/call` → one text block naming the tool;
+//! * notifications → 202 with no body; anything else → JSON-RPC -32601.
+//!
+//! Usage: `fast-mcp --port <port>` (serves `/mcp` on 127.0.0.1).
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+const TOOLS: usize = 20;
+
+fn tools() -> Value {
+    let tools: Vec<Value> = (0..TOOLS)
+        .map(|i| {
+            json!({
+                "name": format!("tool_{i:02}"),
+                "description": format!("Benchmark tool number {i}"),
+                "inputSchema": {
+                    "type": "object",
+                    "properties": { "text": { "type": "string" } }
+                }
+            })
+        })
+        .collect();
+    json!({ "tools": tools })
+}
+
+fn answer(body: &[u8]) -> Response {
+    let Ok(message) = serde_json::from_slice::<Value>(body) else {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}}),
+        );
+    };
+    let Some(id) = message.get("id").cloned() else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let method = message["method"].as_str().unwrap_or("");
+    let result = match method {
+        "initialize" => json!({
+            "protocolVersion": message["params"]["protocolVersion"].as_str().unwrap_or("2025-11-25"),
+            "capabilities": { "tools": { "listChanged": false } },
+            "serverInfo": { "name": "fast-mcp", "version": "1" }
+        }),
+        "tools/list" => tools(),
+        "tools/call" => {
+            let name = message["params"]["name"].as_str().unwrap_or("");
+            json!({ "content": [{ "type": "text", "text": format!("ok {name}") }], "isError": false })
+        }
+        "ping" => json!({}),
+        _ => {
+            return json_reply(
+                StatusCode::OK,
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("method not found: {method}")}}),
+            );
+        }
+    };
+    json_reply(
+        StatusCode::OK,
+        json!({"jsonrpc": "2.0", "id": id, "result": result}),
+    )
+}
+
+fn json_reply(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn mcp(body: Bytes) -> Response {
+    answer(&body)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let mut port = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--port" => port = args.next().and_then(|p| p.parse::<u16>().ok()),
+            other => anyhow::bail!("unknown flag {other}; usage: fast-mcp --port <port>"),
+        }
+    }
+    let port = port.context("--port <port> is required")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    println!("FAST_MCP_READY http://127.0.0.1:{port}/mcp");
+    axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(r: Response) -> Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_the_methods_the_benchmark_sends() {
+        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#);
+        let v = body_of(r).await;
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), TOOLS);
+        let v = body_of(answer(
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"tool_03"}}"#,
+        ))
+        .await;
+        assert_eq!(v["result"]["content"][0]["text"], "ok tool_03");
+        let r = answer(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let v = body_of(answer(br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#)).await;
+        assert_eq!(v["error"]["code"], -32601);
+    }
+}
