@@ -1,8 +1,10 @@
 //! The service's per-request costs on the steady-state path:
-//! * `jwt_verify_cached_jwks`: RS256 signature + claims, keys already cached;
+//! * `jwt_verify_cached_jwks`: RS256 signature + claims, keys already cached
+//!   (the verified-token cache off, so the signature is checked every time);
 //! * `aes_gcm_open`: decrypting one stored credential;
 //! * `check_cached`: a whole gRPC `Check` handler call (CheckRequest in →
-//!   context → JWT → route → cached credential → CheckResponse out), with a
+//!   context → JWT (a verified-token cache hit) → route → user and agent
+//!   status → cached credential → CheckResponse out), with a
 //!   real Redis behind it that, once warm, this path does not touch.
 
 use std::net::TcpListener;
@@ -169,7 +171,10 @@ fn bench(c: &mut Criterion) {
     unsafe { std::env::set_var("LATCHKEY_BENCH_KEYS", &key_line) };
     let config = idp_config(&redis_url);
 
-    let verifier = TokenVerifier::new(&config.identity_provider);
+    // The signature check itself: the verified-token cache turned off.
+    let mut uncached = config.identity_provider.clone();
+    uncached.verified_token_cache_secs = 0;
+    let verifier = TokenVerifier::new(&uncached);
     assert_eq!(rt.block_on(verifier.install(&idp.jwks)), 1);
     c.bench_function("jwt_verify_cached_jwks", |b| {
         b.to_async(&rt).iter(|| async {

@@ -1,6 +1,12 @@
 //! Who is calling: verification of the organisation's OIDC/JWT bearer tokens
 //! against the issuer's JWKS (fetched once, cached, re-fetched on an unknown
 //! `kid` at most every few seconds), with `iss`, `aud`, `exp` and `nbf` checks.
+//!
+//! A token already verified for an audience is remembered (keyed by the
+//! SHA-256 of audience and token, never the token itself) until its `exp` or
+//! for `verified_token_cache_secs`, whichever is sooner, so the steady state
+//! skips the RS256 check that dominates a Check's cost. A JWKS change
+//! forgets everything.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -68,6 +74,14 @@ struct Claims {
     sub: Option<String>,
     client_id: Option<String>,
     azp: Option<String>,
+    exp: Option<u64>,
+}
+
+/// A verified caller and when its token stops being valid.
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: u64,
 }
 
 /// Verifies inbound tokens for one issuer.
@@ -81,6 +95,8 @@ pub struct TokenVerifier {
     keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
     /// Held while fetching, so concurrent misses share one fetch.
     fetch: Mutex<Option<Instant>>,
+    /// sha256(audience ‖ 0 ‖ token) → the caller it verified as.
+    verified: Option<moka::sync::Cache<[u8; 32], Verified>>,
 }
 
 impl TokenVerifier {
@@ -96,6 +112,12 @@ impl TokenVerifier {
                 .unwrap_or_default(),
             keys: RwLock::new(HashMap::new()),
             fetch: Mutex::new(None),
+            verified: (idp.verified_token_cache_secs > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(Duration::from_secs(idp.verified_token_cache_secs))
+                    .build()
+            }),
         }
     }
 
@@ -128,6 +150,10 @@ impl TokenVerifier {
         }
         let n = keys.len();
         *self.keys.write().await = keys;
+        // A key that left the set must not keep its tokens valid.
+        if let Some(v) = &self.verified {
+            v.invalidate_all();
+        }
         n
     }
 
@@ -188,15 +214,38 @@ impl TokenVerifier {
 
     /// Verifies `token` for a gateway whose public URL is `audience`.
     pub async fn verify(&self, token: &str, audience: &str) -> Result<Caller, AuthnError> {
+        let cache_key = self
+            .verified
+            .as_ref()
+            .map(|_| token_digest(audience, token));
+        if let (Some(cache), Some(key)) = (&self.verified, &cache_key)
+            && let Some(hit) = cache.get(key)
+        {
+            if unix_now() <= hit.exp + self.leeway {
+                return Ok(hit.caller);
+            }
+            cache.invalidate(key);
+            return Err(AuthnError::Expired);
+        }
         let claims: Claims = self.verify_as(token, audience).await?;
         let subject = claims
             .sub
             .filter(|s| !s.is_empty())
             .ok_or(AuthnError::MissingClaim("sub"))?;
-        Ok(Caller {
+        let caller = Caller {
             subject,
             client_id: claims.client_id.or(claims.azp),
-        })
+        };
+        if let (Some(cache), Some(key), Some(exp)) = (&self.verified, cache_key, claims.exp) {
+            cache.insert(
+                key,
+                Verified {
+                    caller: caller.clone(),
+                    exp,
+                },
+            );
+        }
+        Ok(caller)
     }
 
     /// Verifies `token` for `audience` and returns the caller and every
@@ -287,6 +336,23 @@ fn decoding_key(jwk: &Jwk) -> Option<(DecodingKey, Algorithm)> {
     Some((key, alg))
 }
 
+fn token_digest(audience: &str, token: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(audience.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The token from an `Authorization: Bearer` header value.
 pub fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthnError> {
     let value = authorization.ok_or(AuthnError::Missing)?.trim();
@@ -308,6 +374,91 @@ mod tests {
         assert_eq!(bearer_token(None), Err(AuthnError::Missing));
         assert_eq!(bearer_token(Some("Basic abc")), Err(AuthnError::Malformed));
         assert_eq!(bearer_token(Some("Bearer ")), Err(AuthnError::Malformed));
+    }
+
+    /// A signing key generated for these tests only; it protects nothing.
+    const TEST_KEY_PEM: &str = include_str!("testdata/test-only-rsa-key.pem");
+    const AUD: &str = "http://gw.test/mcp";
+
+    fn signer() -> (jsonwebtoken::EncodingKey, JwkSet) {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::from_pkcs1_pem(TEST_KEY_PEM).unwrap();
+        let jwks: JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "RSA", "kid": "t1", "alg": "RS256",
+            "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+        }]}))
+        .unwrap();
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        let der = key.to_pkcs1_der().unwrap();
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes());
+        (encoding, jwks)
+    }
+
+    fn token(encoding: &jsonwebtoken::EncodingKey, exp: u64) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some("t1".into());
+        let claims = serde_json::json!({
+            "iss": "http://idp.test", "aud": AUD, "sub": "alice",
+            "client_id": "agent-1", "exp": exp, "iat": unix_now(),
+        });
+        jsonwebtoken::encode(&header, &claims, encoding).unwrap()
+    }
+
+    fn verifier(cache_secs: u64, leeway: u64) -> TokenVerifier {
+        TokenVerifier::new(&IdentityProvider {
+            issuer: "http://idp.test".into(),
+            jwks_uri: Some("http://127.0.0.1:9/jwks".into()),
+            leeway_secs: leeway,
+            jwks_refetch_min_secs: 3600,
+            verified_token_cache_secs: cache_secs,
+        })
+    }
+
+    #[tokio::test]
+    async fn verified_token_is_remembered_per_audience_and_forgotten_on_new_keys() {
+        let (encoding, jwks) = signer();
+        let v = verifier(300, 0);
+        v.install(&jwks).await;
+        let t = token(&encoding, unix_now() + 600);
+        let caller = v.verify(&t, AUD).await.unwrap();
+        assert_eq!(caller.subject, "alice");
+        let remembered = |v: &TokenVerifier| {
+            v.verified
+                .as_ref()
+                .unwrap()
+                .contains_key(&token_digest(AUD, &t))
+        };
+        assert!(remembered(&v));
+        // A hit is the same answer; another audience is checked on its own.
+        assert_eq!(v.verify(&t, AUD).await.unwrap(), caller);
+        assert!(matches!(
+            v.verify(&t, "http://other.test/mcp").await,
+            Err(AuthnError::WrongAudience { .. })
+        ));
+        // Keys replaced by a set without `t1`: the remembered result goes too.
+        v.install(&JwkSet { keys: vec![] }).await;
+        assert!(!remembered(&v));
+        assert!(v.verify(&t, AUD).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn remembered_token_still_expires() {
+        let (encoding, jwks) = signer();
+        let v = verifier(300, 0);
+        v.install(&jwks).await;
+        // Valid now, expired two seconds from now.
+        let t = token(&encoding, unix_now() + 1);
+        v.verify(&t, AUD).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(v.verify(&t, AUD).await, Err(AuthnError::Expired));
+        // With the cache off, the same answer comes from the signature check.
+        let off = verifier(0, 0);
+        off.install(&jwks).await;
+        assert_eq!(off.verify(&t, AUD).await, Err(AuthnError::Expired));
     }
 
     #[test]

@@ -217,6 +217,14 @@ pub struct IdentityProvider {
     /// `kid`, so forged tokens cannot flood the identity provider.
     #[serde(default = "default_jwks_refetch")]
     pub jwks_refetch_min_secs: u64,
+    /// How long a verified token's result is remembered (never past its
+    /// `exp`), so the steady state skips the signature check; 0 disables.
+    #[serde(default = "default_token_cache")]
+    pub verified_token_cache_secs: u64,
+}
+
+fn default_token_cache() -> u64 {
+    300
 }
 
 fn default_jwks_refetch() -> u64 {
