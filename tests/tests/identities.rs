@@ -4,7 +4,7 @@
 //! Wasm filter, balanced round-robin over the replicas.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -566,9 +566,12 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
     assert!(refused.contains("not loaded"), "{refused}");
 
     // Steady traffic on a shared and a per-user path while the keys rotate.
+    // Progress is counted, not timed: the checks wait for requests to have
+    // happened before and after the rotation, however slow the machine.
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
     let traffic = {
-        let stop = stop.clone();
+        let (stop, sent) = (stop.clone(), sent.clone());
         let urls = [stack.url("whoami"), stack.url("whoami-mine")];
         let token = alice.clone();
         tokio::spawn(async move {
@@ -577,12 +580,28 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
                 for url in &urls {
                     let r = post_json(url, Some(&token), INITIALIZE, &[]).await;
                     statuses.push(r.map(|r| (r.status, r.body)));
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait_for = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while sent.load(Ordering::Relaxed) < n {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "traffic stalled at {} requests",
+                    sent.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    };
+    wait_for(4).await?;
     let rotated = stack.cli(1, &ops, &["keys", "rotate", "--to", "e2e2"], None)?;
     assert_eq!(rotated[0]["active_key"], "e2e2");
     assert_eq!(rotated[0]["re_encrypted"], 4, "{rotated:?}");
@@ -603,14 +622,9 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
         Some(&later),
     )?;
     assert_eq!(created[0]["key_id"], "e2e2");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(sent.load(Ordering::Relaxed) + 10).await?;
     stop.store(true, Ordering::Relaxed);
     let statuses = traffic.await?;
-    assert!(
-        statuses.len() >= 10,
-        "too little traffic: {}",
-        statuses.len()
-    );
     for s in &statuses {
         let (status, body) = s.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
         assert_eq!(*status, 200, "a request failed during rotation: {body}");
