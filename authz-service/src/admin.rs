@@ -58,6 +58,48 @@ impl Operator {
     }
 }
 
+/// Whose things a list asks for: the caller's (empty), everyone's (`*`),
+/// or one named person's.
+enum Whose {
+    Mine,
+    Everyone,
+    Of(String),
+}
+
+impl Operator {
+    /// Reads a list's owner argument, checking `capability` unless it is the caller's own.
+    fn whose(&self, owner: &str, capability: Capability, what: &str) -> Result<Whose, RpcStatus> {
+        match owner {
+            "" => Ok(Whose::Mine),
+            "*" => {
+                self.require(capability, &format!("listing everyone's {what}"))?;
+                Ok(Whose::Everyone)
+            }
+            other => {
+                self.require_unless_self(
+                    other,
+                    capability,
+                    &format!("listing another user's {what}"),
+                )?;
+                Ok(Whose::Of(other.to_string()))
+            }
+        }
+    }
+
+    /// The user a change is for (the caller when empty), checking
+    /// `capability` when it is someone else.
+    fn acting_for(
+        &self,
+        user: &str,
+        capability: Capability,
+        to: &str,
+    ) -> Result<String, RpcStatus> {
+        let user = if user.is_empty() { &self.subject } else { user };
+        self.require_unless_self(user, capability, to)?;
+        Ok(user.to_string())
+    }
+}
+
 type Reply<T> = Result<Response<T>, RpcStatus>;
 
 impl AdminService {
@@ -291,13 +333,8 @@ impl Admin for AdminService {
                 "the identity needs a secret (the header value the server expects)",
             ));
         }
-        let owner = if req.owner.is_empty() {
-            op.subject.clone()
-        } else {
-            req.owner.clone()
-        };
-        op.require_unless_self(
-            &owner,
+        let owner = op.acting_for(
+            &req.owner,
             Capability::IdentitiesManage,
             "creating an identity for someone else",
         )?;
@@ -343,23 +380,10 @@ impl Admin for AdminService {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
         let store = &self.state.credentials.store;
-        let index = match req.owner.as_str() {
-            "" => store.owner_index(&op.subject),
-            "*" => {
-                op.require(
-                    Capability::IdentitiesManage,
-                    "listing everyone's identities",
-                )?;
-                store.identities_index()
-            }
-            owner => {
-                op.require_unless_self(
-                    owner,
-                    Capability::IdentitiesManage,
-                    "listing another user's identities",
-                )?;
-                store.owner_index(owner)
-            }
+        let index = match op.whose(&req.owner, Capability::IdentitiesManage, "identities")? {
+            Whose::Mine => store.owner_index(&op.subject),
+            Whose::Everyone => store.identities_index(),
+            Whose::Of(owner) => store.owner_index(&owner),
         };
         let ids = store.members(&index).await.map_err(store_status)?;
         let keys: Vec<String> = ids.iter().map(|id| store.identity_key(id)).collect();
@@ -509,13 +533,8 @@ impl Admin for AdminService {
     ) -> Reply<pb::Connection> {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
-        let user = if req.user.is_empty() {
-            op.subject.clone()
-        } else {
-            req.user.clone()
-        };
-        op.require_unless_self(
-            &user,
+        let user = op.acting_for(
+            &req.user,
             Capability::ConnectionsManage,
             "changing another user's connection",
         )?;
@@ -562,23 +581,10 @@ impl Admin for AdminService {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
         let store = &self.state.credentials.store;
-        let index = match req.user.as_str() {
-            "" => store.user_connections_index(&op.subject),
-            "*" => {
-                op.require(
-                    Capability::ConnectionsManage,
-                    "listing everyone's connections",
-                )?;
-                store.connections_index()
-            }
-            user => {
-                op.require_unless_self(
-                    user,
-                    Capability::ConnectionsManage,
-                    "listing another user's connections",
-                )?;
-                store.user_connections_index(user)
-            }
+        let index = match op.whose(&req.user, Capability::ConnectionsManage, "connections")? {
+            Whose::Mine => store.user_connections_index(&op.subject),
+            Whose::Everyone => store.connections_index(),
+            Whose::Of(user) => store.user_connections_index(&user),
         };
         let keys = store.members(&index).await.map_err(store_status)?;
         let records: Vec<ConnectionRecord> = store.get_many(&keys).await.map_err(store_status)?;
@@ -593,13 +599,8 @@ impl Admin for AdminService {
     ) -> Reply<pb::Connection> {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
-        let user = if req.user.is_empty() {
-            op.subject.clone()
-        } else {
-            req.user.clone()
-        };
-        op.require_unless_self(
-            &user,
+        let user = op.acting_for(
+            &req.user,
             Capability::ConnectionsManage,
             "changing another user's connection",
         )?;

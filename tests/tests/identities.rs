@@ -15,6 +15,40 @@ use serde_json::{Value, json};
 
 const ADMINS: &[&str] = &["platform-admins"];
 
+/// `latchkey identity create --server whoami --id <id>` on replica `n` as
+/// `token`'s owner, the secret on stdin; the created identity.
+fn create(stack: &Stack, n: usize, token: &str, id: &str, secret: &str) -> Result<Value> {
+    let out = stack.cli(
+        n,
+        token,
+        &["identity", "create", "--server", "whoami", "--id", id],
+        Some(secret),
+    )?;
+    out.into_iter()
+        .next()
+        .context("identity create printed nothing")
+}
+
+/// `latchkey connection use --gateway e2e --server whoami --identity <id>`
+/// on replica `n` as `token`'s owner.
+fn connect(stack: &Stack, n: usize, token: &str, id: &str) -> Result<Vec<Value>> {
+    stack.cli(
+        n,
+        token,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            id,
+        ],
+        None,
+    )
+}
+
 /// The status and body of an `initialize` on `assignment` with `token`:
 /// every request is checked, so this is the decision for that caller.
 async fn initialize(stack: &Stack, assignment: &str, token: &str) -> Result<(u16, String)> {
@@ -115,39 +149,13 @@ async fn disable_and_enable_take_effect_on_every_replica() -> Result<()> {
 
     // Alice brings her own identity (through replica 0) and connects it
     // (through replica 1).
-    let created = stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-whoami",
-        ],
-        Some(&secret),
-    )?;
-    assert_eq!(created[0]["owner"], "alice");
-    assert_eq!(created[0]["availability"], "private");
-    assert_eq!(created[0]["status"], "enabled");
-    assert_eq!(created[0]["key_id"], "e2e1");
-    assert!(!created[0].to_string().contains(&secret));
-    stack.cli(
-        1,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-whoami",
-        ],
-        None,
-    )?;
+    let created = create(&stack, 0, &alice_admin, "alice-whoami", &secret)?;
+    assert_eq!(created["owner"], "alice");
+    assert_eq!(created["availability"], "private");
+    assert_eq!(created["status"], "enabled");
+    assert_eq!(created["key_id"], "e2e1");
+    assert!(!created.to_string().contains(&secret));
+    connect(&stack, 1, &alice_admin, "alice-whoami")?;
 
     // The upstream sees alice's own credential, not her token.
     let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
@@ -254,19 +262,7 @@ async fn private_identities_stay_private_and_global_ones_are_shared() -> Result<
     );
     let secret = format!("alice-private-{}", random_hex());
     stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-pat",
-        ],
-        Some(&secret),
-    )?;
+    create(&stack, 0, &alice_admin, "alice-pat", &secret)?;
     let use_it = |user: &'static str| {
         [
             "connection",
@@ -415,37 +411,9 @@ async fn redis_holds_no_plaintext_and_moved_or_flipped_ciphertexts_are_refused()
         .collect();
     for (i, s) in secrets.iter().enumerate() {
         stack.remember_secret(s);
-        stack.cli(
-            0,
-            &alice_admin,
-            &[
-                "identity",
-                "create",
-                "--server",
-                "whoami",
-                "--id",
-                &format!("a{i}"),
-            ],
-            Some(s),
-        )?;
+        create(&stack, 0, &alice_admin, &format!("a{i}"), s)?;
     }
-    let connect = |id: &str| {
-        stack.cli(
-            0,
-            &alice_admin,
-            &[
-                "connection",
-                "use",
-                "--gateway",
-                "e2e",
-                "--server",
-                "whoami",
-                "--identity",
-                id,
-            ],
-            None,
-        )
-    };
+    let connect = |id: &str| connect(&stack, 0, &alice_admin, id);
     connect("a0")?;
     let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
     assert_eq!(status, 200, "{body}");
@@ -525,34 +493,8 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
     let alice = stack.token("alice").await?;
     let secret = format!("alice-rot-{}", random_hex());
     stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-rot",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-rot",
-        ],
-        None,
-    )?;
+    create(&stack, 0, &alice_admin, "alice-rot", &secret)?;
+    connect(&stack, 0, &alice_admin, "alice-rot")?;
     let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
     let on = |keys: &[Value], id: &str| {
         keys.iter()
@@ -608,20 +550,8 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
     // A write right after the rotation is sealed with the new key.
     let later = format!("alice-later-{}", random_hex());
     stack.remember_secret(&later);
-    let created = stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-later",
-        ],
-        Some(&later),
-    )?;
-    assert_eq!(created[0]["key_id"], "e2e2");
+    let created = create(&stack, 0, &alice_admin, "alice-later", &later)?;
+    assert_eq!(created["key_id"], "e2e2");
     wait_for(sent.load(Ordering::Relaxed) + 10).await?;
     stop.store(true, Ordering::Relaxed);
     let statuses = traffic.await?;
@@ -687,29 +617,8 @@ async fn redis_stopped_mid_run_fails_closed_and_recovers_clean() -> Result<()> {
     let dave = stack.token("dave").await?;
     let secret = format!("alice-redis-{}", random_hex());
     stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity", "create", "--server", "whoami", "--id", "alice-r",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-r",
-        ],
-        None,
-    )?;
+    create(&stack, 0, &alice_admin, "alice-r", &secret)?;
+    connect(&stack, 0, &alice_admin, "alice-r")?;
     let (status, body) = initialize(&stack, "whoami-mine", &alice).await?;
     assert_eq!(status, 200, "{body}");
 
@@ -781,29 +690,8 @@ async fn identity_lifecycle_on(topology: RedisTopology, scenario: &str) -> Resul
     let alice = stack.token("alice").await?;
     let secret = format!("alice-topo-{}", random_hex());
     stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity", "create", "--server", "whoami", "--id", "alice-t",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        1,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-t",
-        ],
-        None,
-    )?;
+    create(&stack, 0, &alice_admin, "alice-t", &secret)?;
+    connect(&stack, 1, &alice_admin, "alice-t")?;
     let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
     let r = client.call_tool("whoami", json!({})).await?;
     assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));

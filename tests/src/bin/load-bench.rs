@@ -543,7 +543,13 @@ fn versions(oha: &Path) -> Value {
             .unwrap_or_default()
     };
     json!({
-        "envoy": paths::envoy().map(|e| out(Command::new(e).arg("--version"))).unwrap_or_default(),
+        // Without the binary's path: results are committed, paths are this machine's.
+        "envoy": paths::envoy()
+            .map(|e| out(Command::new(e).arg("--version")))
+            .unwrap_or_default()
+            .split_once("version:")
+            .map(|(_, v)| format!("envoy version:{v}"))
+            .unwrap_or_default(),
         "oha": out(Command::new(oha).arg("--version")),
         "rustc": out(Command::new("rustc").arg("--version")),
         "redis": out(Command::new("redis-server").arg("--version")),
