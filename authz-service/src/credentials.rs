@@ -158,6 +158,9 @@ impl Credentials {
         secret: &IdentitySecret,
         replace: bool,
     ) -> Result<VaultRecord, PutError> {
+        if !crate::identity::valid_identity_id(id) {
+            return Err(PutError::BadId(id.to_string()));
+        }
         let key = self.store.identity_key(id);
         let indexes = [self.store.identities_index(), self.store.owner_index(owner)];
         // Sealing needs the version, which depends on what is stored: read
@@ -347,6 +350,8 @@ pub enum PutError {
     Mismatch(String),
     #[error("identity '{0}' was changed by someone else at the same time; try again")]
     Raced(String),
+    #[error("identity id '{0}' must be 1-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    BadId(String),
 }
 
 impl From<StoreError> for PutError {

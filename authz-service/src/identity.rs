@@ -271,6 +271,16 @@ pub struct ConnectionRecord {
     pub updated_at: String,
 }
 
+/// Identity ids become parts of Redis keys and URLs: 1–128 characters of
+/// `A-Z a-z 0-9 . _ -`.
+pub fn valid_identity_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Now, as RFC 3339 UTC, the timestamp format of every record and event.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -302,6 +312,14 @@ mod tests {
                 nonce: String::new(),
                 ciphertext: String::new(),
             },
+        }
+    }
+
+    #[test]
+    fn identity_ids_are_plain() {
+        assert!(valid_identity_id("github-alice.2"));
+        for bad in ["", "a b", "a:b", "a/b", "ü", "*", &"x".repeat(129)] {
+            assert!(!valid_identity_id(bad), "{bad}");
         }
     }
 
