@@ -78,6 +78,18 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Picks free ports and writes this replica's config with them.
+    fn pick_ports(&mut self, shared: &str) -> Result<()> {
+        (self.grpc_port, self.http_port, self.admin_port) = (free_port(), free_port(), free_port());
+        // The listen sections go first: TOML tables after [admin.roles] would nest.
+        let config = format!(
+            "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
+            self.grpc_port, self.http_port, self.admin_port
+        );
+        std::fs::write(&self.config_path, config)?;
+        Ok(())
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
@@ -237,24 +249,20 @@ identity = "late-sa"
         );
         let mut replicas = Vec::new();
         for n in 0..opts.replicas.max(1) {
-            let (grpc_port, http_port, admin_api_port) = (free_port(), free_port(), free_port());
-            // The listen sections go first: TOML tables after [admin.roles] would nest.
-            let config = format!(
-                "[listen]\ngrpc = \"127.0.0.1:{grpc_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_api_port}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}"
-            );
             let config_path = dir.join(if n == 0 {
                 "latchkey.toml".to_string()
             } else {
                 format!("latchkey-{n}.toml")
             });
-            std::fs::write(&config_path, config)?;
-            replicas.push(Replica {
-                grpc_port,
-                http_port,
-                admin_port: admin_api_port,
+            let mut r = Replica {
+                grpc_port: 0,
+                http_port: 0,
+                admin_port: 0,
                 config_path,
                 process: None,
-            });
+            };
+            r.pick_ports(&shared)?;
+            replicas.push(r);
         }
         let config_path = replicas[0].config_path.clone();
 
@@ -281,13 +289,23 @@ identity = "late-sa"
         }
 
         for (n, r) in replicas.iter_mut().enumerate() {
-            r.process = Some(start_latchkey(
-                &latchkey_bin,
-                &r.config_path,
-                &dir,
-                r.http_port,
-                n,
-            )?);
+            // A port picked as free can be taken before the replica binds it
+            // (parallel tests, outgoing connections): pick again and retry.
+            let mut attempt = 0;
+            loop {
+                match start_latchkey(&latchkey_bin, &r.config_path, &dir, r.http_port, n) {
+                    Ok(p) => {
+                        r.process = Some(p);
+                        break;
+                    }
+                    Err(e) if attempt < 2 => {
+                        attempt += 1;
+                        eprintln!("replica {n} did not start ({e:#}); retrying on other ports");
+                        r.pick_ports(&shared)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let authz_args: Vec<String> = replicas
             .iter()
