@@ -6,6 +6,7 @@ use std::fs::File;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,36 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Process groups started by [`Process::spawn`] and not stopped yet, so a
+/// program can stop them all from a signal handler ([`stop_all_started`]).
+static STARTED_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn started_groups() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    STARTED_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops every process group this program started and has not stopped yet
+/// (TERM, then KILL after a second). For a binary's signal handler: drops do
+/// not run when a program exits on a signal.
+pub fn stop_all_started() {
+    let groups = std::mem::take(&mut *started_groups());
+    for pgid in &groups {
+        // SAFETY: signalling process groups we created; no memory is touched.
+        unsafe {
+            libc::kill(-pgid, libc::SIGTERM);
+        }
+    }
+    if !groups.is_empty() {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for pgid in &groups {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
 }
 
 pub struct Process {
@@ -37,6 +68,7 @@ impl Process {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        started_groups().push(child.id() as i32);
         Ok(Process {
             name: name.to_string(),
             log,
@@ -63,6 +95,31 @@ impl Process {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to end by itself (a command
+    /// run to completion, with its output in the log); past that it is
+    /// stopped and this fails.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exited() {
+                if let Some(child) = self.child.take() {
+                    started_groups().retain(|g| *g != child.id() as i32);
+                }
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                self.stop();
+                bail!(
+                    "{} did not finish within {timeout:?}; tail of {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until `ready()` holds, failing early if the process exits.
@@ -123,6 +180,7 @@ impl Process {
             return;
         };
         let pgid = child.id() as i32;
+        started_groups().retain(|g| *g != pgid);
         // SAFETY: signalling a process group we created; no memory is touched.
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
