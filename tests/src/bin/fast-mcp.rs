@@ -4,15 +4,23 @@
 //! what a benchmark measures:
 //! * `initialize` → the protocol version asked for, a `tools` capability;
 //! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`);
-//! * `tools/call` → one text block naming the tool;
+//! * `tools/call` → an echo: one text block naming the tool, and the call's
+//!   `arguments` back as `structuredContent.echo`;
 //! * notifications → 202 with no body; anything else → JSON-RPC -32601.
+//!
+//! So that a benchmark can check credential injection without logging a
+//! secret, a `tools/call` answer also says what `Authorization` header
+//! reached it (`structuredContent.credential`): `"expected"` when it equals
+//! `FAST_MCP_EXPECT_AUTHORIZATION` (read from the environment, never a
+//! flag), `"other"`, or `"none"`.
 //!
 //! Usage: `fast-mcp --port <port>` (serves `/mcp` on 127.0.0.1).
 
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
-use axum::http::{StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -35,7 +43,17 @@ fn tools() -> Value {
     json!({ "tools": tools })
 }
 
-fn answer(body: &[u8]) -> Response {
+/// What `Authorization` header reached the upstream, compared with the one
+/// the benchmark expects to be injected.
+fn credential_seen(headers: &HeaderMap, expected: Option<&str>) -> &'static str {
+    match headers.get(header::AUTHORIZATION) {
+        None => "none",
+        Some(v) if expected.is_some_and(|e| v.as_bytes() == e.as_bytes()) => "expected",
+        Some(_) => "other",
+    }
+}
+
+fn answer(body: &[u8], credential: &str) -> Response {
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
         return json_reply(
             StatusCode::BAD_REQUEST,
@@ -55,7 +73,11 @@ fn answer(body: &[u8]) -> Response {
         "tools/list" => tools(),
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("");
-            json!({ "content": [{ "type": "text", "text": format!("ok {name}") }], "isError": false })
+            json!({
+                "content": [{ "type": "text", "text": format!("ok {name}") }],
+                "structuredContent": { "echo": message["params"]["arguments"], "credential": credential },
+                "isError": false
+            })
         }
         "ping" => json!({}),
         _ => {
@@ -80,8 +102,12 @@ fn json_reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn mcp(body: Bytes) -> Response {
-    answer(&body)
+async fn mcp(
+    State(expected): State<Option<std::sync::Arc<str>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    answer(&body, credential_seen(&headers, expected.as_deref()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -98,8 +124,13 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let expected: Option<std::sync::Arc<str>> = std::env::var("FAST_MCP_EXPECT_AUTHORIZATION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Into::into);
     println!("FAST_MCP_READY http://127.0.0.1:{port}/mcp");
-    axum::serve(listener, Router::new().route("/mcp", post(mcp))).await?;
+    let app = Router::new().route("/mcp", post(mcp)).with_state(expected);
+    axum::serve(listener, app).await?;
     Ok(())
 }
 
@@ -114,18 +145,38 @@ mod tests {
 
     #[tokio::test]
     async fn answers_the_methods_the_benchmark_sends() {
-        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#);
+        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#, "none");
         let v = body_of(r).await;
         assert_eq!(v["id"], 7);
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), TOOLS);
         let v = body_of(answer(
-            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"tool_03"}}"#,
+            br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"tool_03","arguments":{"text":"hi"}}}"#,
+            "expected",
         ))
         .await;
         assert_eq!(v["result"]["content"][0]["text"], "ok tool_03");
-        let r = answer(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(v["result"]["structuredContent"]["echo"]["text"], "hi");
+        assert_eq!(v["result"]["structuredContent"]["credential"], "expected");
+        let r = answer(
+            br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "none",
+        );
         assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let v = body_of(answer(br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#)).await;
+        let v = body_of(answer(
+            br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#,
+            "none",
+        ))
+        .await;
         assert_eq!(v["error"]["code"], -32601);
+    }
+
+    #[test]
+    fn reports_which_credential_arrived() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential_seen(&h, Some("Bearer s")), "none");
+        h.insert(header::AUTHORIZATION, "Bearer s".parse().unwrap());
+        assert_eq!(credential_seen(&h, Some("Bearer s")), "expected");
+        assert_eq!(credential_seen(&h, Some("Bearer t")), "other");
+        assert_eq!(credential_seen(&h, None), "other");
     }
 }
