@@ -1,8 +1,10 @@
 //! The load benchmark's smoke mode, as part of the suite: every
 //! configuration it measures (Envoy alone, Envoy's MCP + native ext_authz,
 //! the Latchkey Wasm filter) starts and answers a few hundred `tools/call`
-//! requests correctly. No timing is asserted; figures come from
-//! `scripts/bench`, never from a test.
+//! requests correctly, with the service-account credential reaching the
+//! upstream where Latchkey injects it. No timing is asserted; figures come
+//! from `scripts/bench`, never from a test. It runs the debug build of
+//! `load-bench` the suite already has (no second, release build).
 
 use std::process::Command;
 
@@ -18,11 +20,20 @@ fn every_benchmark_configuration_answers_correctly() {
         out.status.success(),
         "load-bench --smoke failed:\n{stdout}\n{stderr}"
     );
-    for config in ["floor", "native", "latchkey"] {
+    for (config, credential) in [
+        ("floor", "other"),
+        ("native", "expected"),
+        ("latchkey", "expected"),
+    ] {
         let line = stdout
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{config}:")))
             .unwrap_or_else(|| panic!("no smoke line for {config}:\n{stdout}"));
         assert!(line.contains("300/300"), "{line}");
+        assert!(
+            line.contains(&format!("credential: {credential}")),
+            "{line}"
+        );
     }
+    assert!(stdout.contains("smoke: every available configuration answered correctly"));
 }

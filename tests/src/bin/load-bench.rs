@@ -1,20 +1,24 @@
 //! `load-bench`: what Latchkey adds to every tool call, measured side by side.
 //!
 //! Starts, on loopback, one Redis, the identity provider, the `fast-mcp`
-//! upstream and one `latchkey serve`, then three Envoys (same binary, same
-//! upstream, `--concurrency 1`), one per configuration:
+//! upstream and one `latchkey serve`, then one Envoy per configuration in
+//! [`SETUPS`] (same binary, same upstream, `--concurrency 1`):
 //! * `floor`    — Envoy straight to the upstream, no filter;
 //! * `native`   — Envoy's `envoy.filters.http.mcp` + native `ext_authz` → latchkey serve;
-//! * `latchkey` — the Latchkey Wasm filter → latchkey serve, credential injected.
+//! * `latchkey` — the Latchkey Wasm filter → latchkey serve, credential injected;
+//! * `latchkey-lists` — the same with per-caller `tools/list` filtering, once
+//!   that feature exists (recorded as not yet available until then).
 //!
-//! `--smoke` sends a few hundred `tools/call` requests through each and
-//! checks every answer (no timing). Without it, `oha` drives the same
-//! request through each configuration in interleaved rounds: fixed rates
-//! (latency percentiles, added latency over floor) and fixed concurrency
-//! (throughput), with CPU seconds per 10 000 requests for Envoy and for
-//! latchkey serve, Redis commands per request, and latchkey serve's memory
-//! with 10 000 and 100 000 stored identities. Results go to
-//! `<out>/load-<date>.json` and `.md`.
+//! `--smoke` sends a few hundred `tools/call` requests (and one `initialize`
+//! and one `tools/list`) through each and checks every answer, including
+//! which credential reached the upstream; no timing. Without it, `oha`
+//! drives the same request through each configuration in interleaved
+//! rounds: fixed rates (latency percentiles, added latency over floor) and
+//! fixed concurrency (throughput), with CPU seconds per 10 000 requests for
+//! Envoy and for latchkey serve, Redis commands per request, and latchkey
+//! serve's memory with 10 000 and 100 000 stored identities. Results go to
+//! `<out>/load-<date>.json` (`bench/report.py` turns it into Markdown and a
+//! chart).
 //!
 //! Usage: `load-bench [--smoke] [--out DIR] [--rounds N] [--seconds S] [--oha PATH]`
 
@@ -24,19 +28,78 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use latchkey_e2e::process::{Process, free_port};
+use latchkey_e2e::process::{Process, free_port, stop_all_started};
 use latchkey_e2e::stack::run;
 use latchkey_e2e::{Envoy, Idp, Redis, TokenRequest, paths, scenario_dir};
 use serde_json::{Value, json};
 
-const CONFIGS: [(&str, &str); 3] = [
-    ("floor", "none"),
-    ("native", "native"),
-    ("latchkey", "wasm"),
+/// One configuration under test. Adding a configuration is adding an entry
+/// to [`SETUPS`]; everything downstream (checks, rounds, report) follows.
+struct Setup {
+    name: &'static str,
+    /// `latchkey envoy render --mode`.
+    mode: &'static str,
+    /// Extra `latchkey envoy render` arguments.
+    render_args: &'static [&'static str],
+    /// Whether the upstream must receive the service-account credential
+    /// (otherwise, with no filter, it sees the client's own token).
+    injects: bool,
+    /// Why it cannot be measured in this build, if it cannot.
+    unavailable: Option<&'static str>,
+    about: &'static str,
+}
+
+const SETUPS: &[Setup] = &[
+    Setup {
+        name: "floor",
+        mode: "none",
+        render_args: &[],
+        injects: false,
+        unavailable: None,
+        about: "Envoy straight to the upstream, no filter (`latchkey envoy render --mode none`)",
+    },
+    Setup {
+        name: "native",
+        mode: "native",
+        render_args: &[],
+        injects: true,
+        unavailable: None,
+        about: "Envoy's `envoy.filters.http.mcp` + native `ext_authz` (request body forwarded) calling `latchkey serve` (`--mode native`)",
+    },
+    Setup {
+        name: "latchkey",
+        mode: "wasm",
+        render_args: &[],
+        injects: true,
+        unavailable: None,
+        about: "the Latchkey Wasm filter calling `latchkey serve`, service-account credential injected (`--mode wasm`)",
+    },
+    Setup {
+        name: "latchkey-lists",
+        mode: "wasm",
+        render_args: &[],
+        injects: true,
+        unavailable: Some(
+            "not yet available: per-caller tools/list filtering is not in this build of the filter",
+        ),
+        about: "the Latchkey Wasm filter with per-caller `tools/list` filtering on",
+    },
 ];
+
 const RATES: [u32; 2] = [500, 2000];
+/// Connections oha may open to hold a fixed rate.
+const RATE_CONNECTIONS: u32 = 64;
+/// Connections for the throughput runs.
 const CONCURRENCY: u32 = 32;
+const PROTOCOL: &str = "2026-07-28";
+const TOOL: &str = "tool_01";
 const TOOL_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tool_01","arguments":{"text":"hello"}}}"#;
+/// The shared service-account secret stored for the upstream; a benchmark
+/// value, never printed.
+const SERVICE_SECRET: &str = "bench-service-account-secret";
+/// Redis commands that are not on the request path: the benchmark's own
+/// `INFO` and the service's replica announcement (`HSET` every 10 s).
+const BACKGROUND_COMMANDS: [&str; 2] = ["info", "hset"];
 
 struct Opts {
     smoke: bool,
@@ -45,6 +108,9 @@ struct Opts {
     seconds: u64,
     oha: Option<PathBuf>,
 }
+
+const USAGE: &str =
+    "usage: load-bench [--smoke] [--out DIR] [--rounds N] [--seconds S] [--oha PATH]";
 
 fn opts() -> Result<Opts> {
     let mut o = Opts {
@@ -60,27 +126,91 @@ fn opts() -> Result<Opts> {
         match flag.as_str() {
             "--smoke" => o.smoke = true,
             "--out" => o.out = PathBuf::from(value()?),
-            "--rounds" => o.rounds = value()?.parse()?,
-            "--seconds" => o.seconds = value()?.parse()?,
+            "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
+            "--seconds" => o.seconds = value()?.parse().context("--seconds")?,
             "--oha" => o.oha = Some(PathBuf::from(value()?)),
-            other => bail!(
-                "unknown flag {other}; usage: load-bench [--smoke] [--out DIR] [--rounds N] [--seconds S] [--oha PATH]"
-            ),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other}; {USAGE}"),
         }
     }
+    ensure!(o.rounds >= 1, "--rounds must be at least 1");
+    ensure!(o.seconds >= 1, "--seconds must be at least 1");
     Ok(o)
 }
 
 /// One running configuration.
 struct Target {
-    name: &'static str,
+    setup: &'static Setup,
     envoy: Envoy,
     url: String,
 }
 
+/// Everything a measurement needs to reach and observe.
+struct Bench {
+    dir: PathBuf,
+    redis: Redis,
+    // Held so they run until the benchmark ends (dropping one stops it).
+    _idp: Idp,
+    _upstream: Process,
+    serve: Process,
+    targets: Vec<Target>,
+    token: String,
+    host: String,
+    commands: Value,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Drops do not run when a signal ends the program: stop every process
+    // started here (they sit in their own process groups) before leaving.
+    tokio::spawn(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        eprintln!("load-bench: interrupted; stopping everything it started");
+        stop_all_started();
+        std::process::exit(130);
+    });
     let o = opts()?;
+    let bench = start(&o).await?;
+
+    // Every configuration answers correctly before anything is measured.
+    let checks = if o.smoke { 300 } else { 50 };
+    for t in &bench.targets {
+        let seen = check_answers(t, &bench.host, &bench.token, checks).await?;
+        println!(
+            "{:>14}: {checks}/{checks} tools/call answered correctly (upstream saw credential: {seen}); initialize and tools/list too",
+            t.setup.name
+        );
+    }
+    for s in SETUPS {
+        if let Some(why) = s.unavailable {
+            println!("{:>14}: {why}", s.name);
+        }
+    }
+    if o.smoke {
+        println!("smoke: every available configuration answered correctly");
+        return Ok(());
+    }
+    measure(&o, &bench).await
+}
+
+/// Starts Redis, the IdP, fast-mcp, latchkey serve and one Envoy per
+/// available configuration.
+async fn start(o: &Opts) -> Result<Bench> {
     let dir = scenario_dir(if o.smoke {
         "load-bench-smoke"
     } else {
@@ -89,17 +219,22 @@ async fn main() -> Result<()> {
     let redis = Redis::start(&dir)?;
     let idp = Idp::start(&dir)?;
     let fast_port = free_port();
-    let mut fast_cmd = Command::new(paths::workspace_bin("fast-mcp")?);
-    fast_cmd.args(["--port", &fast_port.to_string()]);
+    let fast_bin = paths::workspace_bin("fast-mcp")?;
+    let mut fast_cmd = Command::new(&fast_bin);
+    fast_cmd.args(["--port", &fast_port.to_string()]).env(
+        "FAST_MCP_EXPECT_AUTHORIZATION",
+        format!("Bearer {SERVICE_SECRET}"),
+    );
     let mut fast = Process::spawn("fast-mcp", fast_cmd, &dir)?;
     fast.wait_for_port(fast_port, Duration::from_secs(10))?;
 
-    // One gateway public URL for all three Envoys: requests carry its Host.
+    // One gateway public URL for all Envoys: requests carry its Host.
     let public_port = free_port();
     let public = format!("http://127.0.0.1:{public_port}/mcp");
     let (grpc, http, admin) = (free_port(), free_port(), free_port());
+    let latchkey = paths::latchkey_bin()?;
     let key_line = run(
-        Command::new(paths::latchkey_bin()?).args(["keys", "generate", "--id", "bench1"]),
+        Command::new(&latchkey).args(["keys", "generate", "--id", "bench1"]),
         None,
     )?;
     let key_file = dir.join("master.keys");
@@ -144,13 +279,13 @@ identity = "fast-sa"
     let config_path = dir.join("latchkey.toml");
     std::fs::write(&config_path, &config)?;
     run(
-        Command::new(paths::latchkey_bin()?)
+        Command::new(&latchkey)
             .args(["identity", "put-shared", "--config"])
             .arg(&config_path)
             .args(["--id", "fast-sa", "--server", "fast"]),
-        Some("bench-service-account-secret"),
+        Some(SERVICE_SECRET),
     )?;
-    let mut serve_cmd = Command::new(paths::latchkey_bin()?);
+    let mut serve_cmd = Command::new(&latchkey);
     serve_cmd
         .args(["serve", "--config"])
         .arg(&config_path)
@@ -163,20 +298,23 @@ identity = "fast-sa"
     )?;
 
     let mut targets = Vec::new();
-    for (name, mode) in CONFIGS {
+    let mut renders = json!({});
+    for setup in SETUPS.iter().filter(|s| s.unavailable.is_none()) {
         let listen = free_port();
-        let yaml = run(
-            Command::new(paths::latchkey_bin()?)
-                .args(["envoy", "render", "--config"])
-                .arg(&config_path)
-                .args(["--listen", &format!("127.0.0.1:{listen}")])
-                .args(["--mode", mode, "--wasm"])
-                .arg(paths::filter_wasm()?),
-            None,
-        )?;
-        let envoy = Envoy::start_named(&dir, &format!("envoy-{name}"), &yaml)?;
+        let mut render = Command::new(&latchkey);
+        render
+            .args(["envoy", "render", "--config"])
+            .arg(&config_path)
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--mode", setup.mode])
+            .args(setup.render_args)
+            .arg("--wasm")
+            .arg(paths::filter_wasm()?);
+        renders[setup.name] = json!(shown(&render));
+        let yaml = run(&mut render, None)?;
+        let envoy = Envoy::start_named(&dir, &format!("envoy-{}", setup.name), &yaml)?;
         targets.push(Target {
-            name,
+            setup,
             envoy,
             url: format!("http://127.0.0.1:{listen}/mcp/fast"),
         });
@@ -184,171 +322,231 @@ identity = "fast-sa"
     let token = idp
         .token(&TokenRequest::new("bench-user", &public).client("bench-agent"))
         .await?;
-    let host = format!("127.0.0.1:{public_port}");
-
-    // Every configuration answers correctly before anything is measured.
-    let checks = if o.smoke { 300 } else { 50 };
-    for t in &targets {
-        let ok = check_answers(&t.url, &host, &token, checks).await?;
-        println!("{:>9}: {ok}/{checks} tools/call answered correctly", t.name);
-    }
-    if o.smoke {
-        println!("smoke: every configuration answered correctly");
-        return Ok(());
-    }
-
-    let oha = o
-        .oha
-        .clone()
-        .or_else(|| {
-            let local = paths::workspace_root().join(".local/tools/bin/oha");
-            local.exists().then_some(local)
-        })
-        .context("oha not found: scripts/bench installs it into .local/tools")?;
-    let headers = [
-        format!("authorization: Bearer {token}"),
-        "content-type: application/json".to_string(),
-        "accept: application/json, text/event-stream".to_string(),
-        "mcp-protocol-version: 2025-11-25".to_string(),
-        format!("host: {host}"),
-    ];
-    let mut rounds: Vec<BTreeMap<&'static str, Value>> = Vec::new();
-    for round in 0..o.rounds {
-        let mut measured = BTreeMap::new();
-        // Rotate the order so drift hits every configuration alike.
-        let order: Vec<&Target> = (0..targets.len())
-            .map(|i| &targets[(i + round) % targets.len()])
-            .collect();
-        for t in order {
-            let mut entry = json!({});
-            for rate in RATES {
-                let r = run_oha(&oha, &t.url, &headers, o.seconds, Some(rate), 64)?;
-                entry[format!("rate_{rate}")] = r;
-            }
-            let envoy_pgid = t.envoy.process.pid().context("envoy pid")?;
-            let serve_pid = serve.pid().context("serve pid")?;
-            let (cpu_envoy0, cpu_serve0) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
-            let calls0 = redis.calls_except(&["info", "hset", "hgetall", "hdel", "ping"])?;
-            let r = run_oha(&oha, &t.url, &headers, o.seconds, None, CONCURRENCY)?;
-            let calls1 = redis.calls_except(&["info", "hset", "hgetall", "hdel", "ping"])?;
-            let (cpu_envoy1, cpu_serve1) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
-            let n = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
-            entry["throughput"] = r;
-            entry["cpu_envoy_s_per_10k"] = json!((cpu_envoy1 - cpu_envoy0) / n * 10_000.0);
-            entry["cpu_serve_s_per_10k"] = json!(if t.name == "floor" {
-                0.0
-            } else {
-                (cpu_serve1 - cpu_serve0) / n * 10_000.0
-            });
-            entry["redis_commands_per_request"] = json!((calls1 - calls0) as f64 / n);
-            println!("round {} {:>9}: {}", round + 1, t.name, summary(&entry));
-            measured.insert(t.name, entry);
-        }
-        rounds.push(measured);
-    }
-
-    let memory = memory_with_identities(&config_path, &serve, &redis).await?;
-    let results = json!({
-        "machine": machine(),
-        "versions": versions(&oha),
-        "upstream": "fast-mcp (tests/src/bin/fast-mcp.rs): stateless axum server, one application/json answer per request",
-        "request": "POST tools/call tool_01 (2025-11-25), bearer token from oauth2-mock-server, shared service-account credential injected",
-        "envoy": "--concurrency 1, one Envoy per configuration, same binary",
-        "rounds": o.rounds,
-        "seconds_per_run": o.seconds,
-        "concurrency": CONCURRENCY,
-        "medians": medians(&rounds),
-        "per_round": rounds,
-        "serve_memory": memory,
+    let commands = json!({
+        "redis": format!("redis-server --port <free> --bind 127.0.0.1 --save \"\" --appendonly no"),
+        "idp": "node tests/peers/idp.mjs --port <free>",
+        "upstream": format!("{} --port <free>", rel(&fast_bin)),
+        "serve": format!("{} serve --config <generated latchkey.toml>", rel(&latchkey)),
+        "render": renders,
+        "envoy": format!(
+            "{} -c envoy-<config>.yaml --config-yaml <admin on a free port> --base-id <unique> --concurrency 1 --log-level info --disable-hot-restart",
+            rel(&paths::envoy()?)
+        ),
     });
-    std::fs::create_dir_all(&o.out)?;
-    let date = date_today();
-    let json_path = o.out.join(format!("load-{date}.json"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
-    println!("wrote {}", json_path.display());
-    Ok(())
+    Ok(Bench {
+        dir,
+        redis,
+        _idp: idp,
+        _upstream: fast,
+        serve,
+        targets,
+        token,
+        host: format!("127.0.0.1:{public_port}"),
+        commands,
+    })
 }
 
-/// Sends `n` tools/call requests (8 at a time) and checks each answer is
-/// the upstream's result for that call.
-async fn check_answers(url: &str, host: &str, token: &str, n: usize) -> Result<usize> {
-    let client = reqwest::Client::new();
-    let mut ok = 0;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
-        let calls = chunk.iter().map(|_| {
-            client
-                .post(url)
-                .header("host", host)
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2025-11-25")
-                .body(TOOL_CALL)
-                .timeout(Duration::from_secs(10))
-                .send()
+/// A path relative to the workspace, for showing command lines.
+fn rel(p: &Path) -> String {
+    p.strip_prefix(paths::workspace_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+/// A command line as text, paths relative to the workspace.
+fn shown(cmd: &Command) -> String {
+    let mut parts = vec![rel(Path::new(cmd.get_program()))];
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        let p = Path::new(a.as_ref());
+        parts.push(if p.is_absolute() {
+            rel(p)
+        } else {
+            a.into_owned()
         });
-        for resp in futures_util::future::join_all(calls).await {
-            let resp = resp.with_context(|| format!("POST {url}"))?;
-            let status = resp.status().as_u16();
-            let body = resp.text().await?;
-            ensure!(status == 200, "{url} answered {status}: {body}");
-            let v: Value = serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))?;
+    }
+    parts.join(" ")
+}
+
+/// The headers every request carries (MCP 2026-07-28: the body's method and
+/// name mirrored into `Mcp-Method` / `Mcp-Name`).
+fn request_headers(token: &str, host: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("authorization", format!("Bearer {token}")),
+        ("content-type", "application/json".into()),
+        ("accept", "application/json, text/event-stream".into()),
+        ("mcp-protocol-version", PROTOCOL.into()),
+        ("mcp-method", "tools/call".into()),
+        ("mcp-name", TOOL.into()),
+        ("host", host.into()),
+    ]
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&'static str, String)],
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut req = client
+        .post(url)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(10));
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
+}
+
+/// Sends `n` tools/call requests (8 at a time), one initialize and one
+/// tools/list, and checks each answer; returns which credential the
+/// upstream saw.
+async fn check_answers(t: &Target, host: &str, token: &str, n: usize) -> Result<&'static str> {
+    let client = reqwest::Client::new();
+    let url = &t.url;
+    let name = t.setup.name;
+    let headers = request_headers(token, host);
+    let want_credential = if t.setup.injects { "expected" } else { "other" };
+    for chunk in (0..n).collect::<Vec<_>>().chunks(8) {
+        let calls = chunk
+            .iter()
+            .map(|_| post(&client, url, &headers, TOOL_CALL));
+        for answer in futures_util::future::join_all(calls).await {
+            let (status, body) = answer?;
+            ensure!(status == 200, "{name}: {url} answered {status}: {body}");
+            let v: Value =
+                serde_json::from_str(&body).with_context(|| format!("{name}: {url}: {body}"))?;
+            let result = &v["result"];
             ensure!(
-                v["result"]["content"][0]["text"] == "ok tool_01",
-                "{url} answered something else: {body}"
+                v["id"] == 1
+                    && result["content"][0]["text"] == format!("ok {TOOL}")
+                    && result["structuredContent"]["echo"] == json!({"text": "hello"}),
+                "{name}: {url} answered something else: {body}"
             );
-            ok += 1;
+            let seen = result["structuredContent"]["credential"]
+                .as_str()
+                .unwrap_or("");
+            ensure!(
+                seen == want_credential,
+                "{name}: the upstream saw credential \"{seen}\", expected \"{want_credential}\""
+            );
         }
     }
-    Ok(ok)
+    let mut other = headers.clone();
+    other.retain(|(h, _)| *h != "mcp-method" && *h != "mcp-name");
+    let init = format!(
+        r#"{{"jsonrpc":"2.0","id":"i","method":"initialize","params":{{"protocolVersion":"{PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"load-bench","version":"1"}}}}}}"#
+    );
+    let (status, body) = post(&client, url, &other, &init).await?;
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    ensure!(
+        status == 200 && v["result"]["serverInfo"]["name"] == "fast-mcp",
+        "{name}: initialize answered {status}: {body}"
+    );
+    other.push(("mcp-method", "tools/list".into()));
+    let (status, body) = post(
+        &client,
+        url,
+        &other,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    )
+    .await?;
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    ensure!(
+        status == 200 && v["result"]["tools"].as_array().map(Vec::len) == Some(20),
+        "{name}: tools/list answered {status}: {body}"
+    );
+    Ok(want_credential)
 }
 
-/// One oha run; fails unless every response was 200.
-fn run_oha(
+/// The oha command line for one run (the token shown as `<token>`).
+fn oha_command(
     oha: &Path,
     url: &str,
-    headers: &[String],
+    headers: &[(&'static str, String)],
     seconds: u64,
     rate: Option<u32>,
-    concurrency: u32,
-) -> Result<Value> {
+    out: &Path,
+) -> (Command, String) {
     let mut cmd = Command::new(oha);
-    cmd.args([
-        "--no-tui",
-        "--output-format",
-        "json",
-        "-m",
-        "POST",
-        "-d",
-        TOOL_CALL,
-    ])
-    .args(["-z", &format!("{seconds}s")])
-    .args(["-c", &concurrency.to_string()]);
-    if let Some(q) = rate {
-        cmd.args(["-q", &q.to_string(), "--latency-correction"]);
-    }
-    for h in headers {
-        cmd.args(["-H", h]);
+    cmd.args(["--no-tui", "--output-format", "json", "-o"])
+        .arg(out)
+        .args(["-m", "POST", "-d", TOOL_CALL])
+        // -w: requests in flight at the deadline finish (and are checked)
+        // instead of being counted as aborted.
+        .args(["-z", &format!("{seconds}s"), "-w"]);
+    match rate {
+        Some(q) => cmd.args(["-c", &RATE_CONNECTIONS.to_string()]).args([
+            "-q",
+            &q.to_string(),
+            "--latency-correction",
+        ]),
+        None => cmd.args(["-c", &CONCURRENCY.to_string()]),
+    };
+    for (name, value) in headers {
+        cmd.args(["-H", &format!("{name}: {value}")]);
     }
     cmd.arg(url);
-    let out = cmd.output().context("running oha")?;
-    ensure!(
-        out.status.success(),
-        "oha failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut text = format!(
+        "oha --no-tui --output-format json -o <file> -m POST -d '{TOOL_CALL}' -z {seconds}s -w"
     );
-    let v: Value = serde_json::from_slice(&out.stdout).context("oha JSON")?;
+    match rate {
+        Some(q) => text += &format!(" -c {RATE_CONNECTIONS} -q {q} --latency-correction"),
+        None => text += &format!(" -c {CONCURRENCY}"),
+    }
+    for (name, value) in headers {
+        let value = if *name == "authorization" {
+            "Bearer <token>"
+        } else {
+            value
+        };
+        text += &format!(" -H '{name}: {value}'");
+    }
+    text += &format!(" {url}");
+    (cmd, text)
+}
+
+/// One oha run; fails unless every response was 200, showing a response
+/// that was not.
+async fn run_oha(
+    bench: &Bench,
+    oha: &Path,
+    t: &Target,
+    seconds: u64,
+    rate: Option<u32>,
+) -> Result<Value> {
+    let headers = request_headers(&bench.token, &bench.host);
+    let out = bench.dir.join("oha-last.json");
+    let _ = std::fs::remove_file(&out);
+    let (cmd, _) = oha_command(oha, &t.url, &headers, seconds, rate, &out);
+    let mut p = Process::spawn("oha", cmd, &bench.dir)?;
+    let status = p.wait_exit(Duration::from_secs(seconds + 60))?;
+    ensure!(status.success(), "oha failed ({status}): {}", p.log_tail());
+    let v: Value = serde_json::from_slice(&std::fs::read(&out)?).context("oha JSON")?;
     let codes = &v["statusCodeDistribution"];
     let total: u64 = codes
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
     let ok = codes["200"].as_u64().unwrap_or(0);
-    ensure!(
-        total > 0 && ok == total,
-        "{url}: not every response was 200: {codes} errors: {}",
-        v["errorDistribution"]
-    );
+    let errors = &v["errorDistribution"];
+    let error_count: u64 = errors
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    if total == 0 || ok != total || error_count > 0 {
+        let sample = match post(&reqwest::Client::new(), &t.url, &headers, TOOL_CALL).await {
+            Ok((status, body)) => format!("HTTP {status}: {body}"),
+            Err(e) => format!("{e:#}"),
+        };
+        bail!(
+            "{}: not every response was 200 (status codes {codes}, connection errors {errors}); a request sent now gets {sample}",
+            t.setup.name
+        );
+    }
     let p = &v["latencyPercentiles"];
     let ms = |k: &str| p[k].as_f64().map(|s| s * 1000.0);
     Ok(json!({
@@ -361,65 +559,195 @@ fn run_oha(
     }))
 }
 
+/// Interleaved rounds over every configuration, then memory; writes the JSON.
+async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
+    let oha = o
+        .oha
+        .clone()
+        .or_else(|| {
+            let local = paths::workspace_root().join(".local/tools/bin/oha");
+            local.exists().then_some(local)
+        })
+        .context("oha not found: scripts/bench installs it into .local/tools")?;
+    let headers = request_headers(&bench.token, &bench.host);
+    let example_url = "http://127.0.0.1:<port of the configuration's Envoy>/mcp/fast";
+    let dummy = Path::new("<file>");
+    let mut commands = bench.commands.clone();
+    commands["oha_rate"] = json!(
+        oha_command(
+            &oha,
+            example_url,
+            &headers,
+            o.seconds,
+            Some(RATES[0]),
+            dummy
+        )
+        .1
+    );
+    commands["oha_throughput"] =
+        json!(oha_command(&oha, example_url, &headers, o.seconds, None, dummy).1);
+
+    let serve_pid = bench.serve.pid().context("serve pid")?;
+    let load_before = loadavg();
+    let mut rounds: Vec<BTreeMap<&'static str, Value>> = Vec::new();
+    for round in 0..o.rounds {
+        let mut measured = BTreeMap::new();
+        // Rotate the order so drift hits every configuration alike.
+        let n = bench.targets.len();
+        for t in (0..n).map(|i| &bench.targets[(i + round) % n]) {
+            let envoy_pgid = t.envoy.process.pid().context("envoy pid")?;
+            let mut entry = json!({});
+            let redis0 = bench.redis_calls()?;
+            let mut requests = 0u64;
+            let runs: Vec<(String, Option<u32>)> = RATES
+                .iter()
+                .map(|r| (format!("rate_{r}"), Some(*r)))
+                .chain([("throughput".to_string(), None)])
+                .collect();
+            for (key, rate) in runs {
+                let (e0, s0) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
+                let mut r = run_oha(bench, &oha, t, o.seconds, rate).await?;
+                let (e1, s1) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
+                let n = r["requests"].as_u64().unwrap_or(0);
+                requests += n;
+                let per10k = |cpu: f64| cpu / (n.max(1) as f64) * 10_000.0;
+                r["cpu_envoy_s_per_10k"] = json!(per10k(e1 - e0));
+                r["cpu_serve_s_per_10k"] = json!(per10k(s1 - s0));
+                entry[key] = r;
+            }
+            let redis1 = bench.redis_calls()?;
+            let mut delta = BTreeMap::new();
+            for (cmd, calls) in &redis1 {
+                let d = calls - redis0.get(cmd).copied().unwrap_or(0);
+                if d > 0 {
+                    delta.insert(cmd.clone(), d);
+                }
+            }
+            let on_path: u64 = delta
+                .iter()
+                .filter(|(c, _)| !BACKGROUND_COMMANDS.contains(&c.as_str()))
+                .map(|(_, d)| d)
+                .sum();
+            entry["redis_commands"] = json!(delta);
+            entry["redis_commands_per_request"] = json!(on_path as f64 / requests.max(1) as f64);
+            entry["requests"] = json!(requests);
+            entry["envoy_rss_kib"] = json!(rss_kib(envoy_pgid));
+            println!(
+                "round {} {:>14}: {}",
+                round + 1,
+                t.setup.name,
+                summary(&entry)
+            );
+            measured.insert(t.setup.name, entry);
+        }
+        rounds.push(measured);
+    }
+    let load_after = loadavg();
+
+    let serve_rss_after_runs = rss_kib(serve_pid);
+    let memory = memory_with_identities(bench).await?;
+    let setups: Vec<Value> = SETUPS
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "about": s.about,
+                "available": s.unavailable.is_none(),
+                "unavailable": s.unavailable,
+            })
+        })
+        .collect();
+    let results = json!({
+        "machine": machine(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "versions": versions(&oha),
+        "upstream": "fast-mcp (tests/src/bin/fast-mcp.rs): a minimal stateless MCP server on axum/hyper, one application/json answer per request (initialize, tools/list of 20 fixed tools, tools/call echo); no SSE, no session",
+        "request": format!("POST tools/call {TOOL} on MCP {PROTOCOL} (Mcp-Method/Mcp-Name mirrored), bearer token from oauth2-mock-server; body {TOOL_CALL}"),
+        "envoy": "--concurrency 1 (one worker thread, so per-worker Wasm VMs and caches are not multiplied), one Envoy per configuration, same binary",
+        "rounds": o.rounds,
+        "seconds_per_run": o.seconds,
+        "rates": RATES,
+        "rate_connections": RATE_CONNECTIONS,
+        "concurrency": CONCURRENCY,
+        "setups": setups,
+        "commands": commands,
+        "medians": medians(&rounds, &bench.targets),
+        "per_round": rounds,
+        "serve_rss_after_runs_kib": serve_rss_after_runs,
+        "serve_memory": memory,
+    });
+    std::fs::create_dir_all(&o.out)?;
+    let json_path = o.out.join(format!("load-{}.json", date_today()));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    println!("wrote {}", json_path.display());
+    Ok(())
+}
+
+impl Bench {
+    /// Calls per Redis command since Redis started (`INFO commandstats`).
+    fn redis_calls(&self) -> Result<BTreeMap<String, u64>> {
+        let info = self.redis.command(&["INFO", "commandstats"])?;
+        Ok(info
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter_map(|l| l.split_once(":calls="))
+            .filter_map(|(name, rest)| {
+                Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
 fn summary(e: &Value) -> String {
+    let f = |g: &str, k: &str| e[g][k].as_f64().unwrap_or(f64::NAN);
     format!(
-        "500/s p50 {:.3} ms p99 {:.3} ms | 2000/s p50 {:.3} ms p99 {:.3} ms | {:.0} req/s @{CONCURRENCY}",
-        e["rate_500"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        e["rate_500"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
-        e["rate_2000"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        e["rate_2000"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
-        e["throughput"]["rps"].as_f64().unwrap_or(f64::NAN),
+        "500/s p50 {:.3} p99 {:.3} ms | 2000/s p50 {:.3} p99 {:.3} ms | {:.0} req/s @{CONCURRENCY} | Redis/req {:.4}",
+        f("rate_500", "p50_ms"),
+        f("rate_500", "p99_ms"),
+        f("rate_2000", "p50_ms"),
+        f("rate_2000", "p99_ms"),
+        f("throughput", "rps"),
+        e["redis_commands_per_request"].as_f64().unwrap_or(f64::NAN),
     )
 }
 
-/// The median of each number over the rounds, per configuration.
-fn medians(rounds: &[BTreeMap<&'static str, Value>]) -> Value {
+/// The median of every number over the rounds, per configuration, keyed
+/// `group.key` (e.g. `rate_500.p50_ms`) or `key` for top-level numbers.
+fn medians(rounds: &[BTreeMap<&'static str, Value>], targets: &[Target]) -> Value {
     let mut out = json!({});
-    for (name, _) in CONFIGS {
-        let paths: [(&str, &str); 14] = [
-            ("rate_500", "p50_ms"),
-            ("rate_500", "p90_ms"),
-            ("rate_500", "p99_ms"),
-            ("rate_500", "p99_9_ms"),
-            ("rate_2000", "p50_ms"),
-            ("rate_2000", "p90_ms"),
-            ("rate_2000", "p99_ms"),
-            ("rate_2000", "p99_9_ms"),
-            ("throughput", "rps"),
-            ("throughput", "p50_ms"),
-            ("", "cpu_envoy_s_per_10k"),
-            ("", "cpu_serve_s_per_10k"),
-            ("", "redis_commands_per_request"),
-            ("throughput", "p99_ms"),
-        ];
-        for (group, key) in paths {
-            let mut values: Vec<f64> = rounds
-                .iter()
-                .filter_map(|r| r.get(name))
-                .filter_map(|e| {
-                    if group.is_empty() {
-                        e[key].as_f64()
-                    } else {
-                        e[group][key].as_f64()
+    for t in targets {
+        let name = t.setup.name;
+        let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for e in rounds.iter().filter_map(|r| r.get(name)) {
+            let Some(obj) = e.as_object() else { continue };
+            for (k, v) in obj {
+                if let Some(x) = v.as_f64() {
+                    series.entry(k.clone()).or_default().push(x);
+                } else if let Some(inner) = v.as_object()
+                    && k != "redis_commands"
+                {
+                    for (k2, v2) in inner {
+                        if let Some(x) = v2.as_f64() {
+                            series.entry(format!("{k}.{k2}")).or_default().push(x);
+                        }
                     }
-                })
-                .collect();
-            values.sort_by(|a, b| a.total_cmp(b));
-            let median = values.get(values.len() / 2).copied();
-            let label = if group.is_empty() {
-                key.to_string()
-            } else {
-                format!("{group}.{key}")
-            };
-            out[name][label] = json!(median);
+                }
+            }
+        }
+        for (label, mut values) in series {
+            values.sort_by(f64::total_cmp);
+            out[name][label] = json!(values[values.len() / 2]);
         }
     }
     out
 }
 
-/// CPU seconds (user + system) of every process in process group `pgid`.
+/// CPU seconds (user + system) of every process in process group `pgid`,
+/// from `/proc/<pid>/stat`.
 fn group_cpu_secs(pgid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut total = 0u64;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0.0;
@@ -433,7 +761,7 @@ fn group_cpu_secs(pgid: u32) -> f64 {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+        // f[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
         if f.len() > 12 && f[2].parse::<u32>() == Ok(pgid) {
             total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
         }
@@ -449,13 +777,19 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// RSS of latchkey serve with 10 000 and then 100 000 identities stored
-/// (real sealed records, written through the same library the service uses).
-async fn memory_with_identities(
-    config_path: &Path,
-    serve: &Process,
-    redis: &Redis,
-) -> Result<Value> {
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// RSS of latchkey serve with 10 000 and then 100 000 identities stored:
+/// real sealed records, written through the same library (`Credentials::
+/// put_identity`: AES-256-GCM with a fresh nonce, AAD bound to the record)
+/// that `latchkey identity put-shared` uses, 200 at a time instead of one
+/// process per identity. No request uses them: the numbers show what merely
+/// storing them costs a replica (it loads only what requests touch).
+async fn memory_with_identities(bench: &Bench) -> Result<Value> {
     use latchkey_authz::config::Config;
     use latchkey_authz::credentials::Credentials;
     use latchkey_authz::identity::{Availability, IdentitySecret};
@@ -463,7 +797,7 @@ async fn memory_with_identities(
     use latchkey_authz::store::Store;
     use latchkey_authz::vault::{KeyRing, Secret};
 
-    let config = Config::load(config_path)?;
+    let config = Config::load(&bench.dir.join("latchkey.toml"))?;
     let store = Store::connect(
         &Topology::from_config(&config.redis),
         &config.redis.key_prefix,
@@ -476,9 +810,10 @@ async fn memory_with_identities(
         KeyRing::from_config(&config.vault)?,
         Duration::from_secs(1),
     ));
-    let pid = serve.pid().context("serve pid")?;
-    let mut out = json!({ "idle_kib": rss_kib(pid) });
+    let pid = bench.serve.pid().context("serve pid")?;
+    let mut out = json!({});
     let mut stored = 0usize;
+    let started = std::time::Instant::now();
     for target in [10_000usize, 100_000] {
         while stored < target {
             let batch: Vec<_> = (stored..(stored + 200).min(target))
@@ -506,10 +841,16 @@ async fn memory_with_identities(
             }
             stored = (stored + 200).min(target);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Let the service settle (invalidation messages, allocator).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // And show it still answers.
+        if let Some(t) = bench.targets.iter().find(|t| t.setup.injects) {
+            check_answers(t, &bench.host, &bench.token, 8).await?;
+        }
         out[format!("stored_{target}_kib")] = json!(rss_kib(pid));
-        out[format!("redis_used_memory_{target}")] = json!(redis_used_memory(redis)?);
+        out[format!("redis_used_memory_{target}")] = json!(redis_used_memory(&bench.redis)?);
     }
+    out["store_seconds"] = json!(started.elapsed().as_secs_f64());
     Ok(out)
 }
 
@@ -529,9 +870,16 @@ fn machine() -> Value {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": model,
+        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
     })
 }
@@ -553,11 +901,12 @@ fn versions(oha: &Path) -> Value {
         "oha": out(Command::new(oha).arg("--version")),
         "rustc": out(Command::new("rustc").arg("--version")),
         "redis": out(Command::new("redis-server").arg("--version")),
+        "node": out(Command::new("node").arg("--version")),
     })
 }
 
 fn date_today() -> String {
-    let out = Command::new("date").arg("+%Y-%m-%d").output();
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "undated".into())
 }
