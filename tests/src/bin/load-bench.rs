@@ -658,6 +658,7 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
         })
         .collect();
     let results = json!({
+        "commit": commit(),
         "machine": machine(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -678,7 +679,15 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
         "serve_memory": memory,
     });
     std::fs::create_dir_all(&o.out)?;
-    let json_path = o.out.join(format!("load-{}.json", date_today()));
+    // Never overwrite a result: a second run the same day is `-run2`, etc.
+    let date = date_today();
+    let json_path = (1..)
+        .map(|n| match n {
+            1 => o.out.join(format!("load-{date}.json")),
+            n => o.out.join(format!("load-{date}-run{n}.json")),
+        })
+        .find(|p| !p.exists())
+        .context("no free result name")?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     println!("wrote {}", json_path.display());
     Ok(())
@@ -903,6 +912,26 @@ fn versions(oha: &Path) -> Value {
         "redis": out(Command::new("redis-server").arg("--version")),
         "node": out(Command::new("node").arg("--version")),
     })
+}
+
+/// The commit the binaries were built from, `+changes` when the tree was dirty.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(paths::workspace_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) if !s.is_empty() => format!("{head}+changes"),
+        _ => head,
+    }
 }
 
 fn date_today() -> String {
