@@ -4,6 +4,8 @@ Usage: python bench/report.py bench/results/load-<date>.json "<command line>" [s
 Writes load-<date>.md and load-<date>.png next to the JSON. The
 configurations come from the JSON (load-bench's SETUPS), so a new one needs
 no change here.
+Any analysis written into the Markdown by hand after a run is overwritten
+when the report is generated again (it describes that run's numbers).
 """
 
 import json
@@ -27,14 +29,23 @@ def fmt(v, digits=3):
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def count(n):
+    """An integer with thin spaces between thousands: 100 000."""
+    return f"{n:,.0f}".replace(",", "\u202f")
+
+
 def micro_check_figure(results_dir):
-    """The newest micro-benchmark's cached-Check time, if one is recorded."""
+    """The newest micro-benchmark's cached-Check time (the last one that
+    file records, in its last column), if there is one."""
     for path in sorted(results_dir.glob("micro-*.md"), reverse=True):
+        found = None
         for line in path.read_text().splitlines():
             if "check_cached" in line or "whole `Check` handler" in line:
                 times = re.findall(r"([0-9.]+) µs", line)
                 if times:
-                    return path.name, float(times[-1])
+                    found = float(times[-1])
+        if found:
+            return path.name, found
     return None, None
 
 
@@ -55,15 +66,18 @@ def main():
         a, b = m[c].get(key), floor.get(key)
         return None if a is None or b is None else a - b
 
+    stem = src.stem.removeprefix("load-")
+    title = re.sub(r"-run(\d+)$", r" (run \1)", stem)
     lines = [
-        f"# Load benchmark, {src.stem.removeprefix('load-')}",
+        f"# Load benchmark, {title}",
         "",
         f"Command: `{command}`"
-        + (f" ({took // 60} min {took % 60} s including builds)" if took else "")
+        + (f" (ran {took // 60} min {took % 60} s, builds not counted)" if took else "")
         + f". Medians over {r['rounds']} interleaved rounds (the order of "
         f"configurations rotates each round); each oha run lasts "
         f"{r['seconds_per_run']} s.",
         "",
+        f"- Built from commit {r.get('commit', 'unknown')}.",
         f"- Machine: {mach['cores']} cores, {mach['cpu']}, {mach.get('memory_gib', '?')} GiB, "
         f"Linux {mach['kernel']}. **Shared**: every process below (oha, the Envoy under "
         "test, `latchkey serve`, fast-mcp, Redis) and other people's builds ran on the "
@@ -173,8 +187,8 @@ def main():
     for n in (10_000, 100_000):
         used = mem.get(f"redis_used_memory_{n}")
         lines.append(
-            f"| {n:,} | {mib(mem.get(f'stored_{n}_kib'))} | "
-            f"{'n/a' if used is None else f'{used / 1048576:.1f} MiB'} |".replace(",", " ")
+            f"| {count(n)} | {mib(mem.get(f'stored_{n}_kib'))} | "
+            f"{'n/a' if used is None else f'{used / 1048576:.1f} MiB'} |"
         )
 
     lat, nat = m["latchkey"], m["native"]
@@ -206,14 +220,14 @@ def main():
     if micro_us:
         per_core = 1e6 / micro_us
         lines.append(
-            f"| ≥ {TARGET_CHECKS_PER_SEC:,} cached Check/s/core | {micro_us} µs per cached "
-            f"Check = {per_core:,.0f}/s on one core (Criterion `check_cached`, "
+            f"| ≥ {count(TARGET_CHECKS_PER_SEC)} cached Check/s/core | {micro_us} µs per cached "
+            f"Check = {count(per_core)}/s on one core (Criterion `check_cached`, "
             f"`{micro_file}`, not this run) | "
-            f"{'met' if per_core >= TARGET_CHECKS_PER_SEC else 'MISSED'} |".replace(",", " ")
+            f"{'met' if per_core >= TARGET_CHECKS_PER_SEC else 'MISSED'} |"
         )
     else:
         lines.append(
-            f"| ≥ {TARGET_CHECKS_PER_SEC} cached Check/s/core | no micro-benchmark result "
+            f"| ≥ {count(TARGET_CHECKS_PER_SEC)} cached Check/s/core | no micro-benchmark result "
             "found in this folder | not measured here |"
         )
 
