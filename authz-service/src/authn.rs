@@ -67,6 +67,8 @@ pub struct Caller {
     pub subject: String,
     /// The OAuth client the token was issued to (`client_id`, else `azp`).
     pub client_id: Option<String>,
+    /// Values of the token's `groups` and `roles` claims (for policy).
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +77,39 @@ struct Claims {
     client_id: Option<String>,
     azp: Option<String>,
     exp: Option<u64>,
+    #[serde(default)]
+    groups: OneOrMany,
+    #[serde(default)]
+    roles: OneOrMany,
+}
+
+/// A claim that is one string or a list of strings (both are common).
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The union of `groups` and `roles`, sorted, without repeats.
+fn role_values(groups: OneOrMany, roles: OneOrMany) -> Vec<String> {
+    let mut all = groups.into_vec();
+    all.extend(roles.into_vec());
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// A verified caller and when its token stops being valid.
@@ -235,6 +270,7 @@ impl TokenVerifier {
         let caller = Caller {
             subject,
             client_id: claims.client_id.or(claims.azp),
+            roles: role_values(claims.groups, claims.roles),
         };
         if let (Some(cache), Some(key), Some(exp)) = (&self.verified, cache_key, claims.exp) {
             cache.insert(
@@ -261,9 +297,17 @@ impl TokenVerifier {
         let subject = text("sub")
             .filter(|s| !s.is_empty())
             .ok_or(AuthnError::MissingClaim("sub"))?;
+        let list = |k: &str| {
+            claims
+                .get(k)
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default()
+        };
         let caller = Caller {
             subject,
             client_id: text("client_id").or_else(|| text("azp")),
+            roles: role_values(list("groups"), list("roles")),
         };
         Ok((caller, claims))
     }

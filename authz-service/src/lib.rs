@@ -1,7 +1,9 @@
 //! The Latchkey authorization service as a library: the `latchkey` binary
 //! (`main.rs`) is its command line, and benchmarks and tests reach the same
 //! modules. A Check flows one way: `context` (what is asked) → `decision`
-//! (authn, routing, credential) → `respond` (the Envoy answer).
+//! (authn, routing, `policy`, credential) → `respond` (the Envoy answer).
+//! `policy` is compiled from the config file and swapped in place when the
+//! file changes (`reload`).
 //!
 //! Credentials: `identity` (the model) → `vault` (keys and sealing) →
 //! `store` (Redis) → `cache` (this replica's memory) → `credentials` (what
@@ -23,6 +25,7 @@ pub mod envoy_config;
 pub mod http;
 pub mod identity;
 pub mod native;
+pub mod policy;
 pub mod redis_backend;
 pub mod respond;
 pub mod routing;

@@ -8,11 +8,13 @@
 //! allow: the client's token never reaches the MCP server.
 
 use crate::jsonrpc;
+use crate::visibility::{VISIBILITY_KEY, Visibility};
 use latchkey_proto::auth::check_response::HttpResponse;
 use latchkey_proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
 use latchkey_proto::core::HeaderValueOption;
 use latchkey_proto::core::header_value_option::HeaderAppendAction;
 use prost::Message;
+use prost_types::value::Kind;
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -83,6 +85,37 @@ fn grpc_status_name(code: u32) -> &'static str {
     }
 }
 
+/// A verdict and, for an allowed list request, what the caller may see
+/// (`dynamic_metadata.visibility`, see [`Visibility::to_struct`]).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub visibility: Option<Visibility>,
+}
+
+impl From<Verdict> for Checked {
+    fn from(verdict: Verdict) -> Checked {
+        Checked {
+            verdict,
+            visibility: None,
+        }
+    }
+}
+
+/// The caller's view sent along with an allow, if any.
+fn visibility(response: &CheckResponse) -> Option<Visibility> {
+    let field = response
+        .dynamic_metadata
+        .as_ref()?
+        .fields
+        .get(VISIBILITY_KEY)?;
+    match &field.kind {
+        Some(Kind::StructValue(s)) => Some(Visibility::from_struct(s)),
+        // Present but unreadable: an empty view (fail closed).
+        _ => Some(Visibility::default()),
+    }
+}
+
 /// Decides from the host's outcome of the gRPC call: `grpc_status` is the
 /// call's status (0 = OK, 4 = deadline exceeded, 14 = unavailable, ...) and
 /// `body` the serialized `CheckResponse` when it is OK (`None` when the host
@@ -93,7 +126,7 @@ pub fn decide_grpc(
     body: Option<&[u8]>,
     request_headers: &[(String, String)],
     id: Option<&Value>,
-) -> Verdict {
+) -> Checked {
     if grpc_status != 0 {
         let detail = match grpc_status {
             4 => "no answer within the timeout".to_owned(),
@@ -102,14 +135,17 @@ pub fn decide_grpc(
             14 => "unreachable or no answer within the timeout".to_owned(),
             code => format!("gRPC status {code} {}", grpc_status_name(code)),
         };
-        return Verdict::Deny(LocalReply::unavailable(id, &detail));
+        return Verdict::Deny(LocalReply::unavailable(id, &detail)).into();
     }
     let Some(body) = body else {
-        return Verdict::Deny(LocalReply::unavailable(id, "no response body"));
+        return Verdict::Deny(LocalReply::unavailable(id, "no response body")).into();
     };
     match CheckResponse::decode(body) {
-        Ok(response) => decide(&response, request_headers, id),
-        Err(_) => Verdict::Deny(LocalReply::unavailable(id, "unreadable response")),
+        Ok(response) => Checked {
+            verdict: decide(&response, request_headers, id),
+            visibility: visibility(&response),
+        },
+        Err(_) => Verdict::Deny(LocalReply::unavailable(id, "unreadable response")).into(),
     }
 }
 
@@ -629,7 +665,8 @@ mod tests {
             (13, "INTERNAL"),
             (99, "gRPC status 99"),
         ] {
-            let Verdict::Deny(r) = decide_grpc(status, None, &req_headers(), Some(&id)) else {
+            let Verdict::Deny(r) = decide_grpc(status, None, &req_headers(), Some(&id)).verdict
+            else {
                 panic!("allowed on grpc status {status}");
             };
             assert_eq!(r.status, 503);
@@ -637,23 +674,24 @@ mod tests {
             assert_eq!(v["id"], id);
             assert!(v["error"]["message"].as_str().unwrap().contains(needle));
         }
-        let Verdict::Deny(r) = decide_grpc(0, Some(b"\xff\xff\xff"), &req_headers(), None) else {
+        let Verdict::Deny(r) = decide_grpc(0, Some(b"\xff\xff\xff"), &req_headers(), None).verdict
+        else {
             panic!("allowed garbage");
         };
         assert_eq!(r.status, 503);
         let bytes = ok(vec![], vec![]).encode_to_vec();
         assert_eq!(
-            decide_grpc(0, Some(&bytes), &req_headers(), None),
+            decide_grpc(0, Some(&bytes), &req_headers(), None).verdict,
             Verdict::Allow(vec![rm("authorization")])
         );
         // An empty OK message is a default CheckResponse: allowed, as Envoy
         // would (status absent = OK). A body the host could not read is not.
         assert!(matches!(
-            decide_grpc(0, Some(b""), &req_headers(), None),
+            decide_grpc(0, Some(b""), &req_headers(), None).verdict,
             Verdict::Allow(_)
         ));
         assert!(matches!(
-            decide_grpc(0, None, &req_headers(), None),
+            decide_grpc(0, None, &req_headers(), None).verdict,
             Verdict::Deny(LocalReply { status: 503, .. })
         ));
     }

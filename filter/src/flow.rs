@@ -9,12 +9,18 @@
 //!    └─(GET/DELETE)────┼──────────► Checking └──deny/error──► Done
 //!                      └─bad input / too big─────────────────► Done
 //! ```
+//!
+//! An allowed list request (`tools/list`, ...) that came back with the
+//! caller's view goes on to the response side: the body is trimmed to that
+//! view, buffered when it is JSON, event by event when it is SSE.
 
 use crate::check::{CheckCall, Connection, check_call};
 use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply, Verdict, decide_grpc};
 use crate::jsonrpc;
+use crate::listing::{ListTrim, SseTrimmer};
 use crate::mcp::{self, Head, McpMessage, RequestError};
+use crate::visibility::{ListShape, Visibility};
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -46,6 +52,34 @@ enum State {
     Done,
 }
 
+/// What the host must do with the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseHeadersAction {
+    /// Pass them on unchanged.
+    Continue,
+    /// Remove these headers (the body is about to change size), then pass.
+    Remove(Vec<String>),
+}
+
+/// What the host must do with a piece of the response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBodyAction {
+    /// Pass it on unchanged.
+    Continue,
+    /// Keep buffering; the whole body comes at the end of the stream.
+    Buffer,
+    /// Replace the body seen in this callback with these bytes, then pass.
+    Replace(Vec<u8>),
+}
+
+/// How the response is being trimmed.
+#[derive(Debug)]
+enum ResponseTrim {
+    None,
+    Json(ListTrim),
+    Sse(SseTrimmer),
+}
+
 /// One request's progress through the filter.
 #[derive(Debug)]
 pub struct RequestFlow {
@@ -55,6 +89,9 @@ pub struct RequestFlow {
     connection: Connection,
     message: Option<McpMessage>,
     buffered: usize,
+    /// The caller's view, for an allowed list request.
+    list_trim: Option<ListTrim>,
+    response: ResponseTrim,
 }
 
 impl RequestFlow {
@@ -66,6 +103,8 @@ impl RequestFlow {
             connection: Connection::default(),
             message: None,
             buffered: 0,
+            list_trim: None,
+            response: ResponseTrim::None,
         }
     }
 
@@ -211,12 +250,85 @@ impl RequestFlow {
         if self.state != State::Checking {
             return Action::Wait;
         }
-        match decide_grpc(grpc_status, body, &self.headers, self.id()) {
+        let checked = decide_grpc(grpc_status, body, &self.headers, self.id());
+        match checked.verdict {
             Verdict::Allow(edits) => {
                 self.state = State::Allowed;
+                self.list_trim = checked.visibility.and_then(|v| self.list_trim(v));
                 Action::Continue(edits)
             }
             Verdict::Deny(reply) => self.respond(reply),
+        }
+    }
+
+    /// The trim for a list request, given the caller's view.
+    fn list_trim(&self, visibility: Visibility) -> Option<ListTrim> {
+        let message = self.message.as_ref()?;
+        let shape = ListShape::of_method(message.method.as_deref()?)?;
+        Some(ListTrim {
+            shape,
+            visibility,
+            id: message.id.clone()?,
+            private_cache_scope: message
+                .protocol_version
+                .as_deref()
+                .is_some_and(mcp::requires_header_mirroring),
+        })
+    }
+
+    /// Response headers arrived (`:status` among them).
+    pub fn on_response_headers(&mut self, headers: &[(String, String)]) -> ResponseHeadersAction {
+        let Some(trim) = self.list_trim.take() else {
+            return ResponseHeadersAction::Continue;
+        };
+        let content_type = mcp::header(headers, "content-type").unwrap_or("");
+        let success = mcp::header(headers, ":status").is_some_and(|s| s.starts_with('2'));
+        let sse = content_type
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+        let limit = self
+            .config
+            .as_ref()
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |c| c.max_body_bytes);
+        self.response = if sse {
+            ResponseTrim::Sse(SseTrimmer::new(trim, limit))
+        } else if success {
+            ResponseTrim::Json(trim)
+        } else {
+            return ResponseHeadersAction::Continue;
+        };
+        ResponseHeadersAction::Remove(vec!["content-length".into()])
+    }
+
+    /// Response body data: `size` bytes are visible to this callback (all
+    /// of it so far when the host buffered, else this chunk);
+    /// `read(size)` returns them.
+    pub fn on_response_body(
+        &mut self,
+        size: usize,
+        end_of_stream: bool,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
+    ) -> ResponseBodyAction {
+        match &mut self.response {
+            ResponseTrim::None => ResponseBodyAction::Continue,
+            ResponseTrim::Json(_) if !end_of_stream => ResponseBodyAction::Buffer,
+            ResponseTrim::Json(trim) => {
+                let body = read(size).unwrap_or_default();
+                match trim.json_body(&body) {
+                    Some(trimmed) => ResponseBodyAction::Replace(trimmed),
+                    None => ResponseBodyAction::Continue,
+                }
+            }
+            ResponseTrim::Sse(trimmer) => {
+                let chunk = if size == 0 {
+                    Vec::new()
+                } else {
+                    read(size).unwrap_or_default()
+                };
+                ResponseBodyAction::Replace(trimmer.push(&chunk, end_of_stream))
+            }
         }
     }
 
@@ -318,6 +430,131 @@ mod tests {
     fn mcp_of(req: &CheckRequest) -> McpMessage {
         let md = req.attributes.clone().unwrap().metadata_context.unwrap();
         McpMessage::from_metadata(&md.filter_metadata["latchkey.mcp"]).unwrap()
+    }
+
+    fn allowed_list(
+        method: &str,
+        version: Option<&str>,
+        visibility: Option<Visibility>,
+    ) -> RequestFlow {
+        let mut flow = RequestFlow::new(config(1 << 20));
+        let mut headers = post(&[]);
+        if let Some(v) = version {
+            headers.extend(h(&[("mcp-protocol-version", v), ("mcp-method", method)]));
+        }
+        let body = format!(r#"{{"jsonrpc":"2.0","id":5,"method":"{method}"}}"#);
+        assert!(matches!(
+            post_body(&mut flow, headers, &body),
+            Action::Check(_)
+        ));
+        let mut resp = CheckResponse::default();
+        if let Some(v) = visibility {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert(
+                crate::visibility::VISIBILITY_KEY.to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StructValue(v.to_struct())),
+                },
+            );
+            resp.dynamic_metadata = Some(prost_types::Struct { fields });
+        }
+        assert!(matches!(
+            flow.on_check_response(0, Some(&resp.encode_to_vec())),
+            Action::Continue(_)
+        ));
+        flow
+    }
+
+    fn echo_only() -> Visibility {
+        use crate::visibility::Rules;
+        Visibility::new(
+            Rules::new(&["echo".into()], &[]),
+            Rules::default(),
+            Rules::default(),
+        )
+    }
+
+    const TOOLS: &str = r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"echo"},{"name":"add"}],"nextCursor":"n"}}"#;
+
+    #[test]
+    fn json_list_response_is_buffered_and_trimmed() {
+        let mut flow = allowed_list("tools/list", None, Some(echo_only()));
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "application/json"),
+                ("content-length", "99")
+            ])),
+            ResponseHeadersAction::Remove(vec!["content-length".into()])
+        );
+        assert_eq!(
+            flow.on_response_body(10, false, |_| None),
+            ResponseBodyAction::Buffer
+        );
+        let ResponseBodyAction::Replace(out) =
+            flow.on_response_body(TOOLS.len(), true, |_| Some(TOOLS.as_bytes().to_vec()))
+        else {
+            panic!("not replaced");
+        };
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"]["tools"], json!([{"name":"echo"}]));
+        assert_eq!(v["result"]["nextCursor"], "n");
+        assert!(v["result"].get("cacheScope").is_none());
+    }
+
+    #[test]
+    fn sse_list_response_is_trimmed_per_chunk_and_marked_private_on_2026() {
+        let mut flow = allowed_list("tools/list", Some("2026-07-28"), Some(echo_only()));
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "text/event-stream")
+            ])),
+            ResponseHeadersAction::Remove(vec!["content-length".into()])
+        );
+        let stream = format!("event: message\ndata: {TOOLS}\n\n");
+        let (a, b) = stream.split_at(20);
+        let first = flow.on_response_body(a.len(), false, |_| Some(a.as_bytes().to_vec()));
+        assert_eq!(first, ResponseBodyAction::Replace(Vec::new()));
+        let ResponseBodyAction::Replace(out) =
+            flow.on_response_body(b.len(), false, |_| Some(b.as_bytes().to_vec()))
+        else {
+            panic!("not replaced");
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("event: message\ndata: "), "{text}");
+        assert!(!text.contains("\"add\""));
+        assert!(text.contains("\"cacheScope\":\"private\""));
+    }
+
+    #[test]
+    fn responses_without_a_view_or_for_other_methods_pass() {
+        let mut flow = allowed_list("tools/list", None, None);
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "application/json")
+            ])),
+            ResponseHeadersAction::Continue
+        );
+        assert_eq!(
+            flow.on_response_body(3, true, |_| panic!("read")),
+            ResponseBodyAction::Continue
+        );
+        let mut flow = allowed_list("ping", None, Some(echo_only()));
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "application/json")
+            ])),
+            ResponseHeadersAction::Continue
+        );
+        // An error status with a non-JSON body is not a list: untouched.
+        let mut flow = allowed_list("tools/list", None, Some(echo_only()));
+        assert_eq!(
+            flow.on_response_headers(&h(&[(":status", "502"), ("content-type", "text/plain")])),
+            ResponseHeadersAction::Continue
+        );
     }
 
     const CALL: &str = r#"{"jsonrpc":"2.0","id":"call-1","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;

@@ -10,6 +10,9 @@
 //!   local reply.
 //! * [`flow`]: the per-request state machine that strings these together and
 //!   tells the host what to do ([`flow::Action`]).
+//! * [`visibility`]: what a caller may see (allow/deny patterns), shared
+//!   with the service so lists and calls agree.
+//! * [`listing`]: apply → trim list responses (JSON or SSE, event by event).
 //! * [`jsonrpc`]: JSON-RPC error bodies and codes used by every local reply.
 //! * `wasm` (wasm32 only): apply → the thin proxy-wasm glue.
 //!
@@ -34,7 +37,9 @@ pub mod decision;
 pub mod flow;
 mod json;
 pub mod jsonrpc;
+pub mod listing;
 pub mod mcp;
+pub mod visibility;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -9,7 +9,7 @@
 use crate::check::Connection;
 use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply};
-use crate::flow::{Action, RequestFlow, SharedConfig};
+use crate::flow::{Action, RequestFlow, ResponseBodyAction, ResponseHeadersAction, SharedConfig};
 use crate::jsonrpc;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -279,5 +279,67 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> types::Action {
         let action = self.flow.on_trailers(read_request_body);
         self.run(action, Phase::Filter)
+    }
+
+    fn on_http_response_headers(
+        &mut self,
+        _num_headers: usize,
+        _end_of_stream: bool,
+    ) -> types::Action {
+        let headers = match hostcalls::get_map(MapType::HttpResponseHeaders) {
+            Ok(h) => h,
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot read response headers: {status:?}"),
+                );
+                Vec::new()
+            }
+        };
+        if let ResponseHeadersAction::Remove(names) = self.flow.on_response_headers(&headers) {
+            for name in names {
+                if let Err(status) =
+                    hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name)
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!("could not remove response header {name}: {status:?}"),
+                    );
+                }
+            }
+        }
+        types::Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> types::Action {
+        let read = |size: usize| match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        {
+            Ok(body) => body,
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("cannot read the response body: {status:?}"),
+                );
+                None
+            }
+        };
+        match self.flow.on_response_body(body_size, end_of_stream, read) {
+            ResponseBodyAction::Continue => types::Action::Continue,
+            ResponseBodyAction::Buffer => types::Action::Pause,
+            ResponseBodyAction::Replace(bytes) => {
+                if let Err(status) =
+                    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &bytes)
+                {
+                    // The untrimmed bytes must not go on: end the stream.
+                    log(
+                        LogLevel::Error,
+                        &format!("could not replace the response body: {status:?}"),
+                    );
+                    let _ = hostcalls::reset_http_request();
+                    return types::Action::Pause;
+                }
+                types::Action::Continue
+            }
+        }
     }
 }

@@ -1,0 +1,1013 @@
+//! Tool-level policy: which tools, prompts and resources of a server
+//! assignment a caller may see and call, and with which arguments.
+//!
+//! `[policy]` is compiled once per load into per-assignment grants with
+//! their patterns already built (see `latchkey_filter::visibility`, which
+//! the filter uses to trim lists, so lists and calls always agree). A
+//! decision is a few set lookups and glob matches: no I/O, no allocation on
+//! the allowed path beyond the list of grants that apply.
+//!
+//! Semantics: a grant applies to a caller named in its `users` (or `"*"`)
+//! or holding one of its `roles`. Something is visible when an applying
+//! grant allows it and none denies it (deny wins, default deny). A tool
+//! call must also satisfy the argument constraints of at least one
+//! applying grant that allows the tool.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
+use serde_json::Value;
+
+use crate::authn::Caller;
+use crate::config::{Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig};
+
+/// A policy that cannot be used; names the line of the grant at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+/// One check on one argument.
+#[derive(Debug, Clone)]
+enum Check {
+    Equals(Value),
+    OneOf(Vec<Value>),
+    Pattern(String),
+    Range { min: Option<f64>, max: Option<f64> },
+    MaxLength(usize),
+    Forbidden,
+}
+
+#[derive(Debug, Clone)]
+struct Constraint {
+    tool: String,
+    pointer: String,
+    optional: bool,
+    check: Check,
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let arg = &self.pointer;
+        match &self.check {
+            Check::Equals(v) => write!(f, "argument {arg} must equal {v}"),
+            Check::OneOf(vs) => {
+                let list: Vec<String> = vs.iter().map(Value::to_string).collect();
+                write!(f, "argument {arg} must be one of {}", list.join(", "))
+            }
+            Check::Pattern(p) => write!(f, "argument {arg} must be a string matching \"{p}\""),
+            Check::Range { min, max } => match (min, max) {
+                (Some(lo), Some(hi)) => {
+                    write!(f, "argument {arg} must be a number from {lo} to {hi}")
+                }
+                (Some(lo), None) => write!(f, "argument {arg} must be a number of at least {lo}"),
+                (None, Some(hi)) => write!(f, "argument {arg} must be a number of at most {hi}"),
+                (None, None) => write!(f, "argument {arg} must be a number"),
+            },
+            Check::MaxLength(n) => {
+                write!(
+                    f,
+                    "argument {arg} must be at most {n} characters (or items)"
+                )
+            }
+            Check::Forbidden => write!(f, "argument {arg} must not be given"),
+        }
+    }
+}
+
+impl Constraint {
+    /// `None` when `arguments` satisfy it, else why not.
+    fn violation(&self, arguments: &Value) -> Option<String> {
+        let value = arguments.pointer(&self.pointer);
+        let ok = match (&self.check, value) {
+            (Check::Forbidden, v) => v.is_none(),
+            (_, None) => self.optional,
+            (Check::Equals(want), Some(v)) => v == want,
+            (Check::OneOf(set), Some(v)) => set.contains(v),
+            (Check::Pattern(p), Some(v)) => v.as_str().is_some_and(|s| pattern_matches(p, s)),
+            (Check::Range { min, max }, Some(v)) => v
+                .as_f64()
+                .is_some_and(|n| min.is_none_or(|lo| n >= lo) && max.is_none_or(|hi| n <= hi)),
+            (Check::MaxLength(n), Some(v)) => match v {
+                Value::String(s) => s.chars().count() <= *n,
+                Value::Array(a) => a.len() <= *n,
+                _ => false,
+            },
+        };
+        (!ok).then(|| {
+            if value.is_none() && !matches!(self.check, Check::Forbidden) {
+                format!("argument {} is required: {self}", self.pointer)
+            } else {
+                self.to_string()
+            }
+        })
+    }
+}
+
+/// One compiled `[[policy.grants]]` entry, for one assignment.
+#[derive(Debug)]
+struct Grant {
+    name: String,
+    line: usize,
+    any_user: bool,
+    users: HashSet<String>,
+    roles: HashSet<String>,
+    tools: Rules,
+    prompts: Rules,
+    resources: Rules,
+    constraints: Vec<Constraint>,
+}
+
+impl Grant {
+    fn rules(&self, kind: ItemKind) -> &Rules {
+        match kind {
+            ItemKind::Tool => &self.tools,
+            ItemKind::Prompt => &self.prompts,
+            ItemKind::Resource => &self.resources,
+        }
+    }
+
+    fn applies_to(&self, caller: &Caller, roles: &HashSet<&str>) -> bool {
+        self.any_user
+            || self.users.contains(&caller.subject)
+            || roles.iter().any(|r| self.roles.contains(*r))
+    }
+}
+
+/// What the policy says about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go ahead.
+    Allowed,
+    /// The caller may not see the tool, prompt or resource named: answer
+    /// as if it did not exist.
+    Hidden { kind: ItemKind, name: String },
+    /// A visible tool called with arguments that break a constraint.
+    Violation { tool: String, message: String },
+}
+
+/// Why a name is or is not visible, for `latchkey policy check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub visible: bool,
+    pub reason: String,
+}
+
+/// The compiled policy of a whole config.
+#[derive(Debug)]
+pub struct Policy {
+    /// `None`: no `[policy]`, everything is visible.
+    grants: Option<HashMap<(String, String), Vec<Grant>>>,
+    /// Claim value → role names it gives.
+    roles_by_claim: HashMap<String, Vec<String>>,
+    pub hidden: HiddenAnswers,
+}
+
+/// 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
+        + 1
+}
+
+fn compile_patterns(p: &PatternsConfig) -> Rules {
+    Rules::new(&p.allow, &p.deny)
+}
+
+fn compile_constraint(c: &ConstraintConfig, at: &str) -> Result<Constraint, PolicyError> {
+    if !(c.argument.is_empty() || c.argument.starts_with('/')) {
+        return Err(PolicyError(format!(
+            "{at}: constraint argument '{}' is not a JSON Pointer (write it like /repo or /filters/0/schema)",
+            c.argument
+        )));
+    }
+    let mut checks = Vec::new();
+    if let Some(v) = &c.equals {
+        checks.push(Check::Equals(v.clone()));
+    }
+    if let Some(v) = &c.one_of {
+        checks.push(Check::OneOf(v.clone()));
+    }
+    if let Some(p) = &c.pattern {
+        checks.push(Check::Pattern(p.clone()));
+    }
+    if c.min.is_some() || c.max.is_some() {
+        if let (Some(lo), Some(hi)) = (c.min, c.max)
+            && lo > hi
+        {
+            return Err(PolicyError(format!(
+                "{at}: constraint on {} has min {lo} above max {hi}; no value could pass",
+                c.argument
+            )));
+        }
+        checks.push(Check::Range {
+            min: c.min,
+            max: c.max,
+        });
+    }
+    if let Some(n) = c.max_length {
+        checks.push(Check::MaxLength(n));
+    }
+    if c.forbidden {
+        checks.push(Check::Forbidden);
+    }
+    if checks.len() != 1 {
+        return Err(PolicyError(format!(
+            "{at}: a constraint on {} needs exactly one of equals, one_of, pattern, min/max, max_length, forbidden (found {})",
+            c.argument,
+            checks.len()
+        )));
+    }
+    Ok(Constraint {
+        tool: c.tool.clone(),
+        pointer: c.argument.clone(),
+        optional: c.optional,
+        check: checks.remove(0),
+    })
+}
+
+impl Policy {
+    /// No policy: every caller sees everything.
+    pub fn unrestricted() -> Policy {
+        Policy {
+            grants: None,
+            roles_by_claim: HashMap::new(),
+            hidden: HiddenAnswers::default(),
+        }
+    }
+
+    /// Compiles `config.policy`, checking that every grant names a gateway
+    /// and assignments that exist. `text` is the config file's text, for
+    /// line numbers in errors.
+    pub fn compile(config: &Config, text: &str) -> Result<Policy, PolicyError> {
+        let Some(pc) = &config.policy else {
+            return Ok(Policy::unrestricted());
+        };
+        let mut roles_by_claim: HashMap<String, Vec<String>> = HashMap::new();
+        for (role, values) in &pc.roles {
+            for v in values {
+                roles_by_claim
+                    .entry(v.clone())
+                    .or_default()
+                    .push(role.clone());
+            }
+        }
+        let mut grants: HashMap<(String, String), Vec<Grant>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for g in &pc.grants {
+            let line = line_of(text, g.name.span().start);
+            let name = g.name.get_ref().clone();
+            let at = format!("[[policy.grants]] '{name}' (line {line})");
+            if !seen.insert(name.clone()) {
+                return Err(PolicyError(format!(
+                    "{at}: another grant has the same name"
+                )));
+            }
+            Self::check_grant(config, g, &at)?;
+            let constraints = g
+                .constraints
+                .iter()
+                .map(|c| compile_constraint(c, &at))
+                .collect::<Result<Vec<_>, _>>()?;
+            for assignment in &g.assignments {
+                grants
+                    .entry((g.gateway.clone(), assignment.clone()))
+                    .or_default()
+                    .push(Grant {
+                        name: name.clone(),
+                        line,
+                        any_user: g.users.iter().any(|u| u == "*"),
+                        users: g.users.iter().filter(|u| *u != "*").cloned().collect(),
+                        roles: g.roles.iter().cloned().collect(),
+                        tools: compile_patterns(&g.tools),
+                        prompts: compile_patterns(&g.prompts),
+                        resources: compile_patterns(&g.resources),
+                        constraints: constraints.clone(),
+                    });
+            }
+        }
+        Ok(Policy {
+            grants: Some(grants),
+            roles_by_claim,
+            hidden: pc.hidden.clone(),
+        })
+    }
+
+    fn check_grant(config: &Config, g: &GrantConfig, at: &str) -> Result<(), PolicyError> {
+        let Some(gateway) = config.gateway(&g.gateway) else {
+            return Err(PolicyError(format!(
+                "{at}: unknown gateway '{}' (declared gateways: {})",
+                g.gateway,
+                config
+                    .gateways
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if g.assignments.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: names no assignments; list the server assignments it covers"
+            )));
+        }
+        for a in &g.assignments {
+            if !gateway.assignments.iter().any(|x| x.name == *a) {
+                return Err(PolicyError(format!(
+                    "{at}: gateway '{}' has no assignment '{a}'",
+                    g.gateway
+                )));
+            }
+        }
+        if g.users.is_empty() && g.roles.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: grants nobody; give it users (\"*\" for everyone) or roles"
+            )));
+        }
+        for (kind, p) in [
+            ("tools", &g.tools),
+            ("prompts", &g.prompts),
+            ("resources", &g.resources),
+        ] {
+            if let Some(bad) = p.allow.iter().chain(&p.deny).find(|s| s.is_empty()) {
+                return Err(PolicyError(format!(
+                    "{at}: {kind} has an empty pattern {bad:?}; it would match nothing"
+                )));
+            }
+        }
+        for c in &g.constraints {
+            if !g
+                .tools
+                .allow
+                .iter()
+                .any(|p| pattern_matches(p, &c.tool) || pattern_matches(&c.tool, p) || p == &c.tool)
+            {
+                return Err(PolicyError(format!(
+                    "{at}: a constraint names tool '{}', which this grant does not allow",
+                    c.tool
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a `[policy]` is in force.
+    pub fn is_enforced(&self) -> bool {
+        self.grants.is_some()
+    }
+
+    /// The caller's roles: claim values and the roles mapped from them.
+    fn roles_of<'a>(&'a self, caller: &'a Caller) -> HashSet<&'a str> {
+        let mut roles: HashSet<&str> = caller.roles.iter().map(String::as_str).collect();
+        for v in &caller.roles {
+            if let Some(mapped) = self.roles_by_claim.get(v) {
+                roles.extend(mapped.iter().map(String::as_str));
+            }
+        }
+        roles
+    }
+
+    /// The grants of one assignment that apply to `caller`.
+    fn applying<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &'a Caller,
+    ) -> Vec<&'a Grant> {
+        let Some(all) = &self.grants else {
+            return Vec::new();
+        };
+        let Some(grants) = all.get(&(gateway.to_owned(), assignment.to_owned())) else {
+            return Vec::new();
+        };
+        let roles = self.roles_of(caller);
+        grants
+            .iter()
+            .filter(|g| g.applies_to(caller, &roles))
+            .collect()
+    }
+
+    fn permits(grants: &[&Grant], kind: ItemKind, name: &str) -> bool {
+        Visibility::name_allowed(kind, name)
+            && grants.iter().any(|g| g.rules(kind).allows(name))
+            && !grants.iter().any(|g| g.rules(kind).denies(name))
+    }
+
+    /// Decides a request naming `name` of `kind` (`tools/call`,
+    /// `prompts/get`, `resources/*`); `arguments` are the tool call's.
+    pub fn decide(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+        kind: ItemKind,
+        name: &str,
+        arguments: Option<&Value>,
+    ) -> Verdict {
+        if !self.is_enforced() {
+            return Verdict::Allowed;
+        }
+        let grants = self.applying(gateway, assignment, caller);
+        if !Self::permits(&grants, kind, name) {
+            return Verdict::Hidden {
+                kind,
+                name: name.to_owned(),
+            };
+        }
+        if kind != ItemKind::Tool {
+            return Verdict::Allowed;
+        }
+        let empty = Value::Object(serde_json::Map::new());
+        let arguments = arguments.unwrap_or(&empty);
+        let mut first_violation = None;
+        for g in grants.iter().filter(|g| g.tools.allows(name)) {
+            let broken = g
+                .constraints
+                .iter()
+                .filter(|c| pattern_matches(&c.tool, name))
+                .find_map(|c| c.violation(arguments));
+            match broken {
+                None => return Verdict::Allowed,
+                Some(m) => {
+                    first_violation.get_or_insert(m);
+                }
+            }
+        }
+        Verdict::Violation {
+            tool: name.to_owned(),
+            message: first_violation.unwrap_or_default(),
+        }
+    }
+
+    /// Whether a tool call must have its arguments read: some applying
+    /// grant has a constraint on it. Lets the common path skip parsing.
+    pub fn needs_arguments(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
+        let Some(all) = &self.grants else {
+            return false;
+        };
+        all.get(&(gateway.to_owned(), assignment.to_owned()))
+            .is_some_and(|gs| {
+                gs.iter()
+                    .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
+            })
+    }
+
+    /// What `caller` may see on one assignment, as the filter gets it:
+    /// every applying grant's allows and denies, merged (deny wins across
+    /// grants, as in [`Policy::decide`]). `None` when no policy is in force.
+    pub fn visibility(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+    ) -> Option<Visibility> {
+        if !self.is_enforced() {
+            return None;
+        }
+        let grants = self.applying(gateway, assignment, caller);
+        let merged = |kind: ItemKind| {
+            let mut allow = Vec::new();
+            let mut deny = Vec::new();
+            for g in &grants {
+                allow.extend_from_slice(g.rules(kind).allow_patterns());
+                deny.extend_from_slice(g.rules(kind).deny_patterns());
+            }
+            allow.sort();
+            allow.dedup();
+            deny.sort();
+            deny.dedup();
+            Rules::new(&allow, &deny)
+        };
+        Some(Visibility::new(
+            merged(ItemKind::Tool),
+            merged(ItemKind::Prompt),
+            merged(ItemKind::Resource),
+        ))
+    }
+
+    /// Which grant and pattern make `name` visible or not, for operators.
+    pub fn explain(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+        kind: ItemKind,
+        name: &str,
+    ) -> Explanation {
+        if !self.is_enforced() {
+            return Explanation {
+                visible: true,
+                reason: "no [policy] is configured: everything is visible".into(),
+            };
+        }
+        if !Visibility::name_allowed(kind, name) {
+            return Explanation {
+                visible: false,
+                reason: format!(
+                    "'{name}' is not a valid {} name (tool names are 1-128 of A-Z a-z 0-9 _ - . /); such names are never visible",
+                    kind.noun()
+                ),
+            };
+        }
+        let grants = self.applying(gateway, assignment, caller);
+        if grants.is_empty() {
+            return Explanation {
+                visible: false,
+                reason: format!(
+                    "no grant on {gateway}/{assignment} applies to user '{}' (roles: {}); nothing is visible by default",
+                    caller.subject,
+                    self.roles_of(caller)
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+        }
+        for g in &grants {
+            if let Some(p) = g
+                .rules(kind)
+                .deny_patterns()
+                .iter()
+                .find(|p| Rules::new(&[], std::slice::from_ref(*p)).denies(name))
+            {
+                return Explanation {
+                    visible: false,
+                    reason: format!(
+                        "denied by grant '{}' (line {}): {} deny \"{p}\"",
+                        g.name,
+                        g.line,
+                        kind.key()
+                    ),
+                };
+            }
+        }
+        for g in &grants {
+            if let Some(p) = g
+                .rules(kind)
+                .allow_patterns()
+                .iter()
+                .find(|p| pattern_matches(p, name))
+            {
+                return Explanation {
+                    visible: true,
+                    reason: format!(
+                        "allowed by grant '{}' (line {}): {} allow \"{p}\"",
+                        g.name,
+                        g.line,
+                        kind.key()
+                    ),
+                };
+            }
+        }
+        let names: Vec<&str> = grants.iter().map(|g| g.name.as_str()).collect();
+        Explanation {
+            visible: false,
+            reason: format!(
+                "no allow pattern matches in the grants that apply ({}); nothing is visible by default",
+                names.join(", ")
+            ),
+        }
+    }
+
+    /// Findings for `latchkey policy lint`: patterns that can never match
+    /// and allows hidden by a deny.
+    pub fn lint(&self) -> Vec<String> {
+        let Some(all) = &self.grants else {
+            return vec!["no [policy]: every authenticated caller sees every tool".into()];
+        };
+        let mut findings = BTreeMap::new();
+        for ((gateway, assignment), grants) in all {
+            for g in grants {
+                let at = format!(
+                    "grant '{}' (line {}) on {gateway}/{assignment}",
+                    g.name, g.line
+                );
+                for p in g
+                    .tools
+                    .allow_patterns()
+                    .iter()
+                    .chain(g.tools.deny_patterns())
+                {
+                    let literal = p.replace(['*', '?'], "");
+                    if !literal.is_empty()
+                        && !literal
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b))
+                    {
+                        findings.insert(
+                            format!("{at}: tools pattern \"{p}\" has characters no valid tool name has; it can never match"),
+                            (),
+                        );
+                    }
+                }
+                for kind in ItemKind::ALL {
+                    for allow in g.rules(kind).allow_patterns() {
+                        for other in grants.iter() {
+                            for deny in other.rules(kind).deny_patterns() {
+                                let covered = deny == "*"
+                                    || (!allow.contains(['*', '?'])
+                                        && Rules::new(&[], std::slice::from_ref(deny))
+                                            .denies(allow))
+                                    || (allow.ends_with('*')
+                                        && deny.ends_with('*')
+                                        && allow.to_lowercase().starts_with(
+                                            deny.trim_end_matches('*').to_lowercase().as_str(),
+                                        ));
+                                if covered {
+                                    findings.insert(
+                                        format!(
+                                            "{at}: {} allow \"{allow}\" is hidden by deny \"{deny}\" in grant '{}' (line {}); deny wins",
+                                            kind.key(),
+                                            other.name,
+                                            other.line
+                                        ),
+                                        (),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        findings.into_keys().collect()
+    }
+
+    /// Every tool name or pattern the policy names for one assignment, for
+    /// comparing with what the upstream lists.
+    pub fn tool_names(&self, gateway: &str, assignment: &str) -> Vec<String> {
+        let Some(all) = &self.grants else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = all
+            .get(&(gateway.to_owned(), assignment.to_owned()))
+            .into_iter()
+            .flatten()
+            .flat_map(|g| {
+                g.tools
+                    .allow_patterns()
+                    .iter()
+                    .chain(g.tools.deny_patterns())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = r#"
+[vault]
+key_env = "K"
+[identity_provider]
+issuer = "http://idp"
+[[servers]]
+name = "gh"
+url = "http://127.0.0.1:1/mcp"
+[[gateways]]
+name = "g"
+public_url = "http://gw/mcp"
+[[gateways.assignments]]
+name = "gh"
+server = "gh"
+scheme = "per_user"
+"#;
+
+    fn policy(extra: &str) -> Result<Policy, PolicyError> {
+        let text = format!("{BASE}{extra}");
+        let config = Config::parse(&text).map_err(|e| PolicyError(e.to_string()))?;
+        Policy::compile(&config, &text)
+    }
+
+    fn caller(sub: &str, roles: &[&str]) -> Caller {
+        Caller {
+            subject: sub.into(),
+            client_id: None,
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    const GRANTS: &str = r#"
+[policy.roles]
+engineers = ["eng", "platform"]
+[[policy.grants]]
+name = "everyone-reads"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["get_*", "list_*"], deny = ["get_secret*"] }
+[[policy.grants]]
+name = "engineers-write"
+gateway = "g"
+assignments = ["gh"]
+roles = ["engineers"]
+tools = { allow = ["create_issue", "delete_*"] }
+prompts = { allow = ["review"] }
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/repo"
+pattern = "acme/*"
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/labels"
+max_length = 3
+optional = true
+[[policy.grants]]
+name = "no-deletes"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { deny = ["delete_repo"] }
+"#;
+
+    fn tool(p: &Policy, who: &Caller, name: &str, args: Value) -> Verdict {
+        p.decide("g", "gh", who, ItemKind::Tool, name, Some(&args))
+    }
+
+    #[test]
+    fn roles_from_claims_and_mapping_union_with_user_grants() {
+        let p = policy(GRANTS).unwrap();
+        let bob = caller("bob", &[]);
+        let eve = caller("eve", &["eng"]);
+        assert_eq!(tool(&p, &bob, "get_issue", json!({})), Verdict::Allowed);
+        assert!(matches!(
+            tool(&p, &bob, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            tool(&p, &eve, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &bob, "get_secret_key", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        // Deny in another grant wins.
+        assert!(matches!(
+            tool(&p, &eve, "delete_repo", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(tool(&p, &eve, "delete_branch", json!({})), Verdict::Allowed);
+        // Direct claim value as role works too.
+        let direct = Policy::compile(
+            &Config::parse(&format!(
+                "{BASE}{}",
+                GRANTS.replace("roles = [\"engineers\"]", "roles = [\"eng\"]")
+            ))
+            .unwrap(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            tool(&direct, &eve, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Allowed
+        );
+        // Other assignments and prompts.
+        assert!(matches!(
+            p.decide("g", "other", &eve, ItemKind::Tool, "get_issue", None),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            p.decide("g", "gh", &eve, ItemKind::Prompt, "review", None),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            p.decide("g", "gh", &bob, ItemKind::Prompt, "review", None),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    #[test]
+    fn constraints_name_what_was_broken() {
+        let p = policy(GRANTS).unwrap();
+        let eve = caller("eve", &["platform"]);
+        let Verdict::Violation { message, .. } =
+            tool(&p, &eve, "create_issue", json!({"repo":"evil/x"}))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            message,
+            "argument /repo must be a string matching \"acme/*\""
+        );
+        let Verdict::Violation { message, .. } = tool(&p, &eve, "create_issue", json!({})) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("argument /repo is required"),
+            "{message}"
+        );
+        let Verdict::Violation { message, .. } = tool(
+            &p,
+            &eve,
+            "create_issue",
+            json!({"repo":"acme/x","labels":["a","b","c","d"]}),
+        ) else {
+            panic!()
+        };
+        assert!(message.contains("/labels must be at most 3"), "{message}");
+        assert_eq!(
+            tool(
+                &p,
+                &eve,
+                "create_issue",
+                json!({"repo":"acme/x","labels":["a"]})
+            ),
+            Verdict::Allowed
+        );
+        assert!(p.needs_arguments("g", "gh", "create_issue"));
+        assert!(!p.needs_arguments("g", "gh", "get_issue"));
+    }
+
+    #[test]
+    fn each_constraint_kind() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here").unwrap()
+        };
+        let eq = c("argument = \"/schema\"\nequals = \"analytics\"");
+        assert!(eq.violation(&json!({"schema":"analytics"})).is_none());
+        assert!(eq.violation(&json!({"schema":"public"})).is_some());
+        let one = c("argument = \"/env\"\none_of = [\"dev\", \"test\"]");
+        assert!(one.violation(&json!({"env":"test"})).is_none());
+        assert!(
+            one.violation(&json!({"env":"prod"}))
+                .unwrap()
+                .contains("\"dev\", \"test\"")
+        );
+        let range = c("argument = \"/n\"\nmin = 1\nmax = 10");
+        assert!(range.violation(&json!({"n": 10})).is_none());
+        assert!(range.violation(&json!({"n": 10.5})).is_some());
+        assert!(
+            range.violation(&json!({"n": "5"})).is_some(),
+            "a string is not a number"
+        );
+        let len = c("argument = \"/q\"\nmax_length = 3");
+        assert!(
+            len.violation(&json!({"q":"héé"})).is_none(),
+            "characters, not bytes"
+        );
+        assert!(len.violation(&json!({"q":"four"})).is_some());
+        assert!(len.violation(&json!({"q": 5})).is_some());
+        let forbidden = c("argument = \"/force\"\nforbidden = true");
+        assert!(forbidden.violation(&json!({})).is_none());
+        assert!(forbidden.violation(&json!({"force": false})).is_some());
+        let nested = c("argument = \"/filters/0/schema\"\nequals = \"a\"");
+        assert!(
+            nested
+                .violation(&json!({"filters":[{"schema":"a"}]}))
+                .is_none()
+        );
+        let pattern = c("argument = \"/repo\"\npattern = \"acme/*\"");
+        assert!(pattern.violation(&json!({"repo": ["acme/x"]})).is_some());
+        assert!(pattern.violation(&json!({"repo": "ACME/x"})).is_some());
+    }
+
+    #[test]
+    fn bad_grants_are_refused_with_their_line() {
+        let e = policy(&GRANTS.replace(
+            "assignments = [\"gh\"]\nroles",
+            "assignments = [\"nope\"]\nroles",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("'engineers-write'")
+                && e.contains("line 26")
+                && e.contains("no assignment 'nope'"),
+            "{e}"
+        );
+        let e =
+            policy("[[policy.grants]]\nname = \"x\"\ngateway = \"g\"\nassignments = [\"gh\"]\n")
+                .unwrap_err()
+                .0;
+        assert!(e.contains("grants nobody"), "{e}");
+        let e = policy("[[policy.grants]]\nname = \"x\"\ngateway = \"h\"\nassignments = [\"gh\"]\nusers=[\"*\"]\n").unwrap_err().0;
+        assert!(e.contains("unknown gateway 'h'"), "{e}");
+        let e = policy(&GRANTS.replace("pattern = \"acme/*\"", "pattern = \"acme/*\"\nequals = 1"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("exactly one of"), "{e}");
+        let e = policy(&GRANTS.replace("argument = \"/repo\"", "argument = \"repo\""))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("JSON Pointer"), "{e}");
+        let e = policy(&GRANTS.replace(
+            "tool = \"create_issue\"\nargument = \"/labels\"",
+            "tool = \"merge\"\nargument = \"/labels\"",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("names tool 'merge', which this grant does not allow"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_policy_is_unrestricted_and_empty_policy_denies() {
+        let p = policy("").unwrap();
+        assert!(!p.is_enforced());
+        assert_eq!(
+            tool(&p, &caller("a", &[]), "anything", json!({})),
+            Verdict::Allowed
+        );
+        assert!(p.visibility("g", "gh", &caller("a", &[])).is_none());
+        let p = policy("[policy]\n").unwrap();
+        assert!(matches!(
+            tool(&p, &caller("a", &[]), "anything", json!({})),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    #[test]
+    fn visibility_agrees_with_decide() {
+        let p = policy(GRANTS).unwrap();
+        for who in [caller("bob", &[]), caller("eve", &["eng"])] {
+            let v = p.visibility("g", "gh", &who).unwrap();
+            for name in [
+                "get_issue",
+                "get_secret",
+                "GET_SECRET",
+                "create_issue",
+                "delete_repo",
+                "delete_x",
+                "list_a",
+                "other",
+                "g\u{0435}t_issue",
+            ] {
+                let decided = !matches!(
+                    p.decide(
+                        "g",
+                        "gh",
+                        &who,
+                        ItemKind::Tool,
+                        name,
+                        Some(&json!({"repo":"acme/a"}))
+                    ),
+                    Verdict::Hidden { .. }
+                );
+                assert_eq!(
+                    v.permits(ItemKind::Tool, name),
+                    decided,
+                    "{} {name}",
+                    who.subject
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn explain_and_lint_name_the_rule() {
+        let p = policy(GRANTS).unwrap();
+        let eve = caller("eve", &["eng"]);
+        let e = p.explain("g", "gh", &eve, ItemKind::Tool, "delete_repo");
+        assert!(!e.visible);
+        assert!(
+            e.reason.contains("grant 'no-deletes'") && e.reason.contains("deny \"delete_repo\""),
+            "{}",
+            e.reason
+        );
+        let e = p.explain("g", "gh", &eve, ItemKind::Tool, "get_issue");
+        assert!(
+            e.visible && e.reason.contains("allow \"get_*\""),
+            "{}",
+            e.reason
+        );
+        let e = p.explain("g", "gh", &caller("bob", &[]), ItemKind::Prompt, "review");
+        assert!(
+            !e.visible && e.reason.contains("no allow pattern"),
+            "{}",
+            e.reason
+        );
+        let lint = p.lint();
+        // A deny of one name under an allowed prefix is normal, not a finding.
+        assert!(
+            !lint.iter().any(|l| l.contains("allow \"delete_*\"")),
+            "{lint:?}"
+        );
+        let p = policy(&GRANTS.replace(
+            "deny = [\"get_secret*\"]",
+            "deny = [\"get_*\", \"bad name\"]",
+        ))
+        .unwrap();
+        let lint = p.lint();
+        assert!(
+            lint.iter()
+                .any(|l| l.contains("allow \"get_*\" is hidden by deny \"get_*\"")),
+            "{lint:?}"
+        );
+        assert!(
+            lint.iter()
+                .any(|l| l.contains("\"bad name\" has characters")),
+            "{lint:?}"
+        );
+    }
+}

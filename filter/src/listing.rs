@@ -1,0 +1,369 @@
+//! Trimming list results (`tools/list`, `prompts/list`, `resources/list`,
+//! `resources/templates/list`) to what the caller may see, in a plain JSON
+//! body or in a `text/event-stream`, event by event as the bytes arrive.
+//!
+//! Only the response to the request the filter held is touched (same
+//! JSON-RPC `id`, a `result`); notifications and server requests on the
+//! same stream pass unchanged. `nextCursor` stays, so pagination goes on
+//! over the trimmed pages. Fail closed: a list response that cannot be read
+//! is replaced by a JSON-RPC error, never passed on untrimmed.
+
+use serde_json::{Map, Value};
+
+use crate::jsonrpc;
+use crate::visibility::{ListShape, Visibility};
+
+/// What is being trimmed, for one response.
+#[derive(Debug, Clone)]
+pub struct ListTrim {
+    pub shape: ListShape,
+    pub visibility: Visibility,
+    /// The request's JSON-RPC id: only its response is trimmed.
+    pub id: Value,
+    /// Mark the result `cacheScope: "private"` (MCP 2026-07-28 and later):
+    /// a list cut for one caller must not be shared with another.
+    pub private_cache_scope: bool,
+}
+
+/// What happened to one JSON-RPC message.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Not the list response: leave it as it is.
+    Untouched,
+    /// The list response, now trimmed (possibly to the same content).
+    Trimmed,
+}
+
+impl ListTrim {
+    /// Trims `message` in place if it is the response to our request.
+    fn trim_message(&self, message: &mut Value) -> Outcome {
+        let Some(obj) = message.as_object_mut() else {
+            return Outcome::Untouched;
+        };
+        if obj.get("id") != Some(&self.id) {
+            return Outcome::Untouched;
+        }
+        let Some(result) = obj.get_mut("result").and_then(Value::as_object_mut) else {
+            return Outcome::Untouched;
+        };
+        self.trim_result(result);
+        Outcome::Trimmed
+    }
+
+    fn trim_result(&self, result: &mut Map<String, Value>) {
+        if let Some(items) = result
+            .get_mut(self.shape.field)
+            .and_then(Value::as_array_mut)
+        {
+            let kind = self.shape.kind;
+            let name_field = self.shape.name_field;
+            items.retain(|item| {
+                item.get(name_field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| self.visibility.permits(kind, name))
+            });
+        } else if result.contains_key(self.shape.field) {
+            // Present but not an array: nothing sensible to pass on.
+            result.insert(self.shape.field.to_owned(), Value::Array(Vec::new()));
+        }
+        if self.private_cache_scope {
+            result.insert("cacheScope".to_owned(), Value::from("private"));
+        }
+    }
+
+    fn unreadable(&self) -> String {
+        jsonrpc::error_body(
+            Some(&self.id),
+            jsonrpc::INTERNAL_ERROR,
+            "the gateway could not read the MCP server's list response, so it cannot show what you may see; retry, and tell the operator if it persists",
+        )
+    }
+
+    /// Trims a whole `application/json` body. `None` when it is not the
+    /// list response (pass it on as it is).
+    pub fn json_body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let Ok(mut message) = serde_json::from_slice::<Value>(body) else {
+            return Some(self.unreadable().into_bytes());
+        };
+        match self.trim_message(&mut message) {
+            Outcome::Untouched => None,
+            Outcome::Trimmed => Some(message.to_string().into_bytes()),
+        }
+    }
+}
+
+/// Trims a `text/event-stream` as it arrives: complete events go out at
+/// once (rewritten if one is the list response), an incomplete tail waits
+/// for the next chunk.
+#[derive(Debug)]
+pub struct SseTrimmer {
+    trim: ListTrim,
+    pending: Vec<u8>,
+    /// Where to resume looking for line ends in `pending`.
+    scan_from: usize,
+    /// Where the current line starts in `pending`.
+    line_start: usize,
+    /// Largest event held while waiting for its end.
+    limit: usize,
+    failed: bool,
+}
+
+impl SseTrimmer {
+    pub fn new(trim: ListTrim, limit: usize) -> SseTrimmer {
+        SseTrimmer {
+            trim,
+            pending: Vec::new(),
+            scan_from: 0,
+            line_start: 0,
+            limit,
+            failed: false,
+        }
+    }
+
+    /// Feeds one chunk; returns the bytes to send on now. `end` is the end
+    /// of the stream: whatever is held goes out (trimmed).
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
+        if self.failed {
+            return Vec::new();
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut event_start = 0;
+        let mut pos = self.scan_from;
+        while let Some(offset) = self
+            .pending
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n' || *b == b'\r'))
+        {
+            let at = pos + offset;
+            let terminator = match (self.pending.get(at), self.pending.get(at + 1)) {
+                (Some(b'\r'), Some(b'\n')) => 2,
+                // A CR at the very end may be the first half of CRLF.
+                (Some(b'\r'), None) if !end => break,
+                _ => 1,
+            };
+            if at == self.line_start {
+                let event = self
+                    .pending
+                    .get(event_start..at + terminator)
+                    .unwrap_or(&[]);
+                out.extend(self.event(event));
+                event_start = at + terminator;
+            }
+            pos = at + terminator;
+            self.line_start = pos;
+        }
+        self.pending.drain(..event_start);
+        self.line_start -= event_start;
+        self.scan_from = pos - event_start;
+        if end && !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            out.extend(self.event(&rest));
+            self.scan_from = 0;
+            self.line_start = 0;
+        } else if self.pending.len() > self.limit {
+            // An event this large cannot be checked; end the stream with an
+            // error for the request instead of passing it on.
+            self.failed = true;
+            self.pending = Vec::new();
+            out.extend_from_slice(b"event: message\ndata: ");
+            out.extend(self.trim.unreadable().into_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+        out
+    }
+
+    /// One complete event (with its blank line): returned as it is unless
+    /// its data is the list response.
+    fn event(&self, raw: &[u8]) -> Vec<u8> {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            return raw.to_vec();
+        };
+        let mut data: Vec<&str> = Vec::new();
+        let mut other: Vec<&str> = Vec::new();
+        for line in text
+            .split_terminator(['\n'])
+            .map(|l| l.trim_end_matches('\r'))
+        {
+            if line.is_empty() {
+                continue;
+            }
+            match line.strip_prefix("data") {
+                Some(rest) if rest.is_empty() || rest.starts_with(':') => {
+                    let value = rest.strip_prefix(':').unwrap_or(rest);
+                    data.push(value.strip_prefix(' ').unwrap_or(value));
+                }
+                _ => other.push(line),
+            }
+        }
+        if data.is_empty() {
+            return raw.to_vec();
+        }
+        let Ok(mut message) = serde_json::from_str::<Value>(&data.join("\n")) else {
+            return raw.to_vec();
+        };
+        if self.trim.trim_message(&mut message) == Outcome::Untouched {
+            return raw.to_vec();
+        }
+        let mut out = String::new();
+        for line in other {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str("data: ");
+        out.push_str(&message.to_string());
+        out.push_str("\n\n");
+        out.into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::visibility::Rules;
+    use serde_json::json;
+
+    fn trim(private: bool) -> ListTrim {
+        ListTrim {
+            shape: ListShape::of_method("tools/list").unwrap(),
+            visibility: Visibility::new(
+                Rules::new(&["echo".into(), "get-*".into()], &["get-env".into()]),
+                Rules::default(),
+                Rules::default(),
+            ),
+            id: json!(7),
+            private_cache_scope: private,
+        }
+    }
+
+    fn list(id: Value) -> Value {
+        json!({"jsonrpc":"2.0","id":id,"result":{
+            "tools":[{"name":"echo"},{"name":"get-env"},{"name":"get-sum"},{"name":"add"},{"nameless":1},"junk"],
+            "nextCursor":"c2"}})
+    }
+
+    fn names(v: &Value) -> Vec<&str> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn json_list_is_trimmed_and_keeps_its_cursor() {
+        let out = trim(false)
+            .json_body(list(json!(7)).to_string().as_bytes())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(names(&v), ["echo", "get-sum"]);
+        assert_eq!(v["result"]["nextCursor"], "c2");
+        assert!(v["result"].get("cacheScope").is_none());
+        let out = trim(true)
+            .json_body(list(json!(7)).to_string().as_bytes())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["result"]["cacheScope"], "private");
+    }
+
+    #[test]
+    fn other_messages_pass_and_unreadable_lists_fail_closed() {
+        assert!(
+            trim(false)
+                .json_body(list(json!(8)).to_string().as_bytes())
+                .is_none()
+        );
+        let error = json!({"jsonrpc":"2.0","id":7,"error":{"code":-1,"message":"x"}});
+        assert!(
+            trim(false)
+                .json_body(error.to_string().as_bytes())
+                .is_none()
+        );
+        let out = trim(false)
+            .json_body(b"{\"tools\":[{\"name\":\"secret")
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
+        assert!(!String::from_utf8(out).unwrap().contains("secret"));
+    }
+
+    fn sse_events(out: &[u8]) -> Vec<Value> {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        text.split("\n\n")
+            .filter_map(|e| {
+                let data: Vec<&str> = e
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                    .collect();
+                (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sse_is_trimmed_event_by_event_across_any_chunking() {
+        let notification =
+            json!({"jsonrpc":"2.0","method":"notifications/message","params":{"data":"hi"}});
+        let stream = format!(
+            ": comment\n\nevent: message\nid: 1\ndata: {notification}\n\nevent: message\r\nid: 2\r\ndata: {}\r\n\r\n",
+            list(json!(7))
+        );
+        let bytes = stream.as_bytes();
+        for size in [1, 2, 3, 7, 64, bytes.len()] {
+            let mut t = SseTrimmer::new(trim(false), 1 << 20);
+            let mut out = Vec::new();
+            let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                out.extend(t.push(c, i + 1 == chunks.len()));
+            }
+            let events = sse_events(&out);
+            assert_eq!(events.len(), 2, "chunk size {size}");
+            assert_eq!(events[0], notification);
+            assert_eq!(names(&events[1]), ["echo", "get-sum"], "chunk size {size}");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with(": comment\n\n"));
+            assert!(text.contains("id: 2\n"));
+            assert!(!text.contains("get-env"));
+        }
+    }
+
+    #[test]
+    fn sse_events_go_out_before_the_stream_ends() {
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let first = format!("data: {}\n\ndata: {{\"partial", list(json!(7)));
+        let out = t.push(first.as_bytes(), false);
+        assert_eq!(names(&sse_events(&out)[0]), ["echo", "get-sum"]);
+        assert!(!String::from_utf8(out).unwrap().contains("partial"));
+        let out = t.push(b"\":1}\n\n", false);
+        assert_eq!(String::from_utf8(out).unwrap(), "data: {\"partial\":1}\n\n");
+    }
+
+    #[test]
+    fn sse_unterminated_tail_is_trimmed_and_oversized_event_fails_closed() {
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let out = t.push(format!("data: {}", list(json!(7))).as_bytes(), true);
+        assert_eq!(names(&sse_events(&out)[0]), ["echo", "get-sum"]);
+
+        let mut t = SseTrimmer::new(trim(false), 64);
+        let out = t.push(format!("data: {}", list(json!(7))).as_bytes(), false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("get-env"));
+        assert_eq!(
+            sse_events(text.as_bytes())[0]["error"]["code"],
+            jsonrpc::INTERNAL_ERROR
+        );
+        assert!(t.push(b"\n\n", true).is_empty());
+    }
+
+    #[test]
+    fn multi_line_data_is_joined() {
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let out = t.push(
+            b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\ndata: \"result\":{\"tools\":[{\"name\":\"add\"},{\"name\":\"echo\"}]}}\n\n",
+            false,
+        );
+        assert_eq!(names(&sse_events(&out)[0]), ["echo"]);
+    }
+}
