@@ -17,6 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use latchkey_authz::policy::Policy;
+use latchkey_authz::reload::PolicySource;
 use latchkey_authz::authn::TokenVerifier;
 use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
@@ -232,6 +234,7 @@ fn bench(c: &mut Criterion) {
             config,
             verifier,
             credentials,
+            policy: Arc::new(PolicySource::fixed(Policy::unrestricted())),
         })
     });
     let service = CheckService { state };

@@ -31,8 +31,10 @@ impl Authorization for CheckService {
                 return Ok(Response::new(respond::bad_request(&bad)));
             }
         };
+        let policy = self.state.policy.current();
         let decider = Decider {
             routes: &self.state.routes,
+            policy: &policy,
             verifier: &self.state.verifier,
             credentials: &self.state.credentials,
         };

@@ -17,6 +17,8 @@ pub struct RequestContext {
     /// The mTLS peer's URI SAN (SPIFFE ID), when the connection had one.
     pub peer_principal: Option<String>,
     pub mcp: Option<McpMessage>,
+    /// The request body as forwarded (the JSON-RPC message of a POST).
+    pub body: Vec<u8>,
 }
 
 /// A request the service cannot judge because it is malformed; answered
@@ -59,7 +61,13 @@ impl RequestContext {
             Some(m) => Some(m),
             None => crate::native::mcp_from_http(&http)?,
         };
+        let body = if http.raw_body.is_empty() {
+            http.body.clone().into_bytes()
+        } else {
+            http.raw_body.clone()
+        };
         Ok(Self {
+            body,
             request_id: http.id.clone(),
             method: http.method.clone(),
             authorization: header("authorization"),
@@ -68,5 +76,17 @@ impl RequestContext {
             peer_principal,
             mcp,
         })
+    }
+}
+
+impl RequestContext {
+    /// `params.arguments` of a `tools/call` body, if there are any. Read
+    /// only when a policy constraint needs them.
+    pub fn tool_arguments(&self) -> Option<serde_json::Value> {
+        let mut message: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        message
+            .get_mut("params")?
+            .get_mut("arguments")
+            .map(serde_json::Value::take)
     }
 }

@@ -11,7 +11,10 @@ use crate::cache::OpenIdentity;
 use crate::config::{IdentityScheme, ServerAuth};
 use crate::context::RequestContext;
 use crate::credentials::{CredentialError, Credentials};
+use crate::config::{HiddenAnswer, HiddenStyle};
 use crate::identity::{PrincipalKind, Status, UseError};
+use crate::policy::{self, Policy};
+use latchkey_filter::visibility::{ItemKind, ListShape, Visibility};
 use crate::routing::{Route, RouteTable};
 use crate::store::StoreError;
 use crate::vault::{Secret, VaultError};
@@ -38,10 +41,13 @@ pub struct Allow {
     /// The version of that identity's secret, for attribution.
     pub identity_version: Option<u64>,
     pub inject: Option<InjectedHeader>,
+    /// For list requests under a policy: what the caller may see, for the
+    /// filter to trim the response with.
+    pub visibility: Option<Box<Visibility>>,
 }
 
 /// Why a request is refused, with everything needed to tell the client.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Deny {
     pub http_status: u16,
     pub jsonrpc_code: i64,
@@ -52,6 +58,9 @@ pub struct Deny {
     pub www_authenticate: Option<String>,
     /// Short machine-readable reason for logs and audit.
     pub reason: &'static str,
+    /// The whole response body when it is not a JSON-RPC error built from
+    /// `jsonrpc_code` and `message` (a tool result, a mimicked error).
+    pub body: Option<String>,
 }
 
 /// JSON-RPC error codes in denials; the shared ones come from the filter's
@@ -67,6 +76,7 @@ pub mod codes {
 
 pub struct Decider<'a> {
     pub routes: &'a RouteTable,
+    pub policy: &'a Policy,
     pub verifier: &'a TokenVerifier,
     pub credentials: &'a Credentials,
 }
@@ -85,6 +95,7 @@ impl Decider<'_> {
                 id,
                 www_authenticate: None,
                 reason: "no_route",
+                body: None,
             });
         };
         let audience = route.gateway.public_url.as_str().trim_end_matches('/');
@@ -95,6 +106,19 @@ impl Decider<'_> {
         if let Err(deny) = self.principals_enabled(&caller).await {
             return Decision::Deny(Deny { id, ..deny });
         }
+        if let Some(deny) = self.policy_denial(ctx, &route, &caller, id.as_ref()) {
+            return Decision::Deny(deny);
+        }
+        let visibility = ctx
+            .mcp
+            .as_ref()
+            .and_then(|m| m.method.as_deref())
+            .and_then(ListShape::of_method)
+            .and_then(|_| {
+                self.policy
+                    .visibility(&route.gateway.name, &route.assignment.name, &caller)
+                    .map(Box::new)
+            });
         match self.credential(&route, &caller).await {
             Ok(identity) => {
                 let inject = identity
@@ -106,9 +130,58 @@ impl Decider<'_> {
                     identity_version: identity.as_ref().map(|i| i.record.version),
                     route,
                     inject,
+                    visibility,
                 })
             }
             Err(deny) => Decision::Deny(Deny { id, ..deny }),
+        }
+    }
+
+    /// What the policy says of a request that names a tool, prompt or
+    /// resource; `None` when it may go on. Checked before the credential, so
+    /// a hidden tool never leads to a consent request.
+    fn policy_denial(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        caller: &Caller,
+        id: Option<&Value>,
+    ) -> Option<Deny> {
+        let message = ctx.mcp.as_ref()?;
+        let kind = ItemKind::of_method(message.method.as_deref()?)?;
+        let name = message.name.as_deref()?;
+        let (gateway, assignment) = (&route.gateway.name, &route.assignment.name);
+        let arguments = (kind == ItemKind::Tool
+            && self.policy.needs_arguments(gateway, assignment, name))
+        .then(|| ctx.tool_arguments())
+        .flatten();
+        match self
+            .policy
+            .decide(gateway, assignment, caller, kind, name, arguments.as_ref())
+        {
+            policy::Verdict::Allowed => None,
+            policy::Verdict::Hidden { kind, name } => {
+                let answer = match kind {
+                    ItemKind::Tool => &self.policy.hidden.tool,
+                    ItemKind::Prompt => &self.policy.hidden.prompt,
+                    ItemKind::Resource => &self.policy.hidden.resource,
+                };
+                Some(hidden_answer(answer, &name, id))
+            }
+            policy::Verdict::Violation { tool, message } => Some(Deny {
+                http_status: 200,
+                jsonrpc_code: 0,
+                message: format!("tool '{tool}' refused by policy: {message}"),
+                id: id.cloned(),
+                reason: "constraint_violation",
+                body: Some(tool_error_body(
+                    id,
+                    &format!(
+                        "The gateway's policy refused this call to '{tool}': {message}. Change the arguments and call again."
+                    ),
+                )),
+                ..Deny::default()
+            }),
         }
     }
 
@@ -218,6 +291,36 @@ impl Decider<'_> {
     }
 }
 
+/// A JSON-RPC result that is a failed tool call (`isError: true`): the
+/// model reads the message and can correct itself.
+fn tool_error_body(id: Option<&Value>, text: &str) -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "result": {"content": [{"type": "text", "text": text}], "isError": true},
+    })
+    .to_string()
+}
+
+/// The answer to a call naming something the caller may not see: what the
+/// upstream would answer for a name that does not exist.
+fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value>) -> Deny {
+    let message = answer.message.replace("{name}", name);
+    let body = match answer.style {
+        HiddenStyle::JsonrpcError => None,
+        HiddenStyle::ToolResult => Some(tool_error_body(id, &message)),
+    };
+    Deny {
+        http_status: 200,
+        jsonrpc_code: answer.code,
+        message,
+        id: id.cloned(),
+        reason: "hidden_by_policy",
+        body,
+        ..Deny::default()
+    }
+}
+
 /// The header the upstream gets for `identity`, per how the server expects it.
 fn injected_header(auth: &ServerAuth, identity: &OpenIdentity) -> Option<InjectedHeader> {
     match auth {
@@ -241,6 +344,7 @@ impl Deny {
             id: None,
             www_authenticate: None,
             reason,
+            body: None,
         }
     }
 }
@@ -253,6 +357,7 @@ fn forbidden(reason: &'static str, message: String) -> Deny {
         id: None,
         www_authenticate: None,
         reason,
+        body: None,
     }
 }
 
@@ -296,6 +401,7 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
             id,
             www_authenticate: None,
             reason: "idp_unavailable",
+            body: None,
         };
     }
     let mut challenge = format!(
@@ -318,5 +424,6 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         id,
         www_authenticate: Some(challenge),
         reason: "unauthenticated",
+        body: None,
     }
 }

@@ -27,6 +27,7 @@ pub mod identity;
 pub mod native;
 pub mod policy;
 pub mod redis_backend;
+pub mod reload;
 pub mod respond;
 pub mod routing;
 pub mod state;

@@ -18,7 +18,9 @@ use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
 use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::policy::Policy;
 use latchkey_authz::redis_backend::Topology;
+use latchkey_authz::reload::PolicySource;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
 use latchkey_authz::{admin, admin_client, authn, check, http, routing, state};
@@ -98,11 +100,21 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { config } => {
             init_tracing();
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
+            let text = std::fs::read_to_string(&path)?;
+            let policy = Policy::compile(&config, &text)
+                .with_context(|| format!("config file {}", path.display()))?;
+            if !policy.is_enforced() {
+                tracing::warn!(
+                    "no [policy] in the config: every authenticated caller sees and may call every tool"
+                );
+            }
+            let policy = Arc::new(PolicySource::watched(policy, path));
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(config))
+                .block_on(serve(config, policy))
         }
         Command::Identity(IdentityCommand::PutShared {
             config,
@@ -243,7 +255,7 @@ fn redacted_url(raw: &str) -> String {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let credentials = open_credentials(&config).await?;
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
@@ -260,11 +272,17 @@ async fn serve(config: Config) -> Result<()> {
     let grpc_addr = config.listen.grpc;
     let http_addr = config.listen.http;
     let admin_addr = config.admin.listen;
+    tokio::spawn(
+        policy
+            .clone()
+            .watch(config.clone(), std::time::Duration::from_secs(1)),
+    );
     let state = Arc::new(state::AppState {
         config,
         routes,
         verifier,
         credentials,
+        policy,
     });
     let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
     tokio::spawn(announce(state.clone(), replica_id.clone()));

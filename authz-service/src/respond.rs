@@ -4,6 +4,7 @@
 //! and the Latchkey Wasm filter apply these fields as they are.
 
 use latchkey_filter::jsonrpc;
+use latchkey_filter::visibility::VISIBILITY_KEY;
 use latchkey_proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
 use latchkey_proto::core::header_value_option::HeaderAppendAction;
 use latchkey_proto::core::{HeaderValue, HeaderValueOption};
@@ -73,6 +74,14 @@ fn attribution(a: &Allow) -> Struct {
     if let Some(i) = &a.identity {
         fields.insert("identity".to_string(), s(i));
     }
+    if let Some(v) = &a.visibility {
+        fields.insert(
+            VISIBILITY_KEY.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(v.to_struct())),
+            },
+        );
+    }
     Struct {
         fields: fields.into_iter().collect(),
     }
@@ -108,7 +117,9 @@ fn deny(d: &Deny) -> CheckResponse {
                     code: i32::from(d.http_status),
                 }),
                 headers,
-                body: jsonrpc::error_body(d.id.as_ref(), d.jsonrpc_code, &d.message),
+                body: d.body.clone().unwrap_or_else(|| {
+                    jsonrpc::error_body(d.id.as_ref(), d.jsonrpc_code, &d.message)
+                }),
             },
         )),
         dynamic_metadata: None,
@@ -123,6 +134,7 @@ pub fn bad_request(b: &BadRequest) -> CheckResponse {
         id: b.id.clone(),
         www_authenticate: None,
         reason: "bad_request",
+        body: None,
     })
 }
 

@@ -3,6 +3,7 @@
 use crate::authn::TokenVerifier;
 use crate::config::Config;
 use crate::credentials::Credentials;
+use crate::reload::PolicySource;
 use crate::routing::RouteTable;
 
 pub struct AppState {
@@ -10,4 +11,5 @@ pub struct AppState {
     pub routes: RouteTable,
     pub verifier: TokenVerifier,
     pub credentials: Credentials,
+    pub policy: std::sync::Arc<PolicySource>,
 }

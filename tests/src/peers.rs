@@ -550,6 +550,29 @@ impl Everything {
     }
 }
 
+/// `fast-mcp`: a stateless upstream answering `application/json`, with a
+/// paged tool list (`tool_00` … `tool_19`).
+pub struct FastMcp {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl FastMcp {
+    pub fn start(dir: &Path, page_size: usize) -> Result<FastMcp> {
+        let port = free_port();
+        let mut cmd = Command::new(paths::workspace_bin("fast-mcp")?);
+        cmd.args(["--port", &port.to_string()])
+            .args(["--page-size", &page_size.to_string()]);
+        let mut process = Process::spawn("fast-mcp", cmd, dir)?;
+        process.wait_for_log("FAST_MCP_READY", Duration::from_secs(10))?;
+        Ok(FastMcp { port, process })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
 /// The rmcp upstream that reports the credential it received (`auth-echo`).
 pub struct AuthEcho {
     pub port: u16,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::envoy::Envoy;
 use crate::paths;
-use crate::peers::{AuthEcho, Everything, Idp, Redis, TokenRequest};
+use crate::peers::{AuthEcho, Everything, FastMcp, Idp, Redis, TokenRequest};
 use crate::process::{Process, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,11 @@ pub struct StackOptions {
     pub persistent_redis: bool,
     /// One Redis, a three-node Cluster, or one Redis watched by a Sentinel.
     pub redis_topology: RedisTopology,
+    /// Also start `fast-mcp` (assignment `fast`), listing tools this many
+    /// per page.
+    pub fast_mcp_page_size: Option<usize>,
+    /// A `[policy]` section (TOML) for the config; none: unrestricted.
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +65,8 @@ impl Default for StackOptions {
             key_ids: vec!["e2e1".into()],
             persistent_redis: false,
             redis_topology: RedisTopology::Single,
+            fast_mcp_page_size: None,
+            policy: None,
         }
     }
 }
@@ -81,6 +88,11 @@ impl Replica {
     /// Picks free ports and writes this replica's config with them.
     fn pick_ports(&mut self, shared: &str) -> Result<()> {
         (self.grpc_port, self.http_port, self.admin_port) = (free_port(), free_port(), free_port());
+        self.write_config(shared)
+    }
+
+    /// Writes this replica's config: its listen addresses, then `shared`.
+    fn write_config(&self, shared: &str) -> Result<()> {
         // The listen sections go first: TOML tables after [admin.roles] would nest.
         let config = format!(
             "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
@@ -106,7 +118,10 @@ pub struct Stack {
     pub idp: Idp,
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
+    pub fast: Option<FastMcp>,
     pub replicas: Vec<Replica>,
+    /// The config every replica shares, without `[policy]`.
+    shared_config: String,
     pub envoy: Envoy,
     pub envoy_port: u16,
     /// The master key file every replica reads.
@@ -161,6 +176,14 @@ impl Stack {
         } else {
             None
         };
+        let fast = match opts.fast_mcp_page_size {
+            Some(page) => Some(FastMcp::start(&dir, page)?),
+            None => None,
+        };
+        let fast_url = fast
+            .as_ref()
+            .map(FastMcp::url)
+            .unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
 
         let envoy_port = free_port();
         let admin_port = free_port();
@@ -216,9 +239,20 @@ name = "everything"
 url = "{everything_url}"
 auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
 
+[[servers]]
+name = "fast"
+url = "{fast_url}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+
 [[gateways]]
 name = "e2e"
 public_url = "http://127.0.0.1:{envoy_port}/mcp"
+
+[[gateways.assignments]]
+name = "fast"
+server = "fast"
+scheme = "shared"
+identity = "fast-sa"
 
 [[gateways.assignments]]
 name = "whoami"
@@ -247,6 +281,11 @@ identity = "late-sa"
             issuer = idp.issuer(),
             echo = echo.url(),
         );
+        let shared_config = shared;
+        let shared = match &opts.policy {
+            Some(p) => format!("{shared_config}\n{p}\n"),
+            None => shared_config.clone(),
+        };
         let mut replicas = Vec::new();
         for n in 0..opts.replicas.max(1) {
             let config_path = dir.join(if n == 0 {
@@ -269,10 +308,12 @@ identity = "late-sa"
         let whoami_secret = format!("sa-whoami-{}", random_hex());
         let everything_secret = format!("sa-everything-{}", random_hex());
         let late_secret = format!("sa-late-{}", random_hex());
+        let fast_secret = format!("sa-fast-{}", random_hex());
         for (id, server, secret) in [
             ("whoami-sa", "whoami", &whoami_secret),
             ("everything-sa", "everything", &everything_secret),
             ("late-sa", "whoami", &late_secret),
+            ("fast-sa", "fast", &fast_secret),
         ] {
             let out = run(
                 Command::new(&latchkey_bin)
@@ -340,7 +381,9 @@ identity = "late-sa"
             idp,
             echo,
             everything,
+            fast,
             replicas,
+            shared_config,
             envoy,
             envoy_port,
             key_file,
@@ -350,6 +393,7 @@ identity = "late-sa"
                         whoami_secret.clone(),
                         everything_secret.clone(),
                         late_secret,
+                        fast_secret,
                     ],
                     key_material,
                 ]
@@ -362,6 +406,19 @@ identity = "late-sa"
 
     pub fn gateway_url(&self) -> String {
         format!("http://127.0.0.1:{}/mcp", self.envoy_port)
+    }
+
+    /// Rewrites every replica's config file with `policy` as its `[policy]`
+    /// (none: no policy). Running replicas pick it up on their own.
+    pub fn set_policy(&self, policy: Option<&str>) -> Result<()> {
+        let shared = match policy {
+            Some(p) => format!("{}\n{p}\n", self.shared_config),
+            None => self.shared_config.clone(),
+        };
+        for r in &self.replicas {
+            r.write_config(&shared)?;
+        }
+        Ok(())
     }
 
     /// The public URL of one assignment, through Envoy.

@@ -3,7 +3,8 @@
 //! `application/json` body (no SSE, no session), so the upstream is never
 //! what a benchmark measures:
 //! * `initialize` → the protocol version asked for, a `tools` capability;
-//! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`);
+//! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`), all at once
+//!   or, with `--page-size N`, N per page with `nextCursor`;
 //! * `tools/call` → an echo: one text block naming the tool, and the call's
 //!   `arguments` back as `structuredContent.echo`;
 //! * notifications → 202 with no body; anything else → JSON-RPC -32601.
@@ -14,7 +15,7 @@
 //! `FAST_MCP_EXPECT_AUTHORIZATION` (read from the environment, never a
 //! flag), `"other"`, or `"none"`.
 //!
-//! Usage: `fast-mcp --port <port>` (serves `/mcp` on 127.0.0.1).
+//! Usage: `fast-mcp --port <port> [--page-size N]` (serves `/mcp` on 127.0.0.1).
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -27,8 +28,12 @@ use serde_json::{Value, json};
 
 const TOOLS: usize = 20;
 
-fn tools() -> Value {
-    let tools: Vec<Value> = (0..TOOLS)
+/// One page of the tool list: from `cursor` (an index, as text), `page`
+/// tools at most (all when `None`).
+fn tools(cursor: Option<&str>, page: Option<usize>) -> Value {
+    let start = cursor.and_then(|c| c.parse::<usize>().ok()).unwrap_or(0).min(TOOLS);
+    let end = page.map_or(TOOLS, |p| (start + p.max(1)).min(TOOLS));
+    let tools: Vec<Value> = (start..end)
         .map(|i| {
             json!({
                 "name": format!("tool_{i:02}"),
@@ -40,7 +45,11 @@ fn tools() -> Value {
             })
         })
         .collect();
-    json!({ "tools": tools })
+    if end < TOOLS {
+        json!({ "tools": tools, "nextCursor": end.to_string() })
+    } else {
+        json!({ "tools": tools })
+    }
 }
 
 /// What `Authorization` header reached the upstream, compared with the one
@@ -53,7 +62,7 @@ fn credential_seen(headers: &HeaderMap, expected: Option<&str>) -> &'static str 
     }
 }
 
-fn answer(body: &[u8], credential: &str) -> Response {
+fn answer(body: &[u8], credential: &str, page: Option<usize>) -> Response {
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
         return json_reply(
             StatusCode::BAD_REQUEST,
@@ -70,7 +79,7 @@ fn answer(body: &[u8], credential: &str) -> Response {
             "capabilities": { "tools": { "listChanged": false } },
             "serverInfo": { "name": "fast-mcp", "version": "1" }
         }),
-        "tools/list" => tools(),
+        "tools/list" => tools(message["params"]["cursor"].as_str(), page),
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("");
             json!({
@@ -102,22 +111,32 @@ fn json_reply(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn mcp(
-    State(expected): State<Option<std::sync::Arc<str>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    answer(&body, credential_seen(&headers, expected.as_deref()))
+#[derive(Clone)]
+struct Settings {
+    expected: Option<std::sync::Arc<str>>,
+    page: Option<usize>,
+}
+
+async fn mcp(State(settings): State<Settings>, headers: HeaderMap, body: Bytes) -> Response {
+    answer(
+        &body,
+        credential_seen(&headers, settings.expected.as_deref()),
+        settings.page,
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let mut port = None;
+    let mut page = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
             "--port" => port = args.next().and_then(|p| p.parse::<u16>().ok()),
-            other => anyhow::bail!("unknown flag {other}; usage: fast-mcp --port <port>"),
+            "--page-size" => page = args.next().and_then(|p| p.parse::<usize>().ok()),
+            other => anyhow::bail!(
+                "unknown flag {other}; usage: fast-mcp --port <port> [--page-size N]"
+            ),
         }
     }
     let port = port.context("--port <port> is required")?;
@@ -129,7 +148,9 @@ async fn main() -> Result<()> {
         .filter(|v| !v.is_empty())
         .map(Into::into);
     println!("FAST_MCP_READY http://127.0.0.1:{port}/mcp");
-    let app = Router::new().route("/mcp", post(mcp)).with_state(expected);
+    let app = Router::new()
+        .route("/mcp", post(mcp))
+        .with_state(Settings { expected, page });
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -145,13 +166,14 @@ mod tests {
 
     #[tokio::test]
     async fn answers_the_methods_the_benchmark_sends() {
-        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#, "none");
+        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#, "none", None);
         let v = body_of(r).await;
         assert_eq!(v["id"], 7);
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), TOOLS);
         let v = body_of(answer(
             br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"tool_03","arguments":{"text":"hi"}}}"#,
             "expected",
+            None,
         ))
         .await;
         assert_eq!(v["result"]["content"][0]["text"], "ok tool_03");
@@ -160,14 +182,35 @@ mod tests {
         let r = answer(
             br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
             "none",
+            None,
         );
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let v = body_of(answer(
             br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#,
             "none",
+            None,
         ))
         .await;
         assert_eq!(v["error"]["code"], -32601);
+    }
+
+    #[tokio::test]
+    async fn pages_the_tool_list_when_asked() {
+        let list = |cursor: &str| {
+            let body = if cursor.is_empty() {
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})
+            } else {
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":cursor}})
+            };
+            answer(body.to_string().as_bytes(), "none", Some(8))
+        };
+        let v = body_of(list("")).await;
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 8);
+        assert_eq!(v["result"]["nextCursor"], "8");
+        let v = body_of(list("16")).await;
+        assert_eq!(v["result"]["tools"][0]["name"], "tool_16");
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 4);
+        assert!(v["result"].get("nextCursor").is_none());
     }
 
     #[test]

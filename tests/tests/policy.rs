@@ -1,0 +1,470 @@
+//! Tool-level policy through a real Envoy running the Wasm filter, against
+//! real upstreams: `@modelcontextprotocol/server-everything` (answers over
+//! SSE, with sessions) and `fast-mcp` (stateless, `application/json`, a
+//! paged tool list). Users get roles from their token's `groups` claim.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use latchkey_e2e::client::{INITIALIZE, McpClient, post_json};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest};
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+[policy.roles]
+engineers = ["eng"]
+
+# server-everything (TypeScript SDK) answers an unknown tool with a failed
+# tool result and unknown prompts/resources with these errors: answer hidden
+# ones the same way, so a caller cannot tell hidden from absent.
+[policy.hidden.tool]
+style = "tool_result"
+message = "MCP error -32602: Tool {name} not found"
+[policy.hidden.prompt]
+message = "MCP error -32602: Prompt {name} not found"
+[policy.hidden.resource]
+code = -32602
+message = "MCP error -32602: Resource {name} not found"
+
+[[policy.grants]]
+name = "everyone-basic"
+gateway = "e2e"
+assignments = ["everything", "fast"]
+users = ["*"]
+tools = { allow = ["echo", "get-sum", "no-such-*", "tool_0?"], deny = ["tool_05"] }
+prompts = { allow = ["simple-prompt"] }
+resources = { allow = ["demo://resource/static/document/*"] }
+
+[[policy.grants.constraints]]
+tool = "get-sum"
+argument = "/a"
+max = 100
+
+[[policy.grants]]
+name = "engineers-all"
+gateway = "e2e"
+assignments = ["everything", "fast"]
+roles = ["engineers"]
+tools = { allow = ["*"], deny = ["get-env"] }
+prompts = { allow = ["*"] }
+resources = { allow = ["*"] }
+"#;
+
+async fn token_with_groups(stack: &Stack, sub: &str, groups: &[&str]) -> Result<String> {
+    stack
+        .token_with(
+            &TokenRequest::new(sub, &stack.gateway_url()).claim("groups", json!(groups)),
+        )
+        .await
+}
+
+fn names(list: &[Value], field: &str) -> Vec<String> {
+    list.iter()
+        .filter_map(|t| t[field].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A session with server-everything through the gateway: initialize,
+/// initialized; returns the headers later requests carry.
+async fn everything_session(stack: &Stack, token: &str) -> Result<Vec<(String, String)>> {
+    let reply = post_json(&stack.url("everything"), Some(token), INITIALIZE, &[]).await?;
+    if reply.status != 200 {
+        bail!("initialize: {} {}", reply.status, reply.body);
+    }
+    let session = reply
+        .header("mcp-session-id")
+        .context("no session id")?
+        .to_string();
+    let headers = vec![
+        ("mcp-session-id".to_string(), session),
+        ("mcp-protocol-version".to_string(), "2025-11-25".to_string()),
+    ];
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let r = post_json(&stack.url("everything"), Some(token), &note, &pairs(&headers)).await?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    Ok(headers)
+}
+
+fn pairs(h: &[(String, String)]) -> Vec<(&str, &str)> {
+    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// One request on a session; the single JSON-RPC answer (SSE or JSON).
+async fn exchange(
+    stack: &Stack,
+    token: &str,
+    session: &[(String, String)],
+    body: Value,
+) -> Result<(u16, String, Value)> {
+    let reply = post_json(
+        &stack.url("everything"),
+        Some(token),
+        &body.to_string(),
+        &pairs(session),
+    )
+    .await?;
+    let content_type = reply.header("content-type").unwrap_or("").to_string();
+    let messages = reply.messages();
+    let answer = messages
+        .into_iter()
+        .find(|m| m.get("id") == body.get("id"))
+        .with_context(|| format!("no answer to {body}: {} {}", reply.status, reply.body))?;
+    Ok((reply.status, content_type, answer))
+}
+
+fn upstream_requests(stack: &Stack, server: &str) -> Result<u64> {
+    Ok(stack
+        .envoy
+        .stat(&format!("cluster.server_{server}.upstream_rq_total"))?
+        .unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
+    let stack = Stack::start(
+        "policy_visibility",
+        StackOptions {
+            everything: true,
+            fast_mcp_page_size: Some(8),
+            policy: Some(POLICY.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alice = token_with_groups(&stack, "alice", &[]).await?;
+    let erin = token_with_groups(&stack, "erin", &["eng"]).await?;
+
+    // What the upstream itself lists (it needs no credential).
+    let everything_url = stack.everything.as_ref().context("everything")?.url();
+    let direct = McpClient::connect(&everything_url, "unused").await?;
+    let all_tools: Vec<String> = direct
+        .list_tools()
+        .await?
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    direct.close().await?;
+    assert!(all_tools.len() > 5 && all_tools.contains(&"get-env".to_string()));
+
+    // A real MCP client: each user sees their own list.
+    let client = McpClient::connect(&stack.url("everything"), &alice).await?;
+    let seen: Vec<String> = client
+        .list_tools()
+        .await?
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(seen, ["echo", "get-sum"], "alice: everyone-basic only");
+    let result = client.call_tool("echo", json!({"message": "hi"})).await?;
+    assert!(McpClient::text(&result).contains("hi"), "{result:?}");
+    client.close().await?;
+    let client = McpClient::connect(&stack.url("everything"), &erin).await?;
+    let seen: Vec<String> = client
+        .list_tools()
+        .await?
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    let expected: Vec<String> = all_tools.iter().filter(|t| *t != "get-env").cloned().collect();
+    assert_eq!(seen, expected, "erin: everything but get-env");
+    client.close().await?;
+
+    // The same over raw SSE: the list answer is an event stream, trimmed.
+    let session = everything_session(&stack, &alice).await?;
+    let (status, content_type, answer) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    assert_eq!(names(answer["result"]["tools"].as_array().unwrap(), "name"), ["echo", "get-sum"]);
+
+    // A hidden tool gets exactly what the upstream answers for a tool that
+    // does not exist (that one is allowed, so the upstream answers it), and
+    // the hidden call never reaches the upstream.
+    let before = upstream_requests(&stack, "everything")?;
+    let (status, _, hidden) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get-env","arguments":{}}}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(upstream_requests(&stack, "everything")?, before, "hidden call reached upstream");
+    let (_, _, absent) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"no-such-tool","arguments":{}}}),
+    )
+    .await?;
+    assert!(upstream_requests(&stack, "everything")? > before, "allowed call went upstream");
+    assert_eq!(
+        hidden.to_string().replace("get-env", "NAME"),
+        absent.to_string().replace("no-such-tool", "NAME"),
+        "hidden and absent tools must be indistinguishable"
+    );
+    assert_eq!(hidden["result"]["isError"], true, "{hidden}");
+
+    // An argument constraint: a failed tool result naming it; upstream not
+    // called. Within the constraint, the call goes through.
+    let before = upstream_requests(&stack, "everything")?;
+    let (_, _, refused) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":1000,"b":1}}}),
+    )
+    .await?;
+    assert_eq!(refused["result"]["isError"], true, "{refused}");
+    let text = refused["result"]["content"][0]["text"].as_str().unwrap_or("");
+    assert!(text.contains("argument /a must be a number of at most 100"), "{text}");
+    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    let (_, _, summed) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":40,"b":2}}}),
+    )
+    .await?;
+    assert!(summed["result"]["isError"] != true && summed.to_string().contains("42"), "{summed}");
+    // Erin's role grants get-sum without the constraint.
+    let erin_session = everything_session(&stack, &erin).await?;
+    let (_, _, summed) = exchange(
+        &stack,
+        &erin,
+        &erin_session,
+        json!({"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":1000,"b":1}}}),
+    )
+    .await?;
+    assert!(summed.to_string().contains("1001"), "{summed}");
+
+    // Prompts and resources follow the same rules, hidden like absent ones.
+    let (_, _, hidden) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"args-prompt","arguments":{"city":"x"}}}),
+    )
+    .await?;
+    let (_, _, absent) = exchange(
+        &stack,
+        &erin,
+        &erin_session,
+        json!({"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"no-such-prompt","arguments":{"city":"x"}}}),
+    )
+    .await?;
+    assert_eq!(
+        hidden.to_string().replace("args-prompt", "NAME"),
+        absent.to_string().replace("no-such-prompt", "NAME")
+    );
+    let (_, _, prompts) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":8,"method":"prompts/list"}),
+    )
+    .await?;
+    assert_eq!(names(prompts["result"]["prompts"].as_array().unwrap(), "name"), ["simple-prompt"]);
+    let (_, _, resources) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":9,"method":"resources/list"}),
+    )
+    .await?;
+    let uris = names(resources["result"]["resources"].as_array().unwrap(), "uri");
+    assert!(!uris.is_empty());
+    assert!(uris.iter().all(|u| u.starts_with("demo://resource/static/document/")), "{uris:?}");
+    let (_, _, templates) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":10,"method":"resources/templates/list"}),
+    )
+    .await?;
+    assert_eq!(templates["result"]["resourceTemplates"], json!([]), "{templates}");
+    let (_, _, templates) = exchange(
+        &stack,
+        &erin,
+        &erin_session,
+        json!({"jsonrpc":"2.0","id":10,"method":"resources/templates/list"}),
+    )
+    .await?;
+    assert!(!templates["result"]["resourceTemplates"].as_array().unwrap().is_empty());
+    let before = upstream_requests(&stack, "everything")?;
+    let (_, _, hidden) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":11,"method":"resources/read","params":{"uri":"demo://resource/dynamic/text/1"}}),
+    )
+    .await?;
+    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    assert_eq!(hidden["error"]["code"], -32602, "{hidden}");
+
+    // fast-mcp answers application/json and pages its list by 8: the
+    // trimmed pages keep their cursors, so paging still reaches the end.
+    let mut page_names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..4 {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let reply = post_json(
+            &stack.url("fast"),
+            Some(&alice),
+            &json!({"jsonrpc":"2.0","id":page,"method":"tools/list","params":params}).to_string(),
+            &[],
+        )
+        .await?;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.header("content-type").unwrap_or("").starts_with("application/json"));
+        let v = reply.json()?;
+        page_names.push(names(v["result"]["tools"].as_array().unwrap(), "name"));
+        cursor = v["result"]["nextCursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        page_names,
+        vec![
+            vec!["tool_00", "tool_01", "tool_02", "tool_03", "tool_04", "tool_06", "tool_07"],
+            vec!["tool_08", "tool_09"],
+            vec![],
+        ]
+    );
+
+    // On 2026-07-28 a list cut for one caller is marked private.
+    let reply = post_json(
+        &stack.url("fast"),
+        Some(&alice),
+        &json!({"jsonrpc":"2.0","id":"p","method":"tools/list"}).to_string(),
+        &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
+    )
+    .await?;
+    let v = reply.json()?;
+    assert_eq!(v["result"]["cacheScope"], "private", "{v}");
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 7);
+
+    let scanned = stack.assert_no_secret_in_logs()?;
+    assert!(scanned > 0);
+    Ok(())
+}
+
+const ONLY_TOOL_00: &str = r#"
+[[policy.grants]]
+name = "narrow"
+gateway = "e2e"
+assignments = ["fast"]
+users = ["*"]
+tools = { allow = ["tool_00"] }
+"#;
+
+async fn fast_tools(stack: &Stack, token: &str) -> Result<Vec<String>> {
+    let reply = post_json(
+        &stack.url("fast"),
+        Some(token),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &[],
+    )
+    .await?;
+    let v = reply.json()?;
+    Ok(names(v["result"]["tools"].as_array().context("tools")?, "name"))
+}
+
+async fn wait_for_tools(stack: &Stack, token: &str, want: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = fast_tools(stack, token).await?;
+        if seen.len() == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("policy not applied: still {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_apply_without_restart_and_broken_files_are_refused() -> Result<()> {
+    let stack = Stack::start(
+        "policy_reload",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            policy: Some(ONLY_TOOL_00.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alice = stack.token("alice").await?;
+    assert_eq!(fast_tools(&stack, &alice).await?, ["tool_00"]);
+    let pid = stack.latchkey().and_then(|p| p.pid());
+
+    // Traffic keeps flowing while the file changes: every call is answered
+    // 200 (allowed or hidden), none fails.
+    let url = stack.url("fast");
+    let traffic = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..60 {
+                let body = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"tool_03","arguments":{}}});
+                let r = post_json(&url, Some(&alice), &body.to_string(), &[]).await;
+                statuses.push(r.map(|r| r.status).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            statuses
+        })
+    };
+    stack.set_policy(Some(&ONLY_TOOL_00.replace("[\"tool_00\"]", "[\"tool_0*\"]")))?;
+    wait_for_tools(&stack, &alice, 10).await?;
+    let statuses = traffic.await?;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(stack.latchkey().and_then(|p| p.pid()), pid, "no restart");
+
+    // A file with a policy that names a missing assignment is refused, with
+    // the line; the policy in force stays.
+    let broken = ONLY_TOOL_00.replace("[\"fast\"]", "[\"fsat\"]");
+    stack.set_policy(Some(&broken))?;
+    let log = wait_for_log(&stack, "policy reload refused", 1).await?;
+    assert!(
+        log.contains("gateway 'e2e' has no assignment 'fsat'") && log.contains("'narrow' (line"),
+        "{log}"
+    );
+    assert_eq!(fast_tools(&stack, &alice).await?.len(), 10);
+    // So is a file that is not TOML.
+    stack.set_policy(Some("[[policy.grants]\nname = 1"))?;
+    let log = wait_for_log(&stack, "policy reload refused", 2).await?;
+    assert!(log.contains("line"), "{log}");
+    assert_eq!(fast_tools(&stack, &alice).await?.len(), 10);
+
+    // Removing [policy] lifts the restriction (with a warning at start).
+    stack.set_policy(None)?;
+    wait_for_tools(&stack, &alice, 20).await?;
+    Ok(())
+}
+
+/// Waits until `needle` appears `count` times in the service log; returns
+/// the last line with it.
+async fn wait_for_log(stack: &Stack, needle: &str, count: usize) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = stack.latchkey().context("latchkey")?.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        if lines.len() >= count {
+            return Ok(lines.last().map(|l| l.to_string()).unwrap_or_default());
+        }
+        if Instant::now() > deadline {
+            bail!("no '{needle}' x{count} in the log");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
