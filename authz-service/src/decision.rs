@@ -8,16 +8,16 @@ use serde_json::Value;
 
 use crate::authn::{AuthnError, Caller, TokenVerifier, bearer_token};
 use crate::cache::OpenIdentity;
+use crate::config::{HiddenAnswer, HiddenStyle};
 use crate::config::{IdentityScheme, ServerAuth};
 use crate::context::RequestContext;
 use crate::credentials::{CredentialError, Credentials};
-use crate::config::{HiddenAnswer, HiddenStyle};
 use crate::identity::{PrincipalKind, Status, UseError};
 use crate::policy::{self, Policy};
-use latchkey_filter::visibility::{ItemKind, ListShape, Visibility};
 use crate::routing::{Route, RouteTable};
 use crate::store::StoreError;
 use crate::vault::{Secret, VaultError};
+use latchkey_filter::visibility::{ItemKind, ListShape, Visibility};
 
 /// A header to set on the upstream request.
 #[derive(Debug, Clone, PartialEq, Eq)]

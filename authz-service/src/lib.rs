@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 pub mod native;
 pub mod policy;
+pub mod policy_tool;
 pub mod redis_backend;
 pub mod reload;
 pub mod respond;

@@ -23,7 +23,8 @@ use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
-use latchkey_authz::{admin, admin_client, authn, check, http, routing, state};
+use latchkey_authz::{admin, admin_client, authn, check, http, policy_tool, routing, state};
+use latchkey_filter::visibility::ItemKind;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,50 @@ enum Command {
     /// Envoy configuration.
     #[command(subcommand)]
     Envoy(EnvoyCommand),
+    /// Tool-level policy in a config file: check a call, lint the rules.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Judge one call as the gateway would and name the rule that decided.
+    Check {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+        /// The user (`sub` of their token).
+        #[arg(long)]
+        user: String,
+        /// A value of the user's `groups`/`roles` claim; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        #[arg(long)]
+        gateway: String,
+        /// The server assignment (the last path segment of its URL).
+        #[arg(long, alias = "assignment")]
+        server: String,
+        #[arg(long, group = "item")]
+        tool: Option<String>,
+        #[arg(long, group = "item")]
+        prompt: Option<String>,
+        /// A resource URI.
+        #[arg(long, group = "item")]
+        resource: Option<String>,
+        /// The tool call's arguments, as JSON.
+        #[arg(long)]
+        args: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report rules that can never match or are hidden by a deny; with
+    /// --probe, also tool patterns no upstream lists.
+    Lint {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+        /// List each upstream's tools (no credential is sent) to compare.
+        #[arg(long)]
+        probe: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +209,71 @@ fn main() -> Result<()> {
                     );
                     anyhow::Ok(())
                 })
+        }
+        Command::Policy(PolicyCommand::Check {
+            config,
+            user,
+            roles,
+            gateway,
+            server,
+            tool,
+            prompt,
+            resource,
+            args,
+            json,
+        }) => {
+            let (config, policy) = policy_tool::load(&config)?;
+            let (kind, name) = match (tool, prompt, resource) {
+                (Some(t), _, _) => (ItemKind::Tool, t),
+                (_, Some(p), _) => (ItemKind::Prompt, p),
+                (_, _, Some(r)) => (ItemKind::Resource, r),
+                _ => bail!("name what to check: --tool, --prompt or --resource"),
+            };
+            let arguments = match args {
+                Some(a) => Some(
+                    serde_json::from_str::<serde_json::Value>(&a)
+                        .context("--args must be a JSON object, e.g. '{\"repo\":\"acme/api\"}'")?,
+                ),
+                None => None,
+            };
+            let outcome = policy_tool::check(
+                &config,
+                &policy,
+                &policy_tool::CheckQuery {
+                    user: &user,
+                    roles: &roles,
+                    gateway: &gateway,
+                    assignment: &server,
+                    kind,
+                    name: &name,
+                    arguments: arguments.as_ref(),
+                },
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"decision": outcome.decision, "reason": outcome.reason})
+                );
+            } else {
+                println!("{}: {}", outcome.decision, outcome.reason);
+            }
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Lint { config, probe }) => {
+            let (config, policy) = policy_tool::load(&config)?;
+            let findings = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(policy_tool::lint(&config, &policy, probe));
+            if findings.is_empty() {
+                println!("no findings");
+                return Ok(());
+            }
+            for f in &findings {
+                println!("{f}");
+            }
+            // Non-zero so that CI can gate on a clean policy.
+            std::process::exit(1)
         }
         Command::Keys(KeysCommand::Generate { id }) => {
             println!("{}", KeyRing::generate_line(&id));

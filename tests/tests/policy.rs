@@ -52,9 +52,7 @@ resources = { allow = ["*"] }
 
 async fn token_with_groups(stack: &Stack, sub: &str, groups: &[&str]) -> Result<String> {
     stack
-        .token_with(
-            &TokenRequest::new(sub, &stack.gateway_url()).claim("groups", json!(groups)),
-        )
+        .token_with(&TokenRequest::new(sub, &stack.gateway_url()).claim("groups", json!(groups)))
         .await
 }
 
@@ -80,7 +78,13 @@ async fn everything_session(stack: &Stack, token: &str) -> Result<Vec<(String, S
         ("mcp-protocol-version".to_string(), "2025-11-25".to_string()),
     ];
     let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
-    let r = post_json(&stack.url("everything"), Some(token), &note, &pairs(&headers)).await?;
+    let r = post_json(
+        &stack.url("everything"),
+        Some(token),
+        &note,
+        &pairs(&headers),
+    )
+    .await?;
     assert_eq!(r.status, 202, "{}", r.body);
     Ok(headers)
 }
@@ -165,7 +169,11 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         .into_iter()
         .map(|t| t.name.to_string())
         .collect();
-    let expected: Vec<String> = all_tools.iter().filter(|t| *t != "get-env").cloned().collect();
+    let expected: Vec<String> = all_tools
+        .iter()
+        .filter(|t| *t != "get-env")
+        .cloned()
+        .collect();
     assert_eq!(seen, expected, "erin: everything but get-env");
     client.close().await?;
 
@@ -179,8 +187,14 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 200);
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
-    assert_eq!(names(answer["result"]["tools"].as_array().unwrap(), "name"), ["echo", "get-sum"]);
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    assert_eq!(
+        names(answer["result"]["tools"].as_array().unwrap(), "name"),
+        ["echo", "get-sum"]
+    );
 
     // A hidden tool gets exactly what the upstream answers for a tool that
     // does not exist (that one is allowed, so the upstream answers it), and
@@ -194,7 +208,11 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 200);
-    assert_eq!(upstream_requests(&stack, "everything")?, before, "hidden call reached upstream");
+    assert_eq!(
+        upstream_requests(&stack, "everything")?,
+        before,
+        "hidden call reached upstream"
+    );
     let (_, _, absent) = exchange(
         &stack,
         &alice,
@@ -202,7 +220,10 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"no-such-tool","arguments":{}}}),
     )
     .await?;
-    assert!(upstream_requests(&stack, "everything")? > before, "allowed call went upstream");
+    assert!(
+        upstream_requests(&stack, "everything")? > before,
+        "allowed call went upstream"
+    );
     assert_eq!(
         hidden.to_string().replace("get-env", "NAME"),
         absent.to_string().replace("no-such-tool", "NAME"),
@@ -221,8 +242,13 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     )
     .await?;
     assert_eq!(refused["result"]["isError"], true, "{refused}");
-    let text = refused["result"]["content"][0]["text"].as_str().unwrap_or("");
-    assert!(text.contains("argument /a must be a number of at most 100"), "{text}");
+    let text = refused["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        text.contains("argument /a must be a number of at most 100"),
+        "{text}"
+    );
     assert_eq!(upstream_requests(&stack, "everything")?, before);
     let (_, _, summed) = exchange(
         &stack,
@@ -231,7 +257,10 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":40,"b":2}}}),
     )
     .await?;
-    assert!(summed["result"]["isError"] != true && summed.to_string().contains("42"), "{summed}");
+    assert!(
+        summed["result"]["isError"] != true && summed.to_string().contains("42"),
+        "{summed}"
+    );
     // Erin's role grants get-sum without the constraint.
     let erin_session = everything_session(&stack, &erin).await?;
     let (_, _, summed) = exchange(
@@ -269,7 +298,10 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":8,"method":"prompts/list"}),
     )
     .await?;
-    assert_eq!(names(prompts["result"]["prompts"].as_array().unwrap(), "name"), ["simple-prompt"]);
+    assert_eq!(
+        names(prompts["result"]["prompts"].as_array().unwrap(), "name"),
+        ["simple-prompt"]
+    );
     let (_, _, resources) = exchange(
         &stack,
         &alice,
@@ -279,7 +311,11 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     .await?;
     let uris = names(resources["result"]["resources"].as_array().unwrap(), "uri");
     assert!(!uris.is_empty());
-    assert!(uris.iter().all(|u| u.starts_with("demo://resource/static/document/")), "{uris:?}");
+    assert!(
+        uris.iter()
+            .all(|u| u.starts_with("demo://resource/static/document/")),
+        "{uris:?}"
+    );
     let (_, _, templates) = exchange(
         &stack,
         &alice,
@@ -287,7 +323,11 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":10,"method":"resources/templates/list"}),
     )
     .await?;
-    assert_eq!(templates["result"]["resourceTemplates"], json!([]), "{templates}");
+    assert_eq!(
+        templates["result"]["resourceTemplates"],
+        json!([]),
+        "{templates}"
+    );
     let (_, _, templates) = exchange(
         &stack,
         &erin,
@@ -295,7 +335,12 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":10,"method":"resources/templates/list"}),
     )
     .await?;
-    assert!(!templates["result"]["resourceTemplates"].as_array().unwrap().is_empty());
+    assert!(
+        !templates["result"]["resourceTemplates"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let before = upstream_requests(&stack, "everything")?;
     let (_, _, hidden) = exchange(
         &stack,
@@ -324,7 +369,12 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         )
         .await?;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(reply.header("content-type").unwrap_or("").starts_with("application/json"));
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap_or("")
+                .starts_with("application/json")
+        );
         let v = reply.json()?;
         page_names.push(names(v["result"]["tools"].as_array().unwrap(), "name"));
         cursor = v["result"]["nextCursor"].as_str().map(str::to_string);
@@ -335,7 +385,9 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     assert_eq!(
         page_names,
         vec![
-            vec!["tool_00", "tool_01", "tool_02", "tool_03", "tool_04", "tool_06", "tool_07"],
+            vec![
+                "tool_00", "tool_01", "tool_02", "tool_03", "tool_04", "tool_06", "tool_07"
+            ],
             vec!["tool_08", "tool_09"],
             vec![],
         ]
@@ -346,15 +398,129 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         &stack.url("fast"),
         Some(&alice),
         &json!({"jsonrpc":"2.0","id":"p","method":"tools/list"}).to_string(),
-        &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ],
     )
     .await?;
     let v = reply.json()?;
     assert_eq!(v["result"]["cacheScope"], "private", "{v}");
     assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 7);
 
+    operator_tools_explain_and_lint(&stack)?;
     let scanned = stack.assert_no_secret_in_logs()?;
     assert!(scanned > 0);
+    Ok(())
+}
+
+/// `latchkey policy check` names the deciding rule; `policy lint --probe`
+/// finds a deny hiding an allow and a pattern no upstream tool matches.
+fn operator_tools_explain_and_lint(stack: &Stack) -> Result<()> {
+    let bin = latchkey_e2e::paths::latchkey_bin()?;
+    let check = |args: &[&str]| -> Result<Value> {
+        let out = std::process::Command::new(&bin)
+            .args(["policy", "check", "--json", "--config"])
+            .arg(&stack.config_path)
+            .args(["--gateway", "e2e"])
+            .args(args)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let v = check(&[
+        "--user",
+        "alice",
+        "--server",
+        "everything",
+        "--tool",
+        "get-env",
+    ])?;
+    assert_eq!(v["decision"], "hidden");
+    assert!(
+        v["reason"].as_str().unwrap().contains("no allow pattern"),
+        "{v}"
+    );
+    let v = check(&[
+        "--user",
+        "erin",
+        "--role",
+        "eng",
+        "--server",
+        "everything",
+        "--tool",
+        "get-env",
+    ])?;
+    assert_eq!(v["decision"], "hidden");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("grant 'engineers-all' (line"),
+        "{v}"
+    );
+    let v = check(&["--user", "alice", "--server", "fast", "--tool", "tool_03"])?;
+    assert_eq!(v["decision"], "allowed");
+    assert!(
+        v["reason"].as_str().unwrap().contains("allow \"tool_0?\""),
+        "{v}"
+    );
+    let v = check(&[
+        "--user",
+        "alice",
+        "--server",
+        "everything",
+        "--tool",
+        "get-sum",
+        "--args",
+        r#"{"a":500,"b":1}"#,
+    ])?;
+    assert_eq!(v["decision"], "refused");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/a must be a number of at most 100"),
+        "{v}"
+    );
+    let v = check(&[
+        "--user",
+        "alice",
+        "--server",
+        "everything",
+        "--resource",
+        "demo://resource/static/document/a.md",
+    ])?;
+    assert_eq!(v["decision"], "allowed");
+
+    let out = std::process::Command::new(&bin)
+        .args(["policy", "lint", "--probe", "--config"])
+        .arg(&stack.config_path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "findings exit 1: {text}");
+    assert!(
+        text.contains(
+            "e2e/everything: tools pattern \"no-such-*\" matches no tool server 'everything' lists"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("e2e/fast: tools pattern \"echo\" matches no tool"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("e2e/everything: tools pattern \"echo\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("e2e/fast: tools pattern \"tool_0?\""),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -376,7 +542,10 @@ async fn fast_tools(stack: &Stack, token: &str) -> Result<Vec<String>> {
     )
     .await?;
     let v = reply.json()?;
-    Ok(names(v["result"]["tools"].as_array().context("tools")?, "name"))
+    Ok(names(
+        v["result"]["tools"].as_array().context("tools")?,
+        "name",
+    ))
 }
 
 async fn wait_for_tools(stack: &Stack, token: &str, want: usize) -> Result<()> {
@@ -424,7 +593,9 @@ async fn policy_changes_apply_without_restart_and_broken_files_are_refused() -> 
             statuses
         })
     };
-    stack.set_policy(Some(&ONLY_TOOL_00.replace("[\"tool_00\"]", "[\"tool_0*\"]")))?;
+    stack.set_policy(Some(
+        &ONLY_TOOL_00.replace("[\"tool_00\"]", "[\"tool_0*\"]"),
+    ))?;
     wait_for_tools(&stack, &alice, 10).await?;
     let statuses = traffic.await?;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");

@@ -31,7 +31,10 @@ const TOOLS: usize = 20;
 /// One page of the tool list: from `cursor` (an index, as text), `page`
 /// tools at most (all when `None`).
 fn tools(cursor: Option<&str>, page: Option<usize>) -> Value {
-    let start = cursor.and_then(|c| c.parse::<usize>().ok()).unwrap_or(0).min(TOOLS);
+    let start = cursor
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(TOOLS);
     let end = page.map_or(TOOLS, |p| (start + p.max(1)).min(TOOLS));
     let tools: Vec<Value> = (start..end)
         .map(|i| {
@@ -134,9 +137,9 @@ async fn main() -> Result<()> {
         match flag.as_str() {
             "--port" => port = args.next().and_then(|p| p.parse::<u16>().ok()),
             "--page-size" => page = args.next().and_then(|p| p.parse::<usize>().ok()),
-            other => anyhow::bail!(
-                "unknown flag {other}; usage: fast-mcp --port <port> [--page-size N]"
-            ),
+            other => {
+                anyhow::bail!("unknown flag {other}; usage: fast-mcp --port <port> [--page-size N]")
+            }
         }
     }
     let port = port.context("--port <port> is required")?;
@@ -166,7 +169,11 @@ mod tests {
 
     #[tokio::test]
     async fn answers_the_methods_the_benchmark_sends() {
-        let r = answer(br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#, "none", None);
+        let r = answer(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+            "none",
+            None,
+        );
         let v = body_of(r).await;
         assert_eq!(v["id"], 7);
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), TOOLS);
