@@ -126,11 +126,31 @@ impl Grant {
             ItemKind::Resource => &self.resources,
         }
     }
+}
 
-    fn applies_to(&self, caller: &Caller, roles: &HashSet<&str>) -> bool {
-        self.any_user
-            || self.users.contains(&caller.subject)
-            || roles.iter().any(|r| self.roles.contains(*r))
+/// The grants of one assignment, indexed by who they name, so finding the
+/// ones that apply costs a lookup per role rather than a scan.
+#[derive(Debug, Default)]
+struct AssignmentGrants {
+    grants: Vec<Grant>,
+    everyone: Vec<usize>,
+    by_user: HashMap<String, Vec<usize>>,
+    by_role: HashMap<String, Vec<usize>>,
+}
+
+impl AssignmentGrants {
+    fn push(&mut self, grant: Grant) {
+        let at = self.grants.len();
+        if grant.any_user {
+            self.everyone.push(at);
+        }
+        for u in &grant.users {
+            self.by_user.entry(u.clone()).or_default().push(at);
+        }
+        for r in &grant.roles {
+            self.by_role.entry(r.clone()).or_default().push(at);
+        }
+        self.grants.push(grant);
     }
 }
 
@@ -157,7 +177,8 @@ pub struct Explanation {
 #[derive(Debug)]
 pub struct Policy {
     /// `None`: no `[policy]`, everything is visible.
-    grants: Option<HashMap<(String, String), Vec<Grant>>>,
+    /// gateway → assignment → grants.
+    grants: Option<HashMap<String, HashMap<String, AssignmentGrants>>>,
     /// Claim value → role names it gives.
     roles_by_claim: HashMap<String, Vec<String>>,
     pub hidden: HiddenAnswers,
@@ -252,7 +273,7 @@ impl Policy {
                     .push(role.clone());
             }
         }
-        let mut grants: HashMap<(String, String), Vec<Grant>> = HashMap::new();
+        let mut grants: HashMap<String, HashMap<String, AssignmentGrants>> = HashMap::new();
         let mut seen = HashSet::new();
         for g in &pc.grants {
             let line = line_of(text, g.name.span().start);
@@ -271,7 +292,9 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()?;
             for assignment in &g.assignments {
                 grants
-                    .entry((g.gateway.clone(), assignment.clone()))
+                    .entry(g.gateway.clone())
+                    .or_default()
+                    .entry(assignment.clone())
                     .or_default()
                     .push(Grant {
                         name: name.clone(),
@@ -357,8 +380,8 @@ impl Policy {
     }
 
     /// The caller's roles: claim values and the roles mapped from them.
-    fn roles_of<'a>(&'a self, caller: &'a Caller) -> HashSet<&'a str> {
-        let mut roles: HashSet<&str> = caller.roles.iter().map(String::as_str).collect();
+    fn roles_of<'a>(&'a self, caller: &'a Caller) -> Vec<&'a str> {
+        let mut roles: Vec<&str> = caller.roles.iter().map(String::as_str).collect();
         for v in &caller.roles {
             if let Some(mapped) = self.roles_by_claim.get(v) {
                 roles.extend(mapped.iter().map(String::as_str));
@@ -367,24 +390,37 @@ impl Policy {
         roles
     }
 
-    /// The grants of one assignment that apply to `caller`.
+    fn assignment(&self, gateway: &str, assignment: &str) -> Option<&AssignmentGrants> {
+        self.grants.as_ref()?.get(gateway)?.get(assignment)
+    }
+
+    /// The grants of one assignment that apply to `caller`, in config order.
     fn applying<'a>(
         &'a self,
         gateway: &str,
         assignment: &str,
         caller: &'a Caller,
     ) -> Vec<&'a Grant> {
-        let Some(all) = &self.grants else {
+        let Some(a) = self.assignment(gateway, assignment) else {
             return Vec::new();
         };
-        let Some(grants) = all.get(&(gateway.to_owned(), assignment.to_owned())) else {
-            return Vec::new();
-        };
-        let roles = self.roles_of(caller);
-        grants
-            .iter()
-            .filter(|g| g.applies_to(caller, &roles))
-            .collect()
+        let mut at: Vec<usize> = a.everyone.clone();
+        if let Some(v) = a.by_user.get(&caller.subject) {
+            at.extend_from_slice(v);
+        }
+        for v in &caller.roles {
+            if let Some(v) = a.by_role.get(v) {
+                at.extend_from_slice(v);
+            }
+            for mapped in self.roles_by_claim.get(v).into_iter().flatten() {
+                if let Some(v) = a.by_role.get(mapped) {
+                    at.extend_from_slice(v);
+                }
+            }
+        }
+        at.sort_unstable();
+        at.dedup();
+        at.into_iter().filter_map(|i| a.grants.get(i)).collect()
     }
 
     fn permits(grants: &[&Grant], kind: ItemKind, name: &str) -> bool {
@@ -442,14 +478,11 @@ impl Policy {
     /// Whether a tool call must have its arguments read: some applying
     /// grant has a constraint on it. Lets the common path skip parsing.
     pub fn needs_arguments(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
-        let Some(all) = &self.grants else {
-            return false;
-        };
-        all.get(&(gateway.to_owned(), assignment.to_owned()))
-            .is_some_and(|gs| {
-                gs.iter()
-                    .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
-            })
+        self.assignment(gateway, assignment).is_some_and(|a| {
+            a.grants
+                .iter()
+                .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
+        })
     }
 
     /// What `caller` may see on one assignment, as the filter gets it:
@@ -576,7 +609,10 @@ impl Policy {
             return vec!["no [policy]: every authenticated caller sees every tool".into()];
         };
         let mut findings = BTreeMap::new();
-        for ((gateway, assignment), grants) in all {
+        let each = all
+            .iter()
+            .flat_map(|(g, m)| m.iter().map(move |(a, grants)| (g, a, &grants.grants)));
+        for (gateway, assignment, grants) in each {
             for g in grants {
                 let at = format!(
                     "grant '{}' (line {}) on {gateway}/{assignment}",
@@ -636,13 +672,10 @@ impl Policy {
     /// Every tool name or pattern the policy names for one assignment, for
     /// comparing with what the upstream lists.
     pub fn tool_names(&self, gateway: &str, assignment: &str) -> Vec<String> {
-        let Some(all) = &self.grants else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = all
-            .get(&(gateway.to_owned(), assignment.to_owned()))
+        let mut names: Vec<String> = self
+            .assignment(gateway, assignment)
             .into_iter()
-            .flatten()
+            .flat_map(|a| &a.grants)
             .flat_map(|g| {
                 g.tools
                     .allow_patterns()

@@ -8,7 +8,12 @@
 //! over the trimmed pages. Fail closed: a list response that cannot be read
 //! is replaced by a JSON-RPC error, never passed on untrimmed.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::jsonrpc;
 use crate::visibility::{ListShape, Visibility};
@@ -25,50 +30,109 @@ pub struct ListTrim {
     pub private_cache_scope: bool,
 }
 
-/// What happened to one JSON-RPC message.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    /// Not the list response: leave it as it is.
-    Untouched,
-    /// The list response, now trimmed (possibly to the same content).
-    Trimmed,
+/// The members of a JSON object, each value left as raw JSON text (only
+/// what is rewritten is parsed further; everything else is copied).
+type RawObject<'a> = BTreeMap<String, &'a RawValue>;
+
+/// The name-like members of one list entry; other members are skipped
+/// without being built.
+#[derive(Deserialize)]
+struct EntryNames<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "uriTemplate")]
+    uri_template: Option<Cow<'a, str>>,
+}
+
+/// `"key":` with the key escaped as JSON.
+fn push_key(out: &mut String, key: &str) {
+    out.push_str(&Value::from(key).to_string());
+    out.push(':');
 }
 
 impl ListTrim {
-    /// Trims `message` in place if it is the response to our request.
-    fn trim_message(&self, message: &mut Value) -> Outcome {
-        let Some(obj) = message.as_object_mut() else {
-            return Outcome::Untouched;
+    fn visible(&self, entry: &RawValue) -> bool {
+        let Ok(names) = serde_json::from_str::<EntryNames<'_>>(entry.get()) else {
+            return false;
         };
-        if obj.get("id") != Some(&self.id) {
-            return Outcome::Untouched;
-        }
-        let Some(result) = obj.get_mut("result").and_then(Value::as_object_mut) else {
-            return Outcome::Untouched;
+        let name = match self.shape.name_field {
+            "name" => names.name,
+            "uri" => names.uri,
+            _ => names.uri_template,
         };
-        self.trim_result(result);
-        Outcome::Trimmed
+        name.is_some_and(|n| self.visibility.permits(self.shape.kind, &n))
     }
 
-    fn trim_result(&self, result: &mut Map<String, Value>) {
-        if let Some(items) = result
-            .get_mut(self.shape.field)
-            .and_then(Value::as_array_mut)
-        {
-            let kind = self.shape.kind;
-            let name_field = self.shape.name_field;
-            items.retain(|item| {
-                item.get(name_field)
-                    .and_then(Value::as_str)
-                    .is_some_and(|name| self.visibility.permits(kind, name))
-            });
-        } else if result.contains_key(self.shape.field) {
-            // Present but not an array: nothing sensible to pass on.
-            result.insert(self.shape.field.to_owned(), Value::Array(Vec::new()));
+    /// Trims one JSON-RPC message (as text). `Ok(None)`: not the response
+    /// to our request, leave it; `Err`: not a JSON object at all.
+    fn trim_text(&self, text: &str) -> Result<Option<String>, serde_json::Error> {
+        let message: RawObject<'_> = serde_json::from_str(text)?;
+        let Some(id) = message.get("id") else {
+            return Ok(None);
+        };
+        if serde_json::from_str::<Value>(id.get()).ok().as_ref() != Some(&self.id) {
+            return Ok(None);
+        }
+        let Some(result) = message
+            .get("result")
+            .and_then(|r| serde_json::from_str::<RawObject<'_>>(r.get()).ok())
+        else {
+            return Ok(None);
+        };
+        let mut out = String::with_capacity(text.len());
+        out.push('{');
+        for (n, (key, value)) in message.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            push_key(&mut out, key);
+            if key == "result" {
+                self.write_result(&mut out, &result);
+            } else {
+                out.push_str(value.get());
+            }
+        }
+        out.push('}');
+        Ok(Some(out))
+    }
+
+    fn write_result(&self, out: &mut String, result: &RawObject<'_>) {
+        out.push('{');
+        let mut first = true;
+        let mut member = |out: &mut String, key: &str| {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            push_key(out, key);
+        };
+        for (key, value) in result {
+            if key == "cacheScope" && self.private_cache_scope {
+                continue;
+            }
+            member(out, key);
+            if key == self.shape.field {
+                // Not an array: nothing sensible to pass on.
+                let entries: Vec<&RawValue> = serde_json::from_str(value.get()).unwrap_or_default();
+                out.push('[');
+                let kept = entries.into_iter().filter(|e| self.visible(e));
+                for (n, entry) in kept.enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(entry.get());
+                }
+                out.push(']');
+            } else {
+                out.push_str(value.get());
+            }
         }
         if self.private_cache_scope {
-            result.insert("cacheScope".to_owned(), Value::from("private"));
+            member(out, "cacheScope");
+            out.push_str("\"private\"");
         }
+        out.push('}');
     }
 
     fn unreadable(&self) -> String {
@@ -82,12 +146,13 @@ impl ListTrim {
     /// Trims a whole `application/json` body. `None` when it is not the
     /// list response (pass it on as it is).
     pub fn json_body(&self, body: &[u8]) -> Option<Vec<u8>> {
-        let Ok(mut message) = serde_json::from_slice::<Value>(body) else {
-            return Some(self.unreadable().into_bytes());
-        };
-        match self.trim_message(&mut message) {
-            Outcome::Untouched => None,
-            Outcome::Trimmed => Some(message.to_string().into_bytes()),
+        let trimmed = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| self.trim_text(text).ok());
+        match trimmed {
+            Some(Some(out)) => Some(out.into_bytes()),
+            Some(None) => None,
+            None => Some(self.unreadable().into_bytes()),
         }
     }
 }
@@ -199,19 +264,16 @@ impl SseTrimmer {
         if data.is_empty() {
             return raw.to_vec();
         }
-        let Ok(mut message) = serde_json::from_str::<Value>(&data.join("\n")) else {
+        let Ok(Some(message)) = self.trim.trim_text(&data.join("\n")) else {
             return raw.to_vec();
         };
-        if self.trim.trim_message(&mut message) == Outcome::Untouched {
-            return raw.to_vec();
-        }
         let mut out = String::new();
         for line in other {
             out.push_str(line);
             out.push('\n');
         }
         out.push_str("data: ");
-        out.push_str(&message.to_string());
+        out.push_str(&message);
         out.push_str("\n\n");
         out.into_bytes()
     }

@@ -639,3 +639,38 @@ async fn wait_for_log(stack: &Stack, needle: &str, count: usize) -> Result<Strin
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Behind Envoy's native ext_authz (as under Istio's CUSTOM action) the
+/// same decisions hold for calls: a hidden tool is answered by the service,
+/// with the request's id, and never reaches the upstream. (Trimming lists
+/// needs the Latchkey filter: native ext_authz cannot rewrite a response.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_ext_authz_enforces_the_same_policy_on_calls() -> Result<()> {
+    let stack = Stack::start(
+        "policy_native",
+        StackOptions {
+            mode: latchkey_e2e::stack::AuthzMode::Native,
+            fast_mcp_page_size: Some(100),
+            policy: Some(ONLY_TOOL_00.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let alice = stack.token("alice").await?;
+    let call = |tool: &str| {
+        json!({"jsonrpc":"2.0","id":"n-1","method":"tools/call","params":{"name":tool,"arguments":{}}})
+            .to_string()
+    };
+    let before = upstream_requests(&stack, "fast")?;
+    let reply = post_json(&stack.url("fast"), Some(&alice), &call("tool_03"), &[]).await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v = reply.json()?;
+    assert_eq!(v["id"], "n-1");
+    assert_eq!(v["error"]["code"], -32602);
+    assert_eq!(v["error"]["message"], "Unknown tool: tool_03");
+    assert_eq!(upstream_requests(&stack, "fast")?, before);
+    let reply = post_json(&stack.url("fast"), Some(&alice), &call("tool_00"), &[]).await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()?["result"]["content"][0]["text"], "ok tool_00");
+    Ok(())
+}
