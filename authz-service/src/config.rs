@@ -77,6 +77,12 @@ pub struct GrantConfig {
     /// Roles granted (see `[policy.roles]`).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Agents (the token's `client_id`/`azp`) granted. A grant names either
+    /// people (users, roles) or agents. Once any grant of an assignment
+    /// names agents, an agent there sees only what its own grants allow,
+    /// intersected with what the user it acts for may see.
+    #[serde(default)]
+    pub agents: Vec<String>,
     #[serde(default)]
     pub tools: PatternsConfig,
     #[serde(default)]

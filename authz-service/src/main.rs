@@ -71,6 +71,8 @@ enum Command {
     Policy(PolicyCommand),
 }
 
+// Parsed once per process; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Judge one call as the gateway would and name the rule that decided.
@@ -83,6 +85,9 @@ enum PolicyCommand {
         /// A value of the user's `groups`/`roles` claim; repeat for several.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// The agent acting for the user (the token's `client_id`).
+        #[arg(long)]
+        agent: Option<String>,
         #[arg(long)]
         gateway: String,
         /// The server assignment (the last path segment of its URL).
@@ -214,6 +219,7 @@ fn main() -> Result<()> {
             config,
             user,
             roles,
+            agent,
             gateway,
             server,
             tool,
@@ -242,6 +248,7 @@ fn main() -> Result<()> {
                 &policy_tool::CheckQuery {
                     user: &user,
                     roles: &roles,
+                    agent: agent.as_deref(),
                     gateway: &gateway,
                     assignment: &server,
                     kind,

@@ -11,7 +11,10 @@
 //! or holding one of its `roles`. Something is visible when an applying
 //! grant allows it and none denies it (deny wins, default deny). A tool
 //! call must also satisfy the argument constraints of at least one
-//! applying grant that allows the tool.
+//! applying grant that allows the tool. Grants may instead name `agents`:
+//! on an assignment that has any, the acting agent (the token's client) is
+//! judged the same way by its own grants, and the caller gets the
+//! intersection, so an agent never gains more than the person it acts for.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -111,6 +114,7 @@ struct Grant {
     line: usize,
     any_user: bool,
     users: HashSet<String>,
+    agents: HashSet<String>,
     roles: HashSet<String>,
     tools: Rules,
     prompts: Rules,
@@ -136,6 +140,7 @@ struct AssignmentGrants {
     everyone: Vec<usize>,
     by_user: HashMap<String, Vec<usize>>,
     by_role: HashMap<String, Vec<usize>>,
+    by_agent: HashMap<String, Vec<usize>>,
 }
 
 impl AssignmentGrants {
@@ -149,6 +154,9 @@ impl AssignmentGrants {
         }
         for r in &grant.roles {
             self.by_role.entry(r.clone()).or_default().push(at);
+        }
+        for a in &grant.agents {
+            self.by_agent.entry(a.clone()).or_default().push(at);
         }
         self.grants.push(grant);
     }
@@ -301,6 +309,7 @@ impl Policy {
                         line,
                         any_user: g.users.iter().any(|u| u == "*"),
                         users: g.users.iter().filter(|u| *u != "*").cloned().collect(),
+                        agents: g.agents.iter().cloned().collect(),
                         roles: g.roles.iter().cloned().collect(),
                         tools: compile_patterns(&g.tools),
                         prompts: compile_patterns(&g.prompts),
@@ -342,9 +351,15 @@ impl Policy {
                 )));
             }
         }
-        if g.users.is_empty() && g.roles.is_empty() {
+        let people = !(g.users.is_empty() && g.roles.is_empty());
+        if !people && g.agents.is_empty() {
             return Err(PolicyError(format!(
-                "{at}: grants nobody; give it users (\"*\" for everyone) or roles"
+                "{at}: grants nobody; give it users (\"*\" for everyone), roles or agents"
+            )));
+        }
+        if people && !g.agents.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: names both people (users/roles) and agents; write one grant for each, as an agent gets the intersection of its grants and its user's"
             )));
         }
         for (kind, p) in [
@@ -423,6 +438,45 @@ impl Policy {
         at.into_iter().filter_map(|i| a.grants.get(i)).collect()
     }
 
+    /// The acting agent's grants on one assignment: `None` when the token
+    /// names no client or no grant there names agents (the agent is not
+    /// restricted beyond its user), else those naming this agent (none: it
+    /// sees nothing).
+    fn applying_agent<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+    ) -> Option<Vec<&'a Grant>> {
+        let a = self.assignment(gateway, assignment)?;
+        let agent = caller.client_id.as_ref()?;
+        if a.by_agent.is_empty() {
+            return None;
+        }
+        let at = a.by_agent.get(agent).map_or(&[][..], Vec::as_slice);
+        Some(at.iter().filter_map(|i| a.grants.get(*i)).collect())
+    }
+
+    /// The first constraint broken in every grant that allows `tool`, or
+    /// `None` when one of them is satisfied.
+    fn violation(grants: &[&Grant], tool: &str, arguments: &Value) -> Option<String> {
+        let mut first = None;
+        for g in grants.iter().filter(|g| g.tools.allows(tool)) {
+            let broken = g
+                .constraints
+                .iter()
+                .filter(|c| pattern_matches(&c.tool, tool))
+                .find_map(|c| c.violation(arguments));
+            match broken {
+                None => return None,
+                Some(m) => {
+                    first.get_or_insert(m);
+                }
+            }
+        }
+        Some(first.unwrap_or_default())
+    }
+
     fn permits(grants: &[&Grant], kind: ItemKind, name: &str) -> bool {
         Visibility::name_allowed(kind, name)
             && grants.iter().any(|g| g.rules(kind).allows(name))
@@ -444,7 +498,12 @@ impl Policy {
             return Verdict::Allowed;
         }
         let grants = self.applying(gateway, assignment, caller);
-        if !Self::permits(&grants, kind, name) {
+        let agent = self.applying_agent(gateway, assignment, caller);
+        if !Self::permits(&grants, kind, name)
+            || agent
+                .as_ref()
+                .is_some_and(|a| !Self::permits(a, kind, name))
+        {
             return Verdict::Hidden {
                 kind,
                 name: name.to_owned(),
@@ -455,23 +514,18 @@ impl Policy {
         }
         let empty = Value::Object(serde_json::Map::new());
         let arguments = arguments.unwrap_or(&empty);
-        let mut first_violation = None;
-        for g in grants.iter().filter(|g| g.tools.allows(name)) {
-            let broken = g
-                .constraints
-                .iter()
-                .filter(|c| pattern_matches(&c.tool, name))
-                .find_map(|c| c.violation(arguments));
-            match broken {
-                None => return Verdict::Allowed,
-                Some(m) => {
-                    first_violation.get_or_insert(m);
-                }
-            }
-        }
-        Verdict::Violation {
-            tool: name.to_owned(),
-            message: first_violation.unwrap_or_default(),
+        let broken = Self::violation(&grants, name, arguments).or_else(|| {
+            agent
+                .as_ref()
+                .and_then(|a| Self::violation(a, name, arguments))
+                .map(|m| format!("{m} (a constraint on the agent)"))
+        });
+        match broken {
+            None => Verdict::Allowed,
+            Some(message) => Verdict::Violation {
+                tool: name.to_owned(),
+                message,
+            },
         }
     }
 
@@ -498,10 +552,19 @@ impl Policy {
             return None;
         }
         let grants = self.applying(gateway, assignment, caller);
+        let view = Self::merged_view(&grants);
+        Some(match self.applying_agent(gateway, assignment, caller) {
+            Some(agent) => view.and_agent(Self::merged_view(&agent)),
+            None => view,
+        })
+    }
+
+    /// Every grant's allows and denies, merged.
+    fn merged_view(grants: &[&Grant]) -> Visibility {
         let merged = |kind: ItemKind| {
             let mut allow = Vec::new();
             let mut deny = Vec::new();
-            for g in &grants {
+            for g in grants {
                 allow.extend_from_slice(g.rules(kind).allow_patterns());
                 deny.extend_from_slice(g.rules(kind).deny_patterns());
             }
@@ -511,11 +574,11 @@ impl Policy {
             deny.dedup();
             Rules::new(&allow, &deny)
         };
-        Some(Visibility::new(
+        Visibility::new(
             merged(ItemKind::Tool),
             merged(ItemKind::Prompt),
             merged(ItemKind::Resource),
-        ))
+        )
     }
 
     /// Which grant and pattern make `name` visible or not, for operators.
@@ -542,21 +605,47 @@ impl Policy {
                 ),
             };
         }
-        let grants = self.applying(gateway, assignment, caller);
+        let user = self.applying(gateway, assignment, caller);
+        let who = format!(
+            "user '{}' (roles: {})",
+            caller.subject,
+            self.roles_of(caller).join(", ")
+        );
+        let mine = Self::explain_grants(&user, &who, gateway, assignment, kind, name);
+        let Some(agent) = self.applying_agent(gateway, assignment, caller) else {
+            return mine;
+        };
+        let who = format!(
+            "agent '{}'",
+            caller.client_id.as_deref().unwrap_or("(none)")
+        );
+        let theirs = Self::explain_grants(&agent, &who, gateway, assignment, kind, name);
+        Explanation {
+            visible: mine.visible && theirs.visible,
+            reason: format!(
+                "{}; and for the acting {who}: {}",
+                mine.reason, theirs.reason
+            ),
+        }
+    }
+
+    fn explain_grants(
+        grants: &[&Grant],
+        who: &str,
+        gateway: &str,
+        assignment: &str,
+        kind: ItemKind,
+        name: &str,
+    ) -> Explanation {
         if grants.is_empty() {
             return Explanation {
                 visible: false,
                 reason: format!(
-                    "no grant on {gateway}/{assignment} applies to user '{}' (roles: {}); nothing is visible by default",
-                    caller.subject,
-                    self.roles_of(caller)
-                        .into_iter()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "no grant on {gateway}/{assignment} applies to {who}; nothing is visible by default"
                 ),
             };
         }
-        for g in &grants {
+        for g in grants {
             if let Some(p) = g
                 .rules(kind)
                 .deny_patterns()
@@ -574,7 +663,7 @@ impl Policy {
                 };
             }
         }
-        for g in &grants {
+        for g in grants {
             if let Some(p) = g
                 .rules(kind)
                 .allow_patterns()
@@ -815,6 +904,120 @@ tools = { deny = ["delete_repo"] }
             p.decide("g", "gh", &bob, ItemKind::Prompt, "review", None),
             Verdict::Hidden { .. }
         ));
+    }
+
+    const AGENT_GRANTS: &str = r#"
+[[policy.grants]]
+name = "ci-bot"
+gateway = "g"
+assignments = ["gh"]
+agents = ["ci-bot"]
+tools = { allow = ["get_*", "create_issue"], deny = ["get_secret*"] }
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/title"
+max_length = 10
+"#;
+
+    fn acting(sub: &str, roles: &[&str], agent: &str) -> Caller {
+        Caller {
+            client_id: Some(agent.into()),
+            ..caller(sub, roles)
+        }
+    }
+
+    #[test]
+    fn an_agent_gets_the_intersection_of_its_grants_and_its_users() {
+        let p = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        let bot_for_bob = acting("bob", &[], "ci-bot");
+        let bot_for_eve = acting("eve", &["eng"], "ci-bot");
+        // Bob may get_issue, and so may the bot: allowed.
+        assert_eq!(
+            tool(&p, &bot_for_bob, "get_issue", json!({})),
+            Verdict::Allowed
+        );
+        // The bot may create_issue, bob may not: hidden.
+        assert!(matches!(
+            tool(
+                &p,
+                &bot_for_bob,
+                "create_issue",
+                json!({"repo":"acme/a","title":"t"})
+            ),
+            Verdict::Hidden { .. }
+        ));
+        // Eve may create_issue and so may the bot; both sides' constraints hold.
+        assert_eq!(
+            tool(
+                &p,
+                &bot_for_eve,
+                "create_issue",
+                json!({"repo":"acme/a","title":"short"})
+            ),
+            Verdict::Allowed
+        );
+        let Verdict::Violation { message, .. } = tool(
+            &p,
+            &bot_for_eve,
+            "create_issue",
+            json!({"repo":"acme/a","title":"much too long"}),
+        ) else {
+            panic!()
+        };
+        assert!(
+            message.contains("/title") && message.contains("agent"),
+            "{message}"
+        );
+        // Eve may delete_branch; the bot has no grant for it.
+        assert!(matches!(
+            tool(&p, &bot_for_eve, "delete_branch", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            tool(&p, &caller("eve", &["eng"]), "delete_branch", json!({})),
+            Verdict::Allowed
+        );
+        // Another agent on an assignment with agent grants sees nothing.
+        assert!(matches!(
+            tool(
+                &p,
+                &acting("eve", &["eng"], "other"),
+                "get_issue",
+                json!({})
+            ),
+            Verdict::Hidden { .. }
+        ));
+        // The merged view for lists agrees.
+        let v = p.visibility("g", "gh", &bot_for_eve).unwrap();
+        assert!(
+            v.permits(ItemKind::Tool, "get_issue") && v.permits(ItemKind::Tool, "create_issue")
+        );
+        assert!(!v.permits(ItemKind::Tool, "delete_branch"));
+        let e = p.explain("g", "gh", &bot_for_eve, ItemKind::Tool, "delete_branch");
+        assert!(
+            !e.visible && e.reason.contains("agent 'ci-bot'"),
+            "{}",
+            e.reason
+        );
+        // Without agent grants on the assignment, agents are not restricted.
+        let open = policy(GRANTS).unwrap();
+        assert_eq!(
+            tool(
+                &open,
+                &acting("eve", &["eng"], "any"),
+                "delete_branch",
+                json!({})
+            ),
+            Verdict::Allowed
+        );
+        // A grant cannot name both people and agents.
+        let e = policy(&AGENT_GRANTS.replace(
+            "agents = [\"ci-bot\"]",
+            "agents = [\"ci-bot\"]\nusers = [\"bob\"]",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("both people"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct CheckQuery<'a> {
     pub user: &'a str,
     /// Values of the user's `groups`/`roles` claims.
     pub roles: &'a [String],
+    /// The agent acting for the user (the token's client).
+    pub agent: Option<&'a str>,
     pub gateway: &'a str,
     pub assignment: &'a str,
     pub kind: ItemKind,
@@ -53,6 +55,7 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
     let CheckQuery {
         user,
         roles,
+        agent,
         gateway,
         assignment,
         kind,
@@ -67,7 +70,7 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
     }
     let caller = Caller {
         subject: user.to_owned(),
-        client_id: None,
+        client_id: agent.map(str::to_owned),
         roles: roles.to_vec(),
     };
     let explained = policy.explain(gateway, assignment, &caller, kind, name);

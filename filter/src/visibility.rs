@@ -24,6 +24,9 @@ use wildmatch::WildMatch;
 /// The field of `CheckResponse.dynamic_metadata` that carries a [`Visibility`].
 pub const VISIBILITY_KEY: &str = "visibility";
 
+/// The field of a visibility struct holding the acting agent's own view.
+const AGENT_KEY: &str = "agent";
+
 /// The kinds of things a policy rules over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemKind {
@@ -196,12 +199,14 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// The caller's view of one server assignment.
+/// The caller's view of one server assignment. When an agent acts for the
+/// user, `agent` is the agent's own view: a name must be in both.
 #[derive(Debug, Clone, Default)]
 pub struct Visibility {
     tools: Rules,
     prompts: Rules,
     resources: Rules,
+    agent: Option<Box<Visibility>>,
 }
 
 impl Visibility {
@@ -211,6 +216,7 @@ impl Visibility {
             tools: Rules::everything(),
             prompts: Rules::everything(),
             resources: Rules::everything(),
+            agent: None,
         }
     }
 
@@ -219,7 +225,14 @@ impl Visibility {
             tools,
             prompts,
             resources,
+            agent: None,
         }
+    }
+
+    /// This view narrowed to what `agent` may also see (the intersection).
+    pub fn and_agent(mut self, agent: Visibility) -> Visibility {
+        self.agent = Some(Box::new(agent));
+        self
     }
 
     pub fn rules(&self, kind: ItemKind) -> &Rules {
@@ -241,7 +254,9 @@ impl Visibility {
             return false;
         }
         let rules = self.rules(kind);
-        rules.allows(name) && !rules.denies(name)
+        rules.allows(name)
+            && !rules.denies(name)
+            && self.agent.as_ref().is_none_or(|a| a.permits(kind, name))
     }
 
     /// As a protobuf struct, for `CheckResponse.dynamic_metadata`:
@@ -267,6 +282,14 @@ impl Visibility {
                 kind.key().to_owned(),
                 Value {
                     kind: Some(Kind::StructValue(Struct { fields: inner })),
+                },
+            );
+        }
+        if let Some(agent) = &self.agent {
+            fields.insert(
+                AGENT_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::StructValue(agent.to_struct())),
                 },
             );
         }
@@ -296,10 +319,17 @@ impl Visibility {
             ),
             _ => Rules::default(),
         };
+        let agent = match s.fields.get(AGENT_KEY).map(|v| &v.kind) {
+            None => None,
+            Some(Some(Kind::StructValue(inner))) => Some(Box::new(Visibility::from_struct(inner))),
+            // Present but unreadable: the agent sees nothing.
+            Some(_) => Some(Box::default()),
+        };
         Visibility {
             tools: rules(ItemKind::Tool),
             prompts: rules(ItemKind::Prompt),
             resources: rules(ItemKind::Resource),
+            agent,
         }
     }
 }
@@ -405,6 +435,36 @@ mod tests {
         assert!(!back.permits(ItemKind::Resource, "x://y"));
         let empty = Visibility::from_struct(&Struct::default());
         assert!(!empty.permits(ItemKind::Tool, "a"));
+    }
+
+    #[test]
+    fn an_agent_narrows_the_view_and_survives_the_round_trip() {
+        let user = tools(&["*"], &["drop_*"]);
+        let v = user.and_agent(tools(&["read_*", "drop_table"], &[]));
+        assert!(v.permits(ItemKind::Tool, "read_rows"));
+        assert!(
+            !v.permits(ItemKind::Tool, "write_rows"),
+            "user yes, agent no"
+        );
+        assert!(
+            !v.permits(ItemKind::Tool, "drop_table"),
+            "agent yes, user no"
+        );
+        let back = Visibility::from_struct(&v.to_struct());
+        for name in ["read_rows", "write_rows", "drop_table"] {
+            assert_eq!(
+                back.permits(ItemKind::Tool, name),
+                v.permits(ItemKind::Tool, name)
+            );
+        }
+        let mut broken = v.to_struct();
+        broken.fields.insert(
+            AGENT_KEY.into(),
+            Value {
+                kind: Some(Kind::StringValue("x".into())),
+            },
+        );
+        assert!(!Visibility::from_struct(&broken).permits(ItemKind::Tool, "read_rows"));
     }
 
     #[test]

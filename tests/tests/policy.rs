@@ -674,3 +674,102 @@ async fn native_ext_authz_enforces_the_same_policy_on_calls() -> Result<()> {
     assert_eq!(reply.json()?["result"]["content"][0]["text"], "ok tool_00");
     Ok(())
 }
+
+const WITH_AGENTS: &str = r#"
+[policy.roles]
+engineers = ["eng"]
+
+[[policy.grants]]
+name = "everyone"
+gateway = "e2e"
+assignments = ["fast"]
+users = ["*"]
+tools = { allow = ["tool_0*"] }
+
+[[policy.grants]]
+name = "engineers"
+gateway = "e2e"
+assignments = ["fast"]
+roles = ["engineers"]
+tools = { allow = ["tool_*"] }
+
+[[policy.grants]]
+name = "ci-bot"
+gateway = "e2e"
+assignments = ["fast"]
+agents = ["ci-bot"]
+tools = { allow = ["tool_00", "tool_1*"] }
+"#;
+
+/// An agent (the token's client) with grants of its own gets the
+/// intersection of them and its user's, whoever it acts for; an agent with
+/// no grant on an assignment that has agent grants sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sees_the_intersection_of_its_grants_and_its_users() -> Result<()> {
+    let stack = Stack::start(
+        "policy_agents",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            policy: Some(WITH_AGENTS.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = |sub: &str, groups: &[&str], agent: &str| {
+        TokenRequest::new(sub, &stack.gateway_url())
+            .client(agent)
+            .claim("groups", json!(groups))
+    };
+    let alice_via_bot = stack.token_with(&token("alice", &[], "ci-bot")).await?;
+    let erin_via_bot = stack.token_with(&token("erin", &["eng"], "ci-bot")).await?;
+    let erin_via_other = stack
+        .token_with(&token("erin", &["eng"], "other-agent"))
+        .await?;
+
+    assert_eq!(fast_tools(&stack, &alice_via_bot).await?, ["tool_00"]);
+    let erin: Vec<String> = fast_tools(&stack, &erin_via_bot).await?;
+    let mut want = vec!["tool_00".to_string()];
+    want.extend((10..20).map(|i| format!("tool_{i}")));
+    assert_eq!(
+        erin, want,
+        "the bot never gains more than erin, nor erin's all"
+    );
+    assert!(fast_tools(&stack, &erin_via_other).await?.is_empty());
+
+    // Calls follow: alice may call tool_05, the bot may not.
+    let before = upstream_requests(&stack, "fast")?;
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tool_05","arguments":{}}});
+    let reply = post_json(
+        &stack.url("fast"),
+        Some(&alice_via_bot),
+        &body.to_string(),
+        &[],
+    )
+    .await?;
+    assert_eq!(reply.json()?["error"]["message"], "Unknown tool: tool_05");
+    assert_eq!(upstream_requests(&stack, "fast")?, before);
+
+    let out = std::process::Command::new(latchkey_e2e::paths::latchkey_bin()?)
+        .args(["policy", "check", "--config"])
+        .arg(&stack.config_path)
+        .args([
+            "--user",
+            "alice",
+            "--agent",
+            "ci-bot",
+            "--gateway",
+            "e2e",
+            "--server",
+            "fast",
+            "--tool",
+            "tool_05",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("hidden: allowed by grant 'everyone'")
+            && text.contains("for the acting agent 'ci-bot': no allow pattern matches"),
+        "{text}"
+    );
+    Ok(())
+}
