@@ -157,6 +157,28 @@ def main():
             f"{'—' if is_floor else fmt(row.get('redis_commands_per_request'), 4)} | "
             f"{'n/a' if rss is None else f'{rss / 1024:.1f} MiB'} |"
         )
+    if any("list_throughput.rps" in m[c] for c in measured):
+        lines += [
+            "",
+            f"## `tools/list` at concurrency {r['concurrency']}",
+            "",
+            f"Request: {r.get('list_request', 'tools/list')}. Without a policy the list "
+            "passes through the filter untouched; **latchkey-lists** buffers each answer, "
+            "trims it to the caller's view and re-serializes it.",
+            "",
+            "| config | requests/s | ratio to floor | p50 ms | p99 ms | Envoy CPU s/10k | serve CPU s/10k |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in measured:
+            row = m[c]
+            rps = row.get("list_throughput.rps") or 0
+            ratio = rps / (floor.get("list_throughput.rps") or 1)
+            lines.append(
+                f"| {c} | {rps:.0f} | {ratio:.2f} | {fmt(row.get('list_throughput.p50_ms'))} | "
+                f"{fmt(row.get('list_throughput.p99_ms'))} | "
+                f"{fmt(row.get('list_throughput.cpu_envoy_s_per_10k'), 2)} | "
+                f"{'—' if c == 'floor' else fmt(row.get('list_throughput.cpu_serve_s_per_10k'), 2)} |"
+            )
     lines += ["", "Redis commands seen per round (all, including the background ones):", ""]
     for i, rnd in enumerate(r["per_round"], 1):
         parts = []
@@ -249,13 +271,16 @@ def main():
     cmds = r["commands"]
     lines += ["", "## Command lines", "", "```"]
     lines.append(f"# {command}, which runs (paths relative to the repository):")
-    for key in ("redis", "idp", "upstream", "serve"):
-        lines.append(cmds[key])
+    for key in ("redis", "idp", "upstream", "serve", "serve_lists"):
+        if key in cmds:
+            lines.append(cmds[key])
     for name, render in cmds["render"].items():
         lines.append(f"{render}   # {name}")
     lines.append(cmds["envoy"])
     lines.append(cmds["oha_rate"] + "   # also -q 2000")
     lines.append(cmds["oha_throughput"])
+    if "oha_list_throughput" in cmds:
+        lines.append(cmds["oha_list_throughput"])
     lines += ["```", ""]
 
     out_md = src.with_suffix(".md")

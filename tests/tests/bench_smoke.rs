@@ -20,10 +20,12 @@ fn every_benchmark_configuration_answers_correctly() {
         out.status.success(),
         "load-bench --smoke failed:\n{stdout}\n{stderr}"
     );
-    for (config, credential) in [
-        ("floor", "other"),
-        ("native", "expected"),
-        ("latchkey", "expected"),
+    for (config, credential, tools) in [
+        ("floor", "other", 20),
+        ("native", "expected", 20),
+        ("latchkey", "expected", 20),
+        // A policy in force: the list is trimmed for the caller.
+        ("latchkey-lists", "expected", 10),
     ] {
         let line = stdout
             .lines()
@@ -32,6 +34,10 @@ fn every_benchmark_configuration_answers_correctly() {
         assert!(line.contains("300/300"), "{line}");
         assert!(
             line.contains(&format!("credential: {credential}")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("tools/list ({tools} tools)")),
             "{line}"
         );
     }

@@ -6,15 +6,17 @@
 //! * `floor`    — Envoy straight to the upstream, no filter;
 //! * `native`   — Envoy's `envoy.filters.http.mcp` + native `ext_authz` → latchkey serve;
 //! * `latchkey` — the Latchkey Wasm filter → latchkey serve, credential injected;
-//! * `latchkey-lists` — the same with per-caller `tools/list` filtering, once
-//!   that feature exists (recorded as not yet available until then).
+//! * `latchkey-lists` — the same with a tool policy in force (its own
+//!   `latchkey serve` with a `[policy]`): every call is checked against it
+//!   and `tools/list` answers are trimmed for the caller (10 of 20 tools).
 //!
 //! `--smoke` sends a few hundred `tools/call` requests (and one `initialize`
 //! and one `tools/list`) through each and checks every answer, including
 //! which credential reached the upstream; no timing. Without it, `oha`
 //! drives the same request through each configuration in interleaved
 //! rounds: fixed rates (latency percentiles, added latency over floor) and
-//! fixed concurrency (throughput), with CPU seconds per 10 000 requests for
+//! fixed concurrency (throughput), then `tools/list` at fixed concurrency
+//! (what list trimming costs), with CPU seconds per 10 000 requests for
 //! Envoy and for latchkey serve, Redis commands per request, and latchkey
 //! serve's memory with 10 000 and 100 000 stored identities. Results go to
 //! `<out>/load-<date>.json` (`bench/report.py` turns it into Markdown and a
@@ -44,6 +46,8 @@ struct Setup {
     /// Whether the upstream must receive the service-account credential
     /// (otherwise, with no filter, it sees the client's own token).
     injects: bool,
+    /// Served by the `latchkey serve` whose config has a `[policy]`.
+    policy: bool,
     /// Why it cannot be measured in this build, if it cannot.
     unavailable: Option<&'static str>,
     about: &'static str,
@@ -55,6 +59,7 @@ const SETUPS: &[Setup] = &[
         mode: "none",
         render_args: &[],
         injects: false,
+        policy: false,
         unavailable: None,
         about: "Envoy straight to the upstream, no filter (`latchkey envoy render --mode none`)",
     },
@@ -63,6 +68,7 @@ const SETUPS: &[Setup] = &[
         mode: "native",
         render_args: &[],
         injects: true,
+        policy: false,
         unavailable: None,
         about: "Envoy's `envoy.filters.http.mcp` + native `ext_authz` (request body forwarded) calling `latchkey serve` (`--mode native`)",
     },
@@ -71,6 +77,7 @@ const SETUPS: &[Setup] = &[
         mode: "wasm",
         render_args: &[],
         injects: true,
+        policy: false,
         unavailable: None,
         about: "the Latchkey Wasm filter calling `latchkey serve`, service-account credential injected (`--mode wasm`)",
     },
@@ -79,10 +86,9 @@ const SETUPS: &[Setup] = &[
         mode: "wasm",
         render_args: &[],
         injects: true,
-        unavailable: Some(
-            "not yet available: per-caller tools/list filtering is not in this build of the filter",
-        ),
-        about: "the Latchkey Wasm filter with per-caller `tools/list` filtering on",
+        policy: true,
+        unavailable: None,
+        about: "the Latchkey Wasm filter calling a `latchkey serve` with a `[policy]` (2 grants): calls checked, `tools/list` trimmed to the caller's 10 of 20 tools (`--mode wasm`)",
     },
 ];
 
@@ -94,6 +100,28 @@ const CONCURRENCY: u32 = 32;
 const PROTOCOL: &str = "2026-07-28";
 const TOOL: &str = "tool_01";
 const TOOL_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tool_01","arguments":{"text":"hello"}}}"#;
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+/// The policy of the `latchkey-lists` configuration: the benchmark's user
+/// sees `tool_00` … `tool_09`; a second grant (to a role the user lacks)
+/// makes the lookup more than a single match.
+const POLICY: &str = r#"
+[[policy.grants]]
+name = "everyone"
+gateway = "bench"
+assignments = ["fast"]
+users = ["*"]
+tools = { allow = ["tool_0*"], deny = ["tool_1*"] }
+
+[[policy.grants]]
+name = "operators"
+gateway = "bench"
+assignments = ["fast"]
+roles = ["operators"]
+tools = { allow = ["*"] }
+"#;
+/// How many tools the benchmark's user sees with and without the policy.
+const VISIBLE_WITH_POLICY: usize = 10;
+const TOOLS_UPSTREAM: usize = 20;
 /// The shared service-account secret stored for the upstream; a benchmark
 /// value, never printed.
 const SERVICE_SECRET: &str = "bench-service-account-secret";
@@ -146,6 +174,8 @@ struct Target {
     setup: &'static Setup,
     envoy: Envoy,
     url: String,
+    /// The `latchkey serve` it calls (none for floor).
+    serve_pid: u32,
 }
 
 /// Everything a measurement needs to reach and observe.
@@ -156,6 +186,7 @@ struct Bench {
     _idp: Idp,
     _upstream: Process,
     serve: Process,
+    _serve_lists: Process,
     targets: Vec<Target>,
     token: String,
     host: String,
@@ -192,8 +223,13 @@ async fn main() -> Result<()> {
     for t in &bench.targets {
         let seen = check_answers(t, &bench.host, &bench.token, checks).await?;
         println!(
-            "{:>14}: {checks}/{checks} tools/call answered correctly (upstream saw credential: {seen}); initialize and tools/list too",
-            t.setup.name
+            "{:>14}: {checks}/{checks} tools/call answered correctly (upstream saw credential: {seen}); initialize and tools/list ({} tools) too",
+            t.setup.name,
+            if t.setup.policy {
+                VISIBLE_WITH_POLICY
+            } else {
+                TOOLS_UPSTREAM
+            }
         );
     }
     for s in SETUPS {
@@ -239,8 +275,9 @@ async fn start(o: &Opts) -> Result<Bench> {
     )?;
     let key_file = dir.join("master.keys");
     std::fs::write(&key_file, key_line)?;
-    let config = format!(
-        r#"[listen]
+    let config = |grpc: u16, http: u16, admin: u16| {
+        format!(
+            r#"[listen]
 grpc = "127.0.0.1:{grpc}"
 http = "127.0.0.1:{http}"
 
@@ -272,12 +309,19 @@ server = "fast"
 scheme = "shared"
 identity = "fast-sa"
 "#,
-        redis = redis.url(),
-        key_file = key_file.display(),
-        issuer = idp.issuer(),
-    );
+            redis = redis.url(),
+            key_file = key_file.display(),
+            issuer = idp.issuer(),
+        )
+    };
     let config_path = dir.join("latchkey.toml");
-    std::fs::write(&config_path, &config)?;
+    std::fs::write(&config_path, config(grpc, http, admin))?;
+    let (grpc2, http2, admin2) = (free_port(), free_port(), free_port());
+    let lists_config_path = dir.join("latchkey-lists.toml");
+    std::fs::write(
+        &lists_config_path,
+        format!("{}{POLICY}", config(grpc2, http2, admin2)),
+    )?;
     run(
         Command::new(&latchkey)
             .args(["identity", "put-shared", "--config"])
@@ -285,26 +329,35 @@ identity = "fast-sa"
             .args(["--id", "fast-sa", "--server", "fast"]),
         Some(SERVICE_SECRET),
     )?;
-    let mut serve_cmd = Command::new(&latchkey);
-    serve_cmd
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("LATCHKEY_LOG", "warn");
-    let mut serve = Process::spawn("latchkey", serve_cmd, &dir)?;
-    serve.wait_for_http(
-        &format!("http://127.0.0.1:{http}/readyz"),
-        200,
-        Duration::from_secs(20),
-    )?;
+    let start_serve = |name: &str, config: &Path, http: u16| -> Result<Process> {
+        let mut cmd = Command::new(&latchkey);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("LATCHKEY_LOG", "warn");
+        let mut serve = Process::spawn(name, cmd, &dir)?;
+        serve.wait_for_http(
+            &format!("http://127.0.0.1:{http}/readyz"),
+            200,
+            Duration::from_secs(20),
+        )?;
+        Ok(serve)
+    };
+    let serve = start_serve("latchkey", &config_path, http)?;
+    let serve_lists = start_serve("latchkey-lists", &lists_config_path, http2)?;
 
     let mut targets = Vec::new();
     let mut renders = json!({});
     for setup in SETUPS.iter().filter(|s| s.unavailable.is_none()) {
         let listen = free_port();
         let mut render = Command::new(&latchkey);
+        let (config, serve) = if setup.policy {
+            (&lists_config_path, &serve_lists)
+        } else {
+            (&config_path, &serve)
+        };
         render
             .args(["envoy", "render", "--config"])
-            .arg(&config_path)
+            .arg(config)
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--mode", setup.mode])
             .args(setup.render_args)
@@ -317,6 +370,7 @@ identity = "fast-sa"
             setup,
             envoy,
             url: format!("http://127.0.0.1:{listen}/mcp/fast"),
+            serve_pid: serve.pid().context("serve pid")?,
         });
     }
     let token = idp
@@ -327,6 +381,7 @@ identity = "fast-sa"
         "idp": "node tests/peers/idp.mjs --port <free>",
         "upstream": format!("{} --port <free>", rel(&fast_bin)),
         "serve": format!("{} serve --config <generated latchkey.toml>", rel(&latchkey)),
+        "serve_lists": format!("{} serve --config <generated latchkey-lists.toml: the same plus a [policy] of 2 grants>", rel(&latchkey)),
         "render": renders,
         "envoy": format!(
             "{} -c envoy-<config>.yaml --config-yaml <admin on a free port> --base-id <unique> --concurrency 1 --log-level info --disable-hot-restart",
@@ -339,6 +394,7 @@ identity = "fast-sa"
         _idp: idp,
         _upstream: fast,
         serve,
+        _serve_lists: serve_lists,
         targets,
         token,
         host: format!("127.0.0.1:{public_port}"),
@@ -367,6 +423,33 @@ fn shown(cmd: &Command) -> String {
         });
     }
     parts.join(" ")
+}
+
+/// What a run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// `tools/call` of `tool_01`: the main measurement.
+    Call,
+    /// `tools/list`: what trimming a list costs.
+    List,
+}
+
+impl Request {
+    fn parts(self, token: &str, host: &str) -> (&'static str, Vec<(&'static str, String)>) {
+        let mut headers = request_headers(token, host);
+        match self {
+            Request::Call => (TOOL_CALL, headers),
+            Request::List => {
+                headers.retain(|(h, _)| *h != "mcp-name");
+                for (h, v) in &mut headers {
+                    if *h == "mcp-method" {
+                        *v = "tools/list".into();
+                    }
+                }
+                (TOOLS_LIST, headers)
+            }
+        }
+    }
 }
 
 /// The headers every request carries (MCP 2026-07-28: the body's method and
@@ -447,17 +530,16 @@ async fn check_answers(t: &Target, host: &str, token: &str, n: usize) -> Result<
         "{name}: initialize answered {status}: {body}"
     );
     other.push(("mcp-method", "tools/list".into()));
-    let (status, body) = post(
-        &client,
-        url,
-        &other,
-        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
-    )
-    .await?;
+    let (status, body) = post(&client, url, &other, TOOLS_LIST).await?;
     let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    let visible = if t.setup.policy {
+        VISIBLE_WITH_POLICY
+    } else {
+        TOOLS_UPSTREAM
+    };
     ensure!(
-        status == 200 && v["result"]["tools"].as_array().map(Vec::len) == Some(20),
-        "{name}: tools/list answered {status}: {body}"
+        status == 200 && v["result"]["tools"].as_array().map(Vec::len) == Some(visible),
+        "{name}: tools/list answered {status} (expected {visible} tools): {body}"
     );
     Ok(want_credential)
 }
@@ -466,6 +548,7 @@ async fn check_answers(t: &Target, host: &str, token: &str, n: usize) -> Result<
 fn oha_command(
     oha: &Path,
     url: &str,
+    body: &str,
     headers: &[(&'static str, String)],
     seconds: u64,
     rate: Option<u32>,
@@ -474,7 +557,7 @@ fn oha_command(
     let mut cmd = Command::new(oha);
     cmd.args(["--no-tui", "--output-format", "json", "-o"])
         .arg(out)
-        .args(["-m", "POST", "-d", TOOL_CALL])
+        .args(["-m", "POST", "-d", body])
         // -w: requests in flight at the deadline finish (and are checked)
         // instead of being counted as aborted.
         .args(["-z", &format!("{seconds}s"), "-w"]);
@@ -490,9 +573,8 @@ fn oha_command(
         cmd.args(["-H", &format!("{name}: {value}")]);
     }
     cmd.arg(url);
-    let mut text = format!(
-        "oha --no-tui --output-format json -o <file> -m POST -d '{TOOL_CALL}' -z {seconds}s -w"
-    );
+    let mut text =
+        format!("oha --no-tui --output-format json -o <file> -m POST -d '{body}' -z {seconds}s -w");
     match rate {
         Some(q) => text += &format!(" -c {RATE_CONNECTIONS} -q {q} --latency-correction"),
         None => text += &format!(" -c {CONCURRENCY}"),
@@ -515,13 +597,14 @@ async fn run_oha(
     bench: &Bench,
     oha: &Path,
     t: &Target,
+    request: Request,
     seconds: u64,
     rate: Option<u32>,
 ) -> Result<Value> {
-    let headers = request_headers(&bench.token, &bench.host);
+    let (body, headers) = request.parts(&bench.token, &bench.host);
     let out = bench.dir.join("oha-last.json");
     let _ = std::fs::remove_file(&out);
-    let (cmd, _) = oha_command(oha, &t.url, &headers, seconds, rate, &out);
+    let (cmd, _) = oha_command(oha, &t.url, body, &headers, seconds, rate, &out);
     let mut p = Process::spawn("oha", cmd, &bench.dir)?;
     let status = p.wait_exit(Duration::from_secs(seconds + 60))?;
     ensure!(status.success(), "oha failed ({status}): {}", p.log_tail());
@@ -538,7 +621,7 @@ async fn run_oha(
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
     if total == 0 || ok != total || error_count > 0 {
-        let sample = match post(&reqwest::Client::new(), &t.url, &headers, TOOL_CALL).await {
+        let sample = match post(&reqwest::Client::new(), &t.url, &headers, body).await {
             Ok((status, body)) => format!("HTTP {status}: {body}"),
             Err(e) => format!("{e:#}"),
         };
@@ -577,6 +660,7 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
         oha_command(
             &oha,
             example_url,
+            TOOL_CALL,
             &headers,
             o.seconds,
             Some(RATES[0]),
@@ -584,11 +668,35 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
         )
         .1
     );
-    commands["oha_throughput"] =
-        json!(oha_command(&oha, example_url, &headers, o.seconds, None, dummy).1);
+    commands["oha_throughput"] = json!(
+        oha_command(
+            &oha,
+            example_url,
+            TOOL_CALL,
+            &headers,
+            o.seconds,
+            None,
+            dummy
+        )
+        .1
+    );
+    let (list_body, list_headers) = Request::List.parts(&bench.token, &bench.host);
+    commands["oha_list_throughput"] = json!(
+        oha_command(
+            &oha,
+            example_url,
+            list_body,
+            &list_headers,
+            o.seconds,
+            None,
+            dummy
+        )
+        .1
+    );
 
     let serve_pid = bench.serve.pid().context("serve pid")?;
     let load_before = loadavg();
+    let call = |key: String, rate| (key, Request::Call, rate);
     let mut rounds: Vec<BTreeMap<&'static str, Value>> = Vec::new();
     for round in 0..o.rounds {
         let mut measured = BTreeMap::new();
@@ -599,14 +707,18 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
             let mut entry = json!({});
             let redis0 = bench.redis_calls()?;
             let mut requests = 0u64;
-            let runs: Vec<(String, Option<u32>)> = RATES
+            let runs: Vec<(String, Request, Option<u32>)> = RATES
                 .iter()
-                .map(|r| (format!("rate_{r}"), Some(*r)))
-                .chain([("throughput".to_string(), None)])
+                .map(|r| call(format!("rate_{r}"), Some(*r)))
+                .chain([
+                    call("throughput".to_string(), None),
+                    ("list_throughput".to_string(), Request::List, None),
+                ])
                 .collect();
-            for (key, rate) in runs {
+            for (key, request, rate) in runs {
+                let serve_pid = t.serve_pid;
                 let (e0, s0) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
-                let mut r = run_oha(bench, &oha, t, o.seconds, rate).await?;
+                let mut r = run_oha(bench, &oha, t, request, o.seconds, rate).await?;
                 let (e1, s1) = (group_cpu_secs(envoy_pgid), group_cpu_secs(serve_pid));
                 let n = r["requests"].as_u64().unwrap_or(0);
                 requests += n;
@@ -665,6 +777,7 @@ async fn measure(o: &Opts, bench: &Bench) -> Result<()> {
         "versions": versions(&oha),
         "upstream": "fast-mcp (tests/src/bin/fast-mcp.rs): a minimal stateless MCP server on axum/hyper, one application/json answer per request (initialize, tools/list of 20 fixed tools, tools/call echo); no SSE, no session",
         "request": format!("POST tools/call {TOOL} on MCP {PROTOCOL} (Mcp-Method/Mcp-Name mirrored), bearer token from oauth2-mock-server; body {TOOL_CALL}"),
+        "list_request": format!("POST tools/list on MCP {PROTOCOL} (Mcp-Method mirrored), same token; body {TOOLS_LIST}; the upstream lists {TOOLS_UPSTREAM} tools, latchkey-lists trims them to {VISIBLE_WITH_POLICY}"),
         "envoy": "--concurrency 1 (one worker thread, so per-worker Wasm VMs and caches are not multiplied), one Envoy per configuration, same binary",
         "rounds": o.rounds,
         "seconds_per_run": o.seconds,
@@ -711,12 +824,13 @@ impl Bench {
 fn summary(e: &Value) -> String {
     let f = |g: &str, k: &str| e[g][k].as_f64().unwrap_or(f64::NAN);
     format!(
-        "500/s p50 {:.3} p99 {:.3} ms | 2000/s p50 {:.3} p99 {:.3} ms | {:.0} req/s @{CONCURRENCY} | Redis/req {:.4}",
+        "500/s p50 {:.3} p99 {:.3} ms | 2000/s p50 {:.3} p99 {:.3} ms | {:.0} req/s @{CONCURRENCY} | tools/list {:.0} req/s | Redis/req {:.4}",
         f("rate_500", "p50_ms"),
         f("rate_500", "p99_ms"),
         f("rate_2000", "p50_ms"),
         f("rate_2000", "p99_ms"),
         f("throughput", "rps"),
+        f("list_throughput", "rps"),
         e["redis_commands_per_request"].as_f64().unwrap_or(f64::NAN),
     )
 }
