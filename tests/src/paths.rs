@@ -66,10 +66,49 @@ pub fn latchkey_bin() -> Result<PathBuf> {
 
 /// The Wasm filter, always the wasm32-wasip1 release build.
 pub fn filter_wasm() -> Result<PathBuf> {
-    must_exist(
+    const BUILD: &str =
+        "run `cargo build -p latchkey-filter --target wasm32-wasip1 --release` (scripts/test does)";
+    let wasm = must_exist(
         target_dir().join("wasm32-wasip1/release/latchkey_filter.wasm"),
-        "run `cargo build -p latchkey-filter --target wasm32-wasip1 --release` (scripts/test does)",
-    )
+        BUILD,
+    )?;
+    // A filter older than its sources makes Envoy run yesterday's logic:
+    // say so instead of failing a scenario in a confusing way.
+    let built = std::fs::metadata(&wasm)?.modified()?;
+    let sources = [
+        "filter/src",
+        "filter/Cargo.toml",
+        "proto/src",
+        "proto/proto",
+    ];
+    if let Some(newer) = sources
+        .iter()
+        .flat_map(|s| files_under(&workspace_root().join(s)))
+        .find(|f| {
+            std::fs::metadata(f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+        })
+    {
+        anyhow::bail!(
+            "{} is older than {}: {BUILD}",
+            wasm.display(),
+            newer.display()
+        );
+    }
+    Ok(wasm)
+}
+
+/// Every file under `path` (or `path` itself when it is a file).
+fn files_under(path: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .flatten()
+            .flat_map(|e| files_under(&e.path()))
+            .collect(),
+        Err(_) if path.is_file() => vec![path.to_path_buf()],
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Envoy 1.40 from the repo-local virtualenv.
