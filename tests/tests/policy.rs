@@ -548,18 +548,32 @@ async fn fast_tools(stack: &Stack, token: &str) -> Result<Vec<String>> {
     ))
 }
 
-async fn wait_for_tools(stack: &Stack, token: &str, want: usize) -> Result<()> {
+/// Polls `probe` every 200 ms until it gives a value, for at most 15 s;
+/// the error names `what` and the last thing seen.
+async fn eventually<T>(
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<Result<T, String>>,
+) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let seen = fast_tools(stack, token).await?;
-        if seen.len() == want {
-            return Ok(());
+        match probe().await? {
+            Ok(v) => return Ok(v),
+            Err(seen) if Instant::now() > deadline => bail!("{what}: still {seen}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        if Instant::now() > deadline {
-            bail!("policy not applied: still {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn wait_for_tools(stack: &Stack, token: &str, want: usize) -> Result<()> {
+    eventually("policy not applied", async || {
+        let seen = fast_tools(stack, token).await?;
+        Ok(if seen.len() == want {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,18 +640,16 @@ async fn policy_changes_apply_without_restart_and_broken_files_are_refused() -> 
 /// Waits until `needle` appears `count` times in the service log; returns
 /// the last line with it.
 async fn wait_for_log(stack: &Stack, needle: &str, count: usize) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = format!("'{needle}' x{count} in the log");
+    eventually(&what, async || {
         let text = stack.latchkey().context("latchkey")?.log_text();
         let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
-        if lines.len() >= count {
-            return Ok(lines.last().map(|l| l.to_string()).unwrap_or_default());
-        }
-        if Instant::now() > deadline {
-            bail!("no '{needle}' x{count} in the log");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(match lines.last() {
+            Some(last) if lines.len() >= count => Ok(last.to_string()),
+            _ => Err(format!("{} times", lines.len())),
+        })
+    })
+    .await
 }
 
 /// Behind Envoy's native ext_authz (as under Istio's CUSTOM action) the
