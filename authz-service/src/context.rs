@@ -4,6 +4,7 @@
 //! ext_authz filter, from the request body it forwards.
 
 use latchkey_filter::mcp::McpMessage;
+use latchkey_filter::visibility::ItemKind;
 use latchkey_proto::auth::CheckRequest;
 
 /// Everything the decision needs, independent of how it arrived.
@@ -88,5 +89,18 @@ impl RequestContext {
             .get_mut("params")?
             .get_mut("arguments")
             .map(serde_json::Value::take)
+    }
+
+    /// What a `completion/complete` refers to: a prompt by name or a
+    /// resource template by URI (`params.ref`).
+    pub fn completion_ref(&self) -> Option<(ItemKind, String)> {
+        let message: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        let reference = message.get("params")?.get("ref")?;
+        let (kind, key) = match reference.get("type")?.as_str()? {
+            "ref/prompt" => (ItemKind::Prompt, "name"),
+            "ref/resource" => (ItemKind::Resource, "uri"),
+            _ => return None,
+        };
+        Some((kind, reference.get(key)?.as_str()?.to_owned()))
     }
 }

@@ -148,8 +148,18 @@ impl Decider<'_> {
         id: Option<&Value>,
     ) -> Option<Deny> {
         let message = ctx.mcp.as_ref()?;
-        let kind = ItemKind::of_method(message.method.as_deref()?)?;
-        let name = message.name.as_deref()?;
+        let method = message.method.as_deref()?;
+        let completed;
+        let (kind, name) = match (ItemKind::of_method(method), message.name.as_deref()) {
+            (Some(kind), Some(name)) => (kind, name),
+            // Completing a hidden prompt's arguments (or a hidden resource
+            // template's) would reveal it: judge the reference like a call.
+            _ if method == "completion/complete" => {
+                completed = ctx.completion_ref()?;
+                (completed.0, completed.1.as_str())
+            }
+            _ => return None,
+        };
         let (gateway, assignment) = (&route.gateway.name, &route.assignment.name);
         let arguments = (kind == ItemKind::Tool
             && self.policy.needs_arguments(gateway, assignment, name))

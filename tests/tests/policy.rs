@@ -291,6 +291,32 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         hidden.to_string().replace("args-prompt", "NAME"),
         absent.to_string().replace("no-such-prompt", "NAME")
     );
+    // Completing a hidden prompt's argument reveals nothing either.
+    let complete = |id: u32, prompt: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"completion/complete","params":{
+            "ref":{"type":"ref/prompt","name":prompt},"argument":{"name":"department","value":"E"}}})
+    };
+    let before = upstream_requests(&stack, "everything")?;
+    let (_, _, hidden) =
+        exchange(&stack, &alice, &session, complete(12, "completable-prompt")).await?;
+    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    let (_, _, absent) =
+        exchange(&stack, &erin, &erin_session, complete(12, "no-such-prompt")).await?;
+    assert_eq!(
+        hidden.to_string().replace("completable-prompt", "NAME"),
+        absent.to_string().replace("no-such-prompt", "NAME")
+    );
+    let (_, _, completed) = exchange(
+        &stack,
+        &erin,
+        &erin_session,
+        complete(13, "completable-prompt"),
+    )
+    .await?;
+    assert!(
+        completed["result"]["completion"]["values"].is_array(),
+        "{completed}"
+    );
     let (_, _, prompts) = exchange(
         &stack,
         &alice,
