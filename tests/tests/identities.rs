@@ -501,7 +501,8 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
             .find(|k| k["id"] == id)
             .map(|k| (k["active"].as_bool(), k["records"].as_u64()))
     };
-    assert_eq!(on(&keys, "e2e1"), Some((Some(true), Some(4))), "{keys:?}");
+    // The stack's 4 shared identities (whoami, everything, late, fast) and alice's.
+    assert_eq!(on(&keys, "e2e1"), Some((Some(true), Some(5))), "{keys:?}");
     assert_eq!(on(&keys, "e2e2"), Some((Some(false), Some(0))), "{keys:?}");
 
     let refused = stack.cli_refused(0, &ops, &["keys", "rotate", "--to", "nope"])?;
@@ -546,7 +547,7 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
     wait_for(4).await?;
     let rotated = stack.cli(1, &ops, &["keys", "rotate", "--to", "e2e2"], None)?;
     assert_eq!(rotated[0]["active_key"], "e2e2");
-    assert_eq!(rotated[0]["re_encrypted"], 4, "{rotated:?}");
+    assert_eq!(rotated[0]["re_encrypted"], 5, "{rotated:?}");
     // A write right after the rotation is sealed with the new key.
     let later = format!("alice-later-{}", random_hex());
     stack.remember_secret(&later);
@@ -562,7 +563,7 @@ async fn key_rotation_under_steady_traffic_loses_no_request() -> Result<()> {
 
     let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
     assert_eq!(on(&keys, "e2e1"), Some((Some(false), Some(0))), "{keys:?}");
-    assert_eq!(on(&keys, "e2e2"), Some((Some(true), Some(5))), "{keys:?}");
+    assert_eq!(on(&keys, "e2e2"), Some((Some(true), Some(6))), "{keys:?}");
 
     // The old key can go: replicas restarted without it (nothing cached)
     // still open every record.
@@ -704,7 +705,8 @@ async fn identity_lifecycle_on(topology: RedisTopology, scenario: &str) -> Resul
     expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
 
     let keys = stack.cli(0, &ops, &["keys", "list"], None)?;
-    assert_eq!(keys[0]["records"], 4, "{keys:?}");
+    // The stack's 4 shared identities and alice's.
+    assert_eq!(keys[0]["records"], 5, "{keys:?}");
     assert_audited(
         &stack,
         &[
