@@ -17,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::authn::TokenVerifier;
 use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
@@ -229,12 +230,14 @@ fn bench(c: &mut Criterion) {
             .expect("store");
         let verifier = TokenVerifier::new(&config.identity_provider);
         verifier.install(&idp.jwks).await;
+        let credentials_store = credentials.store.clone();
         Arc::new(AppState {
             routes: RouteTable::build(&config),
             config,
             verifier,
             credentials,
             policy: Arc::new(PolicySource::fixed(Policy::unrestricted())),
+            audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
         })
     });
     let service = CheckService { state };

@@ -1,7 +1,9 @@
 //! Audit events: what changed or was decided, by whom, when. This module
-//! owns the event schema; events are written to the Redis stream by `store`
-//! (in the same transaction as the change they describe, so a change without
-//! its event cannot happen) and echoed to the structured log.
+//! owns the event schema. Lifecycle events are written to the Redis stream
+//! by `store` in the same transaction as the change they describe (a change
+//! without its event cannot happen); decision events go through
+//! `audit_writer`, which never holds up a decision. Both are echoed to the
+//! structured log.
 //!
 //! No event carries a secret: record summaries list status, availability,
 //! version and key id, never the sealed value.
@@ -58,6 +60,56 @@ impl LifecycleEvent {
     /// Echoes the event to the structured log (target `latchkey::audit`).
     pub fn log(&self) {
         tracing::info!(target: "latchkey::audit", event = %self.to_json());
+    }
+}
+
+/// One authorization decision: who, through which agent, asked what, and
+/// what was decided and why. Never a token or a credential.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DecisionEvent {
+    pub time: String,
+    /// Always `"decision"`.
+    pub event: &'static str,
+    /// Envoy's `x-request-id`.
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `shared` or `per_user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<&'static str>,
+    /// The MCP method (`tools/call`, ...), or the HTTP method of a GET/DELETE.
+    pub method: String,
+    /// Tool, prompt or resource named by the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The agent (the token's client) acting for the user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Which identity's credential was used, and its version (not the secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_version: Option<u64>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Why (`allowed`, `hidden_by_policy`, `consent_needed`, ...).
+    pub reason: &'static str,
+    /// The HTTP status the client got from the gateway (200 on allow).
+    pub status: u16,
+    pub latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+impl DecisionEvent {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 

@@ -8,8 +8,10 @@ use latchkey_proto::auth::authorization_server::Authorization;
 use latchkey_proto::auth::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
+use crate::audit::DecisionEvent;
 use crate::context::RequestContext;
 use crate::decision::{Decider, Decision};
+use crate::identity::now_rfc3339;
 use crate::respond;
 use crate::state::AppState;
 
@@ -27,8 +29,26 @@ impl Authorization for CheckService {
         let ctx = match RequestContext::from_check(request.get_ref()) {
             Ok(ctx) => ctx,
             Err(bad) => {
-                tracing::info!(decision = "deny", reason = "bad_request", message = %bad.message);
-                return Ok(Response::new(respond::bad_request(&bad)));
+                let denied = respond::bad_request(&bad);
+                self.state.audit.record(&DecisionEvent {
+                    time: now_rfc3339(),
+                    event: "decision",
+                    request_id: request
+                        .get_ref()
+                        .attributes
+                        .as_ref()
+                        .and_then(|a| a.request.as_ref())
+                        .and_then(|r| r.http.as_ref())
+                        .map(|h| h.id.clone())
+                        .unwrap_or_default(),
+                    method: "invalid".into(),
+                    decision: "deny",
+                    reason: "bad_request",
+                    status: bad.http_status,
+                    latency_us: started.elapsed().as_micros() as u64,
+                    ..DecisionEvent::default()
+                });
+                return Ok(Response::new(denied));
             }
         };
         let policy = self.state.policy.current();
@@ -39,54 +59,53 @@ impl Authorization for CheckService {
             credentials: &self.state.credentials,
         };
         let decision = decider.decide(&ctx).await;
-        log_decision(&ctx, &decision, started);
+        self.state.audit.record(&event(&ctx, &decision, started));
         Ok(Response::new(respond::to_check_response(&decision)))
     }
 }
 
-fn log_decision(ctx: &RequestContext, decision: &Decision, started: Instant) {
-    let mcp_method = ctx
-        .mcp
-        .as_ref()
-        .and_then(|m| m.method.as_deref())
-        .unwrap_or("");
-    let mcp_name = ctx
-        .mcp
-        .as_ref()
-        .and_then(|m| m.name.as_deref())
-        .unwrap_or("");
-    let latency_us = started.elapsed().as_micros() as u64;
+/// The audit event of one decision (also its log line).
+fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> DecisionEvent {
+    let mcp = ctx.mcp.as_ref();
+    let mut e = DecisionEvent {
+        time: now_rfc3339(),
+        event: "decision",
+        request_id: ctx.request_id.clone(),
+        method: mcp
+            .and_then(|m| m.method.clone())
+            .unwrap_or_else(|| ctx.method.clone()),
+        name: mcp.and_then(|m| m.name.clone()),
+        session_id: mcp.and_then(|m| m.session_id.clone()),
+        latency_us: started.elapsed().as_micros() as u64,
+        ..DecisionEvent::default()
+    };
     match decision {
-        Decision::Allow(a) => tracing::info!(
-            target: "latchkey::decision",
-            decision = "allow",
-            request_id = %ctx.request_id,
-            http_method = %ctx.method,
-            peer = ctx.peer_principal.as_deref().unwrap_or(""),
-            gateway = %a.route.gateway.name,
-            assignment = %a.route.assignment.name,
-            user = %a.caller.subject,
-            client_id = a.caller.client_id.as_deref().unwrap_or(""),
-            identity = a.identity.as_deref().unwrap_or(""),
-            identity_version = a.identity_version.unwrap_or(0),
-            mcp_method,
-            mcp_name,
-            latency_us,
-        ),
-        Decision::Deny(d) => tracing::info!(
-            target: "latchkey::decision",
-            decision = "deny",
-            request_id = %ctx.request_id,
-            http_method = %ctx.method,
-            peer = ctx.peer_principal.as_deref().unwrap_or(""),
-            host = %ctx.host,
-            path = %ctx.path,
-            status = d.http_status,
-            reason = d.reason,
-            message = %d.message,
-            mcp_method,
-            mcp_name,
-            latency_us,
-        ),
+        Decision::Allow(a) => {
+            e.gateway = Some(a.route.gateway.name.clone());
+            e.assignment = Some(a.route.assignment.name.clone());
+            e.server = Some(a.route.server.name.clone());
+            e.scheme = Some(a.route.assignment.scheme.name());
+            e.user = Some(a.caller.subject.clone());
+            e.agent = a.caller.client_id.clone();
+            e.identity = a.identity.clone();
+            e.identity_version = a.identity_version;
+            e.decision = "allow";
+            e.reason = "allowed";
+            e.status = 200;
+        }
+        Decision::Deny(d) => {
+            if let Some(at) = &d.attribution {
+                e.gateway = Some(at.gateway.clone());
+                e.assignment = Some(at.assignment.clone());
+                e.server = Some(at.server.clone());
+                e.scheme = Some(at.scheme);
+                e.user = at.user.clone();
+                e.agent = at.agent.clone();
+            }
+            e.decision = "deny";
+            e.reason = d.reason;
+            e.status = d.http_status;
+        }
     }
+    e
 }

@@ -250,16 +250,26 @@ pub struct AuditConfig {
     /// Approximate maximum number of events the stream keeps.
     #[serde(default = "default_audit_max_len")]
     pub stream_max_len: usize,
+    /// Decision events held in memory while Redis is slow or away; past
+    /// that they are dropped from the stream (counted, logged as errors;
+    /// still in the decision log).
+    #[serde(default = "default_audit_queue")]
+    pub queue_events: usize,
 }
 
 fn default_audit_max_len() -> usize {
     1_000_000
 }
 
+fn default_audit_queue() -> usize {
+    100_000
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             stream_max_len: default_audit_max_len(),
+            queue_events: default_audit_queue(),
         }
     }
 }
@@ -449,6 +459,16 @@ pub enum IdentityScheme {
     PerUser,
     /// One global identity (typically a service account) used by everyone.
     Shared { identity: String },
+}
+
+impl IdentityScheme {
+    /// As written in the config (`per_user`, `shared`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            IdentityScheme::PerUser => "per_user",
+            IdentityScheme::Shared { .. } => "shared",
+        }
+    }
 }
 
 /// An assignment as written: `scheme = "shared"` needs `identity`,

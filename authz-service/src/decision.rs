@@ -61,6 +61,32 @@ pub struct Deny {
     /// The whole response body when it is not a JSON-RPC error built from
     /// `jsonrpc_code` and `message` (a tool result, a mimicked error).
     pub body: Option<String>,
+    /// Who and where, as far as known when refused (for the audit trail).
+    pub attribution: Option<Box<Attribution>>,
+}
+
+/// The route and caller of a refused request, when they were known.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Attribution {
+    pub gateway: String,
+    pub assignment: String,
+    pub server: String,
+    pub scheme: &'static str,
+    pub user: Option<String>,
+    pub agent: Option<String>,
+}
+
+impl Attribution {
+    fn of(route: &Route, caller: Option<&Caller>) -> Box<Attribution> {
+        Box::new(Attribution {
+            gateway: route.gateway.name.clone(),
+            assignment: route.assignment.name.clone(),
+            server: route.server.name.clone(),
+            scheme: route.assignment.scheme.name(),
+            user: caller.map(|c| c.subject.clone()),
+            agent: caller.and_then(|c| c.client_id.clone()),
+        })
+    }
 }
 
 /// JSON-RPC error codes in denials; the shared ones come from the filter's
@@ -96,18 +122,31 @@ impl Decider<'_> {
                 www_authenticate: None,
                 reason: "no_route",
                 body: None,
+                attribution: None,
             });
         };
         let audience = route.gateway.public_url.as_str().trim_end_matches('/');
         let caller = match self.authenticate(ctx, audience).await {
             Ok(c) => c,
-            Err(e) => return Decision::Deny(authn_denial(e, &route, id)),
+            Err(e) => {
+                return Decision::Deny(Deny {
+                    attribution: Some(Attribution::of(&route, None)),
+                    ..authn_denial(e, &route, id)
+                });
+            }
+        };
+        let attributed = |deny: Deny| {
+            Decision::Deny(Deny {
+                id: id.clone(),
+                attribution: Some(Attribution::of(&route, Some(&caller))),
+                ..deny
+            })
         };
         if let Err(deny) = self.principals_enabled(&caller).await {
-            return Decision::Deny(Deny { id, ..deny });
+            return attributed(deny);
         }
         if let Some(deny) = self.policy_denial(ctx, &route, &caller, id.as_ref()) {
-            return Decision::Deny(deny);
+            return attributed(deny);
         }
         let visibility = ctx
             .mcp
@@ -133,7 +172,7 @@ impl Decider<'_> {
                     visibility,
                 })
             }
-            Err(deny) => Decision::Deny(Deny { id, ..deny }),
+            Err(deny) => attributed(deny),
         }
     }
 
@@ -355,6 +394,7 @@ impl Deny {
             www_authenticate: None,
             reason,
             body: None,
+            attribution: None,
         }
     }
 }
@@ -368,6 +408,7 @@ fn forbidden(reason: &'static str, message: String) -> Deny {
         www_authenticate: None,
         reason,
         body: None,
+        attribution: None,
     }
 }
 
@@ -412,6 +453,7 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
             www_authenticate: None,
             reason: "idp_unavailable",
             body: None,
+            attribution: None,
         };
     }
     let mut challenge = format!(
@@ -435,5 +477,6 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         www_authenticate: Some(challenge),
         reason: "unauthenticated",
         body: None,
+        attribution: None,
     }
 }

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod audit;
+pub mod audit_writer;
 pub mod authn;
 pub mod cache;
 pub mod capability;

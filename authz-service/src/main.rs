@@ -14,6 +14,7 @@ use latchkey_proto::auth::authorization_server::AuthorizationServer;
 use latchkey_authz::admin_client::{
     AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
 };
+use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
@@ -394,14 +395,20 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
             .clone()
             .watch(config.clone(), std::time::Duration::from_secs(1)),
     );
+    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
+    let audit = AuditWriter::start(
+        credentials.store.clone(),
+        replica_id.clone(),
+        config.audit.queue_events,
+    );
     let state = Arc::new(state::AppState {
         config,
         routes,
         verifier,
         credentials,
         policy,
+        audit,
     });
-    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 
     let grpc = tonic::transport::Server::builder()

@@ -135,6 +135,7 @@ pub fn bad_request(b: &BadRequest) -> CheckResponse {
         www_authenticate: None,
         reason: "bad_request",
         body: None,
+        attribution: None,
     })
 }
 

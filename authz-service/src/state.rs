@@ -12,4 +12,5 @@ pub struct AppState {
     pub verifier: TokenVerifier,
     pub credentials: Credentials,
     pub policy: std::sync::Arc<PolicySource>,
+    pub audit: std::sync::Arc<crate::audit_writer::AuditWriter>,
 }

@@ -61,6 +61,22 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], KEYS[1]) end
 return 1
 "#;
 
+/// Appends a batch of events once, however often it is sent: a batch whose
+/// number is not above the last one applied for this writer is skipped, so
+/// a retry after a timeout (the first attempt may still run) adds nothing.
+///
+/// KEYS[1] audit stream, KEYS[2] the writer's last batch number.
+/// ARGV[1] batch number, ARGV[2] stream max length, ARGV[3..] events.
+const APPEND_ONCE_SCRIPT: &str = r#"
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) <= last then return 0 end
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+end
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"#;
+
 /// How many times a change is retried when another writer got there first.
 const CHANGE_ATTEMPTS: usize = 8;
 
@@ -87,6 +103,7 @@ pub struct Store {
     prefix: String,
     audit_max_len: usize,
     change: redis::Script,
+    append_once: redis::Script,
 }
 
 impl Store {
@@ -102,6 +119,7 @@ impl Store {
             prefix: topology.key_prefix(prefix),
             audit_max_len,
             change: redis::Script::new(CHANGE_SCRIPT),
+            append_once: redis::Script::new(APPEND_ONCE_SCRIPT),
         })
     }
 
@@ -328,6 +346,28 @@ impl Store {
             .await?;
         event.log();
         Ok(())
+    }
+
+    /// Appends batch `batch` of `writer`'s events (JSON) to the audit
+    /// stream exactly once; `Ok(false)` when it was already applied.
+    pub async fn append_batch_once(
+        &self,
+        writer: &str,
+        batch: u64,
+        events: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let mut invocation = self.append_once.prepare_invoke();
+        invocation
+            .key(self.audit_stream())
+            .key(format!("{}:audit:batch:{writer}", self.prefix))
+            .arg(batch)
+            .arg(self.audit_max_len);
+        for e in events {
+            invocation.arg(e);
+        }
+        let applied: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(applied == 1)
     }
 
     /// Appends an event that is not tied to one record's change.

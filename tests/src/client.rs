@@ -12,6 +12,22 @@ use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
+/// One HTTP client for every raw exchange: building a client loads the TLS
+/// root store, which costs milliseconds in a debug build. Idle connections
+/// are not kept, so each exchange still opens its own connection (scenarios
+/// restart Envoy on the same port and must not meet a stale one).
+fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client")
+        })
+        .clone()
+}
+
 /// A 2025-11-25 `initialize` request with id 1, for raw exchanges.
 pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
 
@@ -140,7 +156,7 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<HttpReply> {
-    let client = reqwest::Client::new();
+    let client = http();
     let mut req = client
         .request(method.parse()?, url)
         .timeout(CALL_TIMEOUT)
@@ -172,7 +188,7 @@ pub async fn open(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, reqwest::header::HeaderMap)> {
-    let mut req = reqwest::Client::new().request(method.parse()?, url);
+    let mut req = http().request(method.parse()?, url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -302,9 +318,7 @@ pub async fn open_sse(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<SseReply> {
-    let mut req = reqwest::Client::new()
-        .request(method.parse()?, url)
-        .body(body);
+    let mut req = http().request(method.parse()?, url).body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -1,0 +1,140 @@
+//! The decision audit trail through a real Envoy running the Wasm filter,
+//! a real `latchkey serve` and a real Redis: every decision is one event in
+//! the Redis stream, none is lost or doubled when Redis stops for a while,
+//! and no event carries a token.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use futures_util::StreamExt;
+use latchkey_e2e::client::{INITIALIZE, post_json};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest};
+use serde_json::{Value, json};
+
+const DECISIONS: usize = 10_000;
+/// When Redis is paused, and for how long.
+const PAUSE_AFTER: usize = 3_000;
+const PAUSE: Duration = Duration::from_secs(3);
+
+fn decision_events(stack: &Stack) -> Result<Vec<Value>> {
+    Ok(stack
+        .audit_events()?
+        .into_iter()
+        .filter(|e| e["event"] == "decision")
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_one_event_even_when_redis_pauses() -> Result<()> {
+    let stack = Stack::start(
+        "audit_decisions",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = stack
+        .token_with(&TokenRequest::new("alice", &stack.gateway_url()).client("audit-agent"))
+        .await?;
+    let url = stack.url("fast");
+
+    // One denied decision too: a token for another audience.
+    let stranger = stack
+        .token_with(&TokenRequest::new(
+            "mallory",
+            "https://elsewhere.example/mcp",
+        ))
+        .await?;
+    let denied = post_json(&url, Some(&stranger), INITIALIZE, &[]).await?;
+    assert_eq!(denied.status, 401, "{}", denied.body);
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let requests = futures_util::stream::iter(0..DECISIONS)
+        .map(|_| {
+            let (url, token, sent) = (url.clone(), token.clone(), sent.clone());
+            async move {
+                let r = post_json(&url, Some(&token), INITIALIZE, &[]).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                r.map(|r| r.status)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let pauser = {
+        let sent = sent.clone();
+        let redis = &stack.redis;
+        async move {
+            while sent.load(Ordering::Relaxed) < PAUSE_AFTER {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            redis.process.pause(true);
+            tokio::time::sleep(PAUSE).await;
+            redis.process.pause(false);
+        }
+    };
+    let (statuses, ()) = tokio::join!(requests, pauser);
+    for s in &statuses {
+        match s {
+            Ok(200) => {}
+            other => bail!("a request failed: {other:?}"),
+        }
+    }
+
+    // Every decision arrives, once: 10 000 allowed and the one denied.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = decision_events(&stack)?;
+        if events.len() > DECISIONS || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ensure!(
+        events.len() == DECISIONS + 1,
+        "expected {} decision events, found {}",
+        DECISIONS + 1,
+        events.len()
+    );
+    let ids: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), DECISIONS + 1, "every request id once");
+    let allowed: Vec<&Value> = events.iter().filter(|e| e["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), DECISIONS);
+    let e = allowed[0];
+    assert_eq!(e["gateway"], "e2e");
+    assert_eq!(e["assignment"], "fast");
+    assert_eq!(e["server"], "fast");
+    assert_eq!(e["scheme"], "shared");
+    assert_eq!(e["user"], "alice");
+    assert_eq!(e["agent"], "audit-agent");
+    assert_eq!(e["identity"], "fast-sa");
+    assert_eq!(e["method"], "initialize");
+    assert_eq!(e["status"], 200);
+    assert!(e["identity_version"].as_u64().is_some() && e["latency_us"].as_u64().is_some());
+    let deny = events
+        .iter()
+        .find(|e| e["decision"] == "deny")
+        .expect("the denied decision");
+    assert_eq!(
+        (&deny["reason"], &deny["status"], &deny["assignment"]),
+        (&json!("unauthenticated"), &json!(401), &json!("fast"))
+    );
+
+    // Redis really was away: the writer had to retry.
+    let log = stack.latchkey().expect("latchkey").log_text();
+    assert!(
+        log.contains("audit stream unavailable; retrying"),
+        "the pause did not reach the audit writer"
+    );
+    // No token in any event, and no secret in any log.
+    let text = serde_json::to_string(&events)?;
+    assert!(!text.contains(&token) && !text.contains(&stranger));
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
