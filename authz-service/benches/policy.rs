@@ -68,8 +68,8 @@ fn bench(c: &mut Criterion) {
     // Roles 7, 8 and 9: grants 7, 8, 9, 57, 58, 59, ... apply.
     let caller = Caller {
         subject: "alice".into(),
-        client_id: None,
         roles: vec!["role-7".into(), "role-8".into(), "role-9".into()],
+        ..Caller::default()
     };
     let args = json!({"repo": "org207/api", "title": "x"});
     let decide = |name: &str| policy.decide("g", "gh", &caller, ItemKind::Tool, name, Some(&args));

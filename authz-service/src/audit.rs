@@ -88,9 +88,16 @@ pub struct DecisionEvent {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// The agent (the token's client) acting for the user.
+    /// The agent acting (for `user`, or for nobody when `user` is absent),
+    /// by its provisioned name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// How the agent was recognised: `mtls`, `client_id` or `act`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_source: Option<&'static str>,
+    /// The token's delegation chain (RFC 8693 `act`), current actor first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delegation: Vec<String>,
     /// Which identity's credential was used, and its version (not the secret).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,

@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
+use crate::agents::AgentSource;
 use crate::config::IdentityProvider;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub enum AuthnError {
     MissingClaim(&'static str),
     #[error("the token uses an algorithm this gateway does not accept")]
     BadAlgorithm,
+    #[error("the token's delegation chain (nested `act` claims) is deeper than 16 actors")]
+    DelegationTooDeep,
     #[error("the identity provider's signing keys are unavailable: {0}")]
     KeysUnavailable(String),
 }
@@ -61,14 +64,54 @@ impl AuthnError {
     }
 }
 
-/// The caller, as established from a verified token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The caller, as established from a verified token (and, once
+/// `agents` has looked, the agent behind it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
     pub subject: String,
     /// The OAuth client the token was issued to (`client_id`, else `azp`).
     pub client_id: Option<String>,
     /// Values of the token's `groups` and `roles` claims (for policy).
     pub roles: Vec<String>,
+    /// The RFC 8693 delegation chain: the `sub` (else `client_id`) of the
+    /// token's `act` claim, then of each nested `act`, current actor first.
+    pub actors: Vec<String>,
+    /// The agent acting, by its provisioned name (set by `agents`).
+    pub agent: Option<String>,
+    pub agent_source: Option<AgentSource>,
+    /// The agent acts for nobody: `subject` is the agent itself.
+    pub headless: bool,
+}
+
+/// The deepest delegation chain accepted; a longer one is refused rather
+/// than cut, so the audit trail never shows half a chain.
+pub const MAX_DELEGATION_DEPTH: usize = 16;
+
+/// An RFC 8693 `act` claim: who acts, and on whose behalf they did.
+#[derive(Debug, Deserialize)]
+struct Actor {
+    sub: Option<String>,
+    client_id: Option<String>,
+    act: Option<Box<Actor>>,
+}
+
+/// The chain of actors in an `act` claim, current actor first.
+fn delegation_chain(act: Option<Actor>) -> Result<Vec<String>, AuthnError> {
+    let mut chain = Vec::new();
+    let mut next = act.map(Box::new);
+    while let Some(a) = next {
+        if chain.len() == MAX_DELEGATION_DEPTH {
+            return Err(AuthnError::DelegationTooDeep);
+        }
+        let id = a
+            .sub
+            .or(a.client_id)
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("act.sub"))?;
+        chain.push(id);
+        next = a.act;
+    }
+    Ok(chain)
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +124,7 @@ struct Claims {
     groups: OneOrMany,
     #[serde(default)]
     roles: OneOrMany,
+    act: Option<Actor>,
 }
 
 /// A claim that is one string or a list of strings (both are common).
@@ -271,6 +315,8 @@ impl TokenVerifier {
             subject,
             client_id: claims.client_id.or(claims.azp),
             roles: role_values(claims.groups, claims.roles),
+            actors: delegation_chain(claims.act)?,
+            ..Caller::default()
         };
         if let (Some(cache), Some(key), Some(exp)) = (&self.verified, cache_key, claims.exp) {
             cache.insert(
@@ -308,6 +354,7 @@ impl TokenVerifier {
             subject,
             client_id: text("client_id").or_else(|| text("azp")),
             roles: role_values(list("groups"), list("roles")),
+            ..Caller::default()
         };
         Ok((caller, claims))
     }
@@ -503,6 +550,34 @@ mod tests {
         let off = verifier(0, 0);
         off.install(&jwks).await;
         assert_eq!(off.verify(&t, AUD).await, Err(AuthnError::Expired));
+    }
+
+    #[test]
+    fn nested_act_claims_give_the_delegation_chain_current_actor_first() {
+        let act: Actor = serde_json::from_value(serde_json::json!({
+            "sub": "summariser",
+            "act": {"client_id": "planner", "act": {"sub": "chat-ui"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            delegation_chain(Some(act)).unwrap(),
+            ["summariser", "planner", "chat-ui"]
+        );
+        assert_eq!(delegation_chain(None).unwrap(), Vec::<String>::new());
+        let nameless: Actor = serde_json::from_value(serde_json::json!({"act": {}})).unwrap();
+        assert_eq!(
+            delegation_chain(Some(nameless)),
+            Err(AuthnError::MissingClaim("act.sub"))
+        );
+        let mut deep = serde_json::json!({"sub": "a0"});
+        for n in 1..=MAX_DELEGATION_DEPTH {
+            deep = serde_json::json!({"sub": format!("a{n}"), "act": deep});
+        }
+        let deep: Actor = serde_json::from_value(deep).unwrap();
+        assert_eq!(
+            delegation_chain(Some(deep)),
+            Err(AuthnError::DelegationTooDeep)
+        );
     }
 
     #[test]

@@ -85,8 +85,10 @@ fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> Decisio
             e.assignment = Some(a.route.assignment.name.clone());
             e.server = Some(a.route.server.name.clone());
             e.scheme = Some(a.route.assignment.scheme.name());
-            e.user = Some(a.caller.subject.clone());
-            e.agent = a.caller.client_id.clone();
+            e.user = (!a.caller.headless).then(|| a.caller.subject.clone());
+            e.agent = a.caller.agent.clone();
+            e.agent_source = a.caller.agent_source.map(|s| s.name());
+            e.delegation = a.caller.actors.clone();
             e.identity = a.identity.clone();
             e.identity_version = a.identity_version;
             e.decision = "allow";
@@ -101,6 +103,7 @@ fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> Decisio
                 e.scheme = Some(at.scheme);
                 e.user = at.user.clone();
                 e.agent = at.agent.clone();
+                e.delegation = at.actors.clone();
             }
             e.decision = "deny";
             e.reason = d.reason;

@@ -40,6 +40,9 @@ pub struct Config {
     pub servers: Vec<Server>,
     #[serde(default)]
     pub gateways: Vec<Gateway>,
+    /// Provisioned agents (reloaded with `[policy]`).
+    #[serde(default)]
+    pub agents: Vec<crate::agents::AgentConfig>,
     /// Tool-level policy. Absent: every authenticated caller sees every
     /// tool (logged as a warning at start). Present: nothing is visible
     /// unless a grant allows it.
@@ -440,6 +443,9 @@ pub struct Gateway {
     /// Other `Host` values that reach this gateway (e.g. a mesh-internal name).
     #[serde(default)]
     pub extra_hosts: Vec<String>,
+    /// Requests from an agent not in `[[agents]]`: `deny` (default) or `allow`.
+    #[serde(default)]
+    pub unknown_agents: crate::agents::UnknownAgents,
     #[serde(default)]
     pub assignments: Vec<Assignment>,
 }

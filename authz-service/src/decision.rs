@@ -74,6 +74,8 @@ pub struct Attribution {
     pub scheme: &'static str,
     pub user: Option<String>,
     pub agent: Option<String>,
+    /// The token's delegation chain (`act`), current actor first.
+    pub actors: Vec<String>,
 }
 
 impl Attribution {
@@ -83,8 +85,9 @@ impl Attribution {
             assignment: route.assignment.name.clone(),
             server: route.server.name.clone(),
             scheme: route.assignment.scheme.name(),
-            user: caller.map(|c| c.subject.clone()),
-            agent: caller.and_then(|c| c.client_id.clone()),
+            user: caller.filter(|c| !c.headless).map(|c| c.subject.clone()),
+            agent: caller.and_then(|c| c.agent.clone()),
+            actors: caller.map(|c| c.actors.clone()).unwrap_or_default(),
         })
     }
 }
@@ -126,7 +129,7 @@ impl Decider<'_> {
             });
         };
         let audience = route.gateway.public_url.as_str().trim_end_matches('/');
-        let caller = match self.authenticate(ctx, audience).await {
+        let mut caller = match self.authenticate(ctx, audience).await {
             Ok(c) => c,
             Err(e) => {
                 return Decision::Deny(Deny {
@@ -135,6 +138,25 @@ impl Decider<'_> {
                 });
             }
         };
+        if let Err(agent) = self.policy.agents.attribute(
+            ctx.peer_principal.as_deref(),
+            &mut caller,
+            route.gateway.unknown_agents,
+        ) {
+            return Decision::Deny(Deny {
+                id: id.clone(),
+                attribution: Some(Attribution::of(&route, Some(&caller))),
+                ..forbidden(
+                    "unknown_agent",
+                    format!(
+                        "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
+                        agent.name,
+                        agent.source.describe(),
+                        route.gateway.name
+                    ),
+                )
+            });
+        }
         let attributed = |deny: Deny| {
             Decision::Deny(Deny {
                 id: id.clone(),
@@ -142,6 +164,16 @@ impl Decider<'_> {
                 ..deny
             })
         };
+        if caller.headless && route.assignment.scheme == IdentityScheme::PerUser {
+            return attributed(forbidden(
+                "agent_without_user",
+                format!(
+                    "agent '{}' acts for nobody (its token's subject is the agent itself), and '{}' uses each person's own identity; call it with a token issued for the user the agent acts for",
+                    caller.agent.as_deref().unwrap_or_default(),
+                    route.assignment.name
+                ),
+            ));
+        }
         if let Err(deny) = self.principals_enabled(&caller).await {
             return attributed(deny);
         }
@@ -237,6 +269,14 @@ impl Decider<'_> {
     /// A deactivated user or a disabled agent is refused before anything
     /// else, on every gateway.
     async fn principals_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+        self.user_enabled(caller).await?;
+        self.agent_enabled(caller).await
+    }
+
+    async fn user_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+        if caller.headless {
+            return Ok(());
+        }
         let user = self
             .credentials
             .principal_status(PrincipalKind::User, &caller.subject)
@@ -251,7 +291,11 @@ impl Decider<'_> {
                 ),
             ));
         }
-        if let Some(agent) = &caller.client_id {
+        Ok(())
+    }
+
+    async fn agent_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+        if let Some(agent) = &caller.agent {
             let status = self
                 .credentials
                 .principal_status(PrincipalKind::Agent, agent)

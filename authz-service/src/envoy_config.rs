@@ -35,6 +35,18 @@ pub struct RenderOptions {
     /// Every `latchkey serve` replica's gRPC address, balanced round-robin;
     /// empty means the config's own `listen.grpc`.
     pub authz_endpoints: Vec<SocketAddr>,
+    /// Serve the listener over TLS (and mTLS when a client CA is given).
+    pub tls: Option<DownstreamTls>,
+}
+
+/// PEM files for a TLS listener, as paths Envoy will see.
+#[derive(Debug, Clone)]
+pub struct DownstreamTls {
+    pub cert: String,
+    pub key: String,
+    /// Clients must present a certificate this CA issued; its URI SAN (a
+    /// SPIFFE ID) is the peer identity Latchkey recognises agents by.
+    pub client_ca: Option<String>,
 }
 
 pub fn render(config: &Config, opts: &RenderOptions) -> String {
@@ -63,9 +75,36 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         opts.listen.port()
     );
     let _ = writeln!(y, "    per_connection_buffer_limit_bytes: {buffer_limit}");
+    let _ = writeln!(y, "    filter_chains:");
+    match &opts.tls {
+        Some(tls) => {
+            let _ = writeln!(
+                y,
+                "    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+            );
+            if tls.client_ca.is_some() {
+                let _ = writeln!(y, "          require_client_certificate: true");
+            }
+            let _ = writeln!(
+                y,
+                "          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{ filename: \"{}\" }}\n              private_key: {{ filename: \"{}\" }}",
+                tls.cert, tls.key
+            );
+            if let Some(ca) = &tls.client_ca {
+                let _ = writeln!(
+                    y,
+                    "            validation_context:\n              trusted_ca: {{ filename: \"{ca}\" }}"
+                );
+            }
+            let _ = writeln!(y, "      filters:");
+        }
+        None => {
+            let _ = writeln!(y, "    - filters:");
+        }
+    }
     let _ = writeln!(
         y,
-        "    filter_chains:\n    - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:"
+        "      - name: envoy.filters.network.http_connection_manager\n        typed_config:"
     );
     let _ = writeln!(
         y,
@@ -295,6 +334,7 @@ mod tests {
             max_body_bytes: 1 << 20,
             authz_timeout_ms: 2000,
             authz_endpoints: vec![],
+            tls: None,
         }
     }
 
@@ -319,6 +359,27 @@ mod tests {
         assert!(y.contains("fail_open: false"));
         // The metadata route bypasses the filter so token-less clients can read it.
         assert!(y.contains("disabled: true"));
+    }
+
+    #[test]
+    fn a_client_ca_makes_the_listener_require_client_certificates() {
+        let mut opts = defaults(AuthzMode::Wasm);
+        opts.tls = Some(DownstreamTls {
+            cert: "/certs/envoy.pem".into(),
+            key: "/certs/envoy.key".into(),
+            client_ca: Some("/certs/ca.pem".into()),
+        });
+        let y = render(&local(), &opts);
+        assert!(y.contains("DownstreamTlsContext"));
+        assert!(y.contains("require_client_certificate: true"));
+        assert!(y.contains("trusted_ca: { filename: \"/certs/ca.pem\" }"));
+        // The HTTP connection manager is still the chain's filter.
+        let chain = y.split("filter_chains:").nth(1).unwrap();
+        assert!(chain.find("transport_socket").unwrap() < chain.find("filters:").unwrap());
+        // Server TLS only: no client certificate asked for.
+        opts.tls.as_mut().unwrap().client_ca = None;
+        let y = render(&local(), &opts);
+        assert!(y.contains("DownstreamTlsContext") && !y.contains("require_client_certificate"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod agents;
 pub mod audit;
 pub mod audit_writer;
 pub mod authn;

@@ -17,7 +17,7 @@ use latchkey_authz::admin_client::{
 use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
-use latchkey_authz::envoy_config::{self, AuthzMode, RenderOptions};
+use latchkey_authz::envoy_config::{self, AuthzMode, DownstreamTls, RenderOptions};
 use latchkey_authz::identity::{Availability, IdentitySecret};
 use latchkey_authz::policy::Policy;
 use latchkey_authz::redis_backend::Topology;
@@ -143,6 +143,16 @@ enum EnvoyCommand {
         /// (balanced round-robin). Defaults to the config's `listen.grpc`.
         #[arg(long = "authz")]
         authz_endpoints: Vec<SocketAddr>,
+        /// Serve the listener over TLS with this certificate chain (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// The private key of `--tls-cert` (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<String>,
+        /// Require client certificates issued by this CA (PEM): mTLS, and
+        /// the client's URI SAN (SPIFFE ID) identifies the agent.
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<String>,
     },
 }
 
@@ -302,8 +312,16 @@ fn main() -> Result<()> {
             max_body_bytes,
             authz_timeout_ms,
             authz_endpoints,
+            tls_cert,
+            tls_key,
+            client_ca,
         }) => {
             let config = Config::load(&config)?;
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| DownstreamTls {
+                cert,
+                key,
+                client_ca,
+            });
             print!(
                 "{}",
                 envoy_config::render(
@@ -316,6 +334,7 @@ fn main() -> Result<()> {
                         max_body_bytes,
                         authz_timeout_ms,
                         authz_endpoints,
+                        tls,
                     }
                 )
             );

@@ -22,6 +22,7 @@ use std::fmt;
 use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
 use serde_json::Value;
 
+use crate::agents::AgentDirectory;
 use crate::authn::Caller;
 use crate::config::{Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig};
 
@@ -190,6 +191,8 @@ pub struct Policy {
     /// Claim value → role names it gives.
     roles_by_claim: HashMap<String, Vec<String>>,
     pub hidden: HiddenAnswers,
+    /// The provisioned agents (`[[agents]]`), reloaded with the grants.
+    pub agents: AgentDirectory,
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -262,6 +265,7 @@ impl Policy {
             grants: None,
             roles_by_claim: HashMap::new(),
             hidden: HiddenAnswers::default(),
+            agents: AgentDirectory::default(),
         }
     }
 
@@ -269,8 +273,12 @@ impl Policy {
     /// and assignments that exist. `text` is the config file's text, for
     /// line numbers in errors.
     pub fn compile(config: &Config, text: &str) -> Result<Policy, PolicyError> {
+        let agents = AgentDirectory::compile(&config.agents).map_err(|e| PolicyError(e.0))?;
         let Some(pc) = &config.policy else {
-            return Ok(Policy::unrestricted());
+            return Ok(Policy {
+                agents,
+                ..Policy::unrestricted()
+            });
         };
         let mut roles_by_claim: HashMap<String, Vec<String>> = HashMap::new();
         for (role, values) in &pc.roles {
@@ -322,6 +330,7 @@ impl Policy {
             grants: Some(grants),
             roles_by_claim,
             hidden: pc.hidden.clone(),
+            agents,
         })
     }
 
@@ -438,10 +447,10 @@ impl Policy {
         at.into_iter().filter_map(|i| a.grants.get(i)).collect()
     }
 
-    /// The acting agent's grants on one assignment: `None` when the token
-    /// names no client or no grant there names agents (the agent is not
-    /// restricted beyond its user), else those naming this agent (none: it
-    /// sees nothing).
+    /// The acting agent's grants on one assignment: `None` when no agent
+    /// acts or no grant there names agents (the agent is not restricted
+    /// beyond its user), else those naming this agent (none: it sees
+    /// nothing).
     fn applying_agent<'a>(
         &'a self,
         gateway: &str,
@@ -449,12 +458,33 @@ impl Policy {
         caller: &Caller,
     ) -> Option<Vec<&'a Grant>> {
         let a = self.assignment(gateway, assignment)?;
-        let agent = caller.client_id.as_ref()?;
+        let agent = caller.agent.as_ref()?;
         if a.by_agent.is_empty() {
             return None;
         }
         let at = a.by_agent.get(agent).map_or(&[][..], Vec::as_slice);
         Some(at.iter().filter_map(|i| a.grants.get(*i)).collect())
+    }
+
+    /// The grants that decide for `caller`, and the agent's on top of them
+    /// (the intersection). An agent acting for nobody has no user whose
+    /// grants could apply: its own are the only ones, and it needs some.
+    fn effective<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &'a Caller,
+    ) -> (Vec<&'a Grant>, Option<Vec<&'a Grant>>) {
+        if caller.headless {
+            let own = self
+                .applying_agent(gateway, assignment, caller)
+                .unwrap_or_default();
+            return (own, None);
+        }
+        (
+            self.applying(gateway, assignment, caller),
+            self.applying_agent(gateway, assignment, caller),
+        )
     }
 
     /// The first constraint broken in every grant that allows `tool`, or
@@ -497,8 +527,7 @@ impl Policy {
         if !self.is_enforced() {
             return Verdict::Allowed;
         }
-        let grants = self.applying(gateway, assignment, caller);
-        let agent = self.applying_agent(gateway, assignment, caller);
+        let (grants, agent) = self.effective(gateway, assignment, caller);
         if !Self::permits(&grants, kind, name)
             || agent
                 .as_ref()
@@ -551,9 +580,9 @@ impl Policy {
         if !self.is_enforced() {
             return None;
         }
-        let grants = self.applying(gateway, assignment, caller);
+        let (grants, agent) = self.effective(gateway, assignment, caller);
         let view = Self::merged_view(&grants);
-        Some(match self.applying_agent(gateway, assignment, caller) {
+        Some(match agent {
             Some(agent) => view.and_agent(Self::merged_view(&agent)),
             None => view,
         })
@@ -605,20 +634,24 @@ impl Policy {
                 ),
             };
         }
-        let user = self.applying(gateway, assignment, caller);
-        let who = format!(
-            "user '{}' (roles: {})",
-            caller.subject,
-            self.roles_of(caller).join(", ")
-        );
+        let (user, agent) = self.effective(gateway, assignment, caller);
+        let who = if caller.headless {
+            format!(
+                "agent '{}' acting for nobody",
+                caller.agent.as_deref().unwrap_or_default()
+            )
+        } else {
+            format!(
+                "user '{}' (roles: {})",
+                caller.subject,
+                self.roles_of(caller).join(", ")
+            )
+        };
         let mine = Self::explain_grants(&user, &who, gateway, assignment, kind, name);
-        let Some(agent) = self.applying_agent(gateway, assignment, caller) else {
+        let Some(agent) = agent else {
             return mine;
         };
-        let who = format!(
-            "agent '{}'",
-            caller.client_id.as_deref().unwrap_or("(none)")
-        );
+        let who = format!("agent '{}'", caller.agent.as_deref().unwrap_or("(none)"));
         let theirs = Self::explain_grants(&agent, &who, gateway, assignment, kind, name);
         Explanation {
             visible: mine.visible && theirs.visible,
@@ -811,8 +844,8 @@ scheme = "per_user"
     fn caller(sub: &str, roles: &[&str]) -> Caller {
         Caller {
             subject: sub.into(),
-            client_id: None,
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Caller::default()
         }
     }
 
@@ -922,8 +955,42 @@ max_length = 10
     fn acting(sub: &str, roles: &[&str], agent: &str) -> Caller {
         Caller {
             client_id: Some(agent.into()),
+            agent: Some(agent.into()),
             ..caller(sub, roles)
         }
+    }
+
+    #[test]
+    fn an_agent_acting_for_nobody_has_only_its_own_grants() {
+        let p = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        let headless = Caller {
+            headless: true,
+            ..acting("ci-bot", &["eng"], "ci-bot")
+        };
+        // Its own grant allows create_issue; a role claim in its token adds nothing.
+        assert_eq!(
+            tool(&p, &headless, "create_issue", json!({"title": "t"})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &headless, "delete_branch", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        // "users = ['*']" is for people: an agent without grants sees nothing.
+        let nobody = Caller {
+            headless: true,
+            ..acting("other", &[], "other")
+        };
+        assert!(matches!(
+            tool(&p, &nobody, "get_issue", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        let e = p.explain("g", "gh", &nobody, ItemKind::Tool, "get_issue");
+        assert!(
+            !e.visible && e.reason.contains("acting for nobody"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]

@@ -71,7 +71,10 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
     let caller = Caller {
         subject: user.to_owned(),
         client_id: agent.map(str::to_owned),
+        agent: agent.map(str::to_owned),
+        headless: agent == Some(user),
         roles: roles.to_vec(),
+        ..Caller::default()
     };
     let explained = policy.explain(gateway, assignment, &caller, kind, name);
     Ok(

@@ -65,6 +65,9 @@ fn attribution(a: &Allow) -> Struct {
     };
     let mut fields = std::collections::BTreeMap::new();
     fields.insert("user".to_string(), s(&a.caller.subject));
+    if let Some(agent) = &a.caller.agent {
+        fields.insert("agent".to_string(), s(agent));
+    }
     if let Some(c) = &a.caller.client_id {
         fields.insert("client_id".to_string(), s(c));
     }

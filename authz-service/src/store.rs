@@ -65,15 +65,16 @@ return 1
 /// number is not above the last one applied for this writer is skipped, so
 /// a retry after a timeout (the first attempt may still run) adds nothing.
 ///
-/// KEYS[1] audit stream, KEYS[2] the writer's last batch number.
-/// ARGV[1] batch number, ARGV[2] stream max length, ARGV[3..] events.
+/// KEYS[1] audit stream, KEYS[2] hash of each writer's last batch number.
+/// ARGV[1] writer, ARGV[2] batch number, ARGV[3] stream max length,
+/// ARGV[4..] events.
 const APPEND_ONCE_SCRIPT: &str = r#"
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) <= last then return 0 end
-for i = 3, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+for i = 4, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[i])
 end
-redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
 
@@ -360,7 +361,8 @@ impl Store {
         let mut invocation = self.append_once.prepare_invoke();
         invocation
             .key(self.audit_stream())
-            .key(format!("{}:audit:batch:{writer}", self.prefix))
+            .key(format!("{}:audit:batches", self.prefix))
+            .arg(writer)
             .arg(batch)
             .arg(self.audit_max_len);
         for e in events {

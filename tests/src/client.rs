@@ -156,7 +156,17 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<HttpReply> {
-    let client = http();
+    send_with(&http(), method, url, headers, body).await
+}
+
+/// [`send`] through a given client (one with a client certificate, say).
+pub async fn send_with(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpReply> {
     let mut req = client
         .request(method.parse()?, url)
         .timeout(CALL_TIMEOUT)
@@ -206,6 +216,17 @@ pub async fn post_json(
     body: &str,
     extra: &[(&str, &str)],
 ) -> Result<HttpReply> {
+    post_json_with(&http(), url, token, body, extra).await
+}
+
+/// [`post_json`] through a given client.
+pub async fn post_json_with(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Result<HttpReply> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![
         ("content-type", "application/json"),
@@ -215,7 +236,7 @@ pub async fn post_json(
         headers.push(("authorization", a.as_str()));
     }
     headers.extend_from_slice(extra);
-    send("POST", url, &headers, body.as_bytes().to_vec()).await
+    send_with(client, "POST", url, &headers, body.as_bytes().to_vec()).await
 }
 
 /// A response whose body is read incrementally as Server-Sent Events, for

@@ -13,6 +13,7 @@ pub mod client;
 pub mod envoy;
 pub mod paths;
 pub mod peers;
+pub mod pki;
 pub mod process;
 pub mod secrets;
 pub mod stack;

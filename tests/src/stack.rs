@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::envoy::Envoy;
 use crate::paths;
 use crate::peers::{AuthEcho, Everything, FastMcp, Idp, Redis, TokenRequest};
+use crate::pki::Pki;
 use crate::process::{Process, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub struct StackOptions {
     pub fast_mcp_page_size: Option<usize>,
     /// A `[policy]` section (TOML) for the config; none: unrestricted.
     pub policy: Option<String>,
+    /// Envoy listens over mTLS: clients must present a certificate from the
+    /// scenario's CA (`Stack::pki`), whose SPIFFE ID names the agent.
+    pub mtls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,6 +70,7 @@ impl Default for StackOptions {
             persistent_redis: false,
             redis_topology: RedisTopology::Single,
             fast_mcp_page_size: None,
+            mtls: false,
             policy: None,
         }
     }
@@ -124,6 +129,8 @@ pub struct Stack {
     shared_config: String,
     pub envoy: Envoy,
     pub envoy_port: u16,
+    /// The CA and certificates of an mTLS scenario.
+    pub pki: Option<Pki>,
     /// The master key file every replica reads.
     pub key_file: PathBuf,
     /// The service-account secret stored for the `whoami` server.
@@ -229,6 +236,14 @@ issuer = "{issuer}"
 # Scenarios rotate keys right after start; production keeps the 5 s default.
 jwks_refetch_min_secs = 0
 
+# The clients scenarios' tokens name; any other is an unknown agent.
+[[agents]]
+name = "e2e-agent"
+[[agents]]
+name = "audit-agent"
+[[agents]]
+name = "other"
+
 [[servers]]
 name = "whoami"
 url = "{echo}"
@@ -246,7 +261,7 @@ auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }
 
 [[gateways]]
 name = "e2e"
-public_url = "http://127.0.0.1:{envoy_port}/mcp"
+public_url = "{scheme}://127.0.0.1:{envoy_port}/mcp"
 
 [[gateways.assignments]]
 name = "fast"
@@ -278,6 +293,7 @@ scheme = "shared"
 identity = "late-sa"
 "#,
             key_file = key_file.display(),
+            scheme = if opts.mtls { "https" } else { "http" },
             issuer = idp.issuer(),
             echo = echo.url(),
         );
@@ -357,6 +373,22 @@ identity = "late-sa"
             AuthzMode::Wasm => "wasm",
             AuthzMode::Native => "native",
         };
+        let pki = if opts.mtls {
+            Some(Pki::create(&dir)?)
+        } else {
+            None
+        };
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(p) = &pki {
+            for (flag, path) in [
+                ("--tls-cert", &p.server_cert),
+                ("--tls-key", &p.server_key),
+                ("--client-ca", &p.ca_pem),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.into());
+            }
+        }
         let bootstrap = run(
             Command::new(&latchkey_bin)
                 .args(["envoy", "render", "--config"])
@@ -367,7 +399,8 @@ identity = "late-sa"
                 .arg(paths::filter_wasm()?)
                 .args(["--max-body-bytes", &opts.max_body_bytes.to_string()])
                 .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()])
-                .args(&authz_args),
+                .args(&authz_args)
+                .args(&tls_args),
             None,
         )?;
         let envoy = Envoy::start(&dir, &bootstrap)?;
@@ -386,6 +419,7 @@ identity = "late-sa"
             shared_config,
             envoy,
             envoy_port,
+            pki,
             key_file,
             secrets: Mutex::new(
                 [
@@ -405,7 +439,8 @@ identity = "late-sa"
     }
 
     pub fn gateway_url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.envoy_port)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/mcp", self.envoy_port)
     }
 
     /// Rewrites every replica's config file with `policy` as its `[policy]`

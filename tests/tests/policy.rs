@@ -743,6 +743,11 @@ gateway = "e2e"
 assignments = ["fast"]
 agents = ["ci-bot"]
 tools = { allow = ["tool_00", "tool_1*"] }
+
+[[agents]]
+name = "ci-bot"
+[[agents]]
+name = "other-agent"
 "#;
 
 /// An agent (the token's client) with grants of its own gets the

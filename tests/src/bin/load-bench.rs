@@ -294,6 +294,9 @@ cache_ttl_secs = 3600
 [identity_provider]
 issuer = "{issuer}"
 
+[[agents]]
+name = "bench-agent"
+
 [[servers]]
 name = "fast"
 url = "http://127.0.0.1:{fast_port}/mcp"
