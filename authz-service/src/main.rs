@@ -345,32 +345,17 @@ fn init_tracing() {
 async fn open_credentials(config: &Config) -> Result<Credentials> {
     let keys = KeyRing::from_config(&config.vault)?;
     tracing::debug!(active_key = keys.active_id(), "master keys loaded");
-    let store = Store::connect(
-        &Topology::from_config(&config.redis),
-        &config.redis.key_prefix,
-        Duration::from_millis(config.redis.timeout_ms),
-        config.audit.stream_max_len,
-    )
-    .await
-    .with_context(|| format!("connecting to Redis at {}", redacted_url(&config.redis.url)))?;
+    let store = Store::open(config, Duration::ZERO).await.with_context(|| {
+        format!(
+            "connecting to Redis at {}",
+            Topology::from_config(&config.redis).describe()
+        )
+    })?;
     Ok(Credentials::new(
         store,
         keys,
         Duration::from_secs(config.vault.cache_ttl_secs),
     ))
-}
-
-/// A Redis URL without its password, for error messages.
-fn redacted_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable redis url>".into(),
-    }
 }
 
 async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::LifecycleEvent;
+use crate::config::Config;
 use crate::identity::PrincipalKind;
 use crate::redis_backend::{Backend, Topology};
 
@@ -107,6 +108,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store the config's `[redis]` names. `extra_wait` lengthens the
+    /// bound on each reply, for reads that block on purpose (`XREAD BLOCK`).
+    pub async fn open(config: &Config, extra_wait: Duration) -> Result<Self, StoreError> {
+        Self::connect(
+            &Topology::from_config(&config.redis),
+            &config.redis.key_prefix,
+            Duration::from_millis(config.redis.timeout_ms) + extra_wait,
+            config.audit.stream_max_len,
+        )
+        .await
+    }
+
     pub async fn connect(
         topology: &Topology,
         prefix: &str,
