@@ -14,6 +14,7 @@ use latchkey_proto::auth::authorization_server::AuthorizationServer;
 use latchkey_authz::admin_client::{
     AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
 };
+use latchkey_authz::audit_read::{self, AuditCommand, AuditReader};
 use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
@@ -70,6 +71,9 @@ enum Command {
     /// Tool-level policy in a config file: check a call, lint the rules.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit trail: decisions and changes, read from Redis.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 // Parsed once per process; boxing the larger variant would buy nothing.
@@ -293,6 +297,7 @@ fn main() -> Result<()> {
         Command::Agent(c) => admin_call(admin_client::agent(&cli.admin, c)),
         Command::Keys(c) => admin_call(admin_client::keys(&cli.admin, c)),
         Command::Whoami => admin_call(admin_client::whoami(&cli.admin)),
+        Command::Audit(c) => audit(c, cli.admin.json),
         Command::Envoy(EnvoyCommand::Render {
             config,
             listen,
@@ -321,6 +326,53 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// `latchkey audit query|tail`: straight from Redis, as the config names it.
+fn audit(command: AuditCommand, json: bool) -> Result<()> {
+    let config = Config::load(command.config())?;
+    // A mistyped --since is said before Redis is asked anything.
+    let since_ms = match &command {
+        AuditCommand::Query {
+            since: Some(since), ..
+        } => Some(audit_read::parse_since(since, audit_read::now_ms())?),
+        _ => None,
+    };
+    let run = async {
+        let reader = AuditReader::connect(&config).await?;
+        let mut out = std::io::stdout().lock();
+        match command {
+            AuditCommand::Query { filter, limit, .. } => {
+                reader.query(&filter, since_ms, limit, json, &mut out).await
+            }
+            AuditCommand::Tail {
+                filter,
+                from_start,
+                count,
+                ..
+            } => {
+                reader
+                    .tail(
+                        &filter,
+                        from_start,
+                        count,
+                        json,
+                        &mut out,
+                        &mut std::io::stderr(),
+                    )
+                    .await
+            }
+        }
+    };
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run);
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
