@@ -8,12 +8,14 @@
 //! Credentials: `identity` (the model) → `vault` (keys and sealing) →
 //! `store` (Redis) → `cache` (this replica's memory) → `credentials` (what
 //! `decision` and `admin` call). `admin` is the operator API, gated by
-//! `capability`; `audit` owns the event schema.
+//! `capability`; `audit` owns the event schema, `audit_read` reads the
+//! stream back for `latchkey audit`.
 
 pub mod admin;
 pub mod admin_client;
 pub mod agents;
 pub mod audit;
+pub mod audit_read;
 pub mod audit_writer;
 pub mod authn;
 pub mod cache;

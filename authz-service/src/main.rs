@@ -14,6 +14,7 @@ use latchkey_proto::auth::authorization_server::AuthorizationServer;
 use latchkey_authz::admin_client::{
     AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
 };
+use latchkey_authz::audit_read::{self, AuditCommand, AuditReader};
 use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
@@ -70,6 +71,9 @@ enum Command {
     /// Tool-level policy in a config file: check a call, lint the rules.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit trail: decisions and changes, read from Redis.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 // Parsed once per process; boxing the larger variant would buy nothing.
@@ -303,6 +307,7 @@ fn main() -> Result<()> {
         Command::Agent(c) => admin_call(admin_client::agent(&cli.admin, c)),
         Command::Keys(c) => admin_call(admin_client::keys(&cli.admin, c)),
         Command::Whoami => admin_call(admin_client::whoami(&cli.admin)),
+        Command::Audit(c) => audit(c, cli.admin.json),
         Command::Envoy(EnvoyCommand::Render {
             config,
             listen,
@@ -343,6 +348,53 @@ fn main() -> Result<()> {
     }
 }
 
+/// `latchkey audit query|tail`: straight from Redis, as the config names it.
+fn audit(command: AuditCommand, json: bool) -> Result<()> {
+    let config = Config::load(command.config())?;
+    // A mistyped --since is said before Redis is asked anything.
+    let since_ms = match &command {
+        AuditCommand::Query {
+            since: Some(since), ..
+        } => Some(audit_read::parse_since(since, audit_read::now_ms())?),
+        _ => None,
+    };
+    let run = async {
+        let reader = AuditReader::connect(&config).await?;
+        let mut out = std::io::stdout().lock();
+        match command {
+            AuditCommand::Query { filter, limit, .. } => {
+                reader.query(&filter, since_ms, limit, json, &mut out).await
+            }
+            AuditCommand::Tail {
+                filter,
+                from_start,
+                count,
+                ..
+            } => {
+                reader
+                    .tail(
+                        &filter,
+                        from_start,
+                        count,
+                        json,
+                        &mut out,
+                        &mut std::io::stderr(),
+                    )
+                    .await
+            }
+        }
+    };
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run);
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn admin_call(call: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -364,32 +416,17 @@ fn init_tracing() {
 async fn open_credentials(config: &Config) -> Result<Credentials> {
     let keys = KeyRing::from_config(&config.vault)?;
     tracing::debug!(active_key = keys.active_id(), "master keys loaded");
-    let store = Store::connect(
-        &Topology::from_config(&config.redis),
-        &config.redis.key_prefix,
-        Duration::from_millis(config.redis.timeout_ms),
-        config.audit.stream_max_len,
-    )
-    .await
-    .with_context(|| format!("connecting to Redis at {}", redacted_url(&config.redis.url)))?;
+    let store = Store::open(config, Duration::ZERO).await.with_context(|| {
+        format!(
+            "connecting to Redis at {}",
+            Topology::from_config(&config.redis).describe()
+        )
+    })?;
     Ok(Credentials::new(
         store,
         keys,
         Duration::from_secs(config.vault.cache_ttl_secs),
     ))
-}
-
-/// A Redis URL without its password, for error messages.
-fn redacted_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable redis url>".into(),
-    }
 }
 
 async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {

@@ -48,6 +48,37 @@ impl Topology {
             _ => prefix.to_string(),
         }
     }
+
+    /// Where Redis is, for messages: its URLs without their passwords.
+    pub fn describe(&self) -> String {
+        let list = |nodes: &[String]| {
+            nodes
+                .iter()
+                .map(|n| redacted_url(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Topology::Single { url } => redacted_url(url),
+            Topology::Cluster { nodes } => format!("the Cluster of {}", list(nodes)),
+            Topology::Sentinel { nodes, master } => {
+                format!("master '{master}' of the Sentinels {}", list(nodes))
+            }
+        }
+    }
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redacted_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable redis url>".into(),
+    }
 }
 
 /// A connection to whichever topology is configured.
@@ -248,5 +279,29 @@ mod tests {
         let t = Topology::from_config(&cfg);
         assert_eq!(t.key_prefix("latchkey"), "latchkey");
         assert!(matches!(t, Topology::Sentinel { ref master, .. } if master == "mymaster"));
+    }
+
+    #[test]
+    fn descriptions_name_every_node_and_no_password() {
+        let single = Topology::Single {
+            url: "redis://:hunter2@cache.internal:6380/0".into(),
+        };
+        assert_eq!(single.describe(), "redis://:***@cache.internal:6380/0");
+        let cluster = Topology::Cluster {
+            nodes: vec!["redis://a:7000".into(), "redis://u:pw@b:7001".into()],
+        };
+        assert_eq!(
+            cluster.describe(),
+            "the Cluster of redis://a:7000, redis://u:***@b:7001"
+        );
+        let sentinel = Topology::Sentinel {
+            nodes: vec!["redis://s:26379".into()],
+            master: "mymaster".into(),
+        };
+        assert_eq!(
+            sentinel.describe(),
+            "master 'mymaster' of the Sentinels redis://s:26379"
+        );
+        assert_eq!(redacted_url("not a url"), "<unparseable redis url>");
     }
 }

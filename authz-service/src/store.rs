@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::LifecycleEvent;
+use crate::config::Config;
 use crate::identity::PrincipalKind;
 use crate::redis_backend::{Backend, Topology};
 
@@ -108,6 +109,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store the config's `[redis]` names. `extra_wait` lengthens the
+    /// bound on each reply, for reads that block on purpose (`XREAD BLOCK`).
+    pub async fn open(config: &Config, extra_wait: Duration) -> Result<Self, StoreError> {
+        Self::connect(
+            &Topology::from_config(&config.redis),
+            &config.redis.key_prefix,
+            Duration::from_millis(config.redis.timeout_ms) + extra_wait,
+            config.audit.stream_max_len,
+        )
+        .await
+    }
+
     pub async fn connect(
         topology: &Topology,
         prefix: &str,
@@ -225,6 +238,73 @@ impl Store {
     /// by a rotation (otherwise the configured default applies).
     pub async fn active_key(&self) -> Result<Option<String>, StoreError> {
         self.get_raw(&self.active_key_key()).await
+    }
+
+    // --- the audit stream, read back --------------------------------------
+
+    /// Audit entries from stream id `start` (inclusive; `-` for the oldest)
+    /// on, at most `count`, oldest first.
+    pub async fn audit_range(
+        &self,
+        start: &str,
+        count: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.audit_stream())
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.ids.into_iter().map(AuditEntry::from).collect())
+    }
+
+    /// The id of the newest audit entry, `0-0` while the stream is empty.
+    pub async fn audit_last_id(&self) -> Result<String, StoreError> {
+        let mut conn = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.audit_stream())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_string(), |e| e.id))
+    }
+
+    /// Audit entries after stream id `after`, at most `count`, waiting up
+    /// to `block` for the first one (none when nothing came). The reply
+    /// bound given to `open` must exceed `block`.
+    pub async fn audit_read_after(
+        &self,
+        after: &str,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.redis.clone();
+        let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.audit_stream())
+            .arg(after)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(AuditEntry::from)
+            .collect())
     }
 
     // --- changes ---------------------------------------------------------
@@ -423,6 +503,24 @@ impl Store {
         }
         live.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(live)
+    }
+}
+
+/// One entry of the audit stream: its id (`<ms>-<seq>`) and the event
+/// (JSON) in its `event` field, if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub event: Option<String>,
+}
+
+impl From<redis::streams::StreamId> for AuditEntry {
+    fn from(entry: redis::streams::StreamId) -> Self {
+        let event = entry.get::<String>("event");
+        AuditEntry {
+            id: entry.id,
+            event,
+        }
     }
 }
 

@@ -563,6 +563,15 @@ identity = "late-sa"
         }
     }
 
+    /// A `latchkey` command that reads this stack's config through
+    /// `LATCHKEY_CONFIG`, for the subcommands that go to the config or to
+    /// Redis themselves rather than through the admin API (`audit`, `policy`).
+    pub fn config_cli(&self) -> Result<Command> {
+        let mut cmd = Command::new(paths::latchkey_bin()?);
+        cmd.env("LATCHKEY_CONFIG", &self.config_path);
+        Ok(cmd)
+    }
+
     /// Every lifecycle event in the audit stream, oldest first.
     pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
         // A Cluster keeps every Latchkey key on the node owning its hash tag.
