@@ -78,10 +78,10 @@ async fn audit_query_prints_exactly_the_events_asked_for() -> Result<()> {
     let stack = start("audit_cli_query").await?;
     let gateway = stack.gateway_url();
     let alice = stack
-        .token_with(&TokenRequest::new("alice", &gateway).client("audit-cli-agent"))
+        .token_with(&TokenRequest::new("alice", &gateway).client("audit-agent"))
         .await?;
     let bob = stack
-        .token_with(&TokenRequest::new("bob", &gateway).client("bob-agent"))
+        .token_with(&TokenRequest::new("bob", &gateway).client("other"))
         .await?;
     let stranger = stack
         .token_with(&TokenRequest::new(
@@ -106,7 +106,7 @@ async fn audit_query_prints_exactly_the_events_asked_for() -> Result<()> {
     assert_eq!(got, want);
     let methods: Vec<&Value> = got.iter().map(|e| &e["method"]).collect();
     assert_eq!(methods, [&json!("initialize"), &json!("tools/call")]);
-    assert!(got.iter().all(|e| e["agent"] == "audit-cli-agent"));
+    assert!(got.iter().all(|e| e["agent"] == "audit-agent"));
     let text = serde_json::to_string(&got)?;
     assert!(!text.contains("bob") && !text.contains("mallory"), "{text}");
 
@@ -117,11 +117,11 @@ async fn audit_query_prints_exactly_the_events_asked_for() -> Result<()> {
         lines,
         [
             format!(
-                "{} allow user=alice agent=audit-cli-agent at=e2e/fast initialize reason=allowed status=200",
+                "{} allow user=alice agent=audit-agent at=e2e/fast initialize reason=allowed status=200",
                 want[0]["time"].as_str().unwrap_or_default()
             ),
             format!(
-                "{} allow user=alice agent=audit-cli-agent at=e2e/fast tools/call tool_03 reason=allowed status=200",
+                "{} allow user=alice agent=audit-agent at=e2e/fast tools/call tool_03 reason=allowed status=200",
                 want[1]["time"].as_str().unwrap_or_default()
             ),
         ]
@@ -132,7 +132,7 @@ async fn audit_query_prints_exactly_the_events_asked_for() -> Result<()> {
     assert_eq!(
         audit(&stack, &["query", "--user", "bob", "--decision", "deny"])?,
         [format!(
-            "{} deny user=bob agent=bob-agent at=e2e/whoami-mine tools/call tool_03 reason=consent_needed status=403",
+            "{} deny user=bob agent=other at=e2e/whoami-mine tools/call tool_03 reason=consent_needed status=403",
             refused[0]["time"].as_str().unwrap_or_default()
         )]
     );
@@ -149,8 +149,8 @@ async fn audit_query_prints_exactly_the_events_asked_for() -> Result<()> {
             .iter()
             .any(|e| e["user"].is_null() && e["status"] == 401)
     );
-    let bob_agent = audit_json(&stack, &["query", "--agent", "bob-agent"])?;
-    assert_eq!(bob_agent, pick(&all, |e| e["agent"] == "bob-agent"));
+    let bob_agent = audit_json(&stack, &["query", "--agent", "other"])?;
+    assert_eq!(bob_agent, pick(&all, |e| e["agent"] == "other"));
     assert_eq!(bob_agent.len(), 2);
     // --user also finds changes by or about the user: the stack stored its
     // shared identities as `operator`.
@@ -285,10 +285,10 @@ async fn audit_tail_prints_new_events_as_they_arrive() -> Result<()> {
     let stack = start("audit_cli_tail").await?;
     let gateway = stack.gateway_url();
     let alice = stack
-        .token_with(&TokenRequest::new("alice", &gateway).client("audit-cli-agent"))
+        .token_with(&TokenRequest::new("alice", &gateway).client("audit-agent"))
         .await?;
     let bob = stack
-        .token_with(&TokenRequest::new("bob", &gateway).client("bob-agent"))
+        .token_with(&TokenRequest::new("bob", &gateway).client("other"))
         .await?;
     let fast = stack.url("fast");
     // Before any tail starts: not theirs to print.
@@ -315,7 +315,7 @@ async fn audit_tail_prints_new_events_as_they_arrive() -> Result<()> {
     assert_eq!(
         bob_lines,
         [format!(
-            "{} allow user=bob agent=bob-agent at=e2e/fast initialize reason=allowed status=200",
+            "{} allow user=bob agent=other at=e2e/fast initialize reason=allowed status=200",
             bobs_event["time"].as_str().unwrap_or_default()
         )]
     );
@@ -341,7 +341,7 @@ async fn audit_commands_read_a_redis_cluster() -> Result<()> {
     )
     .await?;
     let alice = stack
-        .token_with(&TokenRequest::new("alice", &stack.gateway_url()).client("audit-cli-agent"))
+        .token_with(&TokenRequest::new("alice", &stack.gateway_url()).client("audit-agent"))
         .await?;
     expect(&stack.url("fast"), &alice, INITIALIZE, 200).await?;
     let all = stream_with_decisions(&stack, 1).await?;
