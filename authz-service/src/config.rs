@@ -253,6 +253,10 @@ pub struct AuditConfig {
     /// Approximate maximum number of events the stream keeps.
     #[serde(default = "default_audit_max_len")]
     pub stream_max_len: usize,
+    /// Events older than this many seconds are trimmed each time decision
+    /// events are written. None: no age bound.
+    #[serde(default)]
+    pub stream_max_age_secs: Option<u64>,
     /// Decision events held in memory while Redis is slow or away; past
     /// that they are dropped from the stream (counted, logged as errors;
     /// still in the decision log).
@@ -272,6 +276,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             stream_max_len: default_audit_max_len(),
+            stream_max_age_secs: None,
             queue_events: default_audit_queue(),
         }
     }

@@ -66,15 +66,18 @@ return 1
 /// number is not above the last one applied for this writer is skipped, so
 /// a retry after a timeout (the first attempt may still run) adds nothing.
 ///
+/// Events older than the configured age are trimmed at the same time.
+///
 /// KEYS[1] audit stream, KEYS[2] hash of each writer's last batch number.
 /// ARGV[1] writer, ARGV[2] batch number, ARGV[3] stream max length,
-/// ARGV[4..] events.
+/// ARGV[4] oldest entry id to keep ('0': no age bound), ARGV[5..] events.
 const APPEND_ONCE_SCRIPT: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[i])
 end
+if ARGV[4] ~= '0' then redis.call('XTRIM', KEYS[1], 'MINID', ARGV[4]) end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
@@ -106,6 +109,8 @@ pub struct Store {
     audit_max_len: usize,
     change: redis::Script,
     append_once: redis::Script,
+    /// Events older than this are trimmed from the stream (with each batch).
+    audit_max_age: Option<Duration>,
 }
 
 impl Store {
@@ -119,6 +124,13 @@ impl Store {
             config.audit.stream_max_len,
         )
         .await
+        .map(|s| s.with_audit_max_age(config.audit.stream_max_age_secs.map(Duration::from_secs)))
+    }
+
+    /// Bounds the audit stream by age as well as by length.
+    pub fn with_audit_max_age(mut self, age: Option<Duration>) -> Self {
+        self.audit_max_age = age;
+        self
     }
 
     pub async fn connect(
@@ -134,6 +146,7 @@ impl Store {
             audit_max_len,
             change: redis::Script::new(CHANGE_SCRIPT),
             append_once: redis::Script::new(APPEND_ONCE_SCRIPT),
+            audit_max_age: None,
         })
     }
 
@@ -444,12 +457,25 @@ impl Store {
             .key(format!("{}:audit:batches", self.prefix))
             .arg(writer)
             .arg(batch)
-            .arg(self.audit_max_len);
+            .arg(self.audit_max_len)
+            .arg(self.oldest_kept_id());
         for e in events {
             invocation.arg(e);
         }
         let applied: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(applied == 1)
+    }
+
+    /// The stream id (milliseconds) below which events are past the age
+    /// bound; `"0"` when there is none.
+    fn oldest_kept_id(&self) -> String {
+        let Some(age) = self.audit_max_age else {
+            return "0".into();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(age).as_millis().max(1).to_string()
     }
 
     /// Appends an event that is not tied to one record's change.

@@ -45,6 +45,8 @@ pub struct StackOptions {
     pub fast_mcp_page_size: Option<usize>,
     /// A `[policy]` section (TOML) for the config; none: unrestricted.
     pub policy: Option<String>,
+    /// More top-level config (TOML), e.g. an `[audit]` section.
+    pub extra_config: Option<String>,
     /// Envoy listens over mTLS: clients must present a certificate from the
     /// scenario's CA (`Stack::pki`), whose SPIFFE ID names the agent.
     pub mtls: bool,
@@ -71,6 +73,7 @@ impl Default for StackOptions {
             redis_topology: RedisTopology::Single,
             fast_mcp_page_size: None,
             mtls: false,
+            extra_config: None,
             policy: None,
         }
     }
@@ -297,7 +300,10 @@ identity = "late-sa"
             issuer = idp.issuer(),
             echo = echo.url(),
         );
-        let shared_config = shared;
+        let shared_config = match &opts.extra_config {
+            Some(extra) => format!("{shared}\n{extra}\n"),
+            None => shared,
+        };
         let shared = match &opts.policy {
             Some(p) => format!("{shared_config}\n{p}\n"),
             None => shared_config.clone(),

@@ -138,3 +138,56 @@ async fn every_decision_is_one_event_even_when_redis_pauses() -> Result<()> {
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// With `stream_max_age_secs`, events older than the bound leave the stream
+/// when new ones are written; the new ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_keeps_only_events_younger_than_its_age_bound() -> Result<()> {
+    let stack = Stack::start(
+        "audit_age",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            extra_config: Some("[audit]\nstream_max_age_secs = 2".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = stack.token("alice").await?;
+    let url = stack.url("fast");
+    let send = |id: &'static str| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let r = post_json(&url, Some(&token), INITIALIZE, &[("x-request-id", id)]).await?;
+            ensure!(r.status == 200, "{}", r.body);
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e["request_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    send("old-1").await?;
+    send("old-2").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids(&decision_events(&stack)?).len() < 2 {
+        ensure!(Instant::now() < deadline, "the first events never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send("new").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = stack.audit_events()?;
+        let seen = ids(&all);
+        if seen == ["new"] {
+            // The lifecycle events of the stack's set-up are older too.
+            ensure!(all.len() == 1, "older events stayed: {all:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "stream still holds {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
