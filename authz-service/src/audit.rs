@@ -57,9 +57,12 @@ impl LifecycleEvent {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// Echoes the event to the structured log (target `latchkey::audit`).
+    /// Echoes the event to the structured log (target `latchkey::audit`)
+    /// and to the OpenTelemetry collector, if one is configured.
     pub fn log(&self) {
-        tracing::info!(target: "latchkey::audit", event = %self.to_json());
+        let json = self.to_json();
+        tracing::info!(target: "latchkey::audit", event = %json);
+        crate::otlp::export(&json);
     }
 }
 

@@ -45,6 +45,7 @@ impl AuditWriter {
     pub fn record(&self, event: &DecisionEvent) {
         let json = event.to_json();
         tracing::info!(target: "latchkey::decision", event = %json);
+        crate::otlp::export(&json);
         if self.queue.try_send(json).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One line per thousand, not one per event: the log must not

@@ -262,6 +262,8 @@ pub struct AuditConfig {
     /// still in the decision log).
     #[serde(default = "default_audit_queue")]
     pub queue_events: usize,
+    /// Also export events to an OpenTelemetry collector.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 fn default_audit_max_len() -> usize {
@@ -278,6 +280,7 @@ impl Default for AuditConfig {
             stream_max_len: default_audit_max_len(),
             stream_max_age_secs: None,
             queue_events: default_audit_queue(),
+            otlp: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod envoy_config;
 pub mod http;
 pub mod identity;
 pub mod native;
+pub mod otlp;
 pub mod policy;
 pub mod policy_tool;
 pub mod redis_backend;

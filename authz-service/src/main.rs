@@ -452,6 +452,13 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
             .watch(config.clone(), std::time::Duration::from_secs(1)),
     );
     let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
+    if let Some(otlp) = &config.audit.otlp {
+        let exporter = latchkey_authz::otlp::OtlpAudit::start(otlp, &replica_id)?;
+        if latchkey_authz::otlp::install(exporter).is_err() {
+            anyhow::bail!("the OTLP audit exporter was set up twice");
+        }
+        tracing::info!(collector = %otlp, "audit events are also exported over OTLP");
+    }
     let audit = AuditWriter::start(
         credentials.store.clone(),
         replica_id.clone(),
@@ -497,6 +504,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
                 .with_context(|| format!("admin gRPC server on {admin_addr}"))
         },
     )?;
+    latchkey_authz::otlp::flush();
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod otlp_sink;
 pub mod paths;
 pub mod peers;
 pub mod pki;

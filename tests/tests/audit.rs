@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use futures_util::StreamExt;
 use latchkey_e2e::client::{INITIALIZE, post_json};
+use latchkey_e2e::otlp_sink::{self, OtlpSink};
 use latchkey_e2e::{Stack, StackOptions, TokenRequest};
 use serde_json::{Value, json};
 
@@ -189,5 +190,81 @@ async fn the_stream_keeps_only_events_younger_than_its_age_bound() -> Result<()>
         ensure!(Instant::now() < deadline, "stream still holds {seen:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// With `[audit.otlp]`, every audit event, decisions and changes alike,
+/// also reaches an OpenTelemetry collector as a log record whose body is
+/// the event as stored and whose attributes are its fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_are_exported_over_otlp() -> Result<()> {
+    let sink = OtlpSink::start().await?;
+    let api_key = format!("otlp-key-{}", std::process::id());
+    let stack = Stack::start(
+        "audit_otlp",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            extra_config: Some(format!(
+                "[audit.otlp]\nendpoint = \"{}\"\nheaders = {{ \"x-api-key\" = \"{api_key}\" }}",
+                sink.endpoint()
+            )),
+            ..Default::default()
+        },
+    )
+    .await?;
+    stack.remember_secret(&api_key);
+    let token = stack.token("alice").await?;
+    const ALLOWED: usize = 20;
+    for _ in 0..ALLOWED {
+        let r = post_json(&stack.url("fast"), Some(&token), INITIALIZE, &[]).await?;
+        ensure!(r.status == 200, "{}", r.body);
+    }
+    let ops = stack.admin_token("ops", &["platform-admins"]).await?;
+    stack.cli(0, &ops, &["agent", "disable", "other"], None)?;
+
+    let of_kind = |kind: &str| -> Vec<Value> {
+        sink.records()
+            .into_iter()
+            .filter(|r| otlp_sink::attribute(r, "latchkey.event") == Some(json!(kind)))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while of_kind("decision").len() < ALLOWED || of_kind("lifecycle").is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the collector got {} decision and {} lifecycle records",
+            of_kind("decision").len(),
+            of_kind("lifecycle").len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let decisions = of_kind("decision");
+    assert_eq!(decisions.len(), ALLOWED, "one record per decision");
+    // The body is the event exactly as the Redis stream holds it.
+    let stored = decision_events(&stack)?;
+    for r in &decisions {
+        let body: Value = serde_json::from_str(r["body"]["stringValue"].as_str().unwrap_or(""))?;
+        assert!(stored.contains(&body), "not in the stream: {body}");
+        let attr = |k: &str| otlp_sink::attribute(r, &format!("latchkey.{k}"));
+        assert_eq!(attr("user"), Some(json!("alice")));
+        assert_eq!(attr("agent"), Some(json!("e2e-agent")));
+        assert_eq!(attr("decision"), Some(json!("allow")));
+        assert_eq!(attr("status"), Some(json!(200)));
+        assert_eq!(attr("request_id"), Some(body["request_id"].clone()));
+    }
+    let change = &of_kind("lifecycle")[0];
+    assert_eq!(
+        otlp_sink::attribute(change, "latchkey.action"),
+        Some(json!("agent.disable"))
+    );
+    // The configured header reached the collector; it is in no log.
+    assert!(
+        sink.headers()
+            .iter()
+            .all(|h| h.get("x-api-key").is_some_and(|v| v == api_key.as_str()))
+    );
+    let exported = serde_json::to_string(&sink.records())?;
+    assert!(!exported.contains(&token) && !exported.contains(&ops));
+    stack.assert_no_secret_in_logs()?;
     Ok(())
 }
