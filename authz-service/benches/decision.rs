@@ -4,8 +4,9 @@
 //! * `aes_gcm_open`: decrypting one stored credential;
 //! * `check_cached`: a whole gRPC `Check` handler call (CheckRequest in →
 //!   context → JWT (a verified-token cache hit) → route → user and agent
-//!   status → cached credential → CheckResponse out), with a
-//!   real Redis behind it that, once warm, this path does not touch.
+//!   status → cached credential → CheckResponse out, the decision counted
+//!   for `/metrics` and queued for audit), with a real Redis behind it
+//!   that, once warm, this path does not touch.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +24,7 @@ use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::metrics::Metrics;
 use latchkey_authz::policy::Policy;
 use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
@@ -238,6 +240,7 @@ fn bench(c: &mut Criterion) {
             credentials,
             policy: Arc::new(PolicySource::fixed(Policy::unrestricted())),
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
+            metrics: Metrics::new(),
         })
     });
     let service = CheckService { state };

@@ -6,7 +6,7 @@
 //! SHA-256 of audience and token, never the token itself) until its `exp` or
 //! for `verified_token_cache_secs`, whichever is sooner, so the steady state
 //! skips the RS256 check that dominates a Check's cost. A JWKS change
-//! forgets everything.
+//! forgets everything. Its hits and misses are counted for `/metrics`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::agents::AgentSource;
 use crate::config::IdentityProvider;
+use crate::metrics::{LookupCounts, Lookups};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthnError {
@@ -176,6 +177,8 @@ pub struct TokenVerifier {
     fetch: Mutex<Option<Instant>>,
     /// sha256(audience ‖ 0 ‖ token) → the caller it verified as.
     verified: Option<moka::sync::Cache<[u8; 32], Verified>>,
+    /// Lookups in `verified` (none while it is off).
+    verified_lookups: Lookups,
 }
 
 impl TokenVerifier {
@@ -197,7 +200,14 @@ impl TokenVerifier {
                     .time_to_live(Duration::from_secs(idp.verified_token_cache_secs))
                     .build()
             }),
+            verified_lookups: Lookups::default(),
         }
+    }
+
+    /// Hits and misses of the verified-token cache so far (for `/metrics`);
+    /// an expired token found there is a hit, since it is refused from memory.
+    pub fn cache_lookups(&self) -> LookupCounts {
+        self.verified_lookups.counts()
     }
 
     pub fn issuer(&self) -> &str {
@@ -297,14 +307,16 @@ impl TokenVerifier {
             .verified
             .as_ref()
             .map(|_| token_digest(audience, token));
-        if let (Some(cache), Some(key)) = (&self.verified, &cache_key)
-            && let Some(hit) = cache.get(key)
-        {
-            if unix_now() <= hit.exp + self.leeway {
-                return Ok(hit.caller);
+        if let (Some(cache), Some(key)) = (&self.verified, &cache_key) {
+            if let Some(hit) = cache.get(key) {
+                self.verified_lookups.hit();
+                if unix_now() <= hit.exp + self.leeway {
+                    return Ok(hit.caller);
+                }
+                cache.invalidate(key);
+                return Err(AuthnError::Expired);
             }
-            cache.invalidate(key);
-            return Err(AuthnError::Expired);
+            self.verified_lookups.miss();
         }
         let claims: Claims = self.verify_as(token, audience).await?;
         let subject = claims
@@ -530,6 +542,7 @@ mod tests {
             v.verify(&t, "http://other.test/mcp").await,
             Err(AuthnError::WrongAudience { .. })
         ));
+        assert_eq!(v.cache_lookups(), LookupCounts { hits: 1, misses: 2 });
         // Keys replaced by a set without `t1`: the remembered result goes too.
         v.install(&JwkSet { keys: vec![] }).await;
         assert!(!remembered(&v));
@@ -550,6 +563,9 @@ mod tests {
         let off = verifier(0, 0);
         off.install(&jwks).await;
         assert_eq!(off.verify(&t, AUD).await, Err(AuthnError::Expired));
+        // An expired token refused from memory is a hit; an absent cache counts nothing.
+        assert_eq!(v.cache_lookups(), LookupCounts { hits: 1, misses: 1 });
+        assert_eq!(off.cache_lookups(), LookupCounts::default());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! everything when the subscription is back. A load that raced with an
 //! invalidation is answered but not kept (the epoch check), so a stale value
 //! is never cached past a change.
+//! Hits and misses are counted for `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::identity::{ConnectionRecord, IdentitySecret, PrincipalRecord, VaultRecord};
+use crate::metrics::{LookupCounts, Lookups};
 
 /// An identity as the request path needs it: metadata and the opened secret.
 #[derive(Debug)]
@@ -38,6 +40,7 @@ pub struct ReplicaCache {
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
     subscribed: AtomicBool,
+    lookups: Lookups,
 }
 
 impl ReplicaCache {
@@ -49,19 +52,22 @@ impl ReplicaCache {
                 .build(),
             epoch: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            lookups: Lookups::default(),
         }
     }
 
-    /// The cached entry for `key`, or `load`'s answer (kept unless an
-    /// invalidation arrived while loading).
+    /// The cached entry for `key` (a hit), or `load`'s answer (a miss; kept
+    /// unless an invalidation arrived while loading).
     pub async fn get_or_load<E>(
         &self,
         key: &str,
         load: impl std::future::Future<Output = Result<Entry, E>>,
     ) -> Result<Entry, E> {
         if let Some(entry) = self.entries.get(key).await {
+            self.lookups.hit();
             return Ok(entry);
         }
+        self.lookups.miss();
         let epoch = self.epoch.load(Ordering::Acquire);
         let entry = load.await?;
         if self.epoch.load(Ordering::Acquire) == epoch {
@@ -78,6 +84,11 @@ impl ReplicaCache {
     pub fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
+    }
+
+    /// Hits and misses of `get_or_load` so far (for `/metrics`).
+    pub fn lookups(&self) -> LookupCounts {
+        self.lookups.counts()
     }
 
     /// Whether the invalidation subscription is live (reported by `/readyz`).
@@ -181,6 +192,8 @@ mod tests {
         let c = cache.get_or_load("k", load(Disabled)).await.unwrap();
         assert_eq!(status_of(&c), Some(Disabled));
         assert_eq!(loads.load(Ordering::Relaxed), 3);
+        // Every load was a miss, the one lookup served from memory a hit.
+        assert_eq!(cache.lookups(), LookupCounts { hits: 1, misses: 2 });
     }
 
     #[tokio::test]

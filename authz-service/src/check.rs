@@ -1,5 +1,6 @@
 //! The gRPC `envoy.service.auth.v3.Authorization` service: parse the
-//! CheckRequest into a context, decide, answer, and log the decision.
+//! CheckRequest into a context, decide, answer, and log, audit and count the
+//! decision (one event for all three).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +31,7 @@ impl Authorization for CheckService {
             Ok(ctx) => ctx,
             Err(bad) => {
                 let denied = respond::bad_request(&bad);
-                self.state.audit.record(&DecisionEvent {
+                self.record(&DecisionEvent {
                     time: now_rfc3339(),
                     event: "decision",
                     request_id: request
@@ -59,8 +60,17 @@ impl Authorization for CheckService {
             credentials: &self.state.credentials,
         };
         let decision = decider.decide(&ctx).await;
-        self.state.audit.record(&event(&ctx, &decision, started));
+        self.record(&event(&ctx, &decision, started));
         Ok(Response::new(respond::to_check_response(&decision)))
+    }
+}
+
+impl CheckService {
+    /// The one place a decision leaves the decision path: counted for
+    /// `/metrics`, then logged and queued for the audit stream. Neither waits.
+    fn record(&self, event: &DecisionEvent) {
+        self.state.metrics.record_decision(event);
+        self.state.audit.record(event);
     }
 }
 

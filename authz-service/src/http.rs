@@ -1,23 +1,25 @@
 //! The HTTP side of `latchkey serve`: RFC 9728 protected resource metadata for
 //! each gateway (so an MCP client without a token learns where to get one),
-//! and liveness/readiness probes.
+//! liveness/readiness probes and Prometheus metrics (`/metrics`).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::config::Gateway;
+use crate::metrics::{self, Readings};
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape))
         .route("/.well-known/oauth-protected-resource", get(metadata_root))
         .route(
             "/.well-known/oauth-protected-resource/{*resource}",
@@ -47,6 +49,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
     }
+}
+
+/// Every metric, in the Prometheus text format.
+async fn scrape(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(&Readings::of(&state));
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn metadata_root(State(state): State<Arc<AppState>>) -> Response {

@@ -9,7 +9,8 @@
 //! `store` (Redis) → `cache` (this replica's memory) → `credentials` (what
 //! `decision` and `admin` call). `admin` is the operator API, gated by
 //! `capability`; `audit` owns the event schema, `audit_read` reads the
-//! stream back for `latchkey audit`.
+//! stream back for `latchkey audit`; `metrics` counts each decision from
+//! the same event and serves everything at `/metrics` (`http`).
 
 pub mod admin;
 pub mod admin_client;
@@ -28,6 +29,7 @@ pub mod decision;
 pub mod envoy_config;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod native;
 pub mod otlp;
 pub mod policy;

@@ -20,6 +20,7 @@ use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, DownstreamTls, RenderOptions};
 use latchkey_authz::identity::{Availability, IdentitySecret};
+use latchkey_authz::metrics::Metrics;
 use latchkey_authz::policy::Policy;
 use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
@@ -471,6 +472,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         credentials,
         policy,
         audit,
+        metrics: Metrics::new(),
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 

@@ -3,9 +3,11 @@
 //! request is dropped or sees half a policy). A file that does not parse or
 //! compile is refused with a message naming the line, and the policy in
 //! force stays. Everything outside `[policy]` takes effect at restart.
+//! Reloads are counted, taken and refused, for `/metrics`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -17,6 +19,15 @@ use crate::policy::Policy;
 pub struct PolicySource {
     current: ArcSwap<Policy>,
     path: Option<PathBuf>,
+    reloaded: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// How many reloads put a new policy in force, and how many were refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadCounts {
+    pub ok: u64,
+    pub refused: u64,
 }
 
 /// Size and modification time: what tells a changed file.
@@ -33,6 +44,8 @@ impl PolicySource {
         PolicySource {
             current: ArcSwap::from_pointee(policy),
             path: None,
+            reloaded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -40,11 +53,20 @@ impl PolicySource {
         PolicySource {
             current: ArcSwap::from_pointee(policy),
             path: Some(path),
+            reloaded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
     pub fn current(&self) -> arc_swap::Guard<Arc<Policy>> {
         self.current.load()
+    }
+
+    pub fn reloads(&self) -> ReloadCounts {
+        ReloadCounts {
+            ok: self.reloaded.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads the file again and, if it holds a valid policy for the running
@@ -53,6 +75,17 @@ impl PolicySource {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        let outcome = self.load(path, running);
+        let counter = if outcome.is_ok() {
+            &self.reloaded
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    fn load(&self, path: &Path, running: &Config) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let fresh = Config::parse(&text).map_err(|e| match e {
@@ -112,5 +145,56 @@ impl PolicySource {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[vault]
+key_env = "LATCHKEY_TEST_KEYS"
+[identity_provider]
+issuer = "http://127.0.0.1:9400"
+[[servers]]
+name = "crm"
+url = "http://127.0.0.1:3001/mcp"
+auth = { type = "static_header", header = "authorization" }
+[[gateways]]
+name = "corp"
+public_url = "http://127.0.0.1:10000/mcp"
+[[gateways.assignments]]
+name = "crm"
+server = "crm"
+scheme = "shared"
+identity = "crm-sa"
+"#;
+
+    #[test]
+    fn reloads_are_counted_taken_and_refused() {
+        let path = std::env::temp_dir().join(format!(
+            "latchkey-reload-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, CONFIG).unwrap();
+        let running = Config::parse(CONFIG).unwrap();
+        let policy = Policy::compile(&running, CONFIG).unwrap();
+        let source = PolicySource::watched(policy, path.clone());
+        assert_eq!(source.reloads(), ReloadCounts::default());
+        source.reload(&running).unwrap();
+        std::fs::write(&path, "[[gateways]\n").unwrap();
+        assert!(source.reload(&running).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            source.reload(&running).is_err(),
+            "a missing file is refused"
+        );
+        assert_eq!(source.reloads(), ReloadCounts { ok: 1, refused: 2 });
+        // A fixed policy has no file: nothing to reload, nothing counted.
+        let fixed = PolicySource::fixed(Policy::compile(&running, CONFIG).unwrap());
+        fixed.reload(&running).unwrap();
+        assert_eq!(fixed.reloads(), ReloadCounts::default());
     }
 }

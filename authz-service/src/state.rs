@@ -13,4 +13,5 @@ pub struct AppState {
     pub credentials: Credentials,
     pub policy: std::sync::Arc<PolicySource>,
     pub audit: std::sync::Arc<crate::audit_writer::AuditWriter>,
+    pub metrics: crate::metrics::Metrics,
 }

@@ -1,0 +1,259 @@
+//! `GET /metrics` on the HTTP side of a real `latchkey serve`, behind a real
+//! Envoy running the Wasm filter: decisions are counted exactly, once each,
+//! with their gateway, server and reason; the latency histogram counts every
+//! one; the caches and the audit writer show their work; a policy reload is
+//! counted, taken or refused; and no token ever appears.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use latchkey_e2e::client::{INITIALIZE, post_json};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest, send};
+
+const ALLOWED: u64 = 20;
+const DENIED: u64 = 5;
+
+/// One scrape: each sample line as `name{labels}` → value, and the text.
+struct Scrape {
+    samples: BTreeMap<String, f64>,
+    text: String,
+}
+
+impl Scrape {
+    /// The value of one series, written exactly as the text has it.
+    fn value(&self, series: &str) -> Option<f64> {
+        self.samples.get(series).copied()
+    }
+
+    /// The sum over every series of `name` that carries all of `labels`
+    /// (`key="value"` each).
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(series, _)| {
+                series
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+                    && labels.iter().all(|l| series.contains(l))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+async fn scrape(stack: &Stack) -> Result<Scrape> {
+    let url = format!("http://127.0.0.1:{}/metrics", stack.replicas[0].http_port);
+    let reply = send("GET", &url, &[], Vec::new()).await?;
+    ensure!(reply.status == 200, "GET {url}: {}", reply.status);
+    let kind = reply.header("content-type").unwrap_or_default();
+    ensure!(
+        kind.starts_with("text/plain; version=0.0.4"),
+        "content-type {kind}"
+    );
+    let mut samples = BTreeMap::new();
+    for line in reply.body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("not a sample line: {line}"))?;
+        let value: f64 = value
+            .parse()
+            .with_context(|| format!("not a number: {line}"))?;
+        ensure!(
+            samples.insert(series.to_string(), value).is_none(),
+            "series twice: {series}"
+        );
+    }
+    Ok(Scrape {
+        samples,
+        text: reply.body,
+    })
+}
+
+/// Scrapes until `done` holds, for at most 20 s; the last scrape either way.
+async fn scrape_until(stack: &Stack, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = scrape(stack).await?;
+        if done(&s) || Instant::now() > deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_decision_cache_lookup_audit_write_and_reload() -> Result<()> {
+    let stack = Stack::start(
+        "metrics",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = stack
+        .token_with(&TokenRequest::new("alice", &stack.gateway_url()).client("e2e-agent"))
+        .await?;
+    let stranger = stack
+        .token_with(
+            &TokenRequest::new("mallory", "https://elsewhere.example/mcp").client("e2e-agent"),
+        )
+        .await?;
+    let url = stack.url("fast");
+
+    // Nothing decided yet: no decision series, the readings all there.
+    let before = scrape(&stack).await?;
+    ensure!(
+        before.sum("latchkey_decisions_total", &[]) == 0.0,
+        "{}",
+        before.text
+    );
+    ensure!(
+        before.value("latchkey_audit_backlog_events").is_some(),
+        "{}",
+        before.text
+    );
+
+    for _ in 0..ALLOWED {
+        let r = post_json(&url, Some(&token), INITIALIZE, &[]).await?;
+        ensure!(r.status == 200, "allowed: {} {}", r.status, r.body);
+    }
+    for _ in 0..DENIED {
+        let r = post_json(&url, Some(&stranger), INITIALIZE, &[]).await?;
+        ensure!(r.status == 401, "denied: {} {}", r.status, r.body);
+    }
+
+    // The audit writer is asynchronous: wait until it wrote every decision.
+    let total = (ALLOWED + DENIED) as f64;
+    let m = scrape_until(&stack, |s| {
+        s.value("latchkey_audit_events_written_total") == Some(total)
+    })
+    .await?;
+    let t = &m.text;
+
+    let fast = ["gateway=\"e2e\"", "server=\"fast\""];
+    assert_eq!(
+        m.value(
+            "latchkey_decisions_total{gateway=\"e2e\",server=\"fast\",assignment=\"fast\",decision=\"allow\",reason=\"allowed\"}"
+        ),
+        Some(ALLOWED as f64),
+        "{t}"
+    );
+    assert_eq!(
+        m.value(
+            "latchkey_decisions_total{gateway=\"e2e\",server=\"fast\",assignment=\"fast\",decision=\"deny\",reason=\"unauthenticated\"}"
+        ),
+        Some(DENIED as f64),
+        "{t}"
+    );
+    assert_eq!(
+        m.sum("latchkey_decisions_total", &fast),
+        total,
+        "no other series for this server: {t}"
+    );
+    assert_eq!(
+        m.sum("latchkey_decisions_total", &[]),
+        total,
+        "no decision counted twice or elsewhere: {t}"
+    );
+
+    // The histogram saw every decision, once.
+    assert_eq!(
+        m.value("latchkey_decision_duration_seconds_count{gateway=\"e2e\",decision=\"allow\"}"),
+        Some(ALLOWED as f64),
+        "{t}"
+    );
+    assert_eq!(
+        m.sum(
+            "latchkey_decision_duration_seconds_count",
+            &["gateway=\"e2e\""]
+        ),
+        total,
+        "{t}"
+    );
+    assert_eq!(
+        m.value(
+            "latchkey_decision_duration_seconds_bucket{gateway=\"e2e\",decision=\"allow\",le=\"+Inf\"}"
+        ),
+        Some(ALLOWED as f64),
+        "{t}"
+    );
+    let sum = m
+        .value("latchkey_decision_duration_seconds_sum{gateway=\"e2e\",decision=\"allow\"}")
+        .context("latency sum")?;
+    ensure!(sum > 0.0 && sum < ALLOWED as f64, "latency sum {sum}s");
+
+    // The caches: the first allowed request loaded, the next ones were
+    // served from memory. A token for another audience is checked each time.
+    let hits = |cache: &str| m.value(&format!("latchkey_cache_hits_total{{cache=\"{cache}\"}}"));
+    let misses =
+        |cache: &str| m.value(&format!("latchkey_cache_misses_total{{cache=\"{cache}\"}}"));
+    let (token_hits, token_misses) = (
+        hits("verified_token").context("token hits")?,
+        misses("verified_token").context("token misses")?,
+    );
+    assert_eq!(
+        (token_hits, token_misses),
+        ((ALLOWED - 1) as f64, (1 + DENIED) as f64),
+        "{t}"
+    );
+    let (credential_hits, credential_misses) = (
+        hits("credential").context("credential hits")?,
+        misses("credential").context("credential misses")?,
+    );
+    ensure!(
+        credential_misses >= 1.0 && credential_hits >= (ALLOWED - 1) as f64,
+        "credential cache: {credential_hits} hits, {credential_misses} misses\n{t}"
+    );
+
+    // The audit writer caught up: nothing waiting, nothing lost.
+    assert_eq!(m.value("latchkey_audit_backlog_events"), Some(0.0), "{t}");
+    assert_eq!(
+        m.value("latchkey_audit_events_dropped_total"),
+        Some(0.0),
+        "{t}"
+    );
+
+    // No token, and no user: only config names and fixed words are labels.
+    for secret in [&token, &stranger] {
+        ensure!(!t.contains(secret.as_str()), "a token in /metrics");
+        if let Some(signature) = secret.rsplit('.').next() {
+            ensure!(!t.contains(signature), "a token signature in /metrics");
+        }
+    }
+    ensure!(
+        !t.contains("alice") && !t.contains("mallory"),
+        "a user in /metrics:\n{t}"
+    );
+
+    // A config file that does not parse is refused; putting the good one
+    // back is a reload taken.
+    let reloads = |s: &Scrape, result: &str| {
+        s.value(&format!(
+            "latchkey_policy_reloads_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(
+        (reloads(&m, "ok"), reloads(&m, "refused")),
+        (Some(0.0), Some(0.0))
+    );
+    stack.set_policy(Some("[policy\n"))?;
+    let m = scrape_until(&stack, |s| reloads(s, "refused") == Some(1.0)).await?;
+    assert_eq!(reloads(&m, "refused"), Some(1.0), "{}", m.text);
+    stack.set_policy(None)?;
+    let m = scrape_until(&stack, |s| reloads(s, "ok") == Some(1.0)).await?;
+    assert_eq!(
+        (reloads(&m, "ok"), reloads(&m, "refused")),
+        (Some(1.0), Some(1.0)),
+        "{}",
+        m.text
+    );
+    let r = post_json(&url, Some(&token), INITIALIZE, &[]).await?;
+    if r.status != 200 {
+        bail!("after the reload: {} {}", r.status, r.body);
+    }
+
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
