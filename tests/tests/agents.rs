@@ -2,13 +2,16 @@
 //! an agent recognised by its mTLS client certificate (a SPIFFE ID) acting
 //! for a user gets the intersection of both grants and is attributed to
 //! both; unknown and disabled agents are refused; a token's nested `act`
-//! claims reach the audit trail as the delegation chain; an agent acting
+//! claims reach the audit trail as the delegation chain, and a bot acting
+//! for a person uses that person's own credential; an agent acting
 //! for nobody may use only shared assignments its own grants allow.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use latchkey_e2e::McpClient;
 use latchkey_e2e::client::{INITIALIZE, post_json, post_json_with};
+use latchkey_e2e::stack::random_hex;
 use latchkey_e2e::{Stack, StackOptions, TokenRequest};
 use serde_json::{Value, json};
 
@@ -28,7 +31,7 @@ name = "everyone"
 gateway = "e2e"
 assignments = ["fast", "whoami-mine"]
 users = ["*"]
-tools = { allow = ["tool_0*"] }
+tools = { allow = ["tool_0*", "whoami"] }
 
 [[policy.grants]]
 name = "engineers"
@@ -42,7 +45,7 @@ name = "ci-bot"
 gateway = "e2e"
 assignments = ["fast", "whoami-mine"]
 agents = ["ci-bot"]
-tools = { allow = ["tool_00", "tool_1*"] }
+tools = { allow = ["tool_00", "tool_1*", "whoami"] }
 "#;
 
 const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
@@ -232,6 +235,64 @@ async fn delegation_chains_unknown_clients_and_agents_acting_for_nobody() -> Res
     assert_eq!(
         e["delegation"],
         json!(["ci-bot-client", "planner", "chat-ui"])
+    );
+
+    // The same token on a per-user assignment: the upstream gets alice's
+    // own credential (the bot acts as her), and the call is attributed to both.
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let secret = format!("alice-pat-{}", random_hex());
+    stack.remember_secret(&secret);
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "identity",
+            "create",
+            "--server",
+            "whoami",
+            "--id",
+            "alice-whoami",
+        ],
+        Some(&secret),
+    )?;
+    stack.cli(
+        0,
+        &alice_admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "whoami",
+            "--identity",
+            "alice-whoami",
+        ],
+        None,
+    )?;
+    let client = McpClient::connect(&stack.url("whoami-mine"), &chained).await?;
+    let result = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&result), format!("Bearer {secret}"));
+    client.close().await?;
+    let last = stack
+        .audit_events()?
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "decision" && e["name"] == "whoami")
+        .context("the whoami call's decision")?;
+    assert_eq!(
+        (
+            &last["user"],
+            &last["agent"],
+            &last["identity"],
+            &last["scheme"]
+        ),
+        (
+            &json!("alice"),
+            &json!("ci-bot"),
+            &json!("alice-whoami"),
+            &json!("per_user")
+        )
     );
 
     // A client nobody provisioned: refused, named in the message.
