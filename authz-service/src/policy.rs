@@ -724,8 +724,8 @@ impl Policy {
         }
     }
 
-    /// Findings for `latchkey policy lint`: patterns that can never match
-    /// and allows hidden by a deny.
+    /// Findings for `latchkey policy lint`: patterns that can never match,
+    /// allows hidden by a deny, and grants to agents nobody provisioned.
     pub fn lint(&self) -> Vec<String> {
         let Some(all) = &self.grants else {
             return vec!["no [policy]: every authenticated caller sees every tool".into()];
@@ -757,6 +757,18 @@ impl Policy {
                             (),
                         );
                     }
+                }
+                let mut unknown: Vec<&String> = g
+                    .agents
+                    .iter()
+                    .filter(|a| !self.agents.is_provisioned(a))
+                    .collect();
+                unknown.sort();
+                for agent in unknown {
+                    findings.insert(
+                        format!("{at}: names agent '{agent}', which is not in [[agents]]; unless its gateway has unknown_agents = \"allow\", the grant never applies"),
+                        (),
+                    );
                 }
                 for kind in ItemKind::ALL {
                     for allow in g.rules(kind).allow_patterns() {
@@ -1311,6 +1323,28 @@ max_length = 10
             lint.iter()
                 .any(|l| l.contains("\"bad name\" has characters")),
             "{lint:?}"
+        );
+    }
+
+    #[test]
+    fn lint_names_grants_to_agents_nobody_provisioned() {
+        let without = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        assert!(
+            without
+                .lint()
+                .iter()
+                .any(|l| l.contains("names agent 'ci-bot', which is not in [[agents]]")),
+            "{:?}",
+            without.lint()
+        );
+        let with = policy(&format!(
+            "{GRANTS}{AGENT_GRANTS}\n[[agents]]\nname = \"ci-bot\"\n"
+        ))
+        .unwrap();
+        assert!(
+            !with.lint().iter().any(|l| l.contains("names agent")),
+            "{:?}",
+            with.lint()
         );
     }
 }
