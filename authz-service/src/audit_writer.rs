@@ -44,7 +44,7 @@ impl AuditWriter {
     /// Logs the event and queues it for the stream; never waits.
     pub fn record(&self, event: &DecisionEvent) {
         let json = event.to_json();
-        tracing::info!(target: "latchkey::decision", event = %json);
+        log(event);
         crate::otlp::export(&json);
         if self.queue.try_send(json).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -73,6 +73,33 @@ impl AuditWriter {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+}
+
+/// The decision as one structured log line, a field per event field, so
+/// a log shipper needs no second parse.
+fn log(e: &DecisionEvent) {
+    let delegation = (!e.delegation.is_empty()).then(|| e.delegation.join(" > "));
+    tracing::info!(
+        target: "latchkey::decision",
+        decision = e.decision,
+        reason = e.reason,
+        status = e.status,
+        request_id = %e.request_id,
+        gateway = e.gateway.as_deref(),
+        assignment = e.assignment.as_deref(),
+        server = e.server.as_deref(),
+        scheme = e.scheme,
+        method = %e.method,
+        name = e.name.as_deref(),
+        user = e.user.as_deref(),
+        agent = e.agent.as_deref(),
+        agent_source = e.agent_source,
+        delegation = delegation.as_deref(),
+        identity = e.identity.as_deref(),
+        identity_version = e.identity_version,
+        latency_us = e.latency_us,
+        session_id = e.session_id.as_deref(),
+    );
 }
 
 async fn drain(
