@@ -20,6 +20,10 @@ use crate::store::Store;
 
 /// Events sent to Redis in one script call, at most.
 const BATCH: usize = 256;
+/// How long the first event of a batch waits for others to join it: one
+/// Redis round trip then carries every event of those milliseconds, rather
+/// than one per request (an event reaches the stream this much later).
+const LINGER: Duration = Duration::from_millis(5);
 
 pub struct AuditWriter {
     queue: mpsc::Sender<String>,
@@ -120,6 +124,7 @@ async fn drain(
                 Some(e) => batch.push(e),
                 None => return,
             }
+            tokio::time::sleep(LINGER).await;
             while batch.len() < BATCH {
                 match events.try_recv() {
                     Ok(e) => batch.push(e),
