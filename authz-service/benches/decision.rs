@@ -86,6 +86,8 @@ key_env = "LATCHKEY_BENCH_KEYS"
 [identity_provider]
 issuer = "{ISSUER}"
 jwks_uri = "{ISSUER}/jwks"
+[[agents]]
+name = "agent"
 [[servers]]
 name = "crm"
 url = "http://127.0.0.1:3001/mcp"
@@ -233,12 +235,16 @@ fn bench(c: &mut Criterion) {
         let verifier = TokenVerifier::new(&config.identity_provider);
         verifier.install(&idp.jwks).await;
         let credentials_store = credentials.store.clone();
+        // The agents the config provisions live with the (here empty) policy.
+        let policy = Arc::new(PolicySource::fixed(
+            Policy::compile(&config, "").expect("policy"),
+        ));
         Arc::new(AppState {
             routes: RouteTable::build(&config),
             config,
             verifier,
             credentials,
-            policy: Arc::new(PolicySource::fixed(Policy::unrestricted())),
+            policy,
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
             metrics: Metrics::new(),
         })
@@ -249,7 +255,12 @@ fn bench(c: &mut Criterion) {
     let warm = rt
         .block_on(service.check(tonic::Request::new(request.clone())))
         .expect("check");
-    assert_eq!(warm.get_ref().status.as_ref().map(|s| s.code), Some(0));
+    assert_eq!(
+        warm.get_ref().status.as_ref().map(|s| s.code),
+        Some(0),
+        "{:?}",
+        warm.get_ref()
+    );
     c.bench_function("check_cached", |b| {
         b.to_async(&rt).iter(|| async {
             service
