@@ -45,7 +45,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         problems.push(e.to_string());
     }
     if problems.is_empty() {
-        (StatusCode::OK, "ready").into_response()
+        // The pid lets a supervisor tell this process from another one that
+        // holds the port it meant to bind.
+        (
+            StatusCode::OK,
+            format!("ready (pid {})", std::process::id()),
+        )
+            .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
     }

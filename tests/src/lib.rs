@@ -7,7 +7,8 @@
 //! [`paths`] (workspace binaries and peers), [`peers`] (Redis, IdP, upstream
 //! MCP servers), [`envoy`] (Envoy 1.40 on a bootstrap), [`client`] (rmcp
 //! client and raw HTTP/SSE), [`secrets`] (log scan), [`stack`] (a whole
-//! deployment for one scenario).
+//! deployment for one scenario), [`pki`] (mTLS certificates), [`otlp_sink`]
+//! (an OTLP logs receiver), [`wait`] (polling instead of sleeping).
 
 pub mod client;
 pub mod envoy;
@@ -18,6 +19,7 @@ pub mod pki;
 pub mod process;
 pub mod secrets;
 pub mod stack;
+pub mod wait;
 
 pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, post_json, send};
 pub use envoy::Envoy;
@@ -28,3 +30,4 @@ pub use peers::{
 pub use process::{Process, free_port, http_get};
 pub use secrets::secrets_scan;
 pub use stack::{RedisTopology, Stack, StackOptions};
+pub use wait::eventually;

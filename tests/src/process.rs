@@ -167,6 +167,16 @@ impl Process {
         })
     }
 
+    /// Waits until `latchkey serve`'s `/readyz` at `url` says this very
+    /// process is ready: a port picked as free may have been taken by
+    /// another test's `latchkey serve`, which would answer 200 too.
+    pub fn wait_for_own_readyz(&mut self, url: &str, timeout: Duration) -> Result<()> {
+        let me = format!("(pid {})", self.pid().unwrap_or_default());
+        self.wait_until(&format!("ready as itself on {url}"), timeout, || {
+            http_get(url).is_some_and(|(status, body)| status == 200 && body.contains(&me))
+        })
+    }
+
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let log = self.log.clone();
         self.wait_until(&format!("logging {needle:?}"), timeout, || {

@@ -623,9 +623,8 @@ fn start_latchkey(
         base
     };
     let mut p = Process::spawn(&name, cmd, dir)?;
-    p.wait_for_http(
+    p.wait_for_own_readyz(
         &format!("http://127.0.0.1:{http_port}/readyz"),
-        200,
         Duration::from_secs(20),
     )?;
     Ok(p)

@@ -6,13 +6,11 @@
 //! for a person uses that person's own credential; an agent acting
 //! for nobody may use only shared assignments its own grants allow.
 
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use latchkey_e2e::McpClient;
 use latchkey_e2e::client::{INITIALIZE, post_json, post_json_with};
 use latchkey_e2e::stack::random_hex;
-use latchkey_e2e::{Stack, StackOptions, TokenRequest};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest, eventually};
 use serde_json::{Value, json};
 
 const BOT_SPIFFE: &str = "spiffe://corp.test/ns/agents/sa/ci-bot";
@@ -61,20 +59,14 @@ fn tool_names(reply: &Value) -> Result<Vec<String>> {
 
 /// The decision event for the request whose `x-request-id` is `id`.
 async fn decision_for(stack: &Stack, id: &str) -> Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(e) = stack
+    eventually(&format!("the decision event of request {id}"), async || {
+        Ok(stack
             .audit_events()?
             .into_iter()
             .find(|e| e["event"] == "decision" && e["request_id"] == id)
-        {
-            return Ok(e);
-        }
-        if Instant::now() > deadline {
-            bail!("no decision event for request {id}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .ok_or_else(|| "absent".to_string()))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,11 @@
 //! SSE, with sessions) and `fast-mcp` (stateless, `application/json`, a
 //! paged tool list). Users get roles from their token's `groups` claim.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::{INITIALIZE, McpClient, post_json};
-use latchkey_e2e::{Stack, StackOptions, TokenRequest};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest, eventually};
 use serde_json::{Value, json};
 
 const POLICY: &str = r#"
@@ -578,22 +578,6 @@ async fn fast_tools(stack: &Stack, token: &str) -> Result<Vec<String>> {
         v["result"]["tools"].as_array().context("tools")?,
         "name",
     ))
-}
-
-/// Polls `probe` every 200 ms until it gives a value, for at most 15 s;
-/// the error names `what` and the last thing seen.
-async fn eventually<T>(
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<Result<T, String>>,
-) -> Result<T> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match probe().await? {
-            Ok(v) => return Ok(v),
-            Err(seen) if Instant::now() > deadline => bail!("{what}: still {seen}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 async fn wait_for_tools(stack: &Stack, token: &str, want: usize) -> Result<()> {

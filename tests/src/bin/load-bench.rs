@@ -343,9 +343,8 @@ identity = "fast-sa"
             .arg(config)
             .env("LATCHKEY_LOG", "warn");
         let mut serve = Process::spawn(name, cmd, &dir)?;
-        serve.wait_for_http(
+        serve.wait_for_own_readyz(
             &format!("http://127.0.0.1:{http}/readyz"),
-            200,
             Duration::from_secs(20),
         )?;
         Ok(serve)
