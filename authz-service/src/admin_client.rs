@@ -139,9 +139,13 @@ pub enum ConnectionCommand {
 pub enum AgentCommand {
     /// The agent's requests are refused until enabled again.
     Disable {
+        /// The agent's name in `[[agents]]` (for an unknown agent let
+        /// through by `unknown_agents = "allow"`, the id it presents).
         agent: String,
     },
+    /// The agent's requests are decided as before it was disabled.
     Enable {
+        /// As for `disable`.
         agent: String,
     },
 }
