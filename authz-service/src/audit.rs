@@ -61,7 +61,16 @@ impl LifecycleEvent {
     /// and to the OpenTelemetry collector, if one is configured.
     pub fn log(&self) {
         let json = self.to_json();
-        tracing::info!(target: "latchkey::audit", event = %json);
+        let summary = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+        tracing::info!(
+            target: "latchkey::audit",
+            action = %self.action,
+            actor = %self.actor,
+            target_kind = self.target_kind,
+            target = %self.target,
+            before = summary(&self.before).as_deref(),
+            after = summary(&self.after).as_deref(),
+        );
         crate::otlp::export(&json);
     }
 }
