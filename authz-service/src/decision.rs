@@ -138,25 +138,11 @@ impl Decider<'_> {
                 });
             }
         };
-        if let Err(agent) = self.policy.agents.attribute(
+        let recognised = self.policy.agents.attribute(
             ctx.peer_principal.as_deref(),
             &mut caller,
             route.gateway.unknown_agents,
-        ) {
-            return Decision::Deny(Deny {
-                id: id.clone(),
-                attribution: Some(Attribution::of(&route, Some(&caller))),
-                ..forbidden(
-                    "unknown_agent",
-                    format!(
-                        "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
-                        agent.name,
-                        agent.source.describe(),
-                        route.gateway.name
-                    ),
-                )
-            });
-        }
+        );
         let attributed = |deny: Deny| {
             Decision::Deny(Deny {
                 id: id.clone(),
@@ -164,6 +150,17 @@ impl Decider<'_> {
                 ..deny
             })
         };
+        if let Err(agent) = recognised {
+            return attributed(forbidden(
+                "unknown_agent",
+                format!(
+                    "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
+                    agent.name,
+                    agent.source.describe(),
+                    route.gateway.name
+                ),
+            ));
+        }
         if caller.headless && route.assignment.scheme == IdentityScheme::PerUser {
             return attributed(forbidden(
                 "agent_without_user",
