@@ -170,6 +170,7 @@ mod tests {
             kind: CredentialKind::Static,
             expires_at: None,
             scopes: vec![],
+            consent_required: false,
             version: 3,
             created_by: "alice".into(),
             created_at: now_rfc3339(),

@@ -47,6 +47,82 @@ pub struct Config {
     /// tool (logged as a warning at start). Present: nothing is visible
     /// unless a grant allows it.
     pub policy: Option<PolicyConfig>,
+    /// The connect page and per-user OAuth (`[connect]`). Absent: a user
+    /// without an identity for a per-user server is told to ask an operator.
+    pub connect: Option<ConnectConfig>,
+}
+
+/// `[connect]`: where people connect their own identities. `latchkey serve`
+/// serves the page on its HTTP side; sign-in is an OIDC authorization code
+/// flow (with PKCE) at the organisation's identity provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// The HTTP side's URL as a browser reaches it (consent links point here).
+    pub public_url: Url,
+    /// The connect page's OAuth client at the organisation's identity provider.
+    pub client_id: String,
+    /// Environment variable holding that client's secret (none: a public client).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Authorization and token endpoints; found by OIDC discovery at the
+    /// `[identity_provider]` issuer when absent.
+    #[serde(default)]
+    pub authorization_endpoint: Option<Url>,
+    #[serde(default)]
+    pub token_endpoint: Option<Url>,
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// How long a signed-in connect session lasts.
+    #[serde(default = "default_session_secs")]
+    pub session_ttl_secs: u64,
+    /// How long a consent link (and a `requestState`) stays usable.
+    #[serde(default = "default_consent_secs")]
+    pub consent_ttl_secs: u64,
+    /// Refresh an access token this long before it expires.
+    #[serde(default = "default_refresh_margin")]
+    pub refresh_margin_secs: u64,
+    /// How long a Check waits for another replica's refresh of the same identity.
+    #[serde(default = "default_refresh_wait")]
+    pub refresh_wait_ms: u64,
+}
+
+fn default_login_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+fn default_session_secs() -> u64 {
+    3600
+}
+fn default_consent_secs() -> u64 {
+    900
+}
+fn default_refresh_margin() -> u64 {
+    60
+}
+fn default_refresh_wait() -> u64 {
+    5000
+}
+
+/// `[servers.oauth]`: the OAuth provider that issues a per-user server's
+/// tokens. Latchkey is that provider's client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOauth {
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    /// RFC 7009 endpoint; tokens are revoked there when a user disconnects.
+    #[serde(default)]
+    pub revocation_endpoint: Option<Url>,
+    pub client_id: String,
+    /// Environment variable holding the client secret (none: a public client).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// RFC 8707 `resource` sent with the authorization and token requests,
+    /// for providers that bind tokens to an audience.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 /// `[policy]`: grants of tools, prompts and resources to users and roles.
@@ -419,6 +495,9 @@ pub struct Server {
     pub url: Url,
     #[serde(default)]
     pub auth: ServerAuth,
+    /// Where users authorise their own identities for this server.
+    #[serde(default)]
+    pub oauth: Option<ServerOauth>,
 }
 
 /// How an upstream server expects its credential.

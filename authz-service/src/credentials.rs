@@ -23,6 +23,14 @@ pub enum CredentialError {
     Vault(#[from] VaultError),
 }
 
+/// What a provider said about tokens besides the tokens themselves.
+#[derive(Debug, Clone, Default)]
+pub struct TokenMeta {
+    /// Access token expiry, RFC 3339.
+    pub expires_at: Option<String>,
+    pub scopes: Vec<String>,
+}
+
 pub struct Credentials {
     pub store: Store,
     pub keys: Arc<KeyRing>,
@@ -158,6 +166,33 @@ impl Credentials {
         secret: &IdentitySecret,
         replace: bool,
     ) -> Result<VaultRecord, PutError> {
+        self.put_identity_with(
+            actor,
+            id,
+            server,
+            owner,
+            availability,
+            secret,
+            replace,
+            TokenMeta::default(),
+        )
+        .await
+    }
+
+    /// [`Self::put_identity`] with what is known about OAuth tokens (expiry,
+    /// scopes). Storing a secret clears `consent_required`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_identity_with(
+        &self,
+        actor: &str,
+        id: &str,
+        server: &str,
+        owner: &str,
+        availability: Availability,
+        secret: &IdentitySecret,
+        replace: bool,
+        meta: TokenMeta,
+    ) -> Result<VaultRecord, PutError> {
         if !crate::identity::valid_identity_id(id) {
             return Err(PutError::BadId(id.to_string()));
         }
@@ -191,8 +226,9 @@ impl Credentials {
                     availability,
                     status: current.as_ref().map(|r| r.status).unwrap_or_default(),
                     kind: secret.kind(),
-                    expires_at: None,
-                    scopes: vec![],
+                    expires_at: meta.expires_at.clone(),
+                    scopes: meta.scopes.clone(),
+                    consent_required: false,
                     version,
                     created_by: current
                         .as_ref()

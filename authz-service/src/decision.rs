@@ -375,6 +375,10 @@ impl Decider<'_> {
                 open.record
                     .usable_by(user, server)
                     .map_err(|e| use_denial(&e))?;
+                // Its refresh token stopped working: ask again, in band.
+                if open.record.consent_required {
+                    return Err(consent());
+                }
                 Ok(Some(open))
             }
         }

@@ -166,6 +166,10 @@ pub struct VaultRecord {
     pub expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// The provider stopped accepting this identity's refresh token: the
+    /// next call asks its owner to authorise again instead of failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consent_required: bool,
     /// Increases on every change of the secret; bound into the ciphertext.
     pub version: u64,
     pub created_by: String,
@@ -302,6 +306,7 @@ mod tests {
             kind: CredentialKind::Static,
             expires_at: None,
             scopes: vec![],
+            consent_required: false,
             version: 1,
             created_by: "alice".into(),
             created_at: now_rfc3339(),

@@ -31,6 +31,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod native;
+pub mod oauth;
 pub mod otlp;
 pub mod policy;
 pub mod policy_tool;

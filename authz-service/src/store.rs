@@ -189,6 +189,27 @@ impl Store {
     pub fn channel(&self) -> String {
         format!("{}:invalidate", self.prefix)
     }
+    /// A consent request handed to a client (its id is in the connect link).
+    pub fn consent_key(&self, id: &str) -> String {
+        format!("{}:consent:{id}", self.prefix)
+    }
+    /// A signed-in connect page session (its id is the cookie).
+    pub fn connect_session_key(&self, id: &str) -> String {
+        format!("{}:connect:session:{id}", self.prefix)
+    }
+    /// An authorization flow in progress (its id is the OAuth `state`).
+    pub fn connect_flow_key(&self, state: &str) -> String {
+        format!("{}:connect:flow:{state}", self.prefix)
+    }
+    /// The refresh lock of one identity.
+    pub fn refresh_lock_key(&self, identity: &str) -> String {
+        format!("{}:lock:refresh:{identity}", self.prefix)
+    }
+    /// What a client declared it can do at its last `initialize` (MCP
+    /// before 2026-07-28 declares capabilities once per session).
+    pub fn client_capabilities_key(&self, gateway: &str, user: &str, client: &str) -> String {
+        format!("{}:client_caps:{gateway}:{client}:{user}", self.prefix)
+    }
     fn replicas_key(&self) -> String {
         format!("{}:replicas", self.prefix)
     }

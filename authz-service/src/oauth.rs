@@ -1,0 +1,454 @@
+//! Latchkey as an OAuth 2.0 client: of each per-user server's provider
+//! (authorization code with PKCE S256, refresh, RFC 7009 revocation) and of
+//! the organisation's identity provider for the connect page's sign-in.
+//! Speaks HTTP to providers and hands back tokens; storing them is the
+//! caller's job.
+
+use std::time::Duration;
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::vault::Secret;
+
+/// The OpenID Connect addition to a token response.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+impl ExtraTokenFields for IdTokenField {}
+
+type ProviderTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    ProviderTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointSet,
+>;
+
+/// Why talking to a provider did not give tokens. Messages never carry a
+/// token or a code.
+#[derive(Debug, thiserror::Error)]
+pub enum OauthError {
+    /// The code or refresh token is not (or no longer) valid: used before,
+    /// expired, or revoked. Asking the user again is the way out.
+    #[error("the provider '{provider}' no longer accepts this grant (invalid_grant{}): the user has to authorise again", describe(.description))]
+    InvalidGrant {
+        provider: String,
+        description: Option<String>,
+    },
+    /// The provider answered with another OAuth error.
+    #[error("the provider '{provider}' refused the request: {error}{}", describe(.description))]
+    Refused {
+        provider: String,
+        error: String,
+        description: Option<String>,
+    },
+    /// The provider could not be reached or answered something that is not
+    /// an OAuth response.
+    #[error("the provider '{provider}' could not be reached or answered unexpectedly: {message}")]
+    Unreachable { provider: String, message: String },
+    #[error("OAuth client for '{provider}' is misconfigured: {message}")]
+    Config { provider: String, message: String },
+}
+
+fn describe(description: &Option<String>) -> String {
+    description
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+/// Tokens a provider issued. `Debug` shows no value.
+#[derive(Clone)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    /// When the access token expires, if the provider said.
+    pub expires_at: Option<time::OffsetDateTime>,
+    pub scopes: Vec<String>,
+    /// OIDC ID token (sign-in only).
+    pub id_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The start of an authorization code flow: where to send the browser, and
+/// what to remember until the callback (never shown to anyone).
+pub struct AuthorizationStart {
+    pub url: Url,
+    pub state: String,
+    pub pkce_verifier: String,
+}
+
+/// Which token a revocation names (RFC 7009 `token_type_hint`).
+#[derive(Debug, Clone, Copy)]
+pub enum TokenHint {
+    Access,
+    Refresh,
+}
+
+/// One OAuth provider as Latchkey's client sees it.
+#[derive(Clone)]
+pub struct Provider {
+    name: String,
+    client: Client,
+    scopes: Vec<String>,
+    resource: Option<String>,
+    http: reqwest::Client,
+}
+
+/// The endpoints and client registration of one provider.
+pub struct ProviderSettings<'a> {
+    /// Names the provider in errors and logs (a server name, or "sign-in").
+    pub name: &'a str,
+    pub authorization_endpoint: &'a Url,
+    pub token_endpoint: &'a Url,
+    pub revocation_endpoint: Option<&'a Url>,
+    pub client_id: &'a str,
+    /// Read from this environment variable when set.
+    pub client_secret_env: Option<&'a str>,
+    pub redirect_uri: Url,
+    pub scopes: &'a [String],
+    pub resource: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+impl Provider {
+    pub fn new(s: ProviderSettings<'_>) -> Result<Provider, OauthError> {
+        let config = |message: String| OauthError::Config {
+            provider: s.name.to_string(),
+            message,
+        };
+        let mut client = oauth2::Client::new(ClientId::new(s.client_id.to_string()))
+            .set_auth_uri(AuthUrl::from_url(s.authorization_endpoint.clone()))
+            .set_token_uri(TokenUrl::from_url(s.token_endpoint.clone()))
+            .set_revocation_url_option(s.revocation_endpoint.cloned().map(RevocationUrl::from_url))
+            .set_redirect_uri(RedirectUrl::from_url(s.redirect_uri));
+        if let Some(var) = s.client_secret_env {
+            let secret = std::env::var(var).map_err(|_| {
+                config(format!(
+                    "the client secret is read from the environment variable {var}, which is not set"
+                ))
+            })?;
+            client = client.set_client_secret(ClientSecret::new(secret));
+        }
+        let http = reqwest::Client::builder()
+            // A provider's redirect is never followed with a code or token in hand.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(s.timeout)
+            .build()
+            .map_err(|e| config(format!("HTTP client: {e}")))?;
+        Ok(Provider {
+            name: s.name.to_string(),
+            client,
+            scopes: s.scopes.to_vec(),
+            resource: s.resource.map(str::to_string),
+            http,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where to send the browser: authorization code with PKCE S256, a
+    /// fresh random `state`, the configured scopes and RFC 8707 `resource`,
+    /// and any `extra` parameters (an OIDC `nonce`, say).
+    pub fn start(&self, extra: &[(&str, &str)]) -> AuthorizationStart {
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = self
+            .client
+            .authorize_url(CsrfToken::new_random)
+            .set_pkce_challenge(challenge)
+            .add_scopes(self.scopes.iter().cloned().map(Scope::new));
+        if let Some(resource) = &self.resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        for (k, v) in extra {
+            request = request.add_extra_param(*k, *v);
+        }
+        let (url, state) = request.url();
+        AuthorizationStart {
+            url,
+            state: state.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        }
+    }
+
+    /// Trades an authorization code for tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+    ) -> Result<TokenSet, OauthError> {
+        let mut request = self
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()));
+        if let Some(resource) = &self.resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        let sender = self.sender();
+        let response = request
+            .request_async(&sender)
+            .await
+            .map_err(|e| self.token_error(e))?;
+        Ok(self.token_set(&response))
+    }
+
+    /// Gets a new access token (and, from providers that rotate, a new
+    /// refresh token) with a refresh token.
+    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenSet, OauthError> {
+        let token = RefreshToken::new(refresh_token.expose().to_string());
+        let mut request = self.client.exchange_refresh_token(&token);
+        if let Some(resource) = &self.resource {
+            request = request.add_extra_param("resource", resource.clone());
+        }
+        let sender = self.sender();
+        let response = request
+            .request_async(&sender)
+            .await
+            .map_err(|e| self.token_error(e))?;
+        Ok(self.token_set(&response))
+    }
+
+    /// Whether this provider has a revocation endpoint.
+    pub fn can_revoke(&self) -> bool {
+        self.client.revocation_url().is_some()
+    }
+
+    /// RFC 7009 revocation. `Ok(false)` when the provider has no revocation
+    /// endpoint (nothing to do there).
+    pub async fn revoke(&self, token: &Secret, hint: TokenHint) -> Result<bool, OauthError> {
+        let value = token.expose().to_string();
+        let revocable = match hint {
+            TokenHint::Access => {
+                StandardRevocableToken::AccessToken(oauth2::AccessToken::new(value))
+            }
+            TokenHint::Refresh => StandardRevocableToken::RefreshToken(RefreshToken::new(value)),
+        };
+        let Ok(request) = self.client.revoke_token(revocable) else {
+            return Ok(false);
+        };
+        let sender = self.sender();
+        request
+            .request_async(&sender)
+            .await
+            .map_err(|e| self.token_error(e))?;
+        Ok(true)
+    }
+
+    /// The HTTP client oauth2 calls, over this crate's reqwest.
+    fn sender(
+        &self,
+    ) -> impl Fn(
+        oauth2::HttpRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send>,
+    > + use<> {
+        let http = self.http.clone();
+        move |request| {
+            let http = http.clone();
+            Box::pin(async move { send(&http, request).await })
+        }
+    }
+
+    fn token_set(&self, response: &ProviderTokenResponse) -> TokenSet {
+        let expires_at = response
+            .expires_in()
+            .map(|d| time::OffsetDateTime::now_utc() + d);
+        let scopes = response
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| self.scopes.clone());
+        TokenSet {
+            access_token: Secret::new(response.access_token().secret().as_str()),
+            refresh_token: response
+                .refresh_token()
+                .map(|t| Secret::new(t.secret().as_str())),
+            expires_at,
+            scopes,
+            id_token: response.extra_fields().id_token.as_deref().map(Secret::new),
+        }
+    }
+
+    fn token_error<T: oauth2::ErrorResponse + 'static>(
+        &self,
+        e: RequestTokenError<HttpError, T>,
+    ) -> OauthError {
+        let provider = self.name.clone();
+        match e {
+            RequestTokenError::ServerResponse(r) => {
+                // Both error response types serialise to RFC 6749's shape.
+                let value = serde_json::to_value(&r).unwrap_or_default();
+                let error = value["error"].as_str().unwrap_or("unknown").to_string();
+                let description = value["error_description"].as_str().map(str::to_string);
+                if error == BasicErrorResponseType::InvalidGrant.as_ref() {
+                    OauthError::InvalidGrant {
+                        provider,
+                        description,
+                    }
+                } else {
+                    OauthError::Refused {
+                        provider,
+                        error,
+                        description,
+                    }
+                }
+            }
+            RequestTokenError::Request(e) => OauthError::Unreachable {
+                provider,
+                message: e.to_string(),
+            },
+            RequestTokenError::Parse(e, _) => OauthError::Unreachable {
+                provider,
+                message: format!("its answer is not an OAuth token response: {}", e.path()),
+            },
+            RequestTokenError::Other(m) => OauthError::Unreachable {
+                provider,
+                message: m,
+            },
+        }
+    }
+}
+
+/// A transport failure talking to a provider (never carries a body).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpError(String);
+
+async fn send(
+    http: &reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, HttpError> {
+    let (parts, body) = request.into_parts();
+    let response = http
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await
+        // Without the URL: a failed request's Display can include it, and
+        // a revocation's form never goes in a URL, but keep errors plain.
+        .map_err(|e| HttpError(format!("{}", e.without_url())))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| HttpError(format!("reading the answer: {}", e.without_url())))?;
+    let mut out = http::Response::new(body.to_vec());
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(resource: Option<&str>) -> Provider {
+        let auth = Url::parse("https://provider.example/authorize").unwrap();
+        let token = Url::parse("https://provider.example/token").unwrap();
+        Provider::new(ProviderSettings {
+            name: "github",
+            authorization_endpoint: &auth,
+            token_endpoint: &token,
+            revocation_endpoint: None,
+            client_id: "latchkey",
+            client_secret_env: None,
+            redirect_uri: Url::parse("https://latchkey.example/connect/callback").unwrap(),
+            scopes: &["repo".to_string(), "read:user".to_string()],
+            resource,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn authorization_url_uses_pkce_s256_and_fresh_state() {
+        let p = provider(Some("https://api.provider.example"));
+        let a = p.start(&[("nonce", "n-1")]);
+        let b = p.start(&[]);
+        assert_ne!(a.state, b.state);
+        assert_ne!(a.pkce_verifier, b.pkce_verifier);
+        let q: std::collections::HashMap<_, _> = a.url.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], "latchkey");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["state"], a.state);
+        assert_eq!(q["scope"], "repo read:user");
+        assert_eq!(q["resource"], "https://api.provider.example");
+        assert_eq!(q["nonce"], "n-1");
+        assert_eq!(
+            q["redirect_uri"],
+            "https://latchkey.example/connect/callback"
+        );
+        // The challenge is derived from the verifier, which never leaves.
+        assert!(!a.url.as_str().contains(&a.pkce_verifier));
+        assert!(!p.can_revoke());
+    }
+
+    #[test]
+    fn missing_secret_variable_is_a_config_error() {
+        let auth = Url::parse("https://provider.example/authorize").unwrap();
+        let err = Provider::new(ProviderSettings {
+            name: "github",
+            authorization_endpoint: &auth,
+            token_endpoint: &auth,
+            revocation_endpoint: None,
+            client_id: "latchkey",
+            client_secret_env: Some("LATCHKEY_TEST_SURELY_UNSET_SECRET"),
+            redirect_uri: auth.clone(),
+            scopes: &[],
+            resource: None,
+            timeout: Duration::from_secs(1),
+        })
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .contains("LATCHKEY_TEST_SURELY_UNSET_SECRET")
+        );
+    }
+
+    #[test]
+    fn token_set_debug_shows_no_token() {
+        let t = TokenSet {
+            access_token: Secret::new("at-secret"),
+            refresh_token: Some(Secret::new("rt-secret")),
+            expires_at: None,
+            scopes: vec![],
+            id_token: Some(Secret::new("id-secret")),
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}
