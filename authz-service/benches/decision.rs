@@ -247,6 +247,7 @@ fn bench(c: &mut Criterion) {
             policy,
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
             metrics: Metrics::new(),
+            providers: Default::default(),
         })
     });
     let service = CheckService { state };

@@ -23,6 +23,7 @@ pub mod cache;
 pub mod capability;
 pub mod check;
 pub mod config;
+pub mod consent;
 pub mod context;
 pub mod credentials;
 pub mod decision;

@@ -465,7 +465,9 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         replica_id.clone(),
         config.audit.queue_events,
     );
+    let providers = latchkey_authz::oauth::Providers::from_config(&config)?;
     let state = Arc::new(state::AppState {
+        providers,
         config,
         routes,
         verifier,

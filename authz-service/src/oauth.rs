@@ -339,6 +339,51 @@ impl Provider {
     }
 }
 
+/// The redirect URI every provider sends the browser back to.
+pub fn callback_url(connect: &crate::config::ConnectConfig) -> Url {
+    let mut url = connect.public_url.clone();
+    let path = format!("{}/connect/callback", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+/// The OAuth client of every server that has `[servers.oauth]`, by server
+/// name. Empty without `[connect]` (nowhere for a browser to come back to).
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_server: std::collections::HashMap<String, Provider>,
+}
+
+impl Providers {
+    pub fn from_config(config: &crate::config::Config) -> Result<Providers, OauthError> {
+        let Some(connect) = &config.connect else {
+            return Ok(Providers::default());
+        };
+        let mut by_server = std::collections::HashMap::new();
+        for server in &config.servers {
+            let Some(o) = &server.oauth else { continue };
+            let provider = Provider::new(ProviderSettings {
+                name: &server.name,
+                authorization_endpoint: &o.authorization_endpoint,
+                token_endpoint: &o.token_endpoint,
+                revocation_endpoint: o.revocation_endpoint.as_ref(),
+                client_id: &o.client_id,
+                client_secret_env: o.client_secret_env.as_deref(),
+                redirect_uri: callback_url(connect),
+                scopes: &o.scopes,
+                resource: o.resource.as_deref(),
+                timeout: Duration::from_secs(10),
+            })?;
+            by_server.insert(server.name.clone(), provider);
+        }
+        Ok(Providers { by_server })
+    }
+
+    pub fn get(&self, server: &str) -> Option<&Provider> {
+        self.by_server.get(server)
+    }
+}
+
 /// A transport failure talking to a provider (never carries a body).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -14,4 +14,6 @@ pub struct AppState {
     pub policy: std::sync::Arc<PolicySource>,
     pub audit: std::sync::Arc<crate::audit_writer::AuditWriter>,
     pub metrics: crate::metrics::Metrics,
+    /// OAuth clients of the per-user servers' providers.
+    pub providers: crate::oauth::Providers,
 }
