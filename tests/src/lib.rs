@@ -25,7 +25,8 @@ pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, 
 pub use envoy::Envoy;
 pub use paths::scenario_dir;
 pub use peers::{
-    AuthEcho, Everything, Idp, Redis, TokenRequest, jwt_claims, jwt_header, tamper_signature,
+    AuthEcho, Everything, Idp, IdpOptions, IdpStats, OauthMcp, Redis, TokenRequest, jwt_claims,
+    jwt_header, pkce_pair, tamper_signature,
 };
 pub use process::{Process, free_port, http_get};
 pub use secrets::secrets_scan;
