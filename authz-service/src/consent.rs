@@ -55,8 +55,8 @@ const MULTI_ROUND_TRIP_VERSION: &str = "2026-07-28";
 const URL_ELICITATION_VERSION: &str = "2025-11-25";
 /// The requests that may answer with an `InputRequiredResult`.
 const INPUT_REQUIRED_METHODS: [&str; 3] = ["tools/call", "resources/read", "prompts/get"];
-/// Marks a `requestState` Latchkey issued (and may strip before upstream).
-pub const REQUEST_STATE_PREFIX: &str = "lk1.";
+/// Marks a `requestState` Latchkey issued (the filter keeps it from the upstream).
+pub use latchkey_filter::round_trip::REQUEST_STATE_PREFIX;
 /// How long a client's declared capabilities are remembered.
 const CAPABILITIES_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 

@@ -394,6 +394,11 @@ async fn mcp_2026_07_28_gets_an_input_required_result_with_a_request_state_bound
         1,
         "the retry reached the upstream"
     );
+    let seen = stack.echo.seen().await?;
+    assert_eq!(
+        seen["round_trip_fields"], 0,
+        "the gateway's requestState and inputResponses stay at the gateway: {seen}"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
