@@ -468,6 +468,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let providers = latchkey_authz::oauth::Providers::from_config(&config)?;
     let state = Arc::new(state::AppState {
         providers,
+        client_capabilities: Default::default(),
         config,
         routes,
         verifier,

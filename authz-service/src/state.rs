@@ -16,4 +16,6 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// OAuth clients of the per-user servers' providers.
     pub providers: crate::oauth::Providers,
+    /// Client capabilities this replica already wrote to Redis.
+    pub client_capabilities: crate::consent::CapabilityMemory,
 }
