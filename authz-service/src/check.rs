@@ -58,6 +58,7 @@ impl Authorization for CheckService {
             policy: &policy,
             verifier: &self.state.verifier,
             credentials: &self.state.credentials,
+            refresher: &self.state.refresher,
         };
         let decision = decider.decide(&ctx).await;
         self.record(&event(&ctx, &decision, started));

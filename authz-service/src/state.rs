@@ -16,4 +16,6 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// OAuth clients of the per-user servers' providers.
     pub providers: crate::oauth::Providers,
+    /// Refreshes per-user access tokens before they expire.
+    pub refresher: crate::refresh::Refresher,
 }
