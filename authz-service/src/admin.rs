@@ -736,19 +736,9 @@ fn identity_secret_from(
         )),
         Some(t) => {
             let expires_at = match t.expires_in {
-                Some(secs) => Some(
-                    time::OffsetDateTime::now_utc()
-                        .checked_add(time::Duration::seconds(secs))
-                        .and_then(|t| {
-                            t.format(&time::format_description::well_known::Rfc3339)
-                                .ok()
-                        })
-                        .ok_or_else(|| {
-                            RpcStatus::invalid_argument(format!(
-                                "expires_in {secs} is out of range"
-                            ))
-                        })?,
-                ),
+                Some(secs) => Some(crate::refresh::expires_at_after(secs).ok_or_else(|| {
+                    RpcStatus::invalid_argument(format!("expires_in {secs} is out of range"))
+                })?),
                 None => None,
             };
             Ok((

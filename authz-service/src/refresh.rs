@@ -574,6 +574,15 @@ fn expiry(record: &VaultRecord) -> Option<OffsetDateTime> {
     Some(OffsetDateTime::parse(at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH))
 }
 
+/// `secs` from now as RFC 3339 (how `expires_in` is stored); None when out
+/// of range.
+pub fn expires_at_after(secs: i64) -> Option<String> {
+    OffsetDateTime::now_utc()
+        .checked_add(time::Duration::seconds(secs))?
+        .format(&Rfc3339)
+        .ok()
+}
+
 /// Whether the access token has expired (unknown expiry: it has not).
 pub fn expired(record: &VaultRecord) -> bool {
     expiry(record).is_some_and(|at| at <= OffsetDateTime::now_utc())
