@@ -56,9 +56,9 @@ const POLL: Duration = Duration::from_millis(25);
 /// outcome instead of asking the provider again.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
-/// A token this replica refreshed this recently is used even if it is
-/// already within the margin (a provider issuing tokens shorter-lived than
-/// the margin would otherwise be asked on every request).
+/// A token that was already within the margin when this replica got it (a
+/// provider issuing tokens shorter-lived than the margin) is used for this
+/// long before it is refreshed again, rather than on every request.
 const REUSE_FRESH: Duration = Duration::from_secs(10);
 
 /// Why the identity cannot be injected.
@@ -80,8 +80,9 @@ pub enum RefreshError {
 struct Slot {
     /// The newest identity this replica read or wrote while refreshing.
     latest: Option<Arc<OpenIdentity>>,
-    /// When `latest` was refreshed (or seen refreshed).
-    latest_at: Option<Instant>,
+    /// When `latest` was refreshed (or seen refreshed), if it was already
+    /// due then.
+    short_lived_since: Option<Instant>,
     /// The last attempt failed: when, for which version, and why.
     failed: Option<(Instant, u64, String)>,
 }
@@ -185,7 +186,9 @@ impl Refresher {
                     "the provider refused its refresh token",
                 ));
             }
-            let recent = slot.latest_at.is_some_and(|t| t.elapsed() < REUSE_FRESH);
+            let recent = slot
+                .short_lived_since
+                .is_some_and(|t| t.elapsed() < REUSE_FRESH);
             if !self.due(&latest.record) || (recent && !expired(&latest.record)) {
                 return Ok(latest.clone());
             }
@@ -198,14 +201,14 @@ impl Refresher {
         }
         match self.across_replicas(credentials, &open).await? {
             Outcome::Fresh(identity) => {
+                slot.short_lived_since = self.due(&identity.record).then(Instant::now);
                 slot.latest = Some(identity.clone());
-                slot.latest_at = Some(Instant::now());
                 slot.failed = None;
                 Ok(identity)
             }
             Outcome::Consent(marked, why) => {
                 slot.latest = marked;
-                slot.latest_at = Some(Instant::now());
+                slot.short_lived_since = None;
                 Err(consent(&open.record.id, why))
             }
             Outcome::Unavailable(why) => {
