@@ -249,6 +249,7 @@ fn bench(c: &mut Criterion) {
             metrics: Metrics::new(),
             providers: Default::default(),
             client_capabilities: Default::default(),
+            refresher: Default::default(),
         })
     });
     let service = CheckService { state };

@@ -59,6 +59,7 @@ impl Authorization for CheckService {
             policy: &policy,
             verifier: &self.state.verifier,
             credentials: &self.state.credentials,
+            refresher: &self.state.refresher,
         };
         let decision = decider.decide(&ctx).await;
         let decision = self.consent(&ctx, decision).await;

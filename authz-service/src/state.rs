@@ -18,4 +18,6 @@ pub struct AppState {
     pub providers: crate::oauth::Providers,
     /// Client capabilities this replica already wrote to Redis.
     pub client_capabilities: crate::consent::CapabilityMemory,
+    /// Refreshes per-user access tokens before they expire.
+    pub refresher: crate::refresh::Refresher,
 }
