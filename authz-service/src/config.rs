@@ -100,7 +100,9 @@ fn default_refresh_margin() -> u64 {
     60
 }
 fn default_refresh_wait() -> u64 {
-    5000
+    // Under Envoy's default 2 s authorization timeout, so a waiting
+    // replica answers before the filter gives up.
+    1500
 }
 
 /// `[servers.oauth]`: the OAuth provider that issues a per-user server's

@@ -378,8 +378,9 @@ impl Decider<'_> {
                     .usable_by(user, server)
                     .map_err(|e| use_denial(&e))?;
                 // Its refresh token stopped working: ask again, in band.
+                let again = || reauthorise_needed(user, server, id);
                 if open.record.consent_required {
-                    return Err(consent());
+                    return Err(again());
                 }
                 // An access token about to expire is refreshed first, once
                 // across replicas; one that cannot be refreshed asks again.
@@ -388,7 +389,7 @@ impl Decider<'_> {
                         .fresh(self.credentials, open)
                         .await
                         .map_err(|e| match e {
-                            RefreshError::ConsentNeeded { .. } => consent(),
+                            RefreshError::ConsentNeeded { .. } => again(),
                             RefreshError::Unavailable(message) => {
                                 Deny::unavailable("token_refresh_unavailable", message)
                             }
@@ -481,6 +482,15 @@ fn consent_needed(user: &str, server: &str, gateway: &str) -> Deny {
         CONSENT_NEEDED,
         format!(
             "consent needed: user '{user}' has not connected an identity for server '{server}' on gateway '{gateway}'"
+        ),
+    )
+}
+
+fn reauthorise_needed(user: &str, server: &str, identity: &str) -> Deny {
+    forbidden(
+        CONSENT_NEEDED,
+        format!(
+            "consent needed again: the provider of server '{server}' no longer accepts the refresh token of identity '{identity}' (user '{user}'); the user authorises again on the connect page"
         ),
     )
 }
