@@ -10,8 +10,9 @@ use latchkey_proto::auth::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
 use crate::audit::DecisionEvent;
+use crate::consent;
 use crate::context::RequestContext;
-use crate::decision::{Decider, Decision};
+use crate::decision::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny};
 use crate::identity::now_rfc3339;
 use crate::respond;
 use crate::state::AppState;
@@ -60,12 +61,54 @@ impl Authorization for CheckService {
             credentials: &self.state.credentials,
         };
         let decision = decider.decide(&ctx).await;
+        let decision = self.consent(&ctx, decision).await;
         self.record(&event(&ctx, &decision, started));
         Ok(Response::new(respond::to_check_response(&decision)))
     }
 }
 
 impl CheckService {
+    /// The consent steps after a decision: remember what a client declared
+    /// at `initialize`, refuse a `requestState` that is not this call's,
+    /// and turn "needs an identity" into the in-band consent answer.
+    async fn consent(&self, ctx: &RequestContext, decision: Decision) -> Decision {
+        let state = &self.state;
+        let attribution = match &decision {
+            Decision::Allow(a) => Some(Attribution::of(&a.route, Some(&a.caller))),
+            Decision::Deny(d) => d.attribution.clone(),
+        };
+        let Some(at) = attribution else {
+            return decision;
+        };
+        let method = ctx.mcp.as_ref().and_then(|m| m.method.as_deref());
+        if method == Some("initialize")
+            && let Some(user) = at.user.clone()
+        {
+            let (state, body, at) = (state.clone(), ctx.body.clone(), at.clone());
+            tokio::spawn(async move {
+                consent::remember_capabilities(&state.credentials, &body, &user, &at).await;
+            });
+        }
+        let needs_consent = matches!(&decision, Decision::Deny(d) if d.reason == CONSENT_NEEDED);
+        if matches!(decision, Decision::Allow(_)) || needs_consent {
+            let place = Some((at.gateway.as_str(), at.assignment.as_str()));
+            if let Some(refused) =
+                consent::check_retry(&state.credentials.keys, ctx, at.user.as_deref(), place)
+            {
+                return Decision::Deny(Deny {
+                    attribution: Some(at),
+                    ..refused
+                });
+            }
+        }
+        match decision {
+            Decision::Deny(d) if needs_consent => Decision::Deny(
+                consent::ask(&state.credentials, state.config.connect.as_ref(), ctx, d).await,
+            ),
+            other => other,
+        }
+    }
+
     /// The one place a decision leaves the decision path: counted for
     /// `/metrics`, then logged and queued for the audit stream. Neither waits.
     fn record(&self, event: &DecisionEvent) {

@@ -79,7 +79,7 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    fn of(route: &Route, caller: Option<&Caller>) -> Box<Attribution> {
+    pub fn of(route: &Route, caller: Option<&Caller>) -> Box<Attribution> {
         Box::new(Attribution {
             gateway: route.gateway.name.clone(),
             assignment: route.assignment.name.clone(),
@@ -457,9 +457,13 @@ fn forbidden(reason: &'static str, message: String) -> Deny {
     }
 }
 
+/// The reason of a refusal that the connect page can resolve: `consent`
+/// turns it into the in-band answer.
+pub const CONSENT_NEEDED: &str = "consent_needed";
+
 fn consent_needed(user: &str, server: &str, gateway: &str) -> Deny {
     forbidden(
-        "consent_needed",
+        CONSENT_NEEDED,
         format!(
             "consent needed: user '{user}' has not connected an identity for server '{server}' on gateway '{gateway}'"
         ),

@@ -500,6 +500,20 @@ impl Store {
     }
 
     /// Sets the active key id, with its event, and tells every replica.
+    /// A short-lived value (a consent request, what a client declared): no
+    /// index, no lifecycle event; Redis forgets it after `ttl`.
+    pub async fn put_expiring<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let raw = serde_json::to_string(value).unwrap_or_default();
+        let mut conn = self.redis.clone();
+        let _: () = conn.set_ex(key, raw, ttl.as_secs().max(1)).await?;
+        Ok(())
+    }
+
     pub async fn set_active_key(
         &self,
         key_id: &str,

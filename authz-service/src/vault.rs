@@ -57,8 +57,14 @@ impl fmt::Debug for Secret {
 /// The master keys this replica holds. Never serialized, never logged.
 pub struct KeyRing {
     keys: BTreeMap<String, Aes256Gcm>,
+    /// Per master key, an HMAC key derived from it for short-lived signed
+    /// values (MCP `requestState`): one secret to manage, not two.
+    signing: BTreeMap<String, aws_lc_rs::hmac::Key>,
     active: String,
 }
+
+/// Domain separation for [`KeyRing::signing_key`].
+const SIGNING_KEY_LABEL: &[u8] = b"latchkey/signing-key/v1";
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,6 +79,7 @@ impl KeyRing {
     /// Parses `key-id:base64` entries separated by newlines or commas; `#` starts a comment.
     pub fn parse(text: &str, active: Option<&str>) -> Result<Self, VaultError> {
         let mut keys = BTreeMap::new();
+        let mut signing = BTreeMap::new();
         let mut last = None;
         for entry in text
             .split(['\n', ','])
@@ -91,6 +98,12 @@ impl KeyRing {
             }
             let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes));
             keys.insert(id.clone(), cipher);
+            let master = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &bytes);
+            let derived = aws_lc_rs::hmac::sign(&master, SIGNING_KEY_LABEL);
+            signing.insert(
+                id.clone(),
+                aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref()),
+            );
             last = Some(id);
         }
         let active = match active {
@@ -102,7 +115,11 @@ impl KeyRing {
             }
             None => last.ok_or_else(|| VaultError::NoKeys("the key source is empty".into()))?,
         };
-        Ok(Self { keys, active })
+        Ok(Self {
+            keys,
+            signing,
+            active,
+        })
     }
 
     pub fn from_config(cfg: &VaultConfig) -> Result<Self, VaultError> {
@@ -123,6 +140,12 @@ impl KeyRing {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         format!("{key_id}:{}", B64.encode(key))
+    }
+
+    /// The HMAC-SHA256 key derived from master key `id`, for values Latchkey
+    /// signs and later checks itself.
+    pub fn signing_key(&self, id: &str) -> Option<&aws_lc_rs::hmac::Key> {
+        self.signing.get(id)
     }
 
     pub fn active_id(&self) -> &str {

@@ -46,6 +46,9 @@ pub struct CheckCall {
     /// Serialized `CheckRequest`.
     pub message: Vec<u8>,
     pub timeout: Duration,
+    /// Replace the held request body with this before it goes upstream (the
+    /// Check still sees the original): see [`crate::round_trip`].
+    pub upstream_body: Option<Vec<u8>>,
 }
 
 /// The upstream argument of `dispatch_grpc_call`: a serialized
@@ -188,6 +191,7 @@ pub fn check_call(
         method: AUTHZ_METHOD,
         message: check_request(headers, body, connection, message).encode_to_vec(),
         timeout: config.authz_timeout(),
+        upstream_body: crate::round_trip::upstream_body(body),
     })
 }
 

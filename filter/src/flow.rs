@@ -340,6 +340,11 @@ impl RequestFlow {
     }
 
     /// The classified message, once known.
+    /// How many request body bytes are held.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     pub fn message(&self) -> Option<&McpMessage> {
         self.message.as_ref()
     }

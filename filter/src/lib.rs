@@ -13,6 +13,8 @@
 //! * [`visibility`]: what a caller may see (allow/deny patterns), shared
 //!   with the service so lists and calls agree.
 //! * [`listing`]: apply → trim list responses (JSON or SSE, event by event).
+//! * [`round_trip`]: what of Latchkey's own consent round trip (2026-07-28
+//!   `requestState`) the upstream must not see.
 //! * [`jsonrpc`]: JSON-RPC error bodies and codes used by every local reply.
 //! * `wasm` (wasm32 only): apply → the thin proxy-wasm glue.
 //!
@@ -39,6 +41,7 @@ mod json;
 pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
+pub mod round_trip;
 pub mod visibility;
 
 #[cfg(target_arch = "wasm32")]

@@ -128,6 +128,15 @@ impl Filter {
     fn run(&mut self, action: Action, phase: Phase) -> types::Action {
         match action {
             Action::Wait => types::Action::Pause,
+            Action::Check(call) if call.upstream_body.is_some() && !self.replace_body(&call) => {
+                let id = self.flow.message().and_then(|m| m.id.clone());
+                self.send(LocalReply::error(
+                    500,
+                    id.as_ref(),
+                    jsonrpc::INTERNAL_ERROR,
+                    "the gateway could not prepare the request for the upstream",
+                ))
+            }
             Action::Check(call) => match hostcalls::dispatch_grpc_call(
                 &call.upstream,
                 call.service,
@@ -179,6 +188,26 @@ impl Filter {
             }
             Action::Respond(reply) => self.send(reply),
         }
+    }
+
+    /// Puts `call.upstream_body` in place of the held body (only possible
+    /// while the body callback runs, which is where a Check starts).
+    fn replace_body(&self, call: &crate::check::CheckCall) -> bool {
+        let Some(body) = &call.upstream_body else {
+            return true;
+        };
+        let replaced =
+            hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.flow.buffered(), body)
+                .and_then(|()| {
+                    hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length")
+                });
+        if let Err(status) = replaced {
+            log(
+                LogLevel::Error,
+                &format!("could not replace the request body: {status:?}"),
+            );
+        }
+        replaced.is_ok()
     }
 
     fn send(&self, reply: LocalReply) -> types::Action {

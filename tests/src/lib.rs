@@ -8,8 +8,10 @@
 //! MCP servers), [`envoy`] (Envoy 1.40 on a bootstrap), [`client`] (rmcp
 //! client and raw HTTP/SSE), [`secrets`] (log scan), [`stack`] (a whole
 //! deployment for one scenario), [`pki`] (mTLS certificates), [`otlp_sink`]
-//! (an OTLP logs receiver), [`wait`] (polling instead of sleeping).
+//! (an OTLP logs receiver), [`wait`] (polling instead of sleeping),
+//! [`browser`] (headless Chromium through a plan of steps).
 
+pub mod browser;
 pub mod client;
 pub mod envoy;
 pub mod otlp_sink;
@@ -21,11 +23,13 @@ pub mod secrets;
 pub mod stack;
 pub mod wait;
 
+pub use browser::{Browser, StepResult};
 pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, post_json, send};
 pub use envoy::Envoy;
 pub use paths::scenario_dir;
 pub use peers::{
-    AuthEcho, Everything, Idp, Redis, TokenRequest, jwt_claims, jwt_header, tamper_signature,
+    AuthEcho, Everything, Idp, IdpOptions, IdpStats, OauthMcp, Redis, TokenRequest, jwt_claims,
+    jwt_header, pkce_pair, tamper_signature,
 };
 pub use process::{Process, free_port, http_get};
 pub use secrets::secrets_scan;

@@ -1,7 +1,9 @@
 //! The real peers Latchkey talks to in tests, each started on a free
-//! loopback port: Redis, the organisation's identity provider
-//! (oauth2-mock-server), and upstream MCP servers
-//! (`@modelcontextprotocol/server-everything` and the rmcp-based `auth-echo`).
+//! loopback port: Redis, OAuth providers (`idp.mjs` on oauth2-mock-server:
+//! the organisation's identity provider and downstream providers people
+//! sign in to), and upstream MCP servers
+//! (`@modelcontextprotocol/server-everything`, and the rmcp-based
+//! `auth-echo` and `oauth-mcp`).
 
 use std::path::Path;
 use std::process::Command;
@@ -369,8 +371,38 @@ impl TokenRequest {
     }
 }
 
-/// The organisation's identity provider: `node tests/peers/idp.mjs`
-/// (oauth2-mock-server) with an RS256 key generated at start.
+/// How to start an [`Idp`].
+#[derive(Debug, Clone, Default)]
+pub struct IdpOptions {
+    /// The `iss` of its tokens (default `http://127.0.0.1:<port>`).
+    pub issuer: Option<String>,
+    /// Refresh tokens are not rotated: a refresh keeps the same one and the
+    /// response carries none (`idp.mjs --no-rotate`).
+    pub no_rotate: bool,
+    /// Names its log file `<name>.log` (default `idp`); two providers in one
+    /// scenario need different names.
+    pub name: Option<String>,
+}
+
+/// What the token and revocation endpoints did (`GET /control/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct IdpStats {
+    /// Successful authorization code exchanges.
+    pub authorization_code: u64,
+    /// Successful refresh token exchanges.
+    pub refresh_token: u64,
+    /// Successful refresh token exchanges per subject.
+    pub refresh_token_by_sub: std::collections::BTreeMap<String, u64>,
+    /// Requests to the RFC 7009 revocation endpoint.
+    pub revocations: u64,
+    /// Token requests answered `invalid_grant`.
+    pub invalid_grant: u64,
+}
+
+/// An OAuth 2.0 / OIDC provider, `node tests/peers/idp.mjs`
+/// (oauth2-mock-server) with an RS256 key generated at start: the
+/// organisation's identity provider, or a downstream OAuth provider with a
+/// sign-in page (selectors `#username`, `#sign-in`, `#deny`).
 pub struct Idp {
     pub port: u16,
     issuer: String,
@@ -396,12 +428,24 @@ impl Idp {
 
     /// Starts one on a free port with issuer `http://127.0.0.1:<port>`.
     pub fn start(dir: &Path) -> Result<Idp> {
-        Self::start_with_issuer(dir, None)
+        Self::start_with(dir, IdpOptions::default())
     }
 
     /// Starts one on a free port; `issuer` (e.g. a public URL in front of
     /// it) overrides the `iss` of its tokens and discovery document.
     pub fn start_with_issuer(dir: &Path, issuer: Option<&str>) -> Result<Idp> {
+        Self::start_with(
+            dir,
+            IdpOptions {
+                issuer: issuer.map(str::to_string),
+                ..IdpOptions::default()
+            },
+        )
+    }
+
+    /// Starts one on a free port as `options` say (a second provider in the
+    /// same scenario needs its own `name`, which names its log file).
+    pub fn start_with(dir: &Path, options: IdpOptions) -> Result<Idp> {
         let script = paths::peers_dir().join("idp.mjs");
         if !paths::peers_dir()
             .join("node_modules/oauth2-mock-server")
@@ -410,15 +454,21 @@ impl Idp {
             bail!("tests/peers/node_modules/oauth2-mock-server is missing: run scripts/setup");
         }
         let port = free_port();
-        let issuer = issuer
+        let issuer = options
+            .issuer
+            .as_deref()
             .map(|i| i.trim_end_matches('/').to_string())
             .unwrap_or_else(|| format!("http://127.0.0.1:{port}"));
         let mut cmd = Command::new("node");
         cmd.arg(&script)
             .args(["--port", &port.to_string()])
             .args(["--issuer", &issuer]);
+        if options.no_rotate {
+            cmd.arg("--no-rotate");
+        }
+        let name = options.name.as_deref().unwrap_or("idp");
         let mut process =
-            Process::spawn("idp", cmd, dir).context("node not found: install Node.js 20+")?;
+            Process::spawn(name, cmd, dir).context("node not found: install Node.js 20+")?;
         process.wait_for_log("IDP_READY", Duration::from_secs(20))?;
         Ok(Idp {
             port,
@@ -448,6 +498,78 @@ impl Idp {
     /// The JWK set (`{"keys": [...]}`).
     pub async fn jwks(&self) -> Result<serde_json::Value> {
         get_json(&self.jwks_uri()).await
+    }
+
+    /// Its authorization endpoint (the sign-in page).
+    pub fn authorize_url(&self) -> String {
+        format!("{}/authorize", self.base_url())
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    /// Its RFC 7009 revocation endpoint.
+    pub fn revocation_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    /// POSTs `form` to the token endpoint: the status and the JSON answer
+    /// (for code and refresh exchanges, including the refused ones).
+    pub async fn post_token(&self, form: &[(&str, &str)]) -> Result<(u16, serde_json::Value)> {
+        post_form(&self.token_url(), form).await
+    }
+
+    /// POSTs `form` to the revocation endpoint (RFC 7009: `token`, optional
+    /// `token_type_hint`); answers 200 whatever the token was.
+    pub async fn post_revoke(&self, form: &[(&str, &str)]) -> Result<(u16, serde_json::Value)> {
+        post_form(&self.revocation_url(), form).await
+    }
+
+    /// User access tokens (authorization code and refresh grants) issued
+    /// from now on live `seconds` (negative: already expired).
+    pub async fn set_access_ttl(&self, seconds: i64) -> Result<()> {
+        let seconds = seconds.to_string();
+        self.control("access-ttl", &[("seconds", &seconds)]).await?;
+        Ok(())
+    }
+
+    /// Revokes every refresh token of `sub` (the person revoked the app at
+    /// the provider); returns how many were still active.
+    pub async fn revoke_subject(&self, sub: &str) -> Result<u64> {
+        let reply = self.control("revoke-subject", &[("sub", sub)]).await?;
+        reply["revoked"]
+            .as_u64()
+            .with_context(|| format!("revoke-subject answered {reply}"))
+    }
+
+    /// Extra claims (a JSON object) in every user token of `sub` from now on.
+    pub async fn set_user_claims(&self, sub: &str, claims: serde_json::Value) -> Result<()> {
+        let claims = claims.to_string();
+        self.control("user-claims", &[("sub", sub), ("claims", &claims)])
+            .await?;
+        Ok(())
+    }
+
+    /// What its token and revocation endpoints did since start (or the last
+    /// [`Idp::reset_stats`]).
+    pub async fn stats(&self) -> Result<IdpStats> {
+        let v = get_json(&format!("{}/control/stats", self.base_url())).await?;
+        serde_json::from_value(v.clone()).with_context(|| format!("control/stats answered {v}"))
+    }
+
+    pub async fn reset_stats(&self) -> Result<()> {
+        self.control("reset-stats", &[]).await?;
+        Ok(())
+    }
+
+    async fn control(&self, what: &str, form: &[(&str, &str)]) -> Result<serde_json::Value> {
+        let url = format!("{}/control/{what}", self.base_url());
+        let (status, reply) = post_form(&url, form).await?;
+        if status != 200 {
+            bail!("POST {url} answered {status}: {reply}");
+        }
+        Ok(reply)
     }
 
     /// A signed JWT shaped by `req`.
@@ -491,6 +613,38 @@ impl Idp {
             .map(str::to_string)
             .context("identity provider answered without access_token")
     }
+}
+
+/// POSTs a form and reads the JSON answer, whatever the status.
+async fn post_form(url: &str, form: &[(&str, &str)]) -> Result<(u16, serde_json::Value)> {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .form(form)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    let reply = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("POST {url} answered {status}, not JSON: {text}"))?
+    };
+    Ok((status, reply))
+}
+
+/// A PKCE pair (RFC 7636): a random `code_verifier` and its S256
+/// `code_challenge`.
+pub fn pkce_pair() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system RNG");
+    let verifier = URL_SAFE_NO_PAD.encode(bytes);
+    let challenge = URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+    );
+    (verifier, challenge)
 }
 
 async fn get_json(url: &str) -> Result<serde_json::Value> {
@@ -622,6 +776,70 @@ impl AuthEcho {
     /// How many requests reached `/mcp`.
     pub async fn requests(&self) -> Result<u64> {
         Ok(self.seen().await?["requests"].as_u64().unwrap_or(0))
+    }
+}
+
+/// The rmcp upstream that accepts only a downstream OAuth provider's access
+/// tokens and reports whose they were (`oauth-mcp`).
+pub struct OauthMcp {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl OauthMcp {
+    /// Starts the `oauth-mcp` binary from the current profile folder,
+    /// accepting RS256 tokens of `issuer` signed by a key of `jwks` with
+    /// audience `audience`. Inside this crate's integration tests prefer
+    /// [`OauthMcp::start_bin`] with `env!("CARGO_BIN_EXE_oauth-mcp")`.
+    pub fn start(dir: &Path, issuer: &str, jwks: &str, audience: &str) -> Result<OauthMcp> {
+        Self::start_bin(
+            dir,
+            paths::workspace_bin("oauth-mcp")?,
+            issuer,
+            jwks,
+            audience,
+        )
+    }
+
+    pub fn start_bin(
+        dir: &Path,
+        bin: impl AsRef<Path>,
+        issuer: &str,
+        jwks: &str,
+        audience: &str,
+    ) -> Result<OauthMcp> {
+        let port = free_port();
+        let mut cmd = Command::new(bin.as_ref());
+        cmd.args(["--port", &port.to_string()])
+            .args(["--issuer", issuer])
+            .args(["--jwks", jwks])
+            .args(["--audience", audience]);
+        let mut process = Process::spawn("oauth-mcp", cmd, dir)?;
+        process.wait_for_log("OAUTH_MCP_READY", Duration::from_secs(10))?;
+        Ok(OauthMcp { port, process })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// What reached `/mcp` so far: `{"subjects": [sub of each accepted
+    /// request, in order], "rejected": n, "requests": n}`.
+    pub async fn seen(&self) -> Result<serde_json::Value> {
+        get_json(&format!("http://127.0.0.1:{}/seen", self.port)).await
+    }
+
+    /// The `sub` of every accepted request, in order.
+    pub async fn subjects(&self) -> Result<Vec<String>> {
+        let seen = self.seen().await?;
+        Ok(seen["subjects"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }
 

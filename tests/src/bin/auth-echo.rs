@@ -7,7 +7,9 @@
 //! * `GET /seen`: every `Authorization` value and every header name this
 //!   server received on any request (but `/seen` itself), and how many
 //!   requests reached `/mcp`, as JSON:
-//!   `{"authorization": [...], "header_names": [...], "requests": n}`.
+//!   `{"authorization": [...], "header_names": [...], "requests": n,
+//!   "round_trip_fields": n}` (the last counts bodies carrying an MCP
+//!   `requestState` or `inputResponses`).
 //!
 //! It never logs header values: the secret scan of the test logs must pass.
 //!
@@ -31,6 +33,9 @@ struct Seen {
     authorization: Vec<String>,
     header_names: std::collections::BTreeSet<String>,
     requests: u64,
+    /// Bodies that carried a `requestState` or `inputResponses`: the
+    /// gateway's own consent round trip must never reach this server.
+    round_trip_fields: u64,
 }
 
 type SharedSeen = Arc<Mutex<Seen>>;
@@ -52,6 +57,19 @@ impl AuthEcho {
 }
 
 async fn record(State(seen): State<SharedSeen>, request: Request, next: Next) -> Response {
+    // MCP messages are small: read the body to look for the round-trip
+    // fields, then hand the same bytes on.
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let carries_round_trip = [&b"requestState"[..], b"inputResponses"]
+        .iter()
+        .any(|needle| bytes.windows(needle.len()).any(|w| w == *needle));
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    if carries_round_trip && let Ok(mut s) = seen.lock() {
+        s.round_trip_fields += 1;
+    }
     // Everything but the test's own look at `/seen` is recorded.
     if request.uri().path() != "/seen"
         && let Ok(mut s) = seen.lock()
@@ -76,6 +94,7 @@ async fn seen(State(seen): State<SharedSeen>) -> Json<serde_json::Value> {
             "authorization": s.authorization,
             "header_names": s.header_names,
             "requests": s.requests,
+            "round_trip_fields": s.round_trip_fields,
         })
     });
     Json(s.unwrap_or_else(|_| json!({"error": "poisoned"})))
