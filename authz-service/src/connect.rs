@@ -682,7 +682,7 @@ impl Connect {
                     Ok(()) => format!("identity {id} cannot be used"),
                 },
             };
-            let candidates = records
+            let mut candidates: Vec<Candidate> = records
                 .iter()
                 .filter(|r| Self::usable(r, user, &server))
                 .filter(|r| r.owner == user || r.availability == Availability::Global)
@@ -695,6 +695,8 @@ impl Connect {
                     },
                 })
                 .collect();
+            // The person's own first.
+            candidates.sort_by_key(|c| c.whose != "yours");
             rows.push(Row::Needed {
                 can_authorise: self.app.providers.get(&server).is_some(),
                 server,
@@ -824,7 +826,7 @@ async fn start_sign_in(
         return_to: return_to.to_string(),
     };
     store
-        .put_ttl(
+        .put_expiring(
             &store.connect_flow_key(&digest(&start.state)),
             &flow,
             FLOW_TTL,
@@ -1029,7 +1031,7 @@ async fn finish_sign_in(
     let store = c.store();
     let ttl = Duration::from_secs(c.settings.session_ttl_secs.max(1));
     store
-        .put_ttl(&store.connect_session_key(&digest(&id)), &session, ttl)
+        .put_expiring(&store.connect_session_key(&digest(&id)), &session, ttl)
         .await
         .map_err(|e| store_down(&e))?;
     tracing::info!(target: "latchkey::connect", user = %caller.subject, "signed in to the connect page");
@@ -1259,7 +1261,7 @@ async fn authorise_inner(
     };
     let store = c.store();
     store
-        .put_ttl(
+        .put_expiring(
             &store.connect_flow_key(&digest(&start.state)),
             &flow,
             FLOW_TTL,

@@ -184,7 +184,11 @@ pub fn connect_page(view: &View<'_>) -> Page {
         );
     } else if done {
         body.push_str("<p id=\"done\">Go back to your client and retry what you were doing.</p>\n");
-    } else if let Some(server) = view.requested_server {
+    } else if let Some(server) = view.requested_server.filter(|s| {
+        view.rows
+            .iter()
+            .any(|r| matches!(r, Row::Needed { server, .. } if server == s))
+    }) {
         body.push_str(&format!(
             "<p>Your client needs an identity for <strong>{}</strong>. \
              Authorise it below, or pick one you already have.</p>\n",

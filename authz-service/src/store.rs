@@ -276,29 +276,6 @@ impl Store {
 
     // --- short-lived records (connect sessions, flows, consent) -----------
 
-    /// Stores `value` under `key` for `ttl` (no event: these records are
-    /// working state of the connect page, not credentials or grants).
-    pub async fn put_ttl<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut conn = self.redis.clone();
-        redis::cmd("SET")
-            .arg(key)
-            .arg(json)
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
-    }
-
     /// Replaces the value of `key` if it still exists, keeping its expiry;
     /// `Ok(false)` when it is gone.
     pub async fn replace_keep_ttl<T: Serialize>(
