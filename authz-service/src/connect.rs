@@ -786,6 +786,16 @@ async fn render(
         .await
         .map_err(|e| store_down(&e))?;
     let rows = c.rows(gw, &session.user, connection.as_ref()).await?;
+    // A request whose server already has an identity (connected earlier,
+    // or elsewhere) is complete as soon as its person opens it.
+    if let Some(record) = consent.filter(|r| r.completed_at.is_none())
+        && rows
+            .iter()
+            .any(|row| matches!(row, Row::Connected { server, .. } if *server == record.server))
+    {
+        c.complete_consent(request, &session.user, &record.server)
+            .await;
+    }
     let action_base = format!("{}/{}", c.cookie_path(), gw.name);
     let view = View {
         gateway: &gw.name,

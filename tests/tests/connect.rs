@@ -524,6 +524,14 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     assert_eq!(s.identities_of("alice")?.len(), 1);
     assert_eq!(s.provider.stats().await?.authorization_code, 1);
 
+    // That authorisation did not name the request; opening the request's
+    // link now shows crm connected and completes the request.
+    assert!(s.consent(&request)?["completed_at"].is_null());
+    let (status, body) = get(&c, &link, &session).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("connected with"), "{body}");
+    assert!(s.consent(&request)?["completed_at"].is_string());
+
     // A form without the session's CSRF token changes nothing.
     let r = c
         .post(format!("{http}/connect/e2e/disconnect"))
