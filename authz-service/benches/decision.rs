@@ -248,6 +248,8 @@ fn bench(c: &mut Criterion) {
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
             metrics: Metrics::new(),
             providers: Default::default(),
+            client_capabilities: Default::default(),
+            refresher: Default::default(),
         })
     });
     let service = CheckService { state };

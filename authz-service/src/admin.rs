@@ -14,7 +14,7 @@ use crate::audit::{LifecycleEvent, identity_summary, principal_summary};
 use crate::authn::bearer_token;
 use crate::capability::{Capabilities, Capability};
 use crate::config::IdentityScheme;
-use crate::credentials::{ChangeError, CredentialError, PutError, RotateError};
+use crate::credentials::{ChangeError, CredentialError, PutError, RotateError, TokenMeta};
 use crate::identity::{
     Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
     UseError, VaultRecord, now_rfc3339,
@@ -291,11 +291,7 @@ impl Admin for AdminService {
                 req.server
             )));
         }
-        if req.secret.is_empty() {
-            return Err(RpcStatus::invalid_argument(
-                "the identity needs a secret (the header value the server expects)",
-            ));
-        }
+        let (secret, meta) = identity_secret_from(req.secret, req.oauth)?;
         let owner = op.acting_for(
             &req.owner,
             Capability::IdentitiesManage,
@@ -310,13 +306,10 @@ impl Admin for AdminService {
         } else {
             req.id.clone()
         };
-        let secret = IdentitySecret::Static {
-            value: Secret::new(req.secret),
-        };
         let record = self
             .state
             .credentials
-            .put_identity(
+            .put_identity_with(
                 &op.subject,
                 &id,
                 &req.server,
@@ -324,6 +317,7 @@ impl Admin for AdminService {
                 availability,
                 &secret,
                 false,
+                meta,
             )
             .await
             .map_err(|e| match e {
@@ -668,6 +662,50 @@ fn availability_from(value: i32) -> Result<Option<Availability>, RpcStatus> {
     }
 }
 
+/// The secret of a new identity: a static value, or OAuth tokens with what
+/// is known about them. Exactly one of the two.
+fn identity_secret_from(
+    secret: String,
+    oauth: Option<pb::OauthTokens>,
+) -> Result<(IdentitySecret, TokenMeta), RpcStatus> {
+    match oauth {
+        None if secret.is_empty() => Err(RpcStatus::invalid_argument(
+            "the identity needs a secret (the header value the server expects) or OAuth tokens",
+        )),
+        None => Ok((
+            IdentitySecret::Static {
+                value: Secret::new(secret),
+            },
+            TokenMeta::default(),
+        )),
+        Some(_) if !secret.is_empty() => Err(RpcStatus::invalid_argument(
+            "give either a static secret or OAuth tokens, not both",
+        )),
+        Some(t) if t.access_token.is_empty() => Err(RpcStatus::invalid_argument(
+            "OAuth tokens need at least an access token",
+        )),
+        Some(t) => {
+            let expires_at = match t.expires_in {
+                Some(secs) => Some(crate::refresh::expires_at_after(secs).ok_or_else(|| {
+                    RpcStatus::invalid_argument(format!("expires_in {secs} is out of range"))
+                })?),
+                None => None,
+            };
+            Ok((
+                IdentitySecret::Oauth {
+                    access_token: Secret::new(t.access_token),
+                    refresh_token: (!t.refresh_token.is_empty())
+                        .then(|| Secret::new(t.refresh_token)),
+                },
+                TokenMeta {
+                    expires_at,
+                    scopes: t.scopes,
+                },
+            ))
+        }
+    }
+}
+
 fn short_random() -> String {
     use rand::Rng;
     let n: u64 = rand::rng().random();
@@ -693,6 +731,7 @@ pub fn identity_pb(r: &VaultRecord) -> pb::Identity {
         key_id: r.sealed.key_id.clone(),
         expires_at: r.expires_at.clone().unwrap_or_default(),
         scopes: r.scopes.clone(),
+        consent_required: r.consent_required,
     }
 }
 

@@ -49,7 +49,10 @@ pub enum IdentityCommand {
         owner: String,
     },
     /// Store a static credential (API key, PAT) as a new identity; the
-    /// secret is read from standard input.
+    /// secret is read from standard input. With --oauth, store tokens from
+    /// the server's OAuth provider instead (migrated from elsewhere): the
+    /// access token on stdin's first line and the refresh token, if any, on
+    /// its second, or both from environment variables; never as arguments.
     Create {
         #[arg(long)]
         server: String,
@@ -62,6 +65,23 @@ pub enum IdentityCommand {
         /// Usable by others (needs identities:manage).
         #[arg(long)]
         global: bool,
+        /// The secret is OAuth tokens (access, optional refresh), refreshed
+        /// with the server's [servers.oauth] provider before they expire.
+        #[arg(long)]
+        oauth: bool,
+        /// Read the access token from this environment variable, not stdin.
+        #[arg(long, requires = "oauth", value_name = "VAR")]
+        access_token_env: Option<String>,
+        /// Read the refresh token from this environment variable.
+        #[arg(long, requires = "oauth", value_name = "VAR")]
+        refresh_token_env: Option<String>,
+        /// Seconds until the access token expires, as the provider said
+        /// (`expires_in`); 0 or negative: expired already. Omitted: unknown.
+        #[arg(long, requires = "oauth", allow_hyphen_values = true)]
+        expires_in: Option<i64>,
+        /// A scope the tokens were granted; repeat for several.
+        #[arg(long = "scope", requires = "oauth")]
+        scopes: Vec<String>,
     },
     /// Your identities, or someone's (`--owner`), or everyone's (`--owner '*'`).
     List {
@@ -228,6 +248,47 @@ fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}{hint} [{:?}]", status.message(), status.code())
 }
 
+/// The access token and the optional refresh token of `identity create
+/// --oauth`: from the named environment variables, else from standard input
+/// (access token on the first line, refresh token on the second).
+fn oauth_tokens(
+    access_env: Option<String>,
+    refresh_env: Option<String>,
+) -> Result<(String, Option<String>)> {
+    let from_env = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let (access, refresh) = match access_env {
+        Some(var) => (
+            from_env(&var).with_context(|| {
+                format!("the environment variable {var} (--access-token-env) is not set or empty")
+            })?,
+            None,
+        ),
+        None => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading the tokens from stdin")?;
+            let mut lines = input.lines().map(str::trim).filter(|l| !l.is_empty());
+            let access = lines.next().map(str::to_string).context(
+                "no access token on standard input: pipe it in (and the refresh token on a second line), e.g. `printf '%s\\n%s' \"$AT\" \"$RT\" | latchkey identity create --oauth --server github`",
+            )?;
+            (access, lines.next().map(str::to_string))
+        }
+    };
+    let refresh = match refresh_env {
+        Some(var) => Some(from_env(&var).with_context(|| {
+            format!("the environment variable {var} (--refresh-token-env) is not set or empty")
+        })?),
+        None => refresh,
+    };
+    Ok((access, refresh))
+}
+
 pub async fn whoami(args: &AdminArgs) -> Result<()> {
     let mut s = Session::open(args).await?;
     let r = s
@@ -262,17 +323,36 @@ pub async fn identity(args: &AdminArgs, command: IdentityCommand) -> Result<()> 
             id,
             owner,
             global,
+            oauth,
+            access_token_env,
+            refresh_token_env,
+            expires_in,
+            scopes,
         } => {
-            let mut secret = String::new();
-            std::io::stdin()
-                .read_to_string(&mut secret)
-                .context("reading the secret from stdin")?;
-            let secret = secret.trim_end_matches(['\r', '\n']).to_string();
-            if secret.is_empty() {
-                bail!(
-                    "no secret on standard input: pipe it in, e.g. `printf %s \"$PAT\" | latchkey identity create --server github`"
-                );
-            }
+            let (secret, oauth) = if oauth {
+                let tokens = oauth_tokens(access_token_env, refresh_token_env)?;
+                (
+                    String::new(),
+                    Some(pb::OauthTokens {
+                        access_token: tokens.0,
+                        refresh_token: tokens.1.unwrap_or_default(),
+                        expires_in,
+                        scopes,
+                    }),
+                )
+            } else {
+                let mut secret = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut secret)
+                    .context("reading the secret from stdin")?;
+                let secret = secret.trim_end_matches(['\r', '\n']).to_string();
+                if secret.is_empty() {
+                    bail!(
+                        "no secret on standard input: pipe it in, e.g. `printf %s \"$PAT\" | latchkey identity create --server github`"
+                    );
+                }
+                (secret, None)
+            };
             let r = s
                 .client
                 .create_identity(s.request(pb::CreateIdentityRequest {
@@ -285,6 +365,7 @@ pub async fn identity(args: &AdminArgs, command: IdentityCommand) -> Result<()> 
                         pb::Availability::Private
                     } as i32,
                     secret,
+                    oauth,
                 }))
                 .await
                 .map_err(refused)?
@@ -551,12 +632,13 @@ fn identity_json(i: &pb::Identity) -> Value {
         "updated_at": i.updated_at,
         "expires_at": i.expires_at,
         "scopes": i.scopes,
+        "consent_required": i.consent_required,
     })
 }
 
 fn identity_line(v: &Value) -> String {
     format!(
-        "{}  server={} owner={} {} {} v{} key={}",
+        "{}  server={} owner={} {} {} v{} key={}{}",
         v["id"].as_str().unwrap_or(""),
         v["server"].as_str().unwrap_or(""),
         v["owner"].as_str().unwrap_or(""),
@@ -564,6 +646,11 @@ fn identity_line(v: &Value) -> String {
         v["status"].as_str().unwrap_or(""),
         v["version"],
         v["key_id"].as_str().unwrap_or(""),
+        if v["consent_required"].as_bool() == Some(true) {
+            " consent-required"
+        } else {
+            ""
+        },
     )
 }
 

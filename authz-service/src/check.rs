@@ -59,6 +59,7 @@ impl Authorization for CheckService {
             policy: &policy,
             verifier: &self.state.verifier,
             credentials: &self.state.credentials,
+            refresher: &self.state.refresher,
         };
         let decision = decider.decide(&ctx).await;
         let decision = self.consent(&ctx, decision).await;
@@ -81,12 +82,15 @@ impl CheckService {
             return decision;
         };
         let method = ctx.mcp.as_ref().and_then(|m| m.method.as_deref());
+        // Only a consent answer reads them, and only with a connect page.
         if method == Some("initialize")
+            && state.config.connect.is_some()
             && let Some(user) = at.user.clone()
         {
             let (state, body, at) = (state.clone(), ctx.body.clone(), at.clone());
             tokio::spawn(async move {
-                consent::remember_capabilities(&state.credentials, &body, &user, &at).await;
+                let memory = &state.client_capabilities;
+                consent::remember_capabilities(&state.credentials, memory, &body, &user, &at).await;
             });
         }
         let needs_consent = matches!(&decision, Decision::Deny(d) if d.reason == CONSENT_NEEDED);

@@ -476,6 +476,7 @@ async fn remembered_url_elicitation(credentials: &Credentials, asker: &Asker<'_>
 /// an error message, which every client shows.
 pub async fn remember_capabilities(
     credentials: &Credentials,
+    memory: &CapabilityMemory,
     body: &[u8],
     user: &str,
     at: &Attribution,
@@ -488,8 +489,37 @@ pub async fn remember_capabilities(
     };
     let store = &credentials.store;
     let key = store.client_capabilities_key(&at.gateway, user, client_key(at));
-    if let Err(e) = store.put_expiring(&key, caps, CAPABILITIES_TTL).await {
-        tracing::warn!(error = %e, "could not remember the client's declared capabilities");
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        caps.to_string().hash(&mut h);
+        h.finish()
+    };
+    if memory.0.get(&key) == Some(digest) {
+        return;
+    }
+    match store.put_expiring(&key, caps, CAPABILITIES_TTL).await {
+        Ok(()) => memory.0.insert(key, digest),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remember the client's declared capabilities")
+        }
+    }
+}
+
+/// What this replica last wrote per client, so a client that initializes
+/// again with the same capabilities costs no Redis write.
+#[derive(Clone)]
+pub struct CapabilityMemory(moka::sync::Cache<String, u64>);
+
+impl Default for CapabilityMemory {
+    fn default() -> Self {
+        CapabilityMemory(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                // Written again well before Redis forgets it.
+                .time_to_live(CAPABILITIES_TTL / 2)
+                .build(),
+        )
     }
 }
 

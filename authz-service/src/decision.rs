@@ -14,6 +14,7 @@ use crate::context::RequestContext;
 use crate::credentials::{CredentialError, Credentials};
 use crate::identity::{PrincipalKind, Status, UseError};
 use crate::policy::{self, Policy};
+use crate::refresh::{RefreshError, Refresher};
 use crate::routing::{Route, RouteTable};
 use crate::store::StoreError;
 use crate::vault::{Secret, VaultError};
@@ -108,6 +109,7 @@ pub struct Decider<'a> {
     pub policy: &'a Policy,
     pub verifier: &'a TokenVerifier,
     pub credentials: &'a Credentials,
+    pub refresher: &'a Refresher,
 }
 
 impl Decider<'_> {
@@ -379,6 +381,19 @@ impl Decider<'_> {
                 if open.record.consent_required {
                     return Err(consent());
                 }
+                // An access token about to expire is refreshed first, once
+                // across replicas; one that cannot be refreshed asks again.
+                let open =
+                    self.refresher
+                        .fresh(self.credentials, open)
+                        .await
+                        .map_err(|e| match e {
+                            RefreshError::ConsentNeeded { .. } => consent(),
+                            RefreshError::Unavailable(message) => {
+                                Deny::unavailable("token_refresh_unavailable", message)
+                            }
+                            RefreshError::Credential(e) => unavailable(&e),
+                        })?;
                 Ok(Some(open))
             }
         }

@@ -7,7 +7,8 @@
 //!
 //! Credentials: `identity` (the model) → `vault` (keys and sealing) →
 //! `store` (Redis) → `cache` (this replica's memory) → `credentials` (what
-//! `decision` and `admin` call). `admin` is the operator API, gated by
+//! `decision` and `admin` call). `refresh` keeps per-user OAuth tokens fresh for `decision`
+//! (once across replicas). `admin` is the operator API, gated by
 //! `capability`; `audit` owns the event schema, `audit_read` reads the
 //! stream back for `latchkey audit`; `metrics` counts each decision from
 //! the same event and serves everything at `/metrics` (`http`).
@@ -39,6 +40,7 @@ pub mod otlp;
 pub mod policy;
 pub mod policy_tool;
 pub mod redis_backend;
+pub mod refresh;
 pub mod reload;
 pub mod respond;
 pub mod routing;

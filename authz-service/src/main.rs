@@ -466,15 +466,23 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         config.audit.queue_events,
     );
     let providers = latchkey_authz::oauth::Providers::from_config(&config)?;
+    let metrics = Metrics::new();
+    let refresher = latchkey_authz::refresh::Refresher::new(
+        providers.clone(),
+        config.connect.as_ref(),
+        metrics.refreshes(),
+    );
     let state = Arc::new(state::AppState {
         providers,
+        client_capabilities: Default::default(),
+        refresher,
         config,
         routes,
         verifier,
         credentials,
         policy,
         audit,
-        metrics: Metrics::new(),
+        metrics,
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 

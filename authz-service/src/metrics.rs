@@ -61,6 +61,55 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefreshLabels {
+    server: String,
+    result: &'static str,
+}
+
+/// How a token refresh ended, as `latchkey_token_refreshes_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshResult {
+    /// A new access token; the provider kept the refresh token.
+    Refreshed,
+    /// A new access token and a new refresh token in its place.
+    Rotated,
+    /// The provider no longer accepts the refresh token: consent needed.
+    InvalidGrant,
+    /// The provider could not be asked, or another replica's refresh did
+    /// not finish in time.
+    Unavailable,
+    /// Another replica refreshed; this one used its result.
+    Waited,
+}
+
+impl RefreshResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshResult::Refreshed => "refreshed",
+            RefreshResult::Rotated => "rotated",
+            RefreshResult::InvalidGrant => "invalid_grant",
+            RefreshResult::Unavailable => "unavailable",
+            RefreshResult::Waited => "waited",
+        }
+    }
+}
+
+/// Where `refresh` counts its refreshes; a clone counts into the same family.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshCounter(Family<RefreshLabels, Counter>);
+
+impl RefreshCounter {
+    pub fn count(&self, server: &str, result: RefreshResult) {
+        self.0
+            .get_or_create(&RefreshLabels {
+                server: server.to_string(),
+                result: result.as_str(),
+            })
+            .inc();
+    }
+}
+
 type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 /// What the decision path records.
@@ -68,6 +117,7 @@ type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     latency: LatencyFamily,
+    refreshes: RefreshCounter,
 }
 
 impl Default for Metrics {
@@ -81,7 +131,13 @@ impl Metrics {
         Self {
             decisions: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            refreshes: RefreshCounter::default(),
         }
+    }
+
+    /// The counter of token refreshes, for `refresh::Refresher`.
+    pub fn refreshes(&self) -> RefreshCounter {
+        self.refreshes.clone()
     }
 
     /// Counts one decision and its latency, from the event the audit trail
@@ -119,6 +175,11 @@ impl Metrics {
             "Time to decide one Check, from request in to decision made",
             Unit::Seconds,
             self.latency.clone(),
+        );
+        registry.register(
+            "token_refreshes",
+            "OAuth token refreshes by server and result: refreshed, rotated (new refresh token), invalid_grant (consent needed), unavailable (provider down or another replica too slow), waited (another replica refreshed)",
+            self.refreshes.0.clone(),
         );
         let hits = Family::<CacheLabels, Counter>::default();
         let misses = Family::<CacheLabels, Counter>::default();
@@ -376,6 +437,29 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn token_refreshes_are_counted_by_server_and_result() {
+        let m = Metrics::new();
+        let counter = m.refreshes();
+        counter.count("github", RefreshResult::Rotated);
+        counter.count("github", RefreshResult::Rotated);
+        m.refreshes().count("github", RefreshResult::InvalidGrant);
+        counter.count("jira", RefreshResult::Waited);
+        let text = m.render(&Readings::default());
+        let line = |server: &str, result: &str| {
+            sample(
+                &text,
+                &format!(
+                    "latchkey_token_refreshes_total{{server=\"{server}\",result=\"{result}\"}}"
+                ),
+            )
+        };
+        assert_eq!(line("github", "rotated"), 2.0);
+        assert_eq!(line("github", "invalid_grant"), 1.0);
+        assert_eq!(line("jira", "waited"), 1.0);
+        assert!(text.contains("# TYPE latchkey_token_refreshes_total counter\n"));
     }
 
     #[test]

@@ -16,4 +16,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// OAuth clients of the per-user servers' providers.
     pub providers: crate::oauth::Providers,
+    /// Client capabilities this replica already wrote to Redis.
+    pub client_capabilities: crate::consent::CapabilityMemory,
+    /// Refreshes per-user access tokens before they expire.
+    pub refresher: crate::refresh::Refresher,
 }

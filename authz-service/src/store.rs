@@ -606,7 +606,59 @@ impl Store {
         live.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(live)
     }
+
+    // --- locks -----------------------------------------------------------
+
+    /// Takes the lock `key` for `ttl` with `token` as its value (`SET NX PX`):
+    /// true when this caller holds it now. The lock frees itself after `ttl`
+    /// if it is never released, so a holder that died holds nothing.
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the lock `key` only if its value is still `token`: a holder
+    /// whose lock expired and was taken by another cannot release that one.
+    /// True when it was ours and is gone.
+    pub async fn unlock(&self, key: &str, token: &str) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        let released: i64 = redis::Script::new(UNLOCK_SCRIPT)
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Whether anyone holds the lock `key` right now.
+    pub async fn locked(&self, key: &str) -> Result<bool, StoreError> {
+        let mut conn = self.redis.clone();
+        Ok(conn.exists(key).await?)
+    }
 }
+
+/// Deletes a lock only while it holds the caller's token.
+///
+/// KEYS[1] the lock, ARGV[1] the token its holder set.
+const UNLOCK_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
 
 /// One entry of the audit stream: its id (`<ms>-<seq>`) and the event
 /// (JSON) in its `event` field, if it has one.

@@ -1,0 +1,440 @@
+//! Per-user OAuth tokens over time, end to end: a real Envoy running the
+//! Wasm filter in front of two `latchkey serve` replicas sharing one Redis, a
+//! real downstream OAuth provider (`idp.mjs`, rotating refresh tokens) and an
+//! upstream (`oauth-mcp`) that accepts only that provider's unexpired tokens
+//! and reports whose they are.
+//!
+//! Alice's identity is stored with the provider's tokens (`latchkey identity
+//! create --oauth`), its access token about to expire. Fifty concurrent
+//! `tools/call`s, spread over both replicas, make exactly one refresh at the
+//! provider; the rotated refresh token is what is stored (the old one is
+//! refused, the new one works at the next refresh). Once alice revokes the
+//! app at the provider, the next refresh gets `invalid_grant`: the call is
+//! answered "consent needed" (not a 401), and the identity says consent is
+//! required. No token shows up in any log or in the audit trail.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use latchkey_authz::identity::{IdentitySecret, VaultRecord};
+use latchkey_authz::vault::KeyRing;
+use latchkey_e2e::client::INITIALIZE;
+use latchkey_e2e::{
+    Idp, IdpOptions, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, pkce_pair,
+    post_json, scenario_dir, secrets_scan,
+};
+use serde_json::{Value, json};
+
+/// Latchkey's client id at the downstream provider (also the audience of
+/// the provider's access tokens, as no `resource` is asked for).
+const CLIENT_ID: &str = "latchkey-github";
+const IDENTITY: &str = "github-alice";
+/// `[connect] refresh_margin_secs`.
+const MARGIN: u64 = 60;
+/// Lifetime of the provider's access tokens: each is due for refresh
+/// `TTL - MARGIN` seconds after it was issued.
+const TTL: u64 = 68;
+
+fn due_after() -> Duration {
+    Duration::from_secs(TTL - MARGIN) + Duration::from_millis(500)
+}
+
+/// The config added to the stack: the provider as `github`'s OAuth
+/// provider, `oauth-mcp` as its upstream, a per-user assignment of it.
+fn extra_config(provider: &Idp, upstream: &OauthMcp) -> String {
+    format!(
+        r#"
+[[gateways.assignments]]
+name = "github-mine"
+server = "github"
+scheme = "per_user"
+
+[connect]
+public_url = "https://connect.example.test/latchkey"
+client_id = "latchkey-connect"
+refresh_margin_secs = {MARGIN}
+refresh_wait_ms = 5000
+
+[[servers]]
+name = "github"
+url = "{upstream}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+
+[servers.oauth]
+authorization_endpoint = "{authorize}"
+token_endpoint = "{token}"
+revocation_endpoint = "{revoke}"
+client_id = "{CLIENT_ID}"
+"#,
+        upstream = upstream.url(),
+        authorize = provider.authorize_url(),
+        token = provider.token_url(),
+        revoke = provider.revocation_url(),
+    )
+}
+
+/// Alice signs in at the provider (its sign-in form's own request, no
+/// browser needed here) and the code is exchanged as Latchkey's client
+/// would: the token response.
+async fn alice_tokens(provider: &Idp) -> Result<Value> {
+    let (verifier, challenge) = pkce_pair();
+    let redirect_uri = "http://127.0.0.1:9/connect/callback";
+    let authorize = reqwest::Url::parse_with_params(
+        &provider.authorize_url(),
+        [
+            ("response_type", "code"),
+            ("client_id", CLIENT_ID),
+            ("redirect_uri", redirect_uri),
+            ("state", "st"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("login", "alice"),
+        ],
+    )?;
+    let reply = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(authorize)
+        .send()
+        .await?;
+    let location = reply
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .with_context(|| format!("sign-in answered {} without a redirect", reply.status()))?;
+    let code = reqwest::Url::parse(location)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .context("the redirect carries no code")?;
+    let (status, tokens) = provider
+        .post_token(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &verifier),
+            ("client_id", CLIENT_ID),
+            ("redirect_uri", redirect_uri),
+        ])
+        .await?;
+    ensure!(status == 200, "code exchange answered {status}");
+    Ok(tokens)
+}
+
+fn field(v: &Value, name: &str) -> Result<String> {
+    v[name]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no {name} in the token response"))
+}
+
+/// The tokens stored for alice now, opened with the stack's master key the
+/// way a replica opens them (so the test knows every token to look for).
+fn stored_tokens(stack: &Stack) -> Result<(VaultRecord, String, Option<String>)> {
+    let raw = stack
+        .redis
+        .get(&format!("latchkey:identity:{IDENTITY}"))?
+        .context("alice's identity is not in Redis")?;
+    let record: VaultRecord = serde_json::from_str(&raw)?;
+    let keys = KeyRing::parse(&std::fs::read_to_string(&stack.key_file)?, None)?;
+    match keys.open_identity(&record)? {
+        IdentitySecret::Oauth {
+            access_token,
+            refresh_token,
+        } => {
+            let (a, r) = (
+                access_token.expose().to_string(),
+                refresh_token.map(|t| t.expose().to_string()),
+            );
+            stack.remember_secret(&a);
+            if let Some(r) = &r {
+                stack.remember_secret(r);
+            }
+            Ok((record, a, r))
+        }
+        IdentitySecret::Static { .. } => anyhow::bail!("alice's identity is not OAuth"),
+    }
+}
+
+/// `tools/call` decisions replica `n` logged for the OAuth assignment.
+fn calls_decided(stack: &Stack, n: usize) -> usize {
+    stack.replicas[n]
+        .process
+        .as_ref()
+        .map(|p| {
+            p.log_text()
+                .lines()
+                .filter(|l| {
+                    l.contains("\"latchkey::decision\"")
+                        && l.contains("github-mine")
+                        && l.contains("tools/call")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The sum over replicas of `latchkey_token_refreshes_total{server="github",result}`.
+fn refreshes(stack: &Stack, result: &str) -> Result<f64> {
+    let prefix =
+        format!("latchkey_token_refreshes_total{{server=\"github\",result=\"{result}\"}} ");
+    let mut total = 0.0;
+    for r in &stack.replicas {
+        let (status, text) = http_get(&format!("http://127.0.0.1:{}/metrics", r.http_port))
+            .context("GET /metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse::<f64>())
+            .transpose()?
+            .unwrap_or(0.0);
+    }
+    Ok(total)
+}
+
+/// Lifecycle events about alice's identity with `action`.
+fn lifecycle(stack: &Stack, action: &str) -> Result<Vec<Value>> {
+    Ok(stack
+        .audit_events()?
+        .into_iter()
+        .filter(|e| e["event"] == "lifecycle" && e["action"] == action && e["target"] == IDENTITY)
+        .collect())
+}
+
+async fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        tokio::time::sleep(at - now).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_consent()
+-> Result<()> {
+    let peers_dir = scenario_dir("refresh_peers")?;
+    let provider = Idp::start_with(
+        &peers_dir,
+        IdpOptions {
+            name: Some("provider".into()),
+            ..IdpOptions::default()
+        },
+    )?;
+    let upstream = OauthMcp::start_bin(
+        &peers_dir,
+        env!("CARGO_BIN_EXE_oauth-mcp"),
+        &provider.issuer(),
+        &provider.jwks_uri(),
+        CLIENT_ID,
+    )?;
+    let stack = Stack::start(
+        "refresh",
+        StackOptions {
+            replicas: 2,
+            extra_config: Some(extra_config(&provider, &upstream)),
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    let mut secrets: Vec<String> = Vec::new();
+
+    // Alice's tokens from the provider, the access token due for refresh
+    // TTL - MARGIN seconds from now; stored through the admin API.
+    provider.set_access_ttl(TTL as i64).await?;
+    let issued = Instant::now();
+    let tokens = alice_tokens(&provider).await?;
+    let (access0, refresh0) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    for s in [&access0, &refresh0] {
+        stack.remember_secret(s);
+        secrets.push(s.clone());
+    }
+    let expires_in = tokens["expires_in"].as_i64().context("expires_in")?;
+    ensure!(expires_in == TTL as i64, "expires_in {expires_in}");
+    let admin = stack.admin_token("alice", &[]).await?;
+    let created = stack.cli(
+        0,
+        &admin,
+        &[
+            "identity",
+            "create",
+            "--oauth",
+            "--server",
+            "github",
+            "--id",
+            IDENTITY,
+            "--expires-in",
+            &expires_in.to_string(),
+        ],
+        Some(&format!("{access0}\n{refresh0}\n")),
+    )?;
+    ensure!(
+        created[0]["kind"] == "oauth" && created[0]["version"] == 1,
+        "{created:?}"
+    );
+    stack.cli(
+        1,
+        &admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "github",
+            "--identity",
+            IDENTITY,
+        ],
+        None,
+    )?;
+
+    // A session while the token is not due yet: nothing is refreshed.
+    let alice = stack.token("alice").await?;
+    let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
+    ensure!(provider.stats().await?.refresh_token == 0);
+
+    // Due now (still valid at the upstream for another minute): fifty
+    // concurrent calls, spread over both replicas, refresh it once.
+    sleep_until(issued + due_after()).await;
+    let before = (calls_decided(&stack, 0), calls_decided(&stack, 1));
+    let calls = (0..50).map(|_| client.call_tool("whoami", json!({})));
+    let results = futures_util::future::join_all(calls).await;
+    let refreshed = Instant::now();
+    for r in results {
+        let r = r?;
+        ensure!(McpClient::text(&r) == "alice", "{r:?}");
+    }
+    let stats = provider.stats().await?;
+    ensure!(
+        stats.refresh_token == 1 && stats.refresh_token_by_sub.get("alice") == Some(&1),
+        "exactly one refresh_token grant: {stats:?}"
+    );
+    ensure!(
+        calls_decided(&stack, 0) > before.0 && calls_decided(&stack, 1) > before.1,
+        "both replicas decided some of the calls"
+    );
+    let seen = upstream.seen().await?;
+    ensure!(
+        seen["rejected"] == 0,
+        "the upstream saw only valid tokens: {seen}"
+    );
+    ensure!(
+        upstream.subjects().await?.iter().all(|s| s == "alice"),
+        "{seen}"
+    );
+    ensure!(refreshes(&stack, "rotated")? == 1.0);
+    let (record, access1, refresh1) = stored_tokens(&stack)?;
+    secrets.extend([access1.clone()]);
+    let refresh1 = refresh1.context("a refresh token is stored")?;
+    secrets.push(refresh1.clone());
+    ensure!(
+        record.version == 2 && !record.consent_required,
+        "{record:?}"
+    );
+    ensure!(
+        access1 != access0 && refresh1 != refresh0,
+        "new tokens stored"
+    );
+    let events = lifecycle(&stack, "identity.refresh")?;
+    ensure!(
+        events.len() == 1 && events[0]["after"]["refresh_token_rotated"] == json!(true),
+        "{events:?}"
+    );
+
+    // The rotated-out refresh token is refused by the provider...
+    let (status, refused) = provider
+        .post_token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh0),
+            ("client_id", CLIENT_ID),
+        ])
+        .await?;
+    ensure!(
+        status == 400 && refused["error"] == "invalid_grant",
+        "{status} {refused}"
+    );
+    // ...and the stored one works: the next refresh succeeds with it.
+    sleep_until(refreshed + due_after()).await;
+    let r = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&r) == "alice", "{r:?}");
+    let refreshed = Instant::now();
+    ensure!(provider.stats().await?.refresh_token == 2);
+    let (record, access2, refresh2) = stored_tokens(&stack)?;
+    secrets.push(access2);
+    secrets.extend(refresh2);
+    ensure!(record.version == 3, "{record:?}");
+
+    // Alice revokes the app at the provider; once the token is due again,
+    // the refresh gets invalid_grant and the call asks for consent.
+    ensure!(provider.revoke_subject("alice").await? >= 1);
+    sleep_until(refreshed + due_after()).await;
+    let reply = post_json(
+        &stack.url("github-mine"),
+        Some(&alice),
+        &INITIALIZE.replace("\"id\":1", "\"id\":\"consent-1\""),
+        &[],
+    )
+    .await?;
+    ensure!(
+        reply.status != 401,
+        "consent needed is not a 401: {}",
+        reply.body
+    );
+    let answer: Value = reply
+        .messages()
+        .into_iter()
+        .next()
+        .with_context(|| format!("no JSON-RPC answer: {}", reply.body))?;
+    ensure!(
+        answer["id"] == "consent-1" && answer.get("result").is_none_or(|r| r.is_null()),
+        "{answer}"
+    );
+    let decision = eventually(
+        "the consent_needed decision in the audit trail",
+        async || {
+            let found = stack.audit_events()?.into_iter().find(|e| {
+                e["event"] == "decision"
+                    && e["assignment"] == "github-mine"
+                    && e["reason"] == "consent_needed"
+            });
+            Ok(found.ok_or_else(|| "absent".to_string()))
+        },
+    )
+    .await?;
+    ensure!(
+        decision["user"] == "alice" && decision["status"] != 401,
+        "{decision}"
+    );
+    let marked = lifecycle(&stack, "identity.consent_required")?;
+    ensure!(
+        marked.len() == 1 && marked[0]["after"]["reason"] == "invalid_grant",
+        "{marked:?}"
+    );
+    let shown = stack.cli(0, &admin, &["identity", "show", IDENTITY], None)?;
+    ensure!(shown[0]["consent_required"] == true, "{shown:?}");
+    ensure!(refreshes(&stack, "invalid_grant")? == 1.0);
+    // A second call does not ask the provider again: the identity says it all.
+    let again = post_json(&stack.url("github-mine"), Some(&alice), INITIALIZE, &[]).await?;
+    ensure!(
+        again.status != 401 && again.messages().first().is_some_and(|m| m["id"] == 1),
+        "{}",
+        again.body
+    );
+    ensure!(
+        provider.stats().await?.invalid_grant == 2,
+        "the test's own try and one refresh"
+    );
+    ensure!(upstream.seen().await?["rejected"] == 0);
+
+    // No token in any log, nor in the audit trail.
+    let _ = client.close().await;
+    stack.assert_no_secret_in_logs()?;
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    secrets_scan(&peers_dir, &refs)?;
+    let audit = serde_json::to_string(&stack.audit_events()?)?;
+    for s in &secrets {
+        ensure!(!audit.contains(s.as_str()), "a token is in the audit trail");
+    }
+    Ok(())
+}
