@@ -546,6 +546,31 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let (access, refresh) = s.open_identity(&id).await?;
     let mut secrets = vec![access];
     secrets.extend(refresh);
+
+    // An identity waiting for consent again (its refresh token stopped
+    // working) gets the new tokens under the same id, as its next version.
+    let key = format!("latchkey:identity:{id}");
+    let raw: String = redis::cmd("GET").arg(&key).query(&mut s.redis()?)?;
+    let mut record: Value = serde_json::from_str(&raw)?;
+    assert_eq!(record["version"], 1);
+    record["consent_required"] = json!(true);
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(record.to_string())
+        .query::<()>(&mut s.redis()?)?;
+    let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
+    assert!(page.contains("needs authorising again"), "{page}");
+    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    let (status, body) = get(&c, &callback, &session).await?;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(s.identities_of("alice")?, vec![id.clone()]);
+    let raw: String = redis::cmd("GET").arg(&key).query(&mut s.redis()?)?;
+    let record: Value = serde_json::from_str(&raw)?;
+    assert_eq!(record["version"], 2, "{record}");
+    assert!(record.get("consent_required").is_none(), "{record}");
+    let (access, refresh) = s.open_identity(&id).await?;
+    secrets.push(access);
+    secrets.extend(refresh);
     for cookie in [&session, &bob_session] {
         let value = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
         stack.remember_secret(value);
