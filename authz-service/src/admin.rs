@@ -10,11 +10,11 @@ use latchkey_proto::admin as pb;
 use latchkey_proto::admin::admin_server::Admin;
 use tonic::{Request, Response, Status as RpcStatus};
 
-use crate::audit::{LifecycleEvent, connection_summary, identity_summary, principal_summary};
+use crate::audit::{LifecycleEvent, identity_summary, principal_summary};
 use crate::authn::bearer_token;
 use crate::capability::{Capabilities, Capability};
 use crate::config::IdentityScheme;
-use crate::credentials::{CredentialError, PutError, RotateError, TokenMeta};
+use crate::credentials::{ChangeError, CredentialError, PutError, RotateError, TokenMeta};
 use crate::identity::{
     Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
     UseError, VaultRecord, now_rfc3339,
@@ -261,48 +261,11 @@ impl AdminService {
         create: bool,
         change: impl Fn(&mut ConnectionRecord),
     ) -> Result<ConnectionRecord, RpcStatus> {
-        let store = &self.state.credentials.store;
-        let key = store.connection_key(gateway, user);
-        let indexes = [
-            store.connections_index(),
-            store.user_connections_index(user),
-        ];
-        let written = store
-            .mutate(&key, &indexes, &key, |current: Option<ConnectionRecord>| {
-                let before = current.clone();
-                let mut after = match current {
-                    Some(c) => c,
-                    None if create => ConnectionRecord {
-                        user: user.to_string(),
-                        gateway: gateway.to_string(),
-                        status: Status::Enabled,
-                        identities: Default::default(),
-                        updated_by: String::new(),
-                        updated_at: String::new(),
-                    },
-                    None => {
-                        return Err(RpcStatus::not_found(format!(
-                            "user '{user}' has no connection to gateway '{gateway}'"
-                        )));
-                    }
-                };
-                change(&mut after);
-                after.updated_by = op.subject.clone();
-                after.updated_at = now_rfc3339();
-                Ok(Mutation {
-                    event: LifecycleEvent::new(
-                        action,
-                        &op.subject,
-                        "connection",
-                        &format!("{gateway}/{user}"),
-                        before.as_ref().map(connection_summary),
-                        Some(connection_summary(&after)),
-                    ),
-                    new: Some(after),
-                })
-            })
-            .await?;
-        written.ok_or_else(|| RpcStatus::internal("the change was not written"))
+        self.state
+            .credentials
+            .change_connection(&op.subject, user, gateway, action, create, change)
+            .await
+            .map_err(change_status)
     }
 }
 
@@ -457,31 +420,11 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         let record = self.identity_record(&id).await?;
         Self::may_manage(&op, &record, "deleting this identity")?;
-        let store = &self.state.credentials.store;
-        let indexes = [store.identities_index(), store.owner_index(&record.owner)];
-        store
-            .mutate(
-                &store.identity_key(&id),
-                &indexes,
-                &id,
-                |current: Option<VaultRecord>| {
-                    let Some(before) = current else {
-                        return Err(RpcStatus::not_found(format!("there is no identity '{id}'")));
-                    };
-                    Ok(Mutation {
-                        new: None,
-                        event: LifecycleEvent::new(
-                            "identity.delete",
-                            &op.subject,
-                            "identity",
-                            &id,
-                            Some(identity_summary(&before)),
-                            None,
-                        ),
-                    })
-                },
-            )
-            .await?;
+        self.state
+            .credentials
+            .delete_identity(&op.subject, &record.id)
+            .await
+            .map_err(change_status)?;
         Ok(Response::new(pb::DeleteIdentityResponse {}))
     }
 
@@ -681,6 +624,13 @@ fn store_status(e: StoreError) -> RpcStatus {
         StoreError::Unavailable(_) => RpcStatus::unavailable(e.to_string()),
         StoreError::Contended(_) => RpcStatus::aborted(e.to_string()),
         StoreError::Corrupt { .. } => RpcStatus::data_loss(e.to_string()),
+    }
+}
+
+fn change_status(e: ChangeError) -> RpcStatus {
+    match e {
+        ChangeError::Store(s) => store_status(s),
+        ChangeError::NotFound(m) => RpcStatus::not_found(m),
     }
 }
 

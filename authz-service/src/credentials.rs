@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::{LifecycleEvent, identity_summary};
+use crate::audit::{LifecycleEvent, connection_summary, identity_summary};
 use crate::cache::{Entry, OpenIdentity, ReplicaCache};
 use crate::identity::{
     Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
@@ -263,6 +263,97 @@ impl Credentials {
         written.ok_or_else(|| PutError::Raced(id.to_string()))
     }
 
+    /// Applies `change` to the connection of `user` to `gateway` (creating
+    /// it first when `create`) as one audited change by `actor`. The admin
+    /// API and the connect page both change connections through here.
+    pub async fn change_connection(
+        &self,
+        actor: &str,
+        user: &str,
+        gateway: &str,
+        action: &'static str,
+        create: bool,
+        change: impl Fn(&mut ConnectionRecord),
+    ) -> Result<ConnectionRecord, ChangeError> {
+        let store = &self.store;
+        let key = store.connection_key(gateway, user);
+        let indexes = [
+            store.connections_index(),
+            store.user_connections_index(user),
+        ];
+        let written = store
+            .mutate(&key, &indexes, &key, |current: Option<ConnectionRecord>| {
+                let before = current.clone();
+                let mut after = match current {
+                    Some(c) => c,
+                    None if create => ConnectionRecord {
+                        user: user.to_string(),
+                        gateway: gateway.to_string(),
+                        status: Status::Enabled,
+                        identities: Default::default(),
+                        updated_by: String::new(),
+                        updated_at: String::new(),
+                    },
+                    None => {
+                        return Err(ChangeError::NotFound(format!(
+                            "user '{user}' has no connection to gateway '{gateway}'"
+                        )));
+                    }
+                };
+                change(&mut after);
+                after.updated_by = actor.to_string();
+                after.updated_at = now_rfc3339();
+                Ok(Mutation {
+                    event: LifecycleEvent::new(
+                        action,
+                        actor,
+                        "connection",
+                        &format!("{gateway}/{user}"),
+                        before.as_ref().map(connection_summary),
+                        Some(connection_summary(&after)),
+                    ),
+                    new: Some(after),
+                })
+            })
+            .await?;
+        written.ok_or_else(|| ChangeError::NotFound("the change was not written".into()))
+    }
+
+    /// Deletes identity `id` (record and index entries) as one audited
+    /// change by `actor`; returns what was deleted. Who may delete it is
+    /// the caller's check.
+    pub async fn delete_identity(&self, actor: &str, id: &str) -> Result<VaultRecord, ChangeError> {
+        let store = &self.store;
+        let key = store.identity_key(id);
+        let Some(record) = store.get::<VaultRecord>(&key).await? else {
+            return Err(ChangeError::NotFound(format!(
+                "there is no identity '{id}'"
+            )));
+        };
+        let indexes = [store.identities_index(), store.owner_index(&record.owner)];
+        let mut deleted = None;
+        store
+            .mutate(&key, &indexes, id, |current: Option<VaultRecord>| {
+                let Some(before) = current else {
+                    return Err(ChangeError::NotFound(format!(
+                        "there is no identity '{id}'"
+                    )));
+                };
+                let event = LifecycleEvent::new(
+                    "identity.delete",
+                    actor,
+                    "identity",
+                    id,
+                    Some(identity_summary(&before)),
+                    None,
+                );
+                deleted = Some(before);
+                Ok(Mutation { new: None, event })
+            })
+            .await?;
+        deleted.ok_or_else(|| ChangeError::NotFound(format!("there is no identity '{id}'")))
+    }
+
     /// Makes `to` the active key and re-encrypts every identity onto it,
     /// record by record with compare-and-set, so concurrent requests and
     /// writes never see a half-done record. Refuses unless every live
@@ -374,6 +465,15 @@ impl Credentials {
         }
         Ok(counts)
     }
+}
+
+/// Why a connection or identity change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 #[derive(Debug, thiserror::Error)]

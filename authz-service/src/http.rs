@@ -1,6 +1,7 @@
 //! The HTTP side of `latchkey serve`: RFC 9728 protected resource metadata for
 //! each gateway (so an MCP client without a token learns where to get one),
-//! liveness/readiness probes and Prometheus metrics (`/metrics`).
+//! liveness/readiness probes, Prometheus metrics (`/metrics`) and, with
+//! `[connect]`, the connect page (`connect`).
 
 use std::sync::Arc;
 
@@ -25,7 +26,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/.well-known/oauth-protected-resource/{*resource}",
             get(metadata),
         )
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::connect::router(state))
 }
 
 /// Ready when Redis answers, the invalidation subscription is live and the

@@ -24,6 +24,8 @@ pub mod cache;
 pub mod capability;
 pub mod check;
 pub mod config;
+pub mod connect;
+pub mod connect_page;
 pub mod consent;
 pub mod context;
 pub mod credentials;

@@ -122,6 +122,12 @@ pub struct Provider {
     scopes: Vec<String>,
     resource: Option<String>,
     http: reqwest::Client,
+    /// RFC 7009 revocation is sent by hand: the oauth2 crate refuses a
+    /// revocation URL that is not https, while the other endpoints may be
+    /// (a provider on loopback, as in tests).
+    revocation: Option<Url>,
+    client_id: String,
+    client_secret: Option<String>,
 }
 
 /// The endpoints and client registration of one provider.
@@ -151,13 +157,15 @@ impl Provider {
             .set_token_uri(TokenUrl::from_url(s.token_endpoint.clone()))
             .set_revocation_url_option(s.revocation_endpoint.cloned().map(RevocationUrl::from_url))
             .set_redirect_uri(RedirectUrl::from_url(s.redirect_uri));
+        let mut client_secret = None;
         if let Some(var) = s.client_secret_env {
             let secret = std::env::var(var).map_err(|_| {
                 config(format!(
                     "the client secret is read from the environment variable {var}, which is not set"
                 ))
             })?;
-            client = client.set_client_secret(ClientSecret::new(secret));
+            client = client.set_client_secret(ClientSecret::new(secret.clone()));
+            client_secret = Some(secret);
         }
         let http = reqwest::Client::builder()
             // A provider's redirect is never followed with a code or token in hand.
@@ -171,6 +179,9 @@ impl Provider {
             scopes: s.scopes.to_vec(),
             resource: s.resource.map(str::to_string),
             http,
+            revocation: s.revocation_endpoint.cloned(),
+            client_id: s.client_id.to_string(),
+            client_secret,
         })
     }
 
@@ -241,28 +252,73 @@ impl Provider {
 
     /// Whether this provider has a revocation endpoint.
     pub fn can_revoke(&self) -> bool {
-        self.client.revocation_url().is_some()
+        self.revocation.is_some()
     }
 
     /// RFC 7009 revocation. `Ok(false)` when the provider has no revocation
-    /// endpoint (nothing to do there).
+    /// endpoint (nothing to do there). The client authenticates as at the
+    /// token endpoint: HTTP Basic with a secret, else `client_id` in the form.
     pub async fn revoke(&self, token: &Secret, hint: TokenHint) -> Result<bool, OauthError> {
-        let value = token.expose().to_string();
-        let revocable = match hint {
-            TokenHint::Access => {
-                StandardRevocableToken::AccessToken(oauth2::AccessToken::new(value))
-            }
-            TokenHint::Refresh => StandardRevocableToken::RefreshToken(RefreshToken::new(value)),
-        };
-        let Ok(request) = self.client.revoke_token(revocable) else {
+        let Some(url) = &self.revocation else {
             return Ok(false);
         };
-        let sender = self.sender();
-        request
-            .request_async(&sender)
+        let mut request = self.http.post(url.as_str());
+        // Built apart: the serializer cannot be held across an await.
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token.expose());
+            form.append_pair(
+                "token_type_hint",
+                match hint {
+                    TokenHint::Access => "access_token",
+                    TokenHint::Refresh => "refresh_token",
+                },
+            );
+            match &self.client_secret {
+                Some(secret) => {
+                    // RFC 6749 2.3.1: form-encoded before base64.
+                    let enc = |v: &str| {
+                        url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                    };
+                    request = request.basic_auth(enc(&self.client_id), Some(enc(secret)));
+                }
+                None => {
+                    form.append_pair("client_id", &self.client_id);
+                }
+            }
+            form.finish()
+        };
+        let unreachable = |message: String| OauthError::Unreachable {
+            provider: self.name.clone(),
+            message,
+        };
+        let response = request
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body)
+            .send()
             .await
-            .map_err(|e| self.token_error(e))?;
-        Ok(true)
+            .map_err(|e| unreachable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        // An RFC 7009 error answer names the error; anything else is the
+        // provider failing (503 included: "try again later").
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        match body["error"].as_str() {
+            Some(error) if status.is_client_error() => Err(OauthError::Refused {
+                provider: self.name.clone(),
+                error: error.to_string(),
+                description: body["error_description"].as_str().map(str::to_string),
+            }),
+            _ => Err(unreachable(format!(
+                "the revocation endpoint answered {status}"
+            ))),
+        }
     }
 
     /// The HTTP client oauth2 calls, over this crate's reqwest.
@@ -459,6 +515,53 @@ mod tests {
         // The challenge is derived from the verifier, which never leaves.
         assert!(!a.url.as_str().contains(&a.pkce_verifier));
         assert!(!p.can_revoke());
+    }
+
+    #[tokio::test]
+    async fn revocation_over_http_is_sent_not_skipped() {
+        // A loopback provider answers on http; the oauth2 crate would refuse
+        // such a revocation URL, which must not read as "nothing to revoke".
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/revoke",
+            axum::routing::post(move |body: String| {
+                let record = record.clone();
+                async move {
+                    record.lock().unwrap().push(body);
+                    ""
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let auth = Url::parse("http://127.0.0.1:1/authorize").unwrap();
+        let revoke = Url::parse(&format!("http://{addr}/revoke")).unwrap();
+        let p = Provider::new(ProviderSettings {
+            name: "crm",
+            authorization_endpoint: &auth,
+            token_endpoint: &auth,
+            revocation_endpoint: Some(&revoke),
+            client_id: "latchkey",
+            client_secret_env: None,
+            redirect_uri: auth.clone(),
+            scopes: &[],
+            resource: None,
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        assert!(p.can_revoke());
+        assert!(
+            p.revoke(&Secret::new("rt-1"), TokenHint::Refresh)
+                .await
+                .unwrap()
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec!["token=rt-1&token_type_hint=refresh_token&client_id=latchkey".to_string()]
+        );
     }
 
     #[test]

@@ -274,6 +274,47 @@ impl Store {
         self.get_raw(&self.active_key_key()).await
     }
 
+    // --- short-lived records (connect sessions, flows, consent) -----------
+
+    /// Replaces the value of `key` if it still exists, keeping its expiry;
+    /// `Ok(false)` when it is gone.
+    pub async fn replace_keep_ttl<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut conn = self.redis.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(json)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Reads and deletes `key` in one step (GETDEL), so a record can be
+    /// used once only, however many requests race for it.
+    pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let mut conn = self.redis.clone();
+        let raw: Option<String> = redis::cmd("GETDEL").arg(key).query_async(&mut conn).await?;
+        match raw {
+            Some(raw) => parse(key, &raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        conn.del::<_, ()>(key).await?;
+        Ok(())
+    }
+
     // --- the audit stream, read back --------------------------------------
 
     /// Audit entries from stream id `start` (inclusive; `-` for the oldest)

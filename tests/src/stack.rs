@@ -79,6 +79,10 @@ impl Default for StackOptions {
     }
 }
 
+/// Stands for a replica's HTTP side URL (`http://127.0.0.1:<port>`) in
+/// `extra_config`, e.g. as `[connect] public_url`.
+pub const LATCHKEY_HTTP: &str = "@LATCHKEY_HTTP@";
+
 /// The audience admin tokens carry in every stack.
 pub const ADMIN_AUDIENCE: &str = "latchkey-admin";
 
@@ -99,8 +103,13 @@ impl Replica {
         self.write_config(shared)
     }
 
-    /// Writes this replica's config: its listen addresses, then `shared`.
+    /// Writes this replica's config: its listen addresses, then `shared`
+    /// with [`LATCHKEY_HTTP`] replaced by this replica's HTTP side URL.
     fn write_config(&self, shared: &str) -> Result<()> {
+        let shared = shared.replace(
+            LATCHKEY_HTTP,
+            &format!("http://127.0.0.1:{}", self.http_port),
+        );
         // The listen sections go first: TOML tables after [admin.roles] would nest.
         let config = format!(
             "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
@@ -108,6 +117,11 @@ impl Replica {
         );
         std::fs::write(&self.config_path, config)?;
         Ok(())
+    }
+
+    /// Its HTTP side (health, metrics, the connect page).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     pub fn admin_url(&self) -> String {
