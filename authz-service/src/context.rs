@@ -20,6 +20,9 @@ pub struct RequestContext {
     pub mcp: Option<McpMessage>,
     /// The request body as forwarded (the JSON-RPC message of a POST).
     pub body: Vec<u8>,
+    /// Injected credentials (`<identity>@<version>`) the upstream refused,
+    /// as the Latchkey filter reports them.
+    pub rejected_credentials: Vec<String>,
 }
 
 /// A request the service cannot judge because it is malformed; answered
@@ -67,7 +70,18 @@ impl RequestContext {
         } else {
             http.raw_body.clone()
         };
+        let rejected_credentials = header(latchkey_filter::stale::REJECTED_HEADER)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .take(32)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
+            rejected_credentials,
             body,
             request_id: http.id.clone(),
             method: http.method.clone(),

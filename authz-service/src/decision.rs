@@ -12,7 +12,7 @@ use crate::config::{HiddenAnswer, HiddenStyle};
 use crate::config::{IdentityScheme, ServerAuth};
 use crate::context::RequestContext;
 use crate::credentials::{CredentialError, Credentials};
-use crate::identity::{PrincipalKind, Status, UseError};
+use crate::identity::{CredentialKind, PrincipalKind, Status, UseError};
 use crate::policy::{self, Policy};
 use crate::refresh::{RefreshError, Refresher};
 use crate::routing::{Route, RouteTable};
@@ -42,6 +42,9 @@ pub struct Allow {
     /// The version of that identity's secret, for attribution.
     pub identity_version: Option<u64>,
     pub inject: Option<InjectedHeader>,
+    /// The injected credential is a per-user OAuth token the service can
+    /// refresh if the upstream refuses it.
+    pub refreshable: bool,
     /// For list requests under a policy: what the caller may see, for the
     /// filter to trim the response with.
     pub visibility: Option<Box<Visibility>>,
@@ -189,12 +192,17 @@ impl Decider<'_> {
                     .visibility(&route.gateway.name, &route.assignment.name, &caller)
                     .map(Box::new)
             });
-        match self.credential(&route, &caller).await {
+        match self.credential(ctx, &route, &caller).await {
             Ok(identity) => {
                 let inject = identity
                     .as_ref()
                     .and_then(|i| injected_header(&route.server.auth, i));
+                let refreshable = route.assignment.scheme == IdentityScheme::PerUser
+                    && identity
+                        .as_ref()
+                        .is_some_and(|i| i.record.kind == CredentialKind::Oauth);
                 Decision::Allow(Allow {
+                    refreshable,
                     caller,
                     identity: identity.as_ref().map(|i| i.record.id.clone()),
                     identity_version: identity.as_ref().map(|i| i.record.version),
@@ -324,6 +332,7 @@ impl Decider<'_> {
     /// The identity whose credential goes upstream, per the assignment's scheme.
     async fn credential(
         &self,
+        ctx: &RequestContext,
         route: &Route,
         caller: &Caller,
     ) -> Result<Option<Arc<OpenIdentity>>, Deny> {
@@ -384,17 +393,22 @@ impl Decider<'_> {
                 }
                 // An access token about to expire is refreshed first, once
                 // across replicas; one that cannot be refreshed asks again.
-                let open =
-                    self.refresher
-                        .fresh(self.credentials, open)
-                        .await
-                        .map_err(|e| match e {
-                            RefreshError::ConsentNeeded { .. } => again(),
-                            RefreshError::Unavailable(message) => {
-                                Deny::unavailable("token_refresh_unavailable", message)
-                            }
-                            RefreshError::Credential(e) => unavailable(&e),
-                        })?;
+                let refused = ctx
+                    .rejected_credentials
+                    .iter()
+                    .any(|c| *c == format!("{}@{}", open.record.id, open.record.version));
+                let fresh = if refused {
+                    self.refresher.after_refusal(self.credentials, open).await
+                } else {
+                    self.refresher.fresh(self.credentials, open).await
+                };
+                let open = fresh.map_err(|e| match e {
+                    RefreshError::ConsentNeeded { .. } => again(),
+                    RefreshError::Unavailable(message) => {
+                        Deny::unavailable("token_refresh_unavailable", message)
+                    }
+                    RefreshError::Credential(e) => unavailable(&e),
+                })?;
                 Ok(Some(open))
             }
         }

@@ -160,7 +160,28 @@ impl Refresher {
         credentials: &Credentials,
         open: Arc<OpenIdentity>,
     ) -> Result<Arc<OpenIdentity>, RefreshError> {
-        if !self.due(&open.record) {
+        self.fresh_with(credentials, open, false).await
+    }
+
+    /// Like [`Self::fresh`] for an identity whose current token the upstream
+    /// refused (reported by the filter): refreshed whatever its expiry says,
+    /// once across replicas; the version fences it, so a report that
+    /// arrives after the refresh changes nothing.
+    pub async fn after_refusal(
+        &self,
+        credentials: &Credentials,
+        open: Arc<OpenIdentity>,
+    ) -> Result<Arc<OpenIdentity>, RefreshError> {
+        self.fresh_with(credentials, open, true).await
+    }
+
+    async fn fresh_with(
+        &self,
+        credentials: &Credentials,
+        open: Arc<OpenIdentity>,
+        refused: bool,
+    ) -> Result<Arc<OpenIdentity>, RefreshError> {
+        if !refused && !self.due(&open.record) {
             return Ok(open);
         }
         let IdentitySecret::Oauth { refresh_token, .. } = &open.secret else {
@@ -177,8 +198,10 @@ impl Refresher {
             .slots
             .get_with(open.record.id.clone(), Default::default);
         let mut slot = slot.lock().await;
+        // A refused token is only answered by a newer version.
         if let Some(latest) = &slot.latest
             && latest.record.version >= open.record.version
+            && (!refused || latest.record.version > open.record.version)
         {
             if latest.record.consent_required {
                 return Err(consent(
@@ -189,7 +212,7 @@ impl Refresher {
             let recent = slot
                 .short_lived_since
                 .is_some_and(|t| t.elapsed() < REUSE_FRESH);
-            if !self.due(&latest.record) || (recent && !expired(&latest.record)) {
+            if refused || !self.due(&latest.record) || (recent && !expired(&latest.record)) {
                 return Ok(latest.clone());
             }
         }
@@ -199,7 +222,7 @@ impl Refresher {
         {
             return fall_back(open.clone(), why, false);
         }
-        match self.across_replicas(credentials, &open).await? {
+        match self.across_replicas(credentials, &open, refused).await? {
             Outcome::Fresh(identity) => {
                 slot.short_lived_since = self.due(&identity.record).then(Instant::now);
                 slot.latest = Some(identity.clone());
@@ -223,6 +246,7 @@ impl Refresher {
         &self,
         credentials: &Credentials,
         open: &OpenIdentity,
+        refused: bool,
     ) -> Result<Outcome, CredentialError> {
         let store = &credentials.store;
         let id = &open.record.id;
@@ -234,7 +258,7 @@ impl Refresher {
         let mut waited = false;
         loop {
             if store.try_lock(&lock, &token, self.lock_ttl).await? {
-                let outcome = self.as_holder(credentials, id, seen, waited).await;
+                let outcome = self.as_holder(credentials, id, seen, waited, refused).await;
                 match store.unlock(&lock, &token).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(
@@ -280,12 +304,16 @@ impl Refresher {
         id: &str,
         seen: u64,
         waited: bool,
+        refused: bool,
     ) -> Result<Outcome, CredentialError> {
         let Some(base) = load(credentials, id).await? else {
             return Ok(Outcome::Consent(None, "the identity was deleted"));
         };
         let server = base.record.server.clone();
-        if base.record.version != seen || base.record.consent_required || !self.due(&base.record) {
+        if base.record.version != seen
+            || base.record.consent_required
+            || (!refused && !self.due(&base.record))
+        {
             // Someone finished between our look and the lock.
             if waited && base.record.version != seen {
                 self.counts.count(&server, RefreshResult::Waited);

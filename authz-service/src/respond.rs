@@ -4,6 +4,7 @@
 //! and the Latchkey Wasm filter apply these fields as they are.
 
 use latchkey_filter::jsonrpc;
+use latchkey_filter::stale::CREDENTIAL_KEY;
 use latchkey_filter::visibility::VISIBILITY_KEY;
 use latchkey_proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
 use latchkey_proto::core::header_value_option::HeaderAppendAction;
@@ -35,7 +36,11 @@ fn allow(a: &Allow) -> CheckResponse {
     // The client's token never goes upstream. When the credential rides in
     // `authorization` itself, overwriting it is the removal; listing it in
     // headers_to_remove as well would drop the credential we just set.
-    let mut headers_to_remove = vec!["authorization".to_string()];
+    // Nor does the filter's report of refused credentials (meant for Check).
+    let mut headers_to_remove = vec![
+        "authorization".to_string(),
+        latchkey_filter::stale::REJECTED_HEADER.to_string(),
+    ];
     if let Some(h) = &a.inject {
         headers_to_remove.retain(|r| *r != h.name);
         headers.push(header(
@@ -76,6 +81,11 @@ fn attribution(a: &Allow) -> Struct {
     fields.insert("server".to_string(), s(&a.route.server.name));
     if let Some(i) = &a.identity {
         fields.insert("identity".to_string(), s(i));
+        if a.refreshable
+            && let Some(v) = a.identity_version
+        {
+            fields.insert(CREDENTIAL_KEY.to_string(), s(&format!("{i}@{v}")));
+        }
     }
     if let Some(v) = &a.visibility {
         fields.insert(

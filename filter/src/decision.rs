@@ -91,6 +91,8 @@ fn grpc_status_name(code: u32) -> &'static str {
 pub struct Checked {
     pub verdict: Verdict,
     pub visibility: Option<Visibility>,
+    /// The injected credential the service can refresh (`id@version`).
+    pub credential: Option<String>,
 }
 
 impl From<Verdict> for Checked {
@@ -98,11 +100,24 @@ impl From<Verdict> for Checked {
         Checked {
             verdict,
             visibility: None,
+            credential: None,
         }
     }
 }
 
 /// The caller's view sent along with an allow, if any.
+fn refreshable_credential(response: &CheckResponse) -> Option<String> {
+    let field = response
+        .dynamic_metadata
+        .as_ref()?
+        .fields
+        .get(crate::stale::CREDENTIAL_KEY)?;
+    match &field.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
 fn visibility(response: &CheckResponse) -> Option<Visibility> {
     let field = response
         .dynamic_metadata
@@ -144,6 +159,7 @@ pub fn decide_grpc(
         Ok(response) => Checked {
             verdict: decide(&response, request_headers, id),
             visibility: visibility(&response),
+            credential: refreshable_credential(&response),
         },
         Err(_) => Verdict::Deny(LocalReply::unavailable(id, "unreadable response")).into(),
     }

@@ -20,6 +20,7 @@ use crate::decision::{HeaderEdit, LocalReply, Verdict, decide_grpc};
 use crate::jsonrpc;
 use crate::listing::{ListTrim, SseTrimmer};
 use crate::mcp::{self, Head, McpMessage, RequestError};
+use crate::stale::{self, SharedRejected};
 use crate::visibility::{ListShape, Visibility};
 use serde_json::Value;
 use std::rc::Rc;
@@ -59,6 +60,8 @@ pub enum ResponseHeadersAction {
     Continue,
     /// Remove these headers (the body is about to change size), then pass.
     Remove(Vec<String>),
+    /// Answer the client with this instead of the upstream's response.
+    Respond(LocalReply),
 }
 
 /// What the host must do with a piece of the response body.
@@ -92,6 +95,10 @@ pub struct RequestFlow {
     /// The caller's view, for an allowed list request.
     list_trim: Option<ListTrim>,
     response: ResponseTrim,
+    /// The refreshable credential the service injected, if any.
+    credential: Option<String>,
+    /// Credentials this worker saw the upstream refuse.
+    rejected: SharedRejected,
 }
 
 impl RequestFlow {
@@ -105,7 +112,15 @@ impl RequestFlow {
             buffered: 0,
             list_trim: None,
             response: ResponseTrim::None,
+            credential: None,
+            rejected: SharedRejected::default(),
         }
+    }
+
+    /// Shares the worker's memory of refused credentials with this request.
+    pub fn remembering(mut self, rejected: SharedRejected) -> RequestFlow {
+        self.rejected = rejected;
+        self
     }
 
     fn id(&self) -> Option<&Value> {
@@ -143,7 +158,17 @@ impl RequestFlow {
     }
 
     fn start_check(&mut self, config: &Config, body: &[u8], message: McpMessage) -> Action {
-        let call = check_call(config, &self.headers, body, &self.connection, &message);
+        // The refused-credential report is the filter's to make, not the client's.
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(stale::REJECTED_HEADER))
+            .cloned()
+            .collect();
+        if let Some(value) = self.rejected.borrow().header_value() {
+            headers.push((stale::REJECTED_HEADER.to_owned(), value));
+        }
+        let call = check_call(config, &headers, body, &self.connection, &message);
         self.message = Some(message);
         match call {
             Some(call) => {
@@ -255,6 +280,10 @@ impl RequestFlow {
             Verdict::Allow(edits) => {
                 self.state = State::Allowed;
                 self.list_trim = checked.visibility.and_then(|v| self.list_trim(v));
+                if let Some(credential) = &checked.credential {
+                    self.rejected.borrow_mut().settled(credential);
+                }
+                self.credential = checked.credential;
                 Action::Continue(edits)
             }
             Verdict::Deny(reply) => self.respond(reply),
@@ -278,6 +307,13 @@ impl RequestFlow {
 
     /// Response headers arrived (`:status` among them).
     pub fn on_response_headers(&mut self, headers: &[(String, String)]) -> ResponseHeadersAction {
+        if let Some(credential) = &self.credential
+            && mcp::header(headers, ":status") == Some("401")
+        {
+            self.rejected.borrow_mut().remember(credential);
+            self.list_trim = None;
+            return ResponseHeadersAction::Respond(stale::refused_reply(self.id()));
+        }
         let Some(trim) = self.list_trim.take() else {
             return ResponseHeadersAction::Continue;
         };
@@ -563,6 +599,79 @@ mod tests {
     }
 
     const CALL: &str = r#"{"jsonrpc":"2.0","id":"call-1","method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+
+    /// An allowed `tools/call` whose Check says the injected credential is
+    /// `credential` (none: not refreshable), sharing `memory`.
+    fn allowed_call(
+        memory: &SharedRejected,
+        credential: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (RequestFlow, CheckRequest) {
+        let mut flow = RequestFlow::new(config(1 << 20)).remembering(Rc::clone(memory));
+        let action = post_body(&mut flow, post(extra), CALL);
+        let req = check_request(&action);
+        let mut resp = CheckResponse::default();
+        if let Some(c) = credential {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert(
+                stale::CREDENTIAL_KEY.to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(c.to_owned())),
+                },
+            );
+            resp.dynamic_metadata = Some(prost_types::Struct { fields });
+        }
+        assert!(matches!(
+            flow.on_check_response(0, Some(&resp.encode_to_vec())),
+            Action::Continue(_)
+        ));
+        (flow, req)
+    }
+
+    #[test]
+    fn an_upstream_401_for_an_injected_token_is_a_retryable_error_and_reported_next_time() {
+        let memory = SharedRejected::default();
+        // A client cannot report refusals itself.
+        let (mut flow, req) = allowed_call(
+            &memory,
+            Some("crm-alice@3"),
+            &[(stale::REJECTED_HEADER, "x@1")],
+        );
+        assert!(!http(&req).headers.contains_key(stale::REJECTED_HEADER));
+        let ResponseHeadersAction::Respond(r) = flow.on_response_headers(&h(&[
+            (":status", "401"),
+            ("www-authenticate", "Bearer error=\"invalid_token\""),
+        ])) else {
+            panic!("the 401 must not reach the client");
+        };
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["id"], "call-1");
+        assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
+
+        // The next Check on this worker names the refused credential.
+        let (mut flow, req) = allowed_call(&memory, Some("crm-alice@4"), &[]);
+        assert_eq!(http(&req).headers[stale::REJECTED_HEADER], "crm-alice@3");
+        // Version 4 went upstream and was accepted: settled.
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "application/json")
+            ])),
+            ResponseHeadersAction::Continue
+        );
+        let (_, req) = allowed_call(&memory, None, &[]);
+        assert!(!http(&req).headers.contains_key(stale::REJECTED_HEADER));
+
+        // A 401 with no refreshable credential (a shared key, no credential)
+        // is the upstream's answer to pass on.
+        let (mut flow, _) = allowed_call(&memory, None, &[]);
+        assert_eq!(
+            flow.on_response_headers(&h(&[(":status", "401")])),
+            ResponseHeadersAction::Continue
+        );
+        assert_eq!(memory.borrow().header_value(), None);
+    }
 
     #[test]
     fn tools_call_checks_then_continues_without_authorization() {

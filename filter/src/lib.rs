@@ -15,6 +15,8 @@
 //! * [`listing`]: apply → trim list responses (JSON or SSE, event by event).
 //! * [`round_trip`]: what of Latchkey's own consent round trip (2026-07-28
 //!   `requestState`) the upstream must not see.
+//! * [`stale`]: an upstream 401 for an injected OAuth credential becomes a
+//!   retryable error, and the next `Check` asks for a refresh.
 //! * [`jsonrpc`]: JSON-RPC error bodies and codes used by every local reply.
 //! * `wasm` (wasm32 only): apply → the thin proxy-wasm glue.
 //!
@@ -42,6 +44,7 @@ pub mod jsonrpc;
 pub mod listing;
 pub mod mcp;
 pub mod round_trip;
+pub mod stale;
 pub mod visibility;
 
 #[cfg(target_arch = "wasm32")]

@@ -20,6 +20,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| {
         Box::new(Root {
             config: Rc::new(Err(ConfigError("plugin not configured yet".into()))),
+            rejected: Default::default(),
         })
     });
 }}
@@ -32,6 +33,8 @@ fn log(level: LogLevel, message: &str) {
 /// The plugin: holds the configuration shared by all requests of this VM.
 struct Root {
     config: SharedConfig,
+    /// Credentials the upstream refused, shared by this worker's requests.
+    rejected: crate::stale::SharedRejected,
 }
 
 impl Context for Root {}
@@ -70,7 +73,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Filter {
-            flow: RequestFlow::new(Rc::clone(&self.config)),
+            flow: RequestFlow::new(Rc::clone(&self.config)).remembering(Rc::clone(&self.rejected)),
             token: None,
         }))
     }
@@ -325,7 +328,11 @@ impl HttpContext for Filter {
                 Vec::new()
             }
         };
-        if let ResponseHeadersAction::Remove(names) = self.flow.on_response_headers(&headers) {
+        let action = self.flow.on_response_headers(&headers);
+        if let ResponseHeadersAction::Respond(reply) = action {
+            return self.send(reply);
+        }
+        if let ResponseHeadersAction::Remove(names) = action {
             for name in names {
                 if let Err(status) =
                     hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name)

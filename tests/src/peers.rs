@@ -841,6 +841,18 @@ impl OauthMcp {
             })
             .unwrap_or_default())
     }
+
+    /// From now on the server refuses `sub`'s tokens issued before this
+    /// second, as if its provider had revoked them.
+    pub async fn reject_tokens_issued_before_now(&self, sub: &str) -> Result<()> {
+        let url = format!(
+            "http://127.0.0.1:{}/control/reject-before?sub={sub}",
+            self.port
+        );
+        let (status, _) = post_form(&url, &[]).await?;
+        anyhow::ensure!(status == 200, "{url}: {status}");
+        Ok(())
+    }
 }
 
 /// Waits (blocking) for an HTTP endpoint to answer `want`.

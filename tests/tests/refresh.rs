@@ -438,3 +438,117 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_401() -> Result<()> {
+    let peers_dir = scenario_dir("refused_peers")?;
+    let provider = Idp::start_with(
+        &peers_dir,
+        IdpOptions {
+            name: Some("provider".into()),
+            ..IdpOptions::default()
+        },
+    )?;
+    let upstream = OauthMcp::start_bin(
+        &peers_dir,
+        env!("CARGO_BIN_EXE_oauth-mcp"),
+        &provider.issuer(),
+        &provider.jwks_uri(),
+        CLIENT_ID,
+    )?;
+    let stack = Stack::start(
+        "refused",
+        StackOptions {
+            extra_config: Some(extra_config(&provider, &upstream)),
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    // An hour-long token: nothing about its expiry asks for a refresh.
+    let tokens = alice_tokens(&provider).await?;
+    let (access0, refresh0) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    stack.remember_secret(&access0);
+    stack.remember_secret(&refresh0);
+    let admin = stack.admin_token("alice", &[]).await?;
+    stack.cli(
+        0,
+        &admin,
+        &[
+            "identity",
+            "create",
+            "--oauth",
+            "--server",
+            "github",
+            "--id",
+            IDENTITY,
+            "--expires-in",
+            "3600",
+        ],
+        Some(&format!("{access0}\n{refresh0}\n")),
+    )?;
+    stack.cli(
+        0,
+        &admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "github",
+            "--identity",
+            IDENTITY,
+        ],
+        None,
+    )?;
+    let alice = stack.token("alice").await?;
+    let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
+    let first = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&first) == "alice");
+
+    // The provider revoked alice's outstanding access tokens: the upstream
+    // now answers 401 to the stored one, which has not expired.
+    // (`iat` has whole seconds: the old token's second is over before the
+    // cut-off, and the cut-off's second before the refresh.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    upstream.reject_tokens_issued_before_now("alice").await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refused = client.call_tool("whoami", json!({})).await;
+    let message = match refused {
+        Ok(r) => anyhow::bail!("the refused call succeeded: {r:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        message.contains("refused the stored credential") && message.contains("retry"),
+        "a JSON-RPC error saying to retry, not the upstream's 401: {message}"
+    );
+    ensure!(upstream.seen().await?["rejected"] == 1);
+    ensure!(
+        provider.stats().await?.refresh_token == 0,
+        "nothing refreshed yet"
+    );
+
+    // The retry names the refused credential in its Check: refreshed once,
+    // and the upstream gets the new token.
+    let retried = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&retried) == "alice", "{retried:?}");
+    let again = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&again) == "alice", "{again:?}");
+    let stats = provider.stats().await?;
+    ensure!(stats.refresh_token == 1, "exactly one refresh: {stats:?}");
+    let seen = upstream.seen().await?;
+    ensure!(seen["rejected"] == 1, "one refusal in all: {seen}");
+    let (record, _, _) = stored_tokens(&stack)?;
+    ensure!(
+        record.version == 2,
+        "the refreshed tokens are stored: {}",
+        record.version
+    );
+    ensure!(refreshes(&stack, "rotated")? == 1.0);
+    client.close().await?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}

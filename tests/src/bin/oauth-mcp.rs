@@ -12,7 +12,10 @@
 //! * tool `whoami`: the `sub` of the token that carried the call, as text;
 //! * `GET /seen`: `{"subjects": [...], "rejected": n, "requests": n}` — the
 //!   `sub` of every accepted request to `/mcp` in order, how many were
-//!   refused, and how many requests reached `/mcp` in all.
+//!   refused, and how many requests reached `/mcp` in all;
+//! * `POST /control/reject-before?sub=<s>`: from now on, refuse that
+//!   subject's tokens issued (`iat`) before this second, as a server does
+//!   whose provider revoked them (their signature and expiry still pass).
 //!
 //! It never logs a token: the secret scan of the test logs must pass.
 //!
@@ -61,6 +64,8 @@ struct Seen {
     subjects: Vec<String>,
     rejected: u64,
     requests: u64,
+    /// sub → tokens issued before this unix second are refused.
+    reject_before: HashMap<String, i64>,
 }
 
 struct Verifier {
@@ -77,6 +82,7 @@ struct Verifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    iat: Option<i64>,
 }
 
 impl Verifier {
@@ -119,8 +125,8 @@ impl Verifier {
         self.keys.read().await.get(kid).cloned()
     }
 
-    /// The token's `sub`, or why it is refused (never the token itself).
-    async fn verify(&self, token: &str) -> Result<String> {
+    /// The token's `sub` and `iat`, or why it is refused (never the token itself).
+    async fn verify(&self, token: &str) -> Result<(String, i64)> {
         let header = decode_header(token).context("not a JWT")?;
         if header.alg != Algorithm::RS256 {
             bail!("algorithm {:?}, not RS256", header.alg);
@@ -133,10 +139,12 @@ impl Verifier {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<Claims>(token, &key, &validation).map_err(|e| anyhow::anyhow!(e))?;
-        data.claims
+        let sub = data
+            .claims
             .sub
             .filter(|s| !s.is_empty())
-            .context("no sub claim")
+            .context("no sub claim")?;
+        Ok((sub, data.claims.iat.unwrap_or(0)))
     }
 }
 
@@ -163,14 +171,21 @@ async fn guard(State(state): State<AppState>, mut request: Request, next: Next) 
         Some(t) => state.verifier.verify(&t).await,
         None => Err(anyhow::anyhow!("no bearer token")),
     };
-    {
+    let verdict = {
         let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.requests += 1;
+        let verdict = verdict.and_then(|(sub, iat)| match seen.reject_before.get(&sub) {
+            Some(cutoff) if iat < *cutoff => Err(anyhow::anyhow!(
+                "a token of {sub} issued before it was revoked"
+            )),
+            _ => Ok(sub),
+        });
         match &verdict {
             Ok(sub) => seen.subjects.push(sub.clone()),
             Err(_) => seen.rejected += 1,
         }
-    }
+        verdict
+    };
     match verdict {
         Ok(sub) => {
             request.extensions_mut().insert(Subject(sub));
@@ -198,6 +213,22 @@ async fn seen(State(state): State<AppState>) -> Json<serde_json::Value> {
         "rejected": s.rejected,
         "requests": s.requests,
     }))
+}
+
+async fn reject_before(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(sub) = q.get("sub").filter(|s| !s.is_empty()) else {
+        return (http::StatusCode::BAD_REQUEST, "?sub=<subject> is required").into_response();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
+    seen.reject_before.insert(sub.clone(), now);
+    Json(json!({"sub": sub, "reject_before": now})).into_response()
 }
 
 const USAGE: &str = "usage: oauth-mcp --port <p> --issuer <url> --jwks <url> --audience <aud>";
@@ -243,6 +274,7 @@ async fn main() -> Result<()> {
     let app = Router::new()
         .nest_service("/mcp", mcp)
         .route("/seen", get(seen))
+        .route("/control/reject-before", axum::routing::post(reject_before))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
