@@ -579,3 +579,40 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     s.assert_no_secret_anywhere(&secrets, "connect_errors")?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_nothing() -> Result<()>
+{
+    let mut s = Scenario::start("connect_down").await?;
+    let c = raw_client()?;
+    let http = s.http();
+    let session = sign_in(&c, &format!("{http}/connect/e2e"), "alice").await?;
+
+    // A link whose consent request Redis no longer has (expired, or never issued).
+    let (status, body) = get(
+        &c,
+        &format!("{http}/connect/e2e?request=0123456789abcdef0123456789abcdef"),
+        &session,
+    )
+    .await?;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("This link has expired"), "{body}");
+
+    // The provider goes down between the consent screen and the code exchange.
+    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    s.provider
+        .process
+        .as_mut()
+        .context("the provider was started here")?
+        .stop();
+    let (status, body) = get(&c, &callback, &session).await?;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("The provider is down"), "{body}");
+    assert!(body.contains("Nothing was stored"), "{body}");
+    assert!(s.identities_of("alice")?.is_empty());
+    assert!(s.connection("alice")?.is_none());
+    let value = session.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    s.stack.remember_secret(value);
+    s.assert_no_secret_anywhere(&[value.to_string()], "connect_down")?;
+    Ok(())
+}
