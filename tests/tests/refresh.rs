@@ -5,7 +5,7 @@
 //! and reports whose they are.
 //!
 //! Alice's identity is stored with the provider's tokens (`latchkey identity
-//! create --oauth`), its access token about to expire. Fifty concurrent
+//! create --oauth`), its access token short-lived. Once it has expired, fifty concurrent
 //! `tools/call`s, spread over both replicas, make exactly one refresh at the
 //! provider; the rotated refresh token is what is stored (the old one is
 //! refused, the new one works at the next refresh). Once alice revokes the
@@ -29,11 +29,12 @@ use serde_json::{Value, json};
 /// the provider's access tokens, as no `resource` is asked for).
 const CLIENT_ID: &str = "latchkey-github";
 const IDENTITY: &str = "github-alice";
-/// `[connect] refresh_margin_secs`.
-const MARGIN: u64 = 60;
+/// `[connect] refresh_margin_secs`: none, so the fifty calls below come
+/// with a token that has really expired, not one about to.
+const MARGIN: u64 = 0;
 /// Lifetime of the provider's access tokens: each is due for refresh
 /// `TTL - MARGIN` seconds after it was issued.
-const TTL: u64 = 68;
+const TTL: u64 = 8;
 
 fn due_after() -> Duration {
     Duration::from_secs(TTL - MARGIN) + Duration::from_millis(500)
@@ -294,8 +295,8 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
     let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
     ensure!(provider.stats().await?.refresh_token == 0);
 
-    // Due now (still valid at the upstream for another minute): fifty
-    // concurrent calls, spread over both replicas, refresh it once.
+    // Expired now: fifty concurrent calls, spread over both replicas,
+    // refresh it once.
     sleep_until(issued + due_after()).await;
     let before = (calls_decided(&stack, 0), calls_decided(&stack, 1));
     let calls = (0..50).map(|_| client.call_tool("whoami", json!({})));
