@@ -441,6 +441,15 @@ async fn authorise(
     location(&r)
 }
 
+/// The authorization code in a provider's redirect back.
+fn code_of(callback: &str) -> Result<String> {
+    Ok(reqwest::Url::parse(callback)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .context("no code in the callback")?)
+}
+
 async fn get(c: &reqwest::Client, url: &str, cookie: &str) -> Result<(u16, String)> {
     let r = c.get(url).header("cookie", cookie).send().await?;
     Ok((r.status().as_u16(), r.text().await?))
@@ -490,8 +499,11 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let session = sign_in(&c, &format!("{http}/connect/e2e"), "alice").await?;
     let bob_session = sign_in(&c, &format!("{http}/connect/e2e"), "bob").await?;
 
+    // Codes are secrets too: none may show up in a log or an event.
+    let mut codes = Vec::new();
     // A state that was changed is not one Latchkey issued.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    codes.push(code_of(&callback)?);
     let state = callback
         .split("state=")
         .nth(1)
@@ -515,6 +527,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
 
     // The right session finishes it once; the same state again is refused.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    codes.push(code_of(&callback)?);
     let (status, body) = get(&c, &callback, &session).await?;
     assert_eq!(status, 303, "{body}");
     assert_eq!(s.identities_of("alice")?.len(), 1);
@@ -561,6 +574,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
     assert!(page.contains("needs authorising again"), "{page}");
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    codes.push(code_of(&callback)?);
     let (status, body) = get(&c, &callback, &session).await?;
     assert_eq!(status, 303, "{body}");
     assert_eq!(s.identities_of("alice")?, vec![id.clone()]);
@@ -575,6 +589,10 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
         let value = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
         stack.remember_secret(value);
         secrets.push(value.to_string());
+    }
+    for code in codes {
+        stack.remember_secret(&code);
+        secrets.push(code);
     }
     s.assert_no_secret_anywhere(&secrets, "connect_errors")?;
     Ok(())
@@ -600,6 +618,7 @@ async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_not
 
     // The provider goes down between the consent screen and the code exchange.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    let code = code_of(&callback)?;
     s.provider
         .process
         .as_mut()
@@ -613,6 +632,7 @@ async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_not
     assert!(s.connection("alice")?.is_none());
     let value = session.split_once('=').map(|(_, v)| v).unwrap_or_default();
     s.stack.remember_secret(value);
-    s.assert_no_secret_anywhere(&[value.to_string()], "connect_down")?;
+    s.stack.remember_secret(&code);
+    s.assert_no_secret_anywhere(&[value.to_string(), code], "connect_down")?;
     Ok(())
 }
