@@ -443,11 +443,11 @@ async fn authorise(
 
 /// The authorization code in a provider's redirect back.
 fn code_of(callback: &str) -> Result<String> {
-    Ok(reqwest::Url::parse(callback)?
+    reqwest::Url::parse(callback)?
         .query_pairs()
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
-        .context("no code in the callback")?)
+        .context("no code in the callback")
 }
 
 async fn get(c: &reqwest::Client, url: &str, cookie: &str) -> Result<(u16, String)> {
