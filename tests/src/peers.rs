@@ -859,3 +859,48 @@ impl OauthMcp {
 pub fn wait_http(process: &mut Process, url: &str, want: u16, timeout: Duration) -> Result<()> {
     process.wait_for_http(url, want, timeout)
 }
+
+/// A downstream OAuth provider (`idp.mjs`, logging as `provider`) and an
+/// `oauth-mcp` upstream (`bin`) that accepts only its tokens for `audience`.
+pub fn start_provider_and_upstream(
+    dir: &Path,
+    bin: impl AsRef<Path>,
+    audience: &str,
+) -> Result<(Idp, OauthMcp)> {
+    let provider = Idp::start_with(
+        dir,
+        IdpOptions {
+            name: Some("provider".into()),
+            ..IdpOptions::default()
+        },
+    )?;
+    let upstream =
+        OauthMcp::start_bin(dir, bin, &provider.issuer(), &provider.jwks_uri(), audience)?;
+    Ok((provider, upstream))
+}
+
+/// The authorization code in a provider's redirect back to a client.
+pub fn code_in(redirect: &str) -> Result<String> {
+    reqwest::Url::parse(redirect)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .context("the redirect carries no code")
+}
+
+/// Signs `login` in at a provider's authorization URL without a browser
+/// (the sign-in form's own request) and returns the code it redirected with.
+pub async fn sign_in_directly(authorize_url: &str, login: &str) -> Result<String> {
+    let reply = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(format!("{authorize_url}&login={login}"))
+        .send()
+        .await?;
+    let location = reply
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .with_context(|| format!("sign-in answered {} without a redirect", reply.status()))?;
+    code_in(location)
+}

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::INITIALIZE;
-use latchkey_e2e::peers::{Idp, IdpOptions, OauthMcp, jwt_claims};
+use latchkey_e2e::peers::{Idp, OauthMcp, code_in, jwt_claims, start_provider_and_upstream};
 use latchkey_e2e::stack::{LATCHKEY_HTTP, random_hex};
 use latchkey_e2e::{Browser, McpClient, Stack, StackOptions, post_json, scenario_dir};
 use serde_json::{Value, json};
@@ -32,20 +32,8 @@ struct Scenario {
 impl Scenario {
     async fn start(name: &str) -> Result<Scenario> {
         let peers_dir = scenario_dir(&format!("{name}-peers"))?;
-        let provider = Idp::start_with(
-            &peers_dir,
-            IdpOptions {
-                name: Some("provider".into()),
-                ..IdpOptions::default()
-            },
-        )?;
-        let upstream = OauthMcp::start_bin(
-            &peers_dir,
-            env!("CARGO_BIN_EXE_oauth-mcp"),
-            &provider.issuer(),
-            &provider.jwks_uri(),
-            RESOURCE,
-        )?;
+        let (provider, upstream) =
+            start_provider_and_upstream(&peers_dir, env!("CARGO_BIN_EXE_oauth-mcp"), RESOURCE)?;
         let extra = format!(
             r#"
 [connect]
@@ -441,15 +429,6 @@ async fn authorise(
     location(&r)
 }
 
-/// The authorization code in a provider's redirect back.
-fn code_of(callback: &str) -> Result<String> {
-    reqwest::Url::parse(callback)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .context("no code in the callback")
-}
-
 async fn get(c: &reqwest::Client, url: &str, cookie: &str) -> Result<(u16, String)> {
     let r = c.get(url).header("cookie", cookie).send().await?;
     Ok((r.status().as_u16(), r.text().await?))
@@ -503,7 +482,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let mut codes = Vec::new();
     // A state that was changed is not one Latchkey issued.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
-    codes.push(code_of(&callback)?);
+    codes.push(code_in(&callback)?);
     let state = callback
         .split("state=")
         .nth(1)
@@ -527,7 +506,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
 
     // The right session finishes it once; the same state again is refused.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
-    codes.push(code_of(&callback)?);
+    codes.push(code_in(&callback)?);
     let (status, body) = get(&c, &callback, &session).await?;
     assert_eq!(status, 303, "{body}");
     assert_eq!(s.identities_of("alice")?.len(), 1);
@@ -574,7 +553,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
     assert!(page.contains("needs authorising again"), "{page}");
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
-    codes.push(code_of(&callback)?);
+    codes.push(code_in(&callback)?);
     let (status, body) = get(&c, &callback, &session).await?;
     assert_eq!(status, 303, "{body}");
     assert_eq!(s.identities_of("alice")?, vec![id.clone()]);
@@ -618,7 +597,7 @@ async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_not
 
     // The provider goes down between the consent screen and the code exchange.
     let callback = authorise(&c, &http, &session, "crm", "alice").await?;
-    let code = code_of(&callback)?;
+    let code = code_in(&callback)?;
     s.provider
         .process
         .as_mut()

@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::response::Html;
 use latchkey_e2e::{
     Browser, Idp, IdpOptions, IdpStats, McpClient, OauthMcp, TokenRequest, jwt_claims, pkce_pair,
-    post_json, scenario_dir, secrets_scan,
+    post_json, scenario_dir, secrets_scan, sign_in_directly,
 };
 use serde_json::{Value, json};
 
@@ -115,27 +115,6 @@ fn refresh_request(token: &str) -> Vec<(&'static str, String)> {
         ("refresh_token", token.into()),
         ("client_id", CLIENT_ID.into()),
     ]
-}
-
-/// Signs `login` in without a browser (the sign-in form's own request) and
-/// returns the code the provider redirected with.
-async fn sign_in_directly(authorize_url: &str, login: &str) -> Result<String> {
-    let reply = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?
-        .get(format!("{authorize_url}&login={login}"))
-        .send()
-        .await?;
-    let location = reply
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .with_context(|| format!("sign-in answered {} without a redirect", reply.status()))?;
-    reqwest::Url::parse(location)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .context("the redirect carries no code")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,8 @@ use latchkey_authz::identity::{IdentitySecret, VaultRecord};
 use latchkey_authz::vault::KeyRing;
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::{
-    Idp, IdpOptions, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, pkce_pair,
-    post_json, scenario_dir, secrets_scan,
+    Idp, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, pkce_pair, post_json,
+    scenario_dir, secrets_scan, sign_in_directly, start_provider_and_upstream,
 };
 use serde_json::{Value, json};
 
@@ -89,25 +89,9 @@ async fn alice_tokens(provider: &Idp) -> Result<Value> {
             ("state", "st"),
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
-            ("login", "alice"),
         ],
     )?;
-    let reply = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?
-        .get(authorize)
-        .send()
-        .await?;
-    let location = reply
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .with_context(|| format!("sign-in answered {} without a redirect", reply.status()))?;
-    let code = reqwest::Url::parse(location)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .context("the redirect carries no code")?;
+    let code = sign_in_directly(authorize.as_str(), "alice").await?;
     let (status, tokens) = provider
         .post_token(&[
             ("grant_type", "authorization_code"),
@@ -126,6 +110,54 @@ fn field(v: &Value, name: &str) -> Result<String> {
         .as_str()
         .map(str::to_string)
         .with_context(|| format!("no {name} in the token response"))
+}
+
+/// Stores alice's provider tokens as her OAuth identity for `github`
+/// (through replica 0) and puts it on her connection (through the last
+/// replica), as `latchkey identity create --oauth` and `connection use` do.
+fn store_alices_identity(
+    stack: &Stack,
+    admin: &str,
+    access: &str,
+    refresh: &str,
+    expires_in: i64,
+) -> Result<()> {
+    let created = stack.cli(
+        0,
+        admin,
+        &[
+            "identity",
+            "create",
+            "--oauth",
+            "--server",
+            "github",
+            "--id",
+            IDENTITY,
+            "--expires-in",
+            &expires_in.to_string(),
+        ],
+        Some(&format!("{access}\n{refresh}\n")),
+    )?;
+    ensure!(
+        created[0]["kind"] == "oauth" && created[0]["version"] == 1,
+        "{created:?}"
+    );
+    stack.cli(
+        stack.replicas.len() - 1,
+        admin,
+        &[
+            "connection",
+            "use",
+            "--gateway",
+            "e2e",
+            "--server",
+            "github",
+            "--identity",
+            IDENTITY,
+        ],
+        None,
+    )?;
+    Ok(())
 }
 
 /// The tokens stored for alice now, opened with the stack's master key the
@@ -213,20 +245,8 @@ async fn sleep_until(at: Instant) {
 async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_consent()
 -> Result<()> {
     let peers_dir = scenario_dir("refresh_peers")?;
-    let provider = Idp::start_with(
-        &peers_dir,
-        IdpOptions {
-            name: Some("provider".into()),
-            ..IdpOptions::default()
-        },
-    )?;
-    let upstream = OauthMcp::start_bin(
-        &peers_dir,
-        env!("CARGO_BIN_EXE_oauth-mcp"),
-        &provider.issuer(),
-        &provider.jwks_uri(),
-        CLIENT_ID,
-    )?;
+    let (provider, upstream) =
+        start_provider_and_upstream(&peers_dir, env!("CARGO_BIN_EXE_oauth-mcp"), CLIENT_ID)?;
     let stack = Stack::start(
         "refresh",
         StackOptions {
@@ -254,41 +274,7 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
     let expires_in = tokens["expires_in"].as_i64().context("expires_in")?;
     ensure!(expires_in == TTL as i64, "expires_in {expires_in}");
     let admin = stack.admin_token("alice", &[]).await?;
-    let created = stack.cli(
-        0,
-        &admin,
-        &[
-            "identity",
-            "create",
-            "--oauth",
-            "--server",
-            "github",
-            "--id",
-            IDENTITY,
-            "--expires-in",
-            &expires_in.to_string(),
-        ],
-        Some(&format!("{access0}\n{refresh0}\n")),
-    )?;
-    ensure!(
-        created[0]["kind"] == "oauth" && created[0]["version"] == 1,
-        "{created:?}"
-    );
-    stack.cli(
-        1,
-        &admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "github",
-            "--identity",
-            IDENTITY,
-        ],
-        None,
-    )?;
+    store_alices_identity(&stack, &admin, &access0, &refresh0, expires_in)?;
 
     // A session while the token is not due yet: nothing is refreshed.
     let alice = stack.token("alice").await?;
@@ -442,19 +428,9 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_401() -> Result<()> {
-    let peers_dir = scenario_dir("refused_peers")?;
-    let provider = Idp::start_with(
-        &peers_dir,
-        IdpOptions {
-            name: Some("provider".into()),
-            ..IdpOptions::default()
-        },
-    )?;
-    let upstream = OauthMcp::start_bin(
-        &peers_dir,
+    let (provider, upstream) = start_provider_and_upstream(
+        &scenario_dir("refused_peers")?,
         env!("CARGO_BIN_EXE_oauth-mcp"),
-        &provider.issuer(),
-        &provider.jwks_uri(),
         CLIENT_ID,
     )?;
     let stack = Stack::start(
@@ -474,37 +450,7 @@ async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_4
     stack.remember_secret(&access0);
     stack.remember_secret(&refresh0);
     let admin = stack.admin_token("alice", &[]).await?;
-    stack.cli(
-        0,
-        &admin,
-        &[
-            "identity",
-            "create",
-            "--oauth",
-            "--server",
-            "github",
-            "--id",
-            IDENTITY,
-            "--expires-in",
-            "3600",
-        ],
-        Some(&format!("{access0}\n{refresh0}\n")),
-    )?;
-    stack.cli(
-        0,
-        &admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "github",
-            "--identity",
-            IDENTITY,
-        ],
-        None,
-    )?;
+    store_alices_identity(&stack, &admin, &access0, &refresh0, 3600)?;
     let alice = stack.token("alice").await?;
     let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
     let first = client.call_tool("whoami", json!({})).await?;
