@@ -514,6 +514,44 @@ impl Idp {
         format!("{}/revoke", self.base_url())
     }
 
+    /// The whole authorization code flow with PKCE for `login` at this
+    /// provider, as client `client_id`, without a browser.
+    pub async fn code_flow_without_browser(
+        &self,
+        login: &str,
+        client_id: &str,
+    ) -> Result<CodeFlow> {
+        let (verifier, challenge) = pkce_pair();
+        let redirect_uri = "http://127.0.0.1:9/callback";
+        let authorize = reqwest::Url::parse_with_params(
+            &self.authorize_url(),
+            [
+                ("response_type", "code"),
+                ("client_id", client_id),
+                ("redirect_uri", redirect_uri),
+                ("state", "s"),
+                ("code_challenge", challenge.as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        )?;
+        let code = sign_in_directly(authorize.as_str(), login).await?;
+        let (status, tokens) = self
+            .post_token(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+                ("client_id", client_id),
+                ("redirect_uri", redirect_uri),
+            ])
+            .await?;
+        Ok(CodeFlow {
+            status,
+            tokens,
+            code,
+            verifier,
+        })
+    }
+
     /// POSTs `form` to the token endpoint: the status and the JSON answer
     /// (for code and refresh exchanges, including the refused ones).
     pub async fn post_token(&self, form: &[(&str, &str)]) -> Result<(u16, serde_json::Value)> {
@@ -858,6 +896,16 @@ impl OauthMcp {
 /// Waits (blocking) for an HTTP endpoint to answer `want`.
 pub fn wait_http(process: &mut Process, url: &str, want: u16, timeout: Duration) -> Result<()> {
     process.wait_for_http(url, want, timeout)
+}
+
+/// What [`Idp::code_flow_without_browser`] went through: the token
+/// endpoint's status and answer, and the code and PKCE verifier it used
+/// (secrets a test scans the logs for).
+pub struct CodeFlow {
+    pub status: u16,
+    pub tokens: serde_json::Value,
+    pub code: String,
+    pub verifier: String,
 }
 
 /// A downstream OAuth provider (`idp.mjs`, logging as `provider`) and an

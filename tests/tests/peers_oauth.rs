@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use axum::extract::{Query, State};
 use axum::response::Html;
+use latchkey_e2e::peers::CodeFlow;
 use latchkey_e2e::{
     Browser, Idp, IdpOptions, IdpStats, McpClient, OauthMcp, TokenRequest, jwt_claims, pkce_pair,
     post_json, scenario_dir, secrets_scan, sign_in_directly,
@@ -400,28 +401,13 @@ async fn oauth_provider_without_rotation_keeps_the_refresh_token() -> Result<()>
             ..IdpOptions::default()
         },
     )?;
-    let (verifier, challenge) = pkce_pair();
-    let redirect_uri = "http://127.0.0.1:9/callback";
-    let authorize = reqwest::Url::parse_with_params(
-        &provider.authorize_url(),
-        [
-            ("response_type", "code"),
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", redirect_uri),
-            ("state", "s"),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ],
-    )?;
-    let code = sign_in_directly(authorize.as_str(), "carol").await?;
-    let (status, tokens) = provider
-        .post_token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", redirect_uri),
-        ])
+    let CodeFlow {
+        status,
+        tokens,
+        code,
+        verifier,
+    } = provider
+        .code_flow_without_browser("carol", CLIENT_ID)
         .await?;
     assert_eq!(status, 200, "keys {:?}", keys(&tokens));
     // No resource asked: the audience is the client.

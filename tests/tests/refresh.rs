@@ -20,8 +20,8 @@ use latchkey_authz::identity::{IdentitySecret, VaultRecord};
 use latchkey_authz::vault::KeyRing;
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::{
-    Idp, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, pkce_pair, post_json,
-    scenario_dir, secrets_scan, sign_in_directly, start_provider_and_upstream,
+    Idp, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, post_json, scenario_dir,
+    secrets_scan, start_provider_and_upstream,
 };
 use serde_json::{Value, json};
 
@@ -78,31 +78,11 @@ client_id = "{CLIENT_ID}"
 /// browser needed here) and the code is exchanged as Latchkey's client
 /// would: the token response.
 async fn alice_tokens(provider: &Idp) -> Result<Value> {
-    let (verifier, challenge) = pkce_pair();
-    let redirect_uri = "http://127.0.0.1:9/connect/callback";
-    let authorize = reqwest::Url::parse_with_params(
-        &provider.authorize_url(),
-        [
-            ("response_type", "code"),
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", redirect_uri),
-            ("state", "st"),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ],
-    )?;
-    let code = sign_in_directly(authorize.as_str(), "alice").await?;
-    let (status, tokens) = provider
-        .post_token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-            ("client_id", CLIENT_ID),
-            ("redirect_uri", redirect_uri),
-        ])
+    let flow = provider
+        .code_flow_without_browser("alice", CLIENT_ID)
         .await?;
-    ensure!(status == 200, "code exchange answered {status}");
-    Ok(tokens)
+    ensure!(flow.status == 200, "code exchange answered {}", flow.status);
+    Ok(flow.tokens)
 }
 
 fn field(v: &Value, name: &str) -> Result<String> {
