@@ -256,6 +256,11 @@ pub async fn ask(
     let Some(connect) = connect else {
         return deny;
     };
+    // A notification, a response or a stream cannot show anyone a link:
+    // no consent request is recorded for it.
+    if deny.id.is_none() {
+        return deny;
+    }
     let Some(at) = deny.attribution.as_deref() else {
         return deny;
     };

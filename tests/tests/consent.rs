@@ -187,6 +187,25 @@ async fn mcp_2025_11_25_gets_a_url_elicitation_error_when_the_client_declared_ur
         "{e}"
     );
 
+    // A notification cannot show a link: refused, and no consent request recorded.
+    // RESP array header: `*<count of consent requests>`.
+    let consent_requests = || -> Result<String> {
+        let reply = stack.redis.command(&["KEYS", "latchkey:consent:*"])?;
+        Ok(reply.lines().next().unwrap_or_default().to_string())
+    };
+    let before = consent_requests()?;
+    assert_ne!(before, "*0", "the requests so far were answered with links");
+    let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string();
+    let r = post_json(
+        &stack.url("whoami-mine"),
+        Some(&bob),
+        &note,
+        &[("mcp-protocol-version", v)],
+    )
+    .await?;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(consent_requests()?, before);
+
     // Nothing reached the upstream, and the refusals are audited as consent requests.
     assert_eq!(stack.echo.requests().await?, 0);
     let decisions = latchkey_e2e::wait::eventually("decision events", async || {
