@@ -38,7 +38,7 @@ impl Route {
 
     /// The routes a request here may go through: the candidates of a
     /// combined endpoint, or this route alone.
-    pub fn candidates<'a>(self: &'a Arc<Route>) -> &'a [Arc<Route>] {
+    pub fn candidates(self: &Arc<Route>) -> &[Arc<Route>] {
         match &self.combined {
             Some(c) => &c.candidates,
             None => std::slice::from_ref(self),
