@@ -537,6 +537,21 @@ pub struct Gateway {
     pub unknown_agents: crate::agents::UnknownAgents,
     #[serde(default)]
     pub assignments: Vec<Assignment>,
+    /// Endpoints that combine several assignments of the same server
+    /// (`[[gateways.combined]]`), each published at `<public_url>/<name>`.
+    #[serde(default)]
+    pub combined: Vec<Combined>,
+}
+
+/// One endpoint over several assignments of one server: a named request
+/// goes to the first assignment whose policy lets the caller see the name,
+/// a list shows the union of what they show.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Combined {
+    pub name: String,
+    /// The candidate assignments, in the order they are tried.
+    pub assignments: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -627,7 +642,16 @@ impl Gateway {
 
     /// Public path of one assignment.
     pub fn assignment_path(&self, assignment: &Assignment) -> String {
-        format!("{}/{}", self.base_path(), assignment.name)
+        self.endpoint_path(&assignment.name)
+    }
+
+    /// Public path of an assignment or a combined endpoint by its name.
+    pub fn endpoint_path(&self, name: &str) -> String {
+        format!("{}/{}", self.base_path(), name)
+    }
+
+    pub fn assignment(&self, name: &str) -> Option<&Assignment> {
+        self.assignments.iter().find(|a| a.name == name)
     }
 
     /// RFC 9728 metadata URL for this gateway: the well-known prefix inserted
@@ -769,6 +793,59 @@ impl Config {
                     ));
                 }
             }
+            for c in &g.combined {
+                g.validate_combined(c, &mut assignments)
+                    .map_err(ConfigError::Invalid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Gateway {
+    /// A combined endpoint's rules; `taken` holds the names already
+    /// published on this gateway (assignments and earlier combined ones).
+    fn validate_combined<'a>(
+        &'a self,
+        c: &'a Combined,
+        taken: &mut HashSet<&'a str>,
+    ) -> Result<(), String> {
+        let at = format!("gateway '{}', combined '{}'", self.name, c.name);
+        if c.name.is_empty() || c.name.contains(['/', '?', '#']) {
+            return Err(format!("{at}: the name must be one non-empty path segment"));
+        }
+        if !taken.insert(c.name.as_str()) {
+            return Err(format!(
+                "{at}: the name is already published on this gateway (an assignment or another combined endpoint has it)"
+            ));
+        }
+        if c.assignments.len() < 2 {
+            return Err(format!(
+                "{at}: combines {} assignment(s); it needs at least two (publish a single assignment at its own path)",
+                c.assignments.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut server: Option<&str> = None;
+        for name in &c.assignments {
+            let Some(a) = self.assignment(name) else {
+                return Err(format!(
+                    "{at}: no assignment '{name}' on this gateway (declare it under [[gateways.assignments]])"
+                ));
+            };
+            if !seen.insert(name.as_str()) {
+                return Err(format!("{at}: assignment '{name}' is named twice"));
+            }
+            match server {
+                None => server = Some(&a.server),
+                Some(s) if s != a.server => {
+                    return Err(format!(
+                        "{at}: assignment '{name}' is of server '{}' but '{}' is of server '{s}'; a combined endpoint joins assignments of the same server, so each name belongs to one of them",
+                        a.server, c.assignments[0]
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -903,6 +980,81 @@ scheme = "per_user"
         assert_eq!(c.admin.listen.port(), 9999);
         assert_eq!(c.admin.audience, "latchkey-admin");
         assert_eq!(c.redis.timeout_ms, 500);
+    }
+
+    fn with_combined(combined: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "{SAMPLE}\n[[servers]]\nname = \"other\"\nurl = \"http://127.0.0.1:3002/mcp\"\n\n[[gateways.assignments]]\nname = \"other\"\nserver = \"other\"\nscheme = \"per_user\"\n{combined}"
+        );
+        Config::parse(&text)
+    }
+
+    fn combined_error(combined: &str) -> String {
+        with_combined(combined).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn combined_endpoint_parses_in_order() {
+        let c = with_combined(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything-mine\", \"everything\"]\n",
+        )
+        .unwrap();
+        let g = &c.gateways[0];
+        assert_eq!(g.combined[0].name, "both");
+        assert_eq!(g.combined[0].assignments, ["everything-mine", "everything"]);
+        assert_eq!(g.endpoint_path("both"), "/mcp/both");
+        assert!(with_combined("").unwrap().gateways[0].combined.is_empty());
+    }
+
+    #[test]
+    fn combined_endpoint_rules_are_named() {
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\", \"nope\"]\n",
+        );
+        assert!(
+            err.contains("combined 'both': no assignment 'nope'"),
+            "{err}"
+        );
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\", \"other\"]\n",
+        );
+        assert!(
+            err.contains("'other' is of server 'other' but 'everything' is of server 'everything'"),
+            "{err}"
+        );
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\"]\n",
+        );
+        assert!(err.contains("needs at least two"), "{err}");
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\", \"everything\"]\n",
+        );
+        assert!(err.contains("'everything' is named twice"), "{err}");
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"a/b\"\nassignments = [\"everything\", \"everything-mine\"]\n",
+        );
+        assert!(err.contains("one non-empty path segment"), "{err}");
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"\"\nassignments = [\"everything\", \"everything-mine\"]\n",
+        );
+        assert!(err.contains("one non-empty path segment"), "{err}");
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"other\"\nassignments = [\"everything\", \"everything-mine\"]\n",
+        );
+        assert!(
+            err.contains("combined 'other': the name is already published"),
+            "{err}"
+        );
+        let twice = "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\", \"everything-mine\"]\n";
+        let err = combined_error(&format!("{twice}{twice}"));
+        assert!(
+            err.contains("combined 'both': the name is already published"),
+            "{err}"
+        );
+        let err = combined_error(
+            "[[gateways.combined]]\nname = \"both\"\nassignments = [\"everything\", \"everything-mine\"]\nextra = 1\n",
+        );
+        assert!(err.contains("extra"), "{err}");
     }
 
     #[test]

@@ -83,12 +83,18 @@ pub struct Attribution {
 }
 
 impl Attribution {
+    /// Of a combined endpoint before an assignment was chosen, the
+    /// endpoint's name and the scheme `combined`.
     pub fn of(route: &Route, caller: Option<&Caller>) -> Box<Attribution> {
+        let scheme = match &route.combined {
+            Some(_) => "combined",
+            None => route.assignment.scheme.name(),
+        };
         Box::new(Attribution {
             gateway: route.gateway.name.clone(),
-            assignment: route.assignment.name.clone(),
+            assignment: route.endpoint().to_owned(),
             server: route.server.name.clone(),
-            scheme: route.assignment.scheme.name(),
+            scheme,
             user: caller.filter(|c| !c.headless).map(|c| c.subject.clone()),
             agent: caller.and_then(|c| c.agent.clone()),
             actors: caller.map(|c| c.actors.clone()).unwrap_or_default(),
@@ -148,39 +154,115 @@ impl Decider<'_> {
             &mut caller,
             route.gateway.unknown_agents,
         );
-        let attributed = |deny: Deny| {
-            Decision::Deny(Deny {
-                id: id.clone(),
-                attribution: Some(Attribution::of(&route, Some(&caller))),
-                ..deny
-            })
-        };
         if let Err(agent) = recognised {
-            return attributed(forbidden(
-                "unknown_agent",
-                format!(
-                    "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
-                    agent.name,
-                    agent.source.describe(),
-                    route.gateway.name
+            return attributed_to(
+                &route,
+                &caller,
+                id,
+                forbidden(
+                    "unknown_agent",
+                    format!(
+                        "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
+                        agent.name,
+                        agent.source.describe(),
+                        route.gateway.name
+                    ),
                 ),
-            ));
+            );
         }
-        if caller.headless && route.assignment.scheme == IdentityScheme::PerUser {
-            return attributed(forbidden(
-                "agent_without_user",
-                format!(
-                    "agent '{}' acts for nobody (its token's subject is the agent itself), and '{}' uses each person's own identity; call it with a token issued for the user the agent acts for",
-                    caller.agent.as_deref().unwrap_or_default(),
-                    route.assignment.name
-                ),
-            ));
+        // Before the principals' status, as it always was for one assignment.
+        if let Some(deny) = headless_refusal(&route, &caller).filter(|_| route.combined.is_none()) {
+            return attributed_to(&route, &caller, id, deny);
         }
         if let Err(deny) = self.principals_enabled(&caller).await {
-            return attributed(deny);
+            return attributed_to(&route, &caller, id, deny);
+        }
+        if route.combined.is_none() {
+            return self.decide_on(ctx, route, caller, id).await;
+        }
+        // A combined endpoint: a request naming something goes to the first
+        // candidate whose policy shows the caller that name; anything else
+        // to the first candidate with a usable credential.
+        if let Some((kind, name)) = named_item(ctx) {
+            return match candidate_showing(self.policy, &route, &caller, kind, &name) {
+                Some(chosen) => self.decide_on(ctx, chosen.clone(), caller, id).await,
+                None => {
+                    let deny = self.hidden(kind, &name, id.as_ref());
+                    attributed_to(&route, &caller, id, deny)
+                }
+            };
+        }
+        self.decide_combined(ctx, &route, caller, id).await
+    }
+
+    /// A request that does not name anything, on a combined endpoint: the
+    /// credential of the first candidate that has a usable one; a list
+    /// shows the union of what the candidates show.
+    async fn decide_combined(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        caller: Caller,
+        id: Option<Value>,
+    ) -> Decision {
+        let is_list = ctx
+            .mcp
+            .as_ref()
+            .and_then(|m| m.method.as_deref())
+            .and_then(ListShape::of_method)
+            .is_some();
+        let mut refusals = Vec::new();
+        let mut chosen = None;
+        for candidate in route.candidates() {
+            if let Some(deny) = headless_refusal(candidate, &caller) {
+                refusals.push((candidate, deny));
+                continue;
+            }
+            match self.credential(ctx, candidate, &caller).await {
+                Ok(identity) => {
+                    chosen = Some((candidate.clone(), identity));
+                    break;
+                }
+                Err(deny) => refusals.push((candidate, deny)),
+            }
+        }
+        let Some((candidate, identity)) = chosen else {
+            // Consent is asked only when no candidate has a credential; it
+            // is for the candidate that needs it.
+            return match consent_first(refusals) {
+                Some((candidate, deny)) => attributed_to(candidate, &caller, id, deny),
+                None => attributed_to(
+                    route,
+                    &caller,
+                    id,
+                    forbidden(
+                        "no_candidate",
+                        "no assignment can serve this request".into(),
+                    ),
+                ),
+            };
+        };
+        let visibility = is_list
+            .then(|| union_view(self.policy, route, &caller))
+            .flatten()
+            .map(Box::new);
+        allow(candidate, caller, identity, visibility)
+    }
+
+    /// The decision on one assignment's route (a single endpoint, or the
+    /// candidate a combined endpoint chose).
+    async fn decide_on(
+        &self,
+        ctx: &RequestContext,
+        route: Arc<Route>,
+        caller: Caller,
+        id: Option<Value>,
+    ) -> Decision {
+        if let Some(deny) = headless_refusal(&route, &caller) {
+            return attributed_to(&route, &caller, id, deny);
         }
         if let Some(deny) = self.policy_denial(ctx, &route, &caller, id.as_ref()) {
-            return attributed(deny);
+            return attributed_to(&route, &caller, id, deny);
         }
         let visibility = ctx
             .mcp
@@ -193,25 +275,8 @@ impl Decider<'_> {
                     .map(Box::new)
             });
         match self.credential(ctx, &route, &caller).await {
-            Ok(identity) => {
-                let inject = identity
-                    .as_ref()
-                    .and_then(|i| injected_header(&route.server.auth, i));
-                let refreshable = route.assignment.scheme == IdentityScheme::PerUser
-                    && identity
-                        .as_ref()
-                        .is_some_and(|i| i.record.kind == CredentialKind::Oauth);
-                Decision::Allow(Allow {
-                    refreshable,
-                    caller,
-                    identity: identity.as_ref().map(|i| i.record.id.clone()),
-                    identity_version: identity.as_ref().map(|i| i.record.version),
-                    route,
-                    inject,
-                    visibility,
-                })
-            }
-            Err(deny) => attributed(deny),
+            Ok(identity) => allow(route, caller, identity, visibility),
+            Err(deny) => attributed_to(&route, &caller, id, deny),
         }
     }
 
@@ -225,19 +290,8 @@ impl Decider<'_> {
         caller: &Caller,
         id: Option<&Value>,
     ) -> Option<Deny> {
-        let message = ctx.mcp.as_ref()?;
-        let method = message.method.as_deref()?;
-        let completed;
-        let (kind, name) = match (ItemKind::of_method(method), message.name.as_deref()) {
-            (Some(kind), Some(name)) => (kind, name),
-            // Completing a hidden prompt's arguments (or a hidden resource
-            // template's) would reveal it: judge the reference like a call.
-            _ if method == "completion/complete" => {
-                completed = ctx.completion_ref()?;
-                (completed.0, completed.1.as_str())
-            }
-            _ => return None,
-        };
+        let (kind, name) = named_item(ctx)?;
+        let name = name.as_str();
         let (gateway, assignment) = (&route.gateway.name, &route.assignment.name);
         let arguments = (kind == ItemKind::Tool
             && self.policy.needs_arguments(gateway, assignment, name))
@@ -248,14 +302,7 @@ impl Decider<'_> {
             .decide(gateway, assignment, caller, kind, name, arguments.as_ref())
         {
             policy::Verdict::Allowed => None,
-            policy::Verdict::Hidden { kind, name } => {
-                let answer = match kind {
-                    ItemKind::Tool => &self.policy.hidden.tool,
-                    ItemKind::Prompt => &self.policy.hidden.prompt,
-                    ItemKind::Resource => &self.policy.hidden.resource,
-                };
-                Some(hidden_answer(answer, &name, id))
-            }
+            policy::Verdict::Hidden { kind, name } => Some(self.hidden(kind, &name, id)),
             policy::Verdict::Violation { tool, message } => Some(Deny {
                 http_status: 200,
                 jsonrpc_code: 0,
@@ -271,6 +318,16 @@ impl Decider<'_> {
                 ..Deny::default()
             }),
         }
+    }
+
+    /// The answer to a request naming something the caller may not see.
+    fn hidden(&self, kind: ItemKind, name: &str, id: Option<&Value>) -> Deny {
+        let answer = match kind {
+            ItemKind::Tool => &self.policy.hidden.tool,
+            ItemKind::Prompt => &self.policy.hidden.prompt,
+            ItemKind::Resource => &self.policy.hidden.resource,
+        };
+        hidden_answer(answer, name, id)
     }
 
     /// A deactivated user or a disabled agent is refused before anything
@@ -413,6 +470,115 @@ impl Decider<'_> {
             }
         }
     }
+}
+
+/// The tool, prompt or resource a request names, if any: a call, get or
+/// read by its name, or the prompt or resource template a completion
+/// refers to (completing a hidden one would reveal it).
+fn named_item(ctx: &RequestContext) -> Option<(ItemKind, String)> {
+    let message = ctx.mcp.as_ref()?;
+    let method = message.method.as_deref()?;
+    match (ItemKind::of_method(method), message.name.as_deref()) {
+        (Some(kind), Some(name)) => Some((kind, name.to_owned())),
+        _ if method == "completion/complete" => ctx.completion_ref(),
+        _ => None,
+    }
+}
+
+/// The candidate of a combined endpoint that decides a request naming
+/// `name`: the first whose policy lets `caller` see it. The candidates are
+/// assignments of one server, so a name means one tool, and this makes
+/// which assignment (constraints, scheme, credential) serves it
+/// unambiguous. `None`: no candidate shows it (the hidden answer).
+fn candidate_showing<'a>(
+    policy: &Policy,
+    route: &'a Arc<Route>,
+    caller: &Caller,
+    kind: ItemKind,
+    name: &str,
+) -> Option<&'a Arc<Route>> {
+    route.candidates().iter().find(|c| {
+        let verdict = policy.decide(
+            &c.gateway.name,
+            &c.assignment.name,
+            caller,
+            kind,
+            name,
+            None,
+        );
+        !matches!(verdict, policy::Verdict::Hidden { .. })
+    })
+}
+
+/// What `caller` sees through a combined endpoint: the union of the
+/// candidates' views (a per-user candidate shows nothing to an agent acting
+/// for nobody, which cannot use it). `None` when no policy is in force.
+fn union_view(policy: &Policy, route: &Arc<Route>, caller: &Caller) -> Option<Visibility> {
+    let views: Option<Vec<Visibility>> = route
+        .candidates()
+        .iter()
+        .filter(|c| headless_refusal(c, caller).is_none())
+        .map(|c| policy.visibility(&c.gateway.name, &c.assignment.name, caller))
+        .collect();
+    views.map(Visibility::union)
+}
+
+/// Of the refusals of every candidate, the one to answer: a consent
+/// request if one needs consent (connecting resolves it), else the first.
+fn consent_first<T>(refusals: Vec<(T, Deny)>) -> Option<(T, Deny)> {
+    let at = refusals
+        .iter()
+        .position(|(_, d)| d.reason == CONSENT_NEEDED)
+        .unwrap_or(0);
+    refusals.into_iter().nth(at)
+}
+
+/// An agent acting for nobody cannot use a per-user assignment.
+fn headless_refusal(route: &Route, caller: &Caller) -> Option<Deny> {
+    (caller.headless && route.assignment.scheme == IdentityScheme::PerUser).then(|| {
+        forbidden(
+            "agent_without_user",
+            format!(
+                "agent '{}' acts for nobody (its token's subject is the agent itself), and '{}' uses each person's own identity; call it with a token issued for the user the agent acts for",
+                caller.agent.as_deref().unwrap_or_default(),
+                route.assignment.name
+            ),
+        )
+    })
+}
+
+/// A refusal on `route`, with who and where for the audit trail.
+fn attributed_to(route: &Route, caller: &Caller, id: Option<Value>, deny: Deny) -> Decision {
+    Decision::Deny(Deny {
+        id,
+        attribution: Some(Attribution::of(route, Some(caller))),
+        ..deny
+    })
+}
+
+/// Lets the request through on `route` (the assignment actually used).
+fn allow(
+    route: Arc<Route>,
+    caller: Caller,
+    identity: Option<Arc<OpenIdentity>>,
+    visibility: Option<Box<Visibility>>,
+) -> Decision {
+    let inject = identity
+        .as_ref()
+        .and_then(|i| injected_header(&route.server.auth, i));
+    let refreshable = route.assignment.scheme == IdentityScheme::PerUser
+        && identity
+            .as_ref()
+            .is_some_and(|i| i.record.kind == CredentialKind::Oauth);
+    Decision::Allow(Allow {
+        refreshable,
+        caller,
+        identity: identity.as_ref().map(|i| i.record.id.clone()),
+        identity_version: identity.as_ref().map(|i| i.record.version),
+        route,
+        inject,
+        visibility,
+    })
 }
 
 /// A JSON-RPC result that is a failed tool call (`isError: true`): the
@@ -566,5 +732,189 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         reason: "unauthenticated",
         body: None,
         attribution: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// One server assigned twice (shared for reads, per-user for writes)
+    /// and combined, shared first.
+    const CONFIG: &str = r#"
+[vault]
+key_env = "K"
+[identity_provider]
+issuer = "http://idp"
+[[servers]]
+name = "gh"
+url = "http://127.0.0.1:1/mcp"
+[[gateways]]
+name = "g"
+public_url = "http://gw/mcp"
+[[gateways.assignments]]
+name = "gh-read"
+server = "gh"
+scheme = "shared"
+identity = "gh-sa"
+[[gateways.assignments]]
+name = "gh-write"
+server = "gh"
+scheme = "per_user"
+[[gateways.combined]]
+name = "gh"
+assignments = ["gh-read", "gh-write"]
+[[policy.grants]]
+name = "reads"
+gateway = "g"
+assignments = ["gh-read"]
+users = ["*"]
+tools = { allow = ["get_*", "create_draft"] }
+[[policy.grants]]
+name = "writes"
+gateway = "g"
+assignments = ["gh-write"]
+users = ["*"]
+tools = { allow = ["create_*", "get_private"] }
+"#;
+
+    fn setup(text: &str) -> (Policy, Arc<Route>) {
+        let config = Config::parse(text).unwrap();
+        let policy = Policy::compile(&config, text).unwrap();
+        let route = RouteTable::build(&config)
+            .find("gw", "/mcp/gh")
+            .unwrap()
+            .clone();
+        (policy, route)
+    }
+
+    fn alice() -> Caller {
+        Caller {
+            subject: "alice".into(),
+            ..Caller::default()
+        }
+    }
+
+    fn chosen(policy: &Policy, route: &Arc<Route>, caller: &Caller, tool: &str) -> Option<String> {
+        candidate_showing(policy, route, caller, ItemKind::Tool, tool)
+            .map(|r| r.assignment.name.clone())
+    }
+
+    #[test]
+    fn a_name_goes_to_the_first_candidate_that_shows_it() {
+        let (policy, route) = setup(CONFIG);
+        let alice = alice();
+        assert_eq!(
+            chosen(&policy, &route, &alice, "get_repo").as_deref(),
+            Some("gh-read")
+        );
+        assert_eq!(
+            chosen(&policy, &route, &alice, "create_issue").as_deref(),
+            Some("gh-write")
+        );
+        // Shown by both: the order of the combined endpoint decides.
+        assert_eq!(
+            chosen(&policy, &route, &alice, "create_draft").as_deref(),
+            Some("gh-read")
+        );
+        assert_eq!(
+            chosen(&policy, &route, &alice, "get_private").as_deref(),
+            Some("gh-read")
+        );
+        assert_eq!(chosen(&policy, &route, &alice, "delete_repo"), None);
+        let reversed = CONFIG.replace(
+            r#"assignments = ["gh-read", "gh-write"]"#,
+            r#"assignments = ["gh-write", "gh-read"]"#,
+        );
+        let (policy, route) = setup(&reversed);
+        assert_eq!(
+            chosen(&policy, &route, &alice, "create_draft").as_deref(),
+            Some("gh-write")
+        );
+        assert_eq!(
+            chosen(&policy, &route, &alice, "get_repo").as_deref(),
+            Some("gh-read")
+        );
+    }
+
+    #[test]
+    fn without_a_policy_the_first_candidate_serves_every_name() {
+        let text = &CONFIG[..CONFIG.find("[[policy.grants]]").unwrap()];
+        let (policy, route) = setup(text);
+        assert_eq!(
+            chosen(&policy, &route, &alice(), "anything").as_deref(),
+            Some("gh-read")
+        );
+        assert!(union_view(&policy, &route, &alice()).is_none());
+    }
+
+    #[test]
+    fn a_list_shows_the_union_of_the_candidates() {
+        let (policy, route) = setup(CONFIG);
+        let view = union_view(&policy, &route, &alice()).unwrap();
+        for tool in ["get_repo", "create_issue", "create_draft", "get_private"] {
+            assert!(view.permits(ItemKind::Tool, tool), "{tool}");
+        }
+        assert!(!view.permits(ItemKind::Tool, "delete_repo"));
+        // An agent acting for nobody cannot use the per-user candidate,
+        // even where its own grants would show it something.
+        let grant = |assignment: &str, tool: &str| {
+            format!(
+                "[[policy.grants]]\nname = \"bot-{assignment}\"\ngateway = \"g\"\nassignments = [\"{assignment}\"]\nagents = [\"bot\"]\ntools = {{ allow = [\"{tool}\"] }}\n"
+            )
+        };
+        let bot = format!(
+            "{}{}",
+            grant("gh-read", "get_repo"),
+            grant("gh-write", "create_issue")
+        );
+        let (policy, route) = setup(&format!("[[agents]]\nname = \"bot\"\n{CONFIG}{bot}"));
+        let headless = Caller {
+            subject: "bot".into(),
+            client_id: Some("bot".into()),
+            agent: Some("bot".into()),
+            headless: true,
+            ..Caller::default()
+        };
+        let view = union_view(&policy, &route, &headless).unwrap();
+        assert!(view.permits(ItemKind::Tool, "get_repo"));
+        assert!(!view.permits(ItemKind::Tool, "create_issue"));
+        assert!(!view.permits(ItemKind::Tool, "get_private"));
+    }
+
+    #[test]
+    fn consent_is_answered_only_when_a_candidate_needs_it() {
+        let refusal = |reason| Deny {
+            reason,
+            ..Deny::default()
+        };
+        let picked = consent_first(vec![
+            ("read", refusal("vault_unavailable")),
+            ("write", refusal(CONSENT_NEEDED)),
+        ]);
+        assert_eq!(
+            picked.map(|(c, d)| (c, d.reason)),
+            Some(("write", CONSENT_NEEDED))
+        );
+        let picked = consent_first(vec![
+            ("read", refusal("identity_disabled")),
+            ("write", refusal("connection_disabled")),
+        ]);
+        assert_eq!(picked.map(|(c, _)| c), Some("read"));
+        assert!(consent_first::<&str>(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn attribution_names_the_combined_endpoint_until_an_assignment_is_chosen() {
+        let (_, route) = setup(CONFIG);
+        let at = Attribution::of(&route, Some(&alice()));
+        assert_eq!((at.assignment.as_str(), at.scheme), ("gh", "combined"));
+        let at = Attribution::of(&route.candidates()[1], Some(&alice()));
+        assert_eq!(
+            (at.assignment.as_str(), at.scheme),
+            ("gh-write", "per_user")
+        );
+        assert_eq!(at.user.as_deref(), Some("alice"));
     }
 }

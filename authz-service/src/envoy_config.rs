@@ -148,7 +148,13 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
                 "                typed_per_filter_config:\n                  latchkey:\n                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    disabled: true"
             );
         }
-        for a in &g.assignments {
+        // A combined endpoint goes to the server its assignments share.
+        let combined = g.combined.iter().filter_map(|c| {
+            let first = g.assignment(c.assignments.first()?)?;
+            Some((g.endpoint_path(&c.name), first))
+        });
+        let endpoints = g.assignments.iter().map(|a| (g.assignment_path(a), a));
+        for (path, a) in endpoints.chain(combined) {
             let Some(server) = config.server(&a.server) else {
                 continue;
             };
@@ -156,11 +162,7 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
                 "" => "/",
                 p => p,
             };
-            let _ = writeln!(
-                y,
-                "              - match: {{ path: \"{}\" }}",
-                g.assignment_path(a)
-            );
+            let _ = writeln!(y, "              - match: {{ path: \"{path}\" }}");
             let _ = writeln!(
                 y,
                 "                route:\n                  cluster: server_{}\n                  prefix_rewrite: \"{upstream_path}\"\n                  timeout: 0s\n                  idle_timeout: 3600s",
@@ -359,6 +361,25 @@ mod tests {
         assert!(y.contains("fail_open: false"));
         // The metadata route bypasses the filter so token-less clients can read it.
         assert!(y.contains("disabled: true"));
+    }
+
+    #[test]
+    fn a_combined_endpoint_is_routed_to_its_server() {
+        let text = format!(
+            "{}\n[[gateways.combined]]\nname = \"whoami-both\"\nassignments = [\"whoami\", \"whoami-mine\"]\n",
+            include_str!("../../envoy/latchkey.local.toml")
+        );
+        let y = render(&Config::parse(&text).unwrap(), &defaults(AuthzMode::Wasm));
+        let at = y
+            .find("match: { path: \"/mcp/whoami-both\" }")
+            .expect("combined route");
+        let route = &y[at..];
+        let next = route[1..].find("- match").map_or(route.len(), |n| n + 1);
+        assert!(
+            route[..next].contains("cluster: server_whoami"),
+            "{}",
+            &route[..next]
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub const VISIBILITY_KEY: &str = "visibility";
 /// The field of a visibility struct holding the acting agent's own view.
 const AGENT_KEY: &str = "agent";
 
+/// The field of a visibility struct holding the views of a union.
+const ANY_OF_KEY: &str = "any_of";
+
 /// The kinds of things a policy rules over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemKind {
@@ -200,13 +203,15 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// The caller's view of one server assignment. When an agent acts for the
-/// user, `agent` is the agent's own view: a name must be in both.
+/// user, `agent` is the agent's own view: a name must be in both. A union
+/// (`any_of`, see [`Visibility::union`]) sees what any of its views sees.
 #[derive(Debug, Clone, Default)]
 pub struct Visibility {
     tools: Rules,
     prompts: Rules,
     resources: Rules,
     agent: Option<Box<Visibility>>,
+    any_of: Vec<Visibility>,
 }
 
 impl Visibility {
@@ -217,6 +222,7 @@ impl Visibility {
             prompts: Rules::everything(),
             resources: Rules::everything(),
             agent: None,
+            any_of: Vec::new(),
         }
     }
 
@@ -226,6 +232,21 @@ impl Visibility {
             prompts,
             resources,
             agent: None,
+            any_of: Vec::new(),
+        }
+    }
+
+    /// What any of `views` sees: the view of a combined endpoint, whose
+    /// list shows every name one of its assignments shows. Each view keeps
+    /// its own agent narrowing. No views: nothing is visible.
+    pub fn union(views: Vec<Visibility>) -> Visibility {
+        let mut views = views;
+        if views.len() == 1 {
+            return views.remove(0);
+        }
+        Visibility {
+            any_of: views,
+            ..Visibility::default()
         }
     }
 
@@ -252,6 +273,9 @@ impl Visibility {
     pub fn permits(&self, kind: ItemKind, name: &str) -> bool {
         if !Visibility::name_allowed(kind, name) {
             return false;
+        }
+        if !self.any_of.is_empty() {
+            return self.any_of.iter().any(|v| v.permits(kind, name));
         }
         let rules = self.rules(kind);
         rules.allows(name)
@@ -293,6 +317,21 @@ impl Visibility {
                 },
             );
         }
+        if !self.any_of.is_empty() {
+            let views = self
+                .any_of
+                .iter()
+                .map(|v| Value {
+                    kind: Some(Kind::StructValue(v.to_struct())),
+                })
+                .collect();
+            fields.insert(
+                ANY_OF_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: views })),
+                },
+            );
+        }
         Struct { fields }
     }
 
@@ -325,11 +364,24 @@ impl Visibility {
             // Present but unreadable: the agent sees nothing.
             Some(_) => Some(Box::default()),
         };
+        // A union's own rules are empty; an unreadable member sees nothing.
+        let any_of = match s.fields.get(ANY_OF_KEY).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::ListValue(l)) => l
+                .values
+                .iter()
+                .map(|v| match &v.kind {
+                    Some(Kind::StructValue(inner)) => Visibility::from_struct(inner),
+                    _ => Visibility::default(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Visibility {
             tools: rules(ItemKind::Tool),
             prompts: rules(ItemKind::Prompt),
             resources: rules(ItemKind::Resource),
             agent,
+            any_of,
         }
     }
 }
@@ -465,6 +517,53 @@ mod tests {
             },
         );
         assert!(!Visibility::from_struct(&broken).permits(ItemKind::Tool, "read_rows"));
+    }
+
+    #[test]
+    fn a_union_sees_what_any_view_sees_and_survives_the_round_trip() {
+        let shared = tools(&["get_*", "list_*"], &["get_secret"]);
+        let mine = tools(&["create_*", "get_secret"], &[])
+            .and_agent(tools(&["create_issue", "get_secret"], &[]));
+        let u = Visibility::union(vec![shared, mine]);
+        assert!(u.permits(ItemKind::Tool, "get_repo"), "from the first");
+        assert!(u.permits(ItemKind::Tool, "create_issue"), "from the second");
+        assert!(
+            u.permits(ItemKind::Tool, "get_secret"),
+            "a deny in one view does not hide what another shows"
+        );
+        assert!(
+            !u.permits(ItemKind::Tool, "create_repo"),
+            "each view keeps its agent narrowing"
+        );
+        assert!(!u.permits(ItemKind::Tool, "delete_repo"));
+        assert!(!u.permits(ItemKind::Tool, "get_r\u{0435}po"));
+        assert!(!u.permits(ItemKind::Prompt, "get_repo"));
+        let back = Visibility::from_struct(&u.to_struct());
+        for name in ["get_repo", "create_issue", "get_secret", "create_repo", "x"] {
+            assert_eq!(
+                back.permits(ItemKind::Tool, name),
+                u.permits(ItemKind::Tool, name),
+                "{name}"
+            );
+        }
+        // One view is that view; none sees nothing.
+        let one = Visibility::union(vec![tools(&["a"], &[])]);
+        assert!(one.permits(ItemKind::Tool, "a"));
+        assert!(one.any_of.is_empty());
+        assert!(!Visibility::union(Vec::new()).permits(ItemKind::Tool, "a"));
+        // An unreadable member sees nothing; the others still count.
+        let mut broken = u.to_struct();
+        if let Some(Value {
+            kind: Some(Kind::ListValue(l)),
+        }) = broken.fields.get_mut(ANY_OF_KEY)
+        {
+            l.values[0] = Value {
+                kind: Some(Kind::StringValue("x".into())),
+            };
+        }
+        let back = Visibility::from_struct(&broken);
+        assert!(!back.permits(ItemKind::Tool, "get_repo"));
+        assert!(back.permits(ItemKind::Tool, "create_issue"));
     }
 
     #[test]

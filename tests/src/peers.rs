@@ -750,11 +750,16 @@ pub struct FastMcp {
 }
 
 impl FastMcp {
-    pub fn start(dir: &Path, page_size: usize) -> Result<FastMcp> {
+    /// `expect`: the `Authorization` it reports as `"expected"` in each
+    /// tool result's `structuredContent.credential`.
+    pub fn start(dir: &Path, page_size: usize, expect: Option<&str>) -> Result<FastMcp> {
         let port = free_port();
         let mut cmd = Command::new(paths::workspace_bin("fast-mcp")?);
         cmd.args(["--port", &port.to_string()])
             .args(["--page-size", &page_size.to_string()]);
+        if let Some(expect) = expect {
+            cmd.env("FAST_MCP_EXPECT_AUTHORIZATION", expect);
+        }
         let mut process = Process::spawn("fast-mcp", cmd, dir)?;
         process.wait_for_log("FAST_MCP_READY", Duration::from_secs(10))?;
         Ok(FastMcp { port, process })

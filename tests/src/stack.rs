@@ -200,8 +200,15 @@ impl Stack {
         } else {
             None
         };
+        // fast-mcp reports whether a call came with this service account's
+        // credential (`structuredContent.credential` is "expected").
+        let fast_secret = format!("sa-fast-{}", random_hex());
         let fast = match opts.fast_mcp_page_size {
-            Some(page) => Some(FastMcp::start(&dir, page)?),
+            Some(page) => Some(FastMcp::start(
+                &dir,
+                page,
+                Some(&format!("Bearer {fast_secret}")),
+            )?),
             None => None,
         };
         let fast_url = fast
@@ -344,7 +351,6 @@ identity = "late-sa"
         let whoami_secret = format!("sa-whoami-{}", random_hex());
         let everything_secret = format!("sa-everything-{}", random_hex());
         let late_secret = format!("sa-late-{}", random_hex());
-        let fast_secret = format!("sa-fast-{}", random_hex());
         for (id, server, secret) in [
             ("whoami-sa", "whoami", &whoami_secret),
             ("everything-sa", "everything", &everything_secret),
