@@ -549,6 +549,38 @@ identity = "late-sa"
         .await
     }
 
+    /// `user` brings an identity of their own for `server` (a random
+    /// secret, remembered for the log scan) and puts it on their connection
+    /// to gateway `e2e`, through replica 0's admin API, as they would with
+    /// the CLI. Returns the secret.
+    pub async fn connect_own_identity(&self, user: &str, server: &str, id: &str) -> Result<String> {
+        let admin = self.admin_token(user, &[]).await?;
+        let secret = format!("{user}-{server}-{}", random_hex());
+        self.remember_secret(&secret);
+        self.cli(
+            0,
+            &admin,
+            &["identity", "create", "--server", server, "--id", id],
+            Some(&secret),
+        )?;
+        self.cli(
+            0,
+            &admin,
+            &[
+                "connection",
+                "use",
+                "--gateway",
+                "e2e",
+                "--server",
+                server,
+                "--identity",
+                id,
+            ],
+            None,
+        )?;
+        Ok(secret)
+    }
+
     /// Runs the `latchkey` CLI against replica `n`'s admin API with `token`,
     /// `--json`, and `stdin` piped in; its parsed JSON lines on success, its
     /// stderr in the error.

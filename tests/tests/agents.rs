@@ -9,7 +9,6 @@
 use anyhow::{Context, Result};
 use latchkey_e2e::McpClient;
 use latchkey_e2e::client::{INITIALIZE, post_json, post_json_with};
-use latchkey_e2e::stack::random_hex;
 use latchkey_e2e::{Stack, StackOptions, TokenRequest, eventually};
 use serde_json::{Value, json};
 
@@ -231,37 +230,9 @@ async fn delegation_chains_unknown_clients_and_agents_acting_for_nobody() -> Res
 
     // The same token on a per-user assignment: the upstream gets alice's
     // own credential (the bot acts as her), and the call is attributed to both.
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    let secret = format!("alice-pat-{}", random_hex());
-    stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-whoami",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-whoami",
-        ],
-        None,
-    )?;
+    let secret = stack
+        .connect_own_identity("alice", "whoami", "alice-whoami")
+        .await?;
     let client = McpClient::connect(&stack.url("whoami-mine"), &chained).await?;
     let result = client.call_tool("whoami", json!({})).await?;
     assert_eq!(McpClient::text(&result), format!("Bearer {secret}"));

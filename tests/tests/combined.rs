@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result};
 use latchkey_e2e::client::{INITIALIZE, post_json};
-use latchkey_e2e::stack::random_hex;
 use latchkey_e2e::{Stack, StackOptions, eventually};
 use serde_json::{Value, json};
 
@@ -132,37 +131,9 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
     let bob = stack.token("bob").await?;
 
     // alice connects an identity of her own for fast.
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    let secret = format!("alice-fast-{}", random_hex());
-    stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "fast",
-            "--id",
-            "alice-fast",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "fast",
-            "--identity",
-            "alice-fast",
-        ],
-        None,
-    )?;
+    stack
+        .connect_own_identity("alice", "fast", "alice-fast")
+        .await?;
 
     // Her list is the union of both assignments' views, and nothing else.
     let union = ["tool_00", "tool_01", "tool_02", "tool_10", "tool_11"];

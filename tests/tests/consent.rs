@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result};
 use latchkey_e2e::client::{HttpReply, assert_jsonrpc_error};
-use latchkey_e2e::stack::random_hex;
 use latchkey_e2e::{Stack, StackOptions, post_json};
 use serde_json::{Value, json};
 
@@ -371,37 +370,9 @@ async fn mcp_2026_07_28_gets_an_input_required_result_with_a_request_state_bound
     );
 
     // Once alice has an identity, the retry with her state goes through.
-    let admin = stack.admin_token("alice", &[]).await?;
-    let secret = format!("alice-consented-{}", random_hex());
-    stack.remember_secret(&secret);
-    stack.cli(
-        0,
-        &admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "alice-whoami",
-        ],
-        Some(&secret),
-    )?;
-    stack.cli(
-        0,
-        &admin,
-        &[
-            "connection",
-            "use",
-            "--gateway",
-            "e2e",
-            "--server",
-            "whoami",
-            "--identity",
-            "alice-whoami",
-        ],
-        None,
-    )?;
+    stack
+        .connect_own_identity("alice", "whoami", "alice-whoami")
+        .await?;
     let r = call_2026(&stack, &alice, json!(11), "whoami", url_mode, Some(&state)).await?;
     assert!(
         !r.body.contains("input_required") && !r.body.contains("-32602"),
