@@ -42,8 +42,8 @@ pub struct Allow {
     /// The version of that identity's secret, for attribution.
     pub identity_version: Option<u64>,
     pub inject: Option<InjectedHeader>,
-    /// The injected credential is a per-user OAuth token the service can
-    /// refresh if the upstream refuses it.
+    /// The injected credential is an OAuth token the service can refresh if
+    /// the upstream refuses it.
     pub refreshable: bool,
     /// For list requests under a policy: what the caller may see, for the
     /// filter to trim the response with.
@@ -412,7 +412,9 @@ impl Decider<'_> {
                 open.record
                     .usable_as_shared(server)
                     .map_err(|e| use_denial(&e))?;
-                Ok(Some(open))
+                // Nobody can be asked in band for an organisation's identity.
+                let new_tokens = || shared_tokens_needed(identity, server);
+                self.refreshed(ctx, open, new_tokens).await.map(Some)
             }
             IdentityScheme::PerUser => {
                 let user = &caller.subject;
@@ -445,30 +447,39 @@ impl Decider<'_> {
                     .map_err(|e| use_denial(&e))?;
                 // Its refresh token stopped working: ask again, in band.
                 let again = || reauthorise_needed(user, server, id);
-                if open.record.consent_required {
-                    return Err(again());
-                }
-                // An access token about to expire is refreshed first, once
-                // across replicas; one that cannot be refreshed asks again.
-                let refused = ctx
-                    .rejected_credentials
-                    .iter()
-                    .any(|c| *c == format!("{}@{}", open.record.id, open.record.version));
-                let fresh = if refused {
-                    self.refresher.after_refusal(self.credentials, open).await
-                } else {
-                    self.refresher.fresh(self.credentials, open).await
-                };
-                let open = fresh.map_err(|e| match e {
-                    RefreshError::ConsentNeeded { .. } => again(),
-                    RefreshError::Unavailable(message) => {
-                        Deny::unavailable("token_refresh_unavailable", message)
-                    }
-                    RefreshError::Credential(e) => unavailable(&e),
-                })?;
-                Ok(Some(open))
+                self.refreshed(ctx, open, again).await.map(Some)
             }
         }
+    }
+    /// `open`, with an OAuth access token that is due (or that the upstream
+    /// refused, as the filter reports) refreshed first, once across
+    /// replicas; `stopped` is the answer when its refresh token no longer
+    /// works (or it is already marked so).
+    async fn refreshed(
+        &self,
+        ctx: &RequestContext,
+        open: Arc<OpenIdentity>,
+        stopped: impl Fn() -> Deny,
+    ) -> Result<Arc<OpenIdentity>, Deny> {
+        if open.record.consent_required {
+            return Err(stopped());
+        }
+        let refused = ctx
+            .rejected_credentials
+            .iter()
+            .any(|c| *c == format!("{}@{}", open.record.id, open.record.version));
+        let fresh = if refused {
+            self.refresher.after_refusal(self.credentials, open).await
+        } else {
+            self.refresher.fresh(self.credentials, open).await
+        };
+        fresh.map_err(|e| match e {
+            RefreshError::ConsentNeeded { .. } => stopped(),
+            RefreshError::Unavailable(message) => {
+                Deny::unavailable("token_refresh_unavailable", message)
+            }
+            RefreshError::Credential(e) => unavailable(&e),
+        })
     }
 }
 
@@ -662,6 +673,15 @@ fn consent_needed(user: &str, server: &str, gateway: &str) -> Deny {
         CONSENT_NEEDED,
         format!(
             "consent needed: user '{user}' has not connected an identity for server '{server}' on gateway '{gateway}'"
+        ),
+    )
+}
+
+fn shared_tokens_needed(identity: &str, server: &str) -> Deny {
+    Deny::unavailable(
+        "shared_identity_needs_tokens",
+        format!(
+            "the shared identity '{identity}' for server '{server}' holds OAuth tokens its provider no longer refreshes; an operator stores new ones (`latchkey identity create --oauth`, then `identity make-global`)"
         ),
     )
 }

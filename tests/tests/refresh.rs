@@ -50,6 +50,12 @@ name = "github-mine"
 server = "github"
 scheme = "per_user"
 
+[[gateways.assignments]]
+name = "github-team"
+server = "github"
+scheme = "shared"
+identity = "{IDENTITY}"
+
 [connect]
 public_url = "https://connect.example.test/latchkey"
 client_id = "latchkey-connect"
@@ -475,6 +481,69 @@ async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_4
         record.version
     );
     ensure!(refreshes(&stack, "rotated")? == 1.0);
+    client.close().await?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_oauth_identity_is_refreshed_too_and_an_operator_is_told_when_it_stops()
+-> Result<()> {
+    let peers_dir = scenario_dir("shared_refresh_peers")?;
+    let (provider, upstream) =
+        start_provider_and_upstream(&peers_dir, env!("CARGO_BIN_EXE_oauth-mcp"), CLIENT_ID)?;
+    let stack = Stack::start(
+        "shared_refresh",
+        StackOptions {
+            extra_config: Some(extra_config(&provider, &upstream)),
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    // The team's service account signs in at the provider once; an
+    // operator makes its identity global, for the shared assignment.
+    provider.set_access_ttl(TTL as i64).await?;
+    let issued = Instant::now();
+    let tokens = alice_tokens(&provider).await?;
+    let (access0, refresh0) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    stack.remember_secret(&access0);
+    stack.remember_secret(&refresh0);
+    let admin = stack.admin_token("alice", &[]).await?;
+    store_alices_identity(&stack, &admin, &access0, &refresh0, TTL as i64)?;
+    let ops = stack.admin_token("ops", &["platform-admins"]).await?;
+    stack.cli(0, &ops, &["identity", "make-global", IDENTITY], None)?;
+
+    // Bob calls through the shared assignment: the team's token goes up.
+    let bob = stack.token("bob").await?;
+    let client = McpClient::connect(&stack.url("github-team"), &bob).await?;
+    let first = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&first) == "alice", "{first:?}");
+    ensure!(provider.stats().await?.refresh_token == 0);
+
+    // Expired: refreshed once, and the call goes through.
+    sleep_until(issued + due_after()).await;
+    let after = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&after) == "alice", "{after:?}");
+    ensure!(provider.stats().await?.refresh_token == 1);
+    let (record, access1, refresh1) = stored_tokens(&stack)?;
+    ensure!(record.version == 2 && access1 != access0, "{record:?}");
+    ensure!(refresh1.is_some());
+    let refreshed = Instant::now();
+
+    // The provider revokes it: nobody can be asked in band for a shared
+    // identity, so the answer names what an operator does.
+    ensure!(provider.revoke_subject("alice").await? >= 1);
+    sleep_until(refreshed + due_after()).await;
+    let reply = post_json(&stack.url("github-team"), Some(&bob), INITIALIZE, &[]).await?;
+    ensure!(reply.status == 503, "{} {}", reply.status, reply.body);
+    ensure!(
+        reply.body.contains("no longer refreshes") && reply.body.contains("make-global"),
+        "{}",
+        reply.body
+    );
     client.close().await?;
     stack.assert_no_secret_in_logs()?;
     Ok(())
