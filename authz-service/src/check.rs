@@ -74,6 +74,13 @@ impl CheckService {
     /// and turn "needs an identity" into the in-band consent answer.
     async fn consent(&self, ctx: &RequestContext, decision: Decision) -> Decision {
         let state = &self.state;
+        let method = ctx.mcp.as_ref().and_then(|m| m.method.as_deref());
+        let needs_consent = matches!(&decision, Decision::Deny(d) if d.reason == CONSENT_NEEDED);
+        let remember = method == Some("initialize") && state.config.connect.is_some();
+        // The common allowed call has none of this to do: no allocation, no parse.
+        if !(needs_consent || remember || consent::may_carry_request_state(&ctx.body)) {
+            return decision;
+        }
         let attribution = match &decision {
             Decision::Allow(a) => Some(Attribution::of(&a.route, Some(&a.caller))),
             Decision::Deny(d) => d.attribution.clone(),
@@ -81,19 +88,14 @@ impl CheckService {
         let Some(at) = attribution else {
             return decision;
         };
-        let method = ctx.mcp.as_ref().and_then(|m| m.method.as_deref());
         // Only a consent answer reads them, and only with a connect page.
-        if method == Some("initialize")
-            && state.config.connect.is_some()
-            && let Some(user) = at.user.clone()
-        {
+        if remember && let Some(user) = at.user.clone() {
             let (state, body, at) = (state.clone(), ctx.body.clone(), at.clone());
             tokio::spawn(async move {
                 let memory = &state.client_capabilities;
                 consent::remember_capabilities(&state.credentials, memory, &body, &user, &at).await;
             });
         }
-        let needs_consent = matches!(&decision, Decision::Deny(d) if d.reason == CONSENT_NEEDED);
         if matches!(decision, Decision::Allow(_)) || needs_consent {
             let place = Some((at.gateway.as_str(), at.assignment.as_str()));
             if let Some(refused) =

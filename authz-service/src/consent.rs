@@ -217,6 +217,13 @@ pub fn open_state(
     Ok(claims)
 }
 
+/// Whether a message body may carry a Latchkey `requestState` (a byte
+/// search, so the common request is never parsed for it).
+pub fn may_carry_request_state(body: &[u8]) -> bool {
+    let needle = REQUEST_STATE_PREFIX.as_bytes();
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The `requestState` a 2026-07-28 retry carries, if Latchkey issued it.
 pub fn latchkey_request_state(message: &Value) -> Option<&str> {
     message
@@ -430,6 +437,9 @@ pub fn check_retry(
     user: Option<&str>,
     at: Option<(&str, &str)>,
 ) -> Option<Deny> {
+    if !may_carry_request_state(&ctx.body) {
+        return None;
+    }
     let message: Value = serde_json::from_slice(&ctx.body).ok()?;
     let state = latchkey_request_state(&message)?;
     let mcp = ctx.mcp.as_ref();
@@ -728,6 +738,10 @@ mod tests {
 
     #[test]
     fn only_latchkey_states_are_taken() {
+        assert!(may_carry_request_state(
+            br#"{"params":{"requestState":"lk1.x"}}"#
+        ));
+        assert!(!may_carry_request_state(br#"{"params":{"name":"x"}}"#));
         let ours = json!({"params": {"requestState": "lk1.x.y.z"}});
         assert_eq!(latchkey_request_state(&ours), Some("lk1.x.y.z"));
         let upstreams = json!({"params": {"requestState": "eyJ..."}});
