@@ -798,28 +798,32 @@ impl AuthEcho {
     }
 
     /// What the upstream received so far on `/mcp`:
-    /// `{"authorization": [values...], "header_names": [...], "requests": n}`.
+    /// `{"authorization": [values...], "header_names": [...], "requests": n,
+    /// "round_trip_fields": n}`.
     pub async fn seen(&self) -> Result<serde_json::Value> {
         get_json(&format!("http://127.0.0.1:{}/seen", self.port)).await
     }
 
     /// Every `Authorization` value received so far, in order.
     pub async fn seen_authorizations(&self) -> Result<Vec<String>> {
-        let seen = self.seen().await?;
-        Ok(seen["authorization"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(strings(&self.seen().await?["authorization"]))
     }
 
     /// How many requests reached `/mcp`.
     pub async fn requests(&self) -> Result<u64> {
         Ok(self.seen().await?["requests"].as_u64().unwrap_or(0))
     }
+}
+
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The rmcp upstream that accepts only a downstream OAuth provider's access
@@ -874,15 +878,7 @@ impl OauthMcp {
 
     /// The `sub` of every accepted request, in order.
     pub async fn subjects(&self) -> Result<Vec<String>> {
-        let seen = self.seen().await?;
-        Ok(seen["subjects"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(strings(&self.seen().await?["subjects"]))
     }
 
     /// From now on the server refuses `sub`'s tokens issued before this
