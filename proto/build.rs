@@ -4,7 +4,10 @@
 
 use std::io;
 
-const PROTOS: &[&str] = &["envoy/service/auth/v3/external_auth.proto"];
+const PROTOS: &[&str] = &[
+    "envoy/service/auth/v3/external_auth.proto",
+    "latchkey/elicitation/v1/elicitation.proto",
+];
 /// Host-only: the operator API is never compiled into the Wasm filter.
 const GRPC_PROTOS: &[&str] = &["latchkey/admin/v1/admin.proto"];
 

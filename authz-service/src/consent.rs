@@ -14,7 +14,7 @@ use url::Url;
 use crate::config::ConnectConfig;
 use crate::context::RequestContext;
 use crate::credentials::Credentials;
-use crate::decision::{Attribution, Deny};
+use crate::decision::{Attribution, Deny, PendingElicitation};
 use crate::identity::now_rfc3339;
 use crate::vault::KeyRing;
 use serde::{Deserialize, Serialize};
@@ -372,10 +372,18 @@ pub async fn ask(
             jsonrpc::error_body(id.as_ref(), jsonrpc::FORBIDDEN, &text),
         ),
     };
+    // The filter tells the session's GET stream once the person is done.
+    let elicitation = (form == AnswerForm::UrlElicitationRequired).then(|| PendingElicitation {
+        id: record.id.clone(),
+        user: user.to_string(),
+        gateway: at.gateway.clone(),
+        expires: expires.unix_timestamp(),
+    });
     Deny {
         http_status: status,
         message: text,
         body: Some(body),
+        elicitation,
         ..deny
     }
 }

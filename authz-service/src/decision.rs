@@ -67,6 +67,20 @@ pub struct Deny {
     pub body: Option<String>,
     /// Who and where, as far as known when refused (for the audit trail).
     pub attribution: Option<Box<Attribution>>,
+    /// The answer is a URL elicitation (-32042) the Wasm filter announces
+    /// as completed on the session's GET stream once the person is done.
+    pub elicitation: Option<PendingElicitation>,
+}
+
+/// A URL elicitation handed to a client, as the filter remembers it
+/// (`CheckResponse.dynamic_metadata`, see [`latchkey_filter::completion`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingElicitation {
+    pub id: String,
+    pub user: String,
+    pub gateway: String,
+    /// Unix seconds after which nobody can complete it.
+    pub expires: i64,
 }
 
 /// The route and caller of a refused request, when they were known.
@@ -137,6 +151,7 @@ impl Decider<'_> {
                 reason: "no_route",
                 body: None,
                 attribution: None,
+                elicitation: None,
             });
         };
         let audience = route.gateway.public_url.as_str().trim_end_matches('/');
@@ -647,6 +662,7 @@ impl Deny {
             reason,
             body: None,
             attribution: None,
+            elicitation: None,
         }
     }
 }
@@ -661,6 +677,7 @@ fn forbidden(reason: &'static str, message: String) -> Deny {
         reason,
         body: None,
         attribution: None,
+        elicitation: None,
     }
 }
 
@@ -728,6 +745,7 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
             reason: "idp_unavailable",
             body: None,
             attribution: None,
+            elicitation: None,
         };
     }
     let mut challenge = format!(
@@ -752,6 +770,7 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         reason: "unauthenticated",
         body: None,
         attribution: None,
+        elicitation: None,
     }
 }
 

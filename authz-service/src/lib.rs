@@ -12,6 +12,8 @@
 //! `capability`; `audit` owns the event schema, `audit_read` reads the
 //! stream back for `latchkey audit`; `metrics` counts each decision from
 //! the same event and serves everything at `/metrics` (`http`).
+//! `consent` answers in band when a person must connect an identity;
+//! `elicitation` tells the Wasm filter which of those answers are done.
 
 pub mod admin;
 pub mod admin_client;
@@ -30,6 +32,7 @@ pub mod consent;
 pub mod context;
 pub mod credentials;
 pub mod decision;
+pub mod elicitation;
 pub mod envoy_config;
 pub mod http;
 pub mod identity;

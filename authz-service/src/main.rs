@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use latchkey_proto::admin::admin_server::AdminServer;
 use latchkey_proto::auth::authorization_server::AuthorizationServer;
+use latchkey_proto::elicitation::elicitations_server::ElicitationsServer;
 
 use latchkey_authz::admin_client::{
     AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
@@ -490,6 +491,11 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         .add_service(AuthorizationServer::new(check::CheckService {
             state: state.clone(),
         }))
+        .add_service(ElicitationsServer::new(
+            latchkey_authz::elicitation::ElicitationService {
+                state: state.clone(),
+            },
+        ))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
     let admin_grpc = tonic::transport::Server::builder()
         .add_service(AdminServer::new(admin::AdminService {

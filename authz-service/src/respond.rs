@@ -14,7 +14,7 @@ use latchkey_proto::google::rpc::Status;
 use prost_types::{Struct, Value, value::Kind};
 
 use crate::context::BadRequest;
-use crate::decision::{Allow, Decision, Deny};
+use crate::decision::{Allow, Decision, Deny, PendingElicitation};
 
 /// google.rpc.Code values Envoy reads from `CheckResponse.status`.
 mod grpc_code {
@@ -135,7 +135,44 @@ fn deny(d: &Deny) -> CheckResponse {
                 }),
             },
         )),
-        dynamic_metadata: None,
+        dynamic_metadata: d.elicitation.as_ref().map(url_elicitation),
+    }
+}
+
+/// What the Wasm filter remembers of a URL elicitation answer, to announce
+/// its completion on the session's GET stream. No secrets: the id is not a
+/// credential.
+fn url_elicitation(e: &PendingElicitation) -> Struct {
+    use latchkey_filter::completion as c;
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let fields = [
+        (c::ID, s(&e.id)),
+        (c::USER, s(&e.user)),
+        (c::GATEWAY, s(&e.gateway)),
+        (
+            c::EXPIRES,
+            Value {
+                kind: Some(Kind::NumberValue(e.expires as f64)),
+            },
+        ),
+    ];
+    let inner = Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    };
+    Struct {
+        fields: [(
+            c::ELICITATION_KEY.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(inner)),
+            },
+        )]
+        .into_iter()
+        .collect(),
     }
 }
 
@@ -149,6 +186,7 @@ pub fn bad_request(b: &BadRequest) -> CheckResponse {
         reason: "bad_request",
         body: None,
         attribution: None,
+        elicitation: None,
     })
 }
 
@@ -161,5 +199,53 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
         }),
         append_action: action as i32,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_filter::decision::{UrlElicitation, decide_grpc};
+    use prost::Message;
+
+    #[test]
+    fn a_url_elicitation_answer_tells_the_filter_what_to_announce() {
+        let deny = Deny {
+            http_status: 200,
+            jsonrpc_code: -32042,
+            message: "connect".into(),
+            reason: "consent_needed",
+            elicitation: Some(PendingElicitation {
+                id: "c0ffee".into(),
+                user: "alice".into(),
+                gateway: "e2e".into(),
+                expires: 1_900_000_000,
+            }),
+            ..Deny::default()
+        };
+        let bytes = to_check_response(&Decision::Deny(deny.clone())).encode_to_vec();
+        let checked = decide_grpc(0, Some(&bytes), &[], None);
+        assert_eq!(
+            checked.elicitation,
+            Some(UrlElicitation {
+                id: "c0ffee".into(),
+                user: "alice".into(),
+                gateway: "e2e".into(),
+                expires: 1_900_000_000,
+            })
+        );
+        // Any other refusal carries nothing for the filter.
+        let plain = Deny {
+            elicitation: None,
+            ..deny
+        };
+        let bytes = to_check_response(&Decision::Deny(plain)).encode_to_vec();
+        let checked = decide_grpc(0, Some(&bytes), &[], None);
+        assert_eq!(checked.elicitation, None);
+        assert!(
+            to_check_response(&Decision::Deny(Deny::default()))
+                .dynamic_metadata
+                .is_none()
+        );
     }
 }

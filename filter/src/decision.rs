@@ -93,6 +93,22 @@ pub struct Checked {
     pub visibility: Option<Visibility>,
     /// The injected credential the service can refresh (`id@version`).
     pub credential: Option<String>,
+    /// Who the allowed request runs as, and on which gateway (the
+    /// attribution metadata): a GET stream's owner.
+    pub user: Option<String>,
+    pub gateway: Option<String>,
+    /// The refusal is a URL elicitation to announce once completed.
+    pub elicitation: Option<UrlElicitation>,
+}
+
+/// A URL elicitation the service answered with (-32042), from
+/// `dynamic_metadata.url_elicitation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlElicitation {
+    pub id: String,
+    pub user: String,
+    pub gateway: String,
+    pub expires: i64,
 }
 
 impl From<Verdict> for Checked {
@@ -101,23 +117,47 @@ impl From<Verdict> for Checked {
             verdict,
             visibility: None,
             credential: None,
+            user: None,
+            gateway: None,
+            elicitation: None,
         }
     }
 }
 
-/// The caller's view sent along with an allow, if any.
-fn refreshable_credential(response: &CheckResponse) -> Option<String> {
-    let field = response
-        .dynamic_metadata
-        .as_ref()?
-        .fields
-        .get(crate::stale::CREDENTIAL_KEY)?;
-    match &field.kind {
+fn metadata_string(response: &CheckResponse, key: &str) -> Option<String> {
+    match &response.dynamic_metadata.as_ref()?.fields.get(key)?.kind {
         Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     }
 }
 
+fn url_elicitation(response: &CheckResponse) -> Option<UrlElicitation> {
+    use crate::completion as c;
+    let field = response
+        .dynamic_metadata
+        .as_ref()?
+        .fields
+        .get(c::ELICITATION_KEY)?;
+    let Some(Kind::StructValue(s)) = &field.kind else {
+        return None;
+    };
+    let text = |key: &str| match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(v)) if !v.is_empty() => Some(v.clone()),
+        _ => None,
+    };
+    let expires = match s.fields.get(c::EXPIRES).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::NumberValue(n)) if n.is_finite() => *n as i64,
+        _ => return None,
+    };
+    Some(UrlElicitation {
+        id: text(c::ID)?,
+        user: text(c::USER)?,
+        gateway: text(c::GATEWAY)?,
+        expires,
+    })
+}
+
+/// The caller's view sent along with an allow, if any.
 fn visibility(response: &CheckResponse) -> Option<Visibility> {
     let field = response
         .dynamic_metadata
@@ -159,7 +199,10 @@ pub fn decide_grpc(
         Ok(response) => Checked {
             verdict: decide(&response, request_headers, id),
             visibility: visibility(&response),
-            credential: refreshable_credential(&response),
+            credential: metadata_string(&response, crate::stale::CREDENTIAL_KEY),
+            user: metadata_string(&response, "user"),
+            gateway: metadata_string(&response, "gateway"),
+            elicitation: url_elicitation(&response),
         },
         Err(_) => Verdict::Deny(LocalReply::unavailable(id, "unreadable response")).into(),
     }

@@ -15,6 +15,7 @@
 //! view, buffered when it is JSON, event by event when it is SSE.
 
 use crate::check::{CheckCall, Connection, check_call};
+use crate::completion::{self, EventBoundary, Pending, StreamOwner};
 use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply, Verdict, decide_grpc};
 use crate::jsonrpc;
@@ -99,6 +100,13 @@ pub struct RequestFlow {
     credential: Option<String>,
     /// Credentials this worker saw the upstream refuse.
     rejected: SharedRejected,
+    /// The URL elicitation this request was answered with, for the host to
+    /// remember ([`RequestFlow::take_elicitation`]).
+    elicitation: Option<Pending>,
+    /// An allowed GET stream's session, user and gateway.
+    stream_owner: Option<StreamOwner>,
+    /// Its SSE response, followed for places to announce completions.
+    announcing: Option<EventBoundary>,
 }
 
 impl RequestFlow {
@@ -114,6 +122,9 @@ impl RequestFlow {
             response: ResponseTrim::None,
             credential: None,
             rejected: SharedRejected::default(),
+            elicitation: None,
+            stream_owner: None,
+            announcing: None,
         }
     }
 
@@ -276,9 +287,24 @@ impl RequestFlow {
             return Action::Wait;
         }
         let checked = decide_grpc(grpc_status, body, &self.headers, self.id());
+        let session = self.message.as_ref().and_then(|m| m.session_id.clone());
         match checked.verdict {
             Verdict::Allow(edits) => {
                 self.state = State::Allowed;
+                let stream = self
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.kind == mcp::MessageKind::Stream);
+                if stream
+                    && let (Some(session), Some(user), Some(gateway)) =
+                        (session, checked.user, checked.gateway)
+                {
+                    self.stream_owner = Some(StreamOwner {
+                        session,
+                        user,
+                        gateway,
+                    });
+                }
                 self.list_trim = checked.visibility.and_then(|v| self.list_trim(v));
                 if let Some(credential) = &checked.credential {
                     self.rejected.borrow_mut().settled(credential);
@@ -286,8 +312,69 @@ impl RequestFlow {
                 self.credential = checked.credential;
                 Action::Continue(edits)
             }
-            Verdict::Deny(reply) => self.respond(reply),
+            Verdict::Deny(reply) => {
+                // Only a session has a GET stream to announce on.
+                if let (Some(e), Some(session)) = (checked.elicitation, session) {
+                    self.elicitation = Some(Pending {
+                        id: e.id,
+                        user: e.user,
+                        gateway: e.gateway,
+                        session,
+                        expires: e.expires,
+                        completed: false,
+                    });
+                }
+                self.respond(reply)
+            }
         }
+    }
+
+    /// The URL elicitation this request was answered with, once: the host
+    /// adds it to the shared [`completion::PendingList`].
+    pub fn take_elicitation(&mut self) -> Option<Pending> {
+        self.elicitation.take()
+    }
+
+    /// Whether the response is a GET stream watched for completions (its
+    /// body goes to [`RequestFlow::on_stream_body`]).
+    pub fn is_announcing(&self) -> bool {
+        self.announcing.is_some()
+    }
+
+    /// A piece of a watched GET stream: passed on as it is, or with the
+    /// completion notifications `take_completed(owner)` hands over put
+    /// between two of the upstream's events.
+    pub fn on_stream_body(
+        &mut self,
+        size: usize,
+        read: impl FnOnce(usize) -> Option<Vec<u8>>,
+        take_completed: impl FnOnce(&StreamOwner) -> Vec<String>,
+    ) -> ResponseBodyAction {
+        let (Some(boundary), Some(owner)) = (self.announcing.as_mut(), self.stream_owner.as_ref())
+        else {
+            return ResponseBodyAction::Continue;
+        };
+        let chunk = if size == 0 {
+            Vec::new()
+        } else {
+            match read(size) {
+                Some(chunk) => chunk,
+                // Unreadable: stop looking rather than insert blindly.
+                None => {
+                    self.announcing = None;
+                    return ResponseBodyAction::Continue;
+                }
+            }
+        };
+        let Some(at) = boundary.feed(&chunk) else {
+            return ResponseBodyAction::Continue;
+        };
+        let ids = take_completed(owner);
+        if ids.is_empty() {
+            return ResponseBodyAction::Continue;
+        }
+        let events = completion::notification_events(&ids);
+        ResponseBodyAction::Replace(completion::insert_events(&chunk, at, &events))
     }
 
     /// The trim for a list request, given the caller's view.
@@ -314,15 +401,22 @@ impl RequestFlow {
             self.list_trim = None;
             return ResponseHeadersAction::Respond(stale::refused_reply(self.id()));
         }
-        let Some(trim) = self.list_trim.take() else {
-            return ResponseHeadersAction::Continue;
-        };
         let content_type = mcp::header(headers, "content-type").unwrap_or("");
         let success = mcp::header(headers, ":status").is_some_and(|s| s.starts_with('2'));
         let sse = content_type
             .split(';')
             .next()
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+        if self.stream_owner.is_some() {
+            if success && sse {
+                self.announcing = Some(EventBoundary::default());
+                return ResponseHeadersAction::Remove(vec!["content-length".into()]);
+            }
+            self.stream_owner = None;
+        }
+        let Some(trim) = self.list_trim.take() else {
+            return ResponseHeadersAction::Continue;
+        };
         let limit = self
             .config
             .as_ref()
@@ -956,5 +1050,171 @@ mod tests {
                 Action::Wait
             );
         }
+    }
+
+    fn metadata(fields: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
+        prost_types::Struct {
+            fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    fn text(s: &str) -> prost_types::Value {
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
+        }
+    }
+
+    /// A -32042 refusal carrying `url_elicitation` metadata.
+    fn elicitation_refusal() -> Vec<u8> {
+        let e = metadata(vec![
+            (completion::ID, text("consent-1")),
+            (completion::USER, text("alice")),
+            (completion::GATEWAY, text("gw")),
+            (
+                completion::EXPIRES,
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(1_900_000_000.0)),
+                },
+            ),
+        ]);
+        CheckResponse {
+            status: Some(latchkey_proto::google::rpc::Status {
+                code: 7,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(
+                latchkey_proto::auth::DeniedHttpResponse {
+                    status: Some(latchkey_proto::envoy::r#type::v3::HttpStatus { code: 200 }),
+                    body: r#"{"jsonrpc":"2.0","id":"call-1","error":{"code":-32042,"message":"connect"}}"#
+                        .into(),
+                    ..Default::default()
+                },
+            )),
+            dynamic_metadata: Some(metadata(vec![(
+                completion::ELICITATION_KEY,
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StructValue(e)),
+                },
+            )])),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_url_elicitation_in_a_session_is_handed_to_the_host_once() {
+        let mut flow = RequestFlow::new(config(1 << 20));
+        post_body(&mut flow, post(&[("mcp-session-id", "sess-1")]), CALL);
+        let (status, body, _) = reply(flow.on_check_response(0, Some(&elicitation_refusal())));
+        assert_eq!(
+            (status, body["error"]["code"].as_i64()),
+            (200, Some(-32042))
+        );
+        let pending = flow.take_elicitation().expect("remembered");
+        assert_eq!(
+            pending,
+            Pending {
+                id: "consent-1".into(),
+                user: "alice".into(),
+                gateway: "gw".into(),
+                session: "sess-1".into(),
+                expires: 1_900_000_000,
+                completed: false,
+            }
+        );
+        assert_eq!(flow.take_elicitation(), None);
+        // Without a session there is no stream to announce it on.
+        let mut flow = RequestFlow::new(config(1 << 20));
+        post_body(&mut flow, post(&[]), CALL);
+        reply(flow.on_check_response(0, Some(&elicitation_refusal())));
+        assert_eq!(flow.take_elicitation(), None);
+    }
+
+    /// An allowed GET stream of alice on gateway gw, session sess-1.
+    fn allowed_stream(response_headers: &[(&str, &str)]) -> RequestFlow {
+        let mut flow = RequestFlow::new(config(1024));
+        let headers = h(&[
+            (":method", "GET"),
+            ("accept", "text/event-stream"),
+            ("authorization", "Bearer t"),
+            ("mcp-session-id", "sess-1"),
+        ]);
+        check_request(&flow.on_headers(headers, Connection::default(), true));
+        let resp = CheckResponse {
+            dynamic_metadata: Some(metadata(vec![
+                ("user", text("alice")),
+                ("gateway", text("gw")),
+            ])),
+            ..Default::default()
+        };
+        assert!(matches!(
+            flow.on_check_response(0, Some(&resp.encode_to_vec())),
+            Action::Continue(_)
+        ));
+        flow.on_response_headers(&h(response_headers));
+        flow
+    }
+
+    #[test]
+    fn completions_go_on_the_owners_get_stream_between_events() {
+        let mut flow = allowed_stream(&[(":status", "200"), ("content-type", "text/event-stream")]);
+        assert!(flow.is_announcing());
+        let expected = StreamOwner {
+            session: "sess-1".into(),
+            user: "alice".into(),
+            gateway: "gw".into(),
+        };
+        // Nothing completed: the chunk (one event and half of the next)
+        // passes as it is.
+        let chunk = b"data: {\"a\":1}\n\ndata: {\"b\"".to_vec();
+        let action = flow.on_stream_body(
+            chunk.len(),
+            |_| Some(chunk.clone()),
+            |owner| {
+                assert_eq!(owner, &expected);
+                Vec::new()
+            },
+        );
+        assert_eq!(action, ResponseBodyAction::Continue);
+        // Inside that event: no place to put one, and nothing is taken.
+        let middle = b":2".to_vec();
+        let action = flow.on_stream_body(
+            middle.len(),
+            |_| Some(middle.clone()),
+            |_| panic!("nothing may be taken where it cannot be put"),
+        );
+        assert_eq!(action, ResponseBodyAction::Continue);
+        // The end of it and a keep-alive: ours goes after both.
+        let rest = b"}\n\n: ping\n\n".to_vec();
+        let ResponseBodyAction::Replace(out) = flow.on_stream_body(
+            rest.len(),
+            |_| Some(rest.clone()),
+            |_| vec!["consent-1".into()],
+        ) else {
+            panic!("the notification must be sent");
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("}\n\n: ping\n\nevent: message\ndata: "),
+            "{text}"
+        );
+        assert!(text.contains(r#""elicitationId":"consent-1""#));
+        assert!(text.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn only_an_allowed_sse_get_stream_is_watched() {
+        assert!(!allowed_stream(&[(":status", "405")]).is_announcing());
+        assert!(
+            !allowed_stream(&[(":status", "200"), ("content-type", "application/json")])
+                .is_announcing()
+        );
+        // A POST's SSE response is not a GET stream.
+        let (mut flow, _) =
+            allowed_call(&SharedRejected::default(), None, &[("mcp-session-id", "s")]);
+        flow.on_response_headers(&h(&[
+            (":status", "200"),
+            ("content-type", "text/event-stream"),
+        ]));
+        assert!(!flow.is_announcing());
     }
 }

@@ -17,6 +17,8 @@
 //!   `requestState`) the upstream must not see.
 //! * [`stale`]: an upstream 401 for an injected OAuth credential becomes a
 //!   retryable error, and the next `Check` asks for a refresh.
+//! * [`completion`]: `notifications/elicitation/complete` on a session's
+//!   GET stream once the person finished a URL elicitation Latchkey asked for.
 //! * [`jsonrpc`]: JSON-RPC error bodies and codes used by every local reply.
 //! * `wasm` (wasm32 only): apply → the thin proxy-wasm glue.
 //!
@@ -36,6 +38,7 @@
 )]
 
 pub mod check;
+pub mod completion;
 pub mod config;
 pub mod decision;
 pub mod flow;

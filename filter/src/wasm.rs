@@ -6,7 +6,8 @@
 //! `Result`, rather than the trait helpers that `unwrap()` it; every error
 //! is logged and fails the request closed.
 
-use crate::check::Connection;
+use crate::check::{Connection, grpc_upstream};
+use crate::completion::{self, PendingList, StreamOwner};
 use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply};
 use crate::flow::{Action, RequestFlow, ResponseBodyAction, ResponseHeadersAction, SharedConfig};
@@ -15,12 +16,20 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, Status};
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// How often the root context asks the service about pending URL
+/// elicitations (only while there are some).
+const COMPLETION_POLL: Duration = Duration::from_secs(1);
+/// Attempts at a compare-and-swap update of the shared pending list.
+const CAS_ATTEMPTS: usize = 8;
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| {
         Box::new(Root {
             config: Rc::new(Err(ConfigError("plugin not configured yet".into()))),
             rejected: Default::default(),
+            completion_call: None,
         })
     });
 }}
@@ -35,9 +44,128 @@ struct Root {
     config: SharedConfig,
     /// Credentials the upstream refused, shared by this worker's requests.
     rejected: crate::stale::SharedRejected,
+    /// Token of the `Completed` question in flight.
+    completion_call: Option<u32>,
 }
 
-impl Context for Root {}
+fn now_unix() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Reads the shared pending list, lets `change` edit it and, when it says
+/// it changed something, writes it back unless another VM wrote first (then
+/// tries again on the fresh copy). `None` when the host refused.
+fn with_pending<R>(mut change: impl FnMut(&mut PendingList) -> (bool, R)) -> Option<R> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (bytes, cas) = match hostcalls::get_shared_data(completion::SHARED_KEY) {
+            Ok(found) => found,
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("cannot read the pending URL elicitations: {status:?}"),
+                );
+                return None;
+            }
+        };
+        let mut list = PendingList::decode(bytes.as_deref());
+        let (changed, result) = change(&mut list);
+        if !changed {
+            return Some(result);
+        }
+        match hostcalls::set_shared_data(completion::SHARED_KEY, Some(&list.encode()), cas) {
+            Ok(()) => return Some(result),
+            Err(Status::CasMismatch) => continue,
+            Err(status) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("cannot update the pending URL elicitations: {status:?}"),
+                );
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// The completed elicitations for this GET stream, taken so that no other
+/// stream announces them again.
+fn take_completed(owner: &StreamOwner) -> Vec<String> {
+    with_pending(|list| {
+        if list.has_completed_for(owner) {
+            (true, list.take_completed_for(owner))
+        } else {
+            (false, Vec::new())
+        }
+    })
+    .unwrap_or_default()
+}
+
+impl Root {
+    /// Asks the service which pending elicitations are completed, if any
+    /// are pending and no question is in flight.
+    fn ask_about_pending(&mut self) {
+        if self.completion_call.is_some() {
+            return;
+        }
+        let Ok(config) = self.config.as_ref() else {
+            return;
+        };
+        let now = now_unix();
+        let question = with_pending(|list| {
+            let pruned = list.prune(now);
+            let ask = list.to_ask(now);
+            let question = (!ask.is_empty()).then(|| completion::completed_request(&ask));
+            (pruned, question)
+        })
+        .flatten();
+        let (Some(question), Some(upstream)) = (question, grpc_upstream(config)) else {
+            return;
+        };
+        match hostcalls::dispatch_grpc_call(
+            &upstream,
+            completion::SERVICE,
+            completion::METHOD,
+            Vec::new(),
+            Some(&question),
+            completion::timeout(config),
+        ) {
+            Ok(token) => self.completion_call = Some(token),
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!("could not ask about pending URL elicitations: {status:?}"),
+            ),
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.completion_call != Some(token_id) {
+            return;
+        }
+        self.completion_call = None;
+        if status_code != 0 {
+            // Asked again at the next tick; nothing waits on the answer.
+            log(
+                LogLevel::Debug,
+                &format!(
+                    "asking about pending URL elicitations failed with gRPC status {status_code}"
+                ),
+            );
+            return;
+        }
+        let ids = match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size) {
+            Ok(bytes) => completion::completed_ids(bytes.as_deref().unwrap_or_default()),
+            Err(_) => None,
+        };
+        if let Some(ids) = ids.filter(|ids| !ids.is_empty()) {
+            with_pending(|list| (list.mark_completed(&ids), ()));
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -66,9 +194,19 @@ impl RootContext for Root {
             ),
         }
         self.config = Rc::new(parsed);
+        if let Err(status) = hostcalls::set_tick_period(COMPLETION_POLL) {
+            log(
+                LogLevel::Warn,
+                &format!("no tick for URL elicitation completions: {status:?}"),
+            );
+        }
         // Accept the plugin even when invalid: it then fails closed per
         // request instead of being dropped from the filter chain.
         true
+    }
+
+    fn on_tick(&mut self) {
+        self.ask_about_pending();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -265,6 +403,13 @@ impl Context for Filter {
             None
         };
         let action = self.flow.on_check_response(status_code, body.as_deref());
+        if let Some(pending) = self.flow.take_elicitation() {
+            let now = now_unix();
+            with_pending(|list| {
+                list.add(pending.clone(), now);
+                (true, ())
+            });
+        }
         self.run(action, Phase::Callback);
     }
 }
@@ -359,7 +504,12 @@ impl HttpContext for Filter {
                 None
             }
         };
-        match self.flow.on_response_body(body_size, end_of_stream, read) {
+        let action = if self.flow.is_announcing() {
+            self.flow.on_stream_body(body_size, read, take_completed)
+        } else {
+            self.flow.on_response_body(body_size, end_of_stream, read)
+        };
+        match action {
             ResponseBodyAction::Continue => types::Action::Continue,
             ResponseBodyAction::Buffer => types::Action::Pause,
             ResponseBodyAction::Replace(bytes) => {

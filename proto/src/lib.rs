@@ -15,6 +15,9 @@ pub use envoy::service::auth::v3 as auth;
 /// Latchkey's operator API (`latchkey.admin.v1.Admin`).
 #[cfg(feature = "grpc")]
 pub use latchkey::admin::v1 as admin;
+/// What the filter asks about URL elicitations it answered
+/// (`latchkey.elicitation.v1.Elicitations`).
+pub use latchkey::elicitation::v1 as elicitation;
 
 /// Name of the dynamic/filter metadata namespace that carries the MCP context.
 pub const MCP_METADATA_NAMESPACE: &str = "latchkey.mcp";

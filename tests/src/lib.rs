@@ -9,7 +9,8 @@
 //! client and raw HTTP/SSE), [`secrets`] (log scan), [`stack`] (a whole
 //! deployment for one scenario), [`pki`] (mTLS certificates), [`otlp_sink`]
 //! (an OTLP logs receiver), [`wait`] (polling instead of sleeping),
-//! [`browser`] (headless Chromium through a plan of steps).
+//! [`browser`] (headless Chromium through a plan of steps), [`sdk_client`]
+//! (the official TypeScript MCP SDK as a client process).
 
 pub mod browser;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod paths;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod sdk_client;
 pub mod secrets;
 pub mod stack;
 pub mod wait;

@@ -785,9 +785,21 @@ impl AuthEcho {
     }
 
     pub fn start_bin(dir: &Path, bin: impl AsRef<Path>) -> Result<AuthEcho> {
+        Self::start_with(dir, bin, None)
+    }
+
+    /// With SSE keep-alives every `keep_alive` (rmcp's 15 s when `None`).
+    pub fn start_with(
+        dir: &Path,
+        bin: impl AsRef<Path>,
+        keep_alive: Option<Duration>,
+    ) -> Result<AuthEcho> {
         let port = free_port();
         let mut cmd = Command::new(bin.as_ref());
         cmd.args(["--port", &port.to_string()]);
+        if let Some(every) = keep_alive {
+            cmd.args(["--keep-alive-ms", &every.as_millis().to_string()]);
+        }
         let mut process = Process::spawn("auth-echo", cmd, dir)?;
         process.wait_for_log("AUTH_ECHO_READY", Duration::from_secs(10))?;
         Ok(AuthEcho { port, process })

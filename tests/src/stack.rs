@@ -50,6 +50,9 @@ pub struct StackOptions {
     /// Envoy listens over mTLS: clients must present a certificate from the
     /// scenario's CA (`Stack::pki`), whose SPIFFE ID names the agent.
     pub mtls: bool,
+    /// How often `auth-echo` (servers `whoami*`) sends an SSE keep-alive
+    /// (rmcp's 15 s when `None`).
+    pub echo_keep_alive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +78,7 @@ impl Default for StackOptions {
             mtls: false,
             extra_config: None,
             policy: None,
+            echo_keep_alive: None,
         }
     }
 }
@@ -194,7 +198,11 @@ impl Stack {
             }
         };
         let idp = Idp::start(&dir)?;
-        let echo = AuthEcho::start(&dir)?;
+        let echo = AuthEcho::start_with(
+            &dir,
+            crate::paths::workspace_bin("auth-echo")?,
+            opts.echo_keep_alive,
+        )?;
         let everything = if opts.everything {
             Some(Everything::start(&dir)?)
         } else {

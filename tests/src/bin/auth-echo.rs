@@ -13,7 +13,10 @@
 //!
 //! It never logs header values: the secret scan of the test logs must pass.
 //!
-//! Usage: `auth-echo --port <port>`
+//! Its SSE streams carry a keep-alive comment every 15 s (rmcp's default),
+//! or every `--keep-alive-ms`.
+//!
+//! Usage: `auth-echo --port <port> [--keep-alive-ms <ms>]`
 
 use std::sync::{Arc, Mutex};
 
@@ -102,17 +105,27 @@ async fn seen(State(seen): State<SharedSeen>) -> Json<serde_json::Value> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    const USAGE: &str = "usage: auth-echo --port <port> [--keep-alive-ms <ms>]";
     let mut args = std::env::args().skip(1);
-    let port: u16 = match (args.next().as_deref(), args.next()) {
-        (Some("--port"), Some(p)) => p.parse()?,
-        _ => anyhow::bail!("usage: auth-echo --port <port>"),
-    };
+    let mut port: Option<u16> = None;
+    let mut keep_alive = std::time::Duration::from_secs(15);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| anyhow::anyhow!(USAGE))?;
+        match flag.as_str() {
+            "--port" => port = Some(value.parse()?),
+            "--keep-alive-ms" => keep_alive = std::time::Duration::from_millis(value.parse()?),
+            _ => anyhow::bail!(USAGE),
+        }
+    }
+    let port = port.ok_or_else(|| anyhow::anyhow!(USAGE))?;
     let seen_state: SharedSeen = Arc::default();
     let mcp = StreamableHttpService::new(
         || Ok(AuthEcho),
         Arc::new(LocalSessionManager::default()),
         // Behind Envoy the Host is whatever the route sets; this is a test peer.
-        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_sse_keep_alive(Some(keep_alive)),
     );
     let app = Router::new()
         .nest_service("/mcp", mcp)
