@@ -31,6 +31,17 @@ impl Envoy {
     /// Whatever `admin` the bootstrap names, the admin listens on a free
     /// port: `--config-yaml` merges an override over the file.
     pub fn start_named(dir: &Path, name: &str, bootstrap_yaml: &str) -> Result<Envoy> {
+        Self::start_with_workers(dir, name, bootstrap_yaml, 1)
+    }
+
+    /// As [`Envoy::start_named`], with `workers` worker threads (each runs
+    /// its own Wasm VM; connections are spread over them).
+    pub fn start_with_workers(
+        dir: &Path,
+        name: &str,
+        bootstrap_yaml: &str,
+        workers: usize,
+    ) -> Result<Envoy> {
         let envoy = paths::envoy()?;
         let bootstrap = dir.join(format!("{name}.yaml"));
         std::fs::write(&bootstrap, bootstrap_yaml)
@@ -44,7 +55,8 @@ impl Envoy {
             .arg(&bootstrap)
             .args(["--config-yaml", &admin])
             .args(["--base-id", &unique_base_id().to_string()])
-            .args(["--concurrency", "1", "--log-level", "info"])
+            .args(["--concurrency", &workers.max(1).to_string()])
+            .args(["--log-level", "info"])
             // No shared memory: nothing stale is left behind by a killed run.
             .arg("--disable-hot-restart")
             .current_dir(dir);

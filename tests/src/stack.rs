@@ -53,6 +53,8 @@ pub struct StackOptions {
     /// How often `auth-echo` (servers `whoami*`) sends an SSE keep-alive
     /// (rmcp's 15 s when `None`).
     pub echo_keep_alive: Option<Duration>,
+    /// Envoy worker threads (each with its own Wasm VM).
+    pub envoy_workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +81,7 @@ impl Default for StackOptions {
             extra_config: None,
             policy: None,
             echo_keep_alive: None,
+            envoy_workers: 1,
         }
     }
 }
@@ -437,7 +440,7 @@ identity = "late-sa"
                 .args(&tls_args),
             None,
         )?;
-        let envoy = Envoy::start(&dir, &bootstrap)?;
+        let envoy = Envoy::start_with_workers(&dir, "envoy", &bootstrap, opts.envoy_workers)?;
 
         Ok(Stack {
             dir,

@@ -56,6 +56,9 @@ async fn the_client_hears_that_the_person_is_done_and_its_retry_goes_through() -
             policy: Some(POLICY.to_string()),
             // The notification rides on the upstream's next bytes on the stream.
             echo_keep_alive: Some(Duration::from_millis(500)),
+            // The GET stream and the call may land on different workers'
+            // VMs: what one remembers, the other must see.
+            envoy_workers: 4,
             ..StackOptions::default()
         },
     )
