@@ -560,11 +560,11 @@ identity = "late-sa"
         .await
     }
 
-    /// `user` brings an identity of their own for `server` (a random
-    /// secret, remembered for the log scan) and puts it on their connection
-    /// to gateway `e2e`, through replica 0's admin API, as they would with
-    /// the CLI. Returns the secret.
-    pub async fn connect_own_identity(&self, user: &str, server: &str, id: &str) -> Result<String> {
+    /// `user` stores an identity of their own for `server` (a random
+    /// secret, remembered for the log scan) through replica 0's admin API,
+    /// as they would with the CLI, without using it anywhere yet. Returns
+    /// the secret.
+    pub async fn create_own_identity(&self, user: &str, server: &str, id: &str) -> Result<String> {
         let admin = self.admin_token(user, &[]).await?;
         let secret = format!("{user}-{server}-{}", random_hex());
         self.remember_secret(&secret);
@@ -574,6 +574,14 @@ identity = "late-sa"
             &["identity", "create", "--server", server, "--id", id],
             Some(&secret),
         )?;
+        Ok(secret)
+    }
+
+    /// As [`Stack::create_own_identity`], then puts it on `user`'s
+    /// connection to gateway `e2e`. Returns the secret.
+    pub async fn connect_own_identity(&self, user: &str, server: &str, id: &str) -> Result<String> {
+        let secret = self.create_own_identity(user, server, id).await?;
+        let admin = self.admin_token(user, &[]).await?;
         self.cli(
             0,
             &admin,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::peers::{Idp, OauthMcp, code_in, jwt_claims, start_provider_and_upstream};
-use latchkey_e2e::stack::{LATCHKEY_HTTP, random_hex};
+use latchkey_e2e::stack::LATCHKEY_HTTP;
 use latchkey_e2e::{Browser, McpClient, Stack, StackOptions, post_json, scenario_dir};
 use serde_json::{Value, json};
 
@@ -204,22 +204,9 @@ async fn a_person_connects_on_the_page_and_their_own_token_goes_upstream() -> Re
     let alice = stack.token("alice").await?;
 
     // Alice already has an identity of her own for `whoami`.
-    let pat = format!("pat-alice-{}", random_hex());
-    stack.remember_secret(&pat);
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "whoami-alice",
-        ],
-        Some(&pat),
-    )?;
+    let pat = stack
+        .create_own_identity("alice", "whoami", "whoami-alice")
+        .await?;
 
     // Her first call to `crm` is answered with a link to the connect page.
     let link = s.consent_link("crm", &alice).await?;

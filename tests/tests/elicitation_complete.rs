@@ -67,22 +67,9 @@ async fn the_client_hears_that_the_person_is_done_and_its_retry_goes_through() -
 
     // Alice already has an identity of her own for the server (not yet on
     // her connection).
-    let pat = format!("pat-alice-{}", latchkey_e2e::stack::random_hex());
-    stack.remember_secret(&pat);
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    stack.cli(
-        0,
-        &alice_admin,
-        &[
-            "identity",
-            "create",
-            "--server",
-            "whoami",
-            "--id",
-            "whoami-alice",
-        ],
-        Some(&pat),
-    )?;
+    let pat = stack
+        .create_own_identity("alice", "whoami", "whoami-alice")
+        .await?;
 
     let mut client = UrlElicitationClient::start(
         &stack.url("whoami-all"),
