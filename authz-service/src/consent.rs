@@ -219,10 +219,7 @@ pub fn open_state(
 
 /// Whether a message body may carry a Latchkey `requestState` (a byte
 /// search, so the common request is never parsed for it).
-pub fn may_carry_request_state(body: &[u8]) -> bool {
-    let needle = REQUEST_STATE_PREFIX.as_bytes();
-    body.windows(needle.len()).any(|w| w == needle)
-}
+pub use latchkey_filter::round_trip::may_carry_request_state;
 
 /// The `requestState` a 2026-07-28 retry carries, if Latchkey issued it.
 pub fn latchkey_request_state(message: &Value) -> Option<&str> {

@@ -52,11 +52,13 @@ pub struct Pending {
     pub id: String,
     pub user: String,
     pub gateway: String,
-    /// `Mcp-Session-Id` of the request that got the answer.
-    pub session: String,
     pub expires: i64,
     #[serde(default)]
     pub completed: bool,
+    /// `Mcp-Session-Id` of the request that got the answer. Serialized
+    /// last, right after `completed`: [`PendingList::completed_in_session`]
+    /// searches for the two together.
+    pub session: String,
 }
 
 /// Who a GET stream belongs to: only its own session's notifications go on it.
@@ -91,6 +93,18 @@ impl PendingList {
 
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(&self.0).unwrap_or_else(|_| b"[]".to_vec())
+    }
+
+    /// Whether encoded `bytes` hold a completed entry of `session`: a byte
+    /// search, so that a stream's chunk costs no parse unless something
+    /// waits for its session. False only when [`PendingList::decode`] would
+    /// find no completed entry of that session.
+    pub fn completed_in_session(bytes: &[u8], session: &str) -> bool {
+        let Ok(quoted) = serde_json::to_string(session) else {
+            return true;
+        };
+        let needle = format!("\"completed\":true,\"session\":{quoted}}}");
+        memchr::memmem::find(bytes, needle.as_bytes()).is_some()
     }
 
     /// Drops expired entries; true when something changed.
@@ -298,6 +312,42 @@ mod tests {
             PendingList::default()
         );
         assert_eq!(PendingList::decode(None), PendingList::default());
+    }
+
+    #[test]
+    fn the_byte_search_finds_every_completed_session_the_list_holds() {
+        let mut list = PendingList::default();
+        let odd = ["s1", "with \"quotes\" and \\", "ünïcode", "s10"];
+        for (i, session) in odd.iter().enumerate() {
+            list.add(pending(&format!("e{i}"), session, "alice", 100), 0);
+        }
+        list.add(pending("waiting", "s2", "alice", 100), 0);
+        let ids: Vec<String> = (0..odd.len()).map(|i| format!("e{i}")).collect();
+        list.mark_completed(&ids);
+        let bytes = list.encode();
+        for session in odd {
+            assert!(
+                PendingList::completed_in_session(&bytes, session),
+                "{session}"
+            );
+        }
+        // Not yet completed, a prefix of a listed session, nothing at all.
+        assert!(!PendingList::completed_in_session(&bytes, "s2"));
+        assert!(!PendingList::completed_in_session(&bytes, "s"));
+        assert!(!PendingList::completed_in_session(b"[]", "s1"));
+        // Whatever the search says, decoding agrees.
+        for session in ["s1", "s2", "s", "s10"] {
+            let decoded = PendingList::decode(Some(&bytes));
+            let found = decoded
+                .0
+                .iter()
+                .any(|p| p.completed && p.session == session);
+            assert_eq!(
+                found,
+                PendingList::completed_in_session(&bytes, session),
+                "{session}"
+            );
+        }
     }
 
     #[test]

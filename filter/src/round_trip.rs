@@ -9,13 +9,19 @@ use serde_json::Value;
 /// Marks a `requestState` Latchkey issued; an upstream's own state passes.
 pub const REQUEST_STATE_PREFIX: &str = "lk1.";
 
+/// Whether a message body may carry a Latchkey `requestState`: a byte
+/// search (SIMD where the target has it), so the common request is never
+/// parsed for it.
+pub fn may_carry_request_state(body: &[u8]) -> bool {
+    memchr::memmem::find(body, REQUEST_STATE_PREFIX.as_bytes()).is_some()
+}
+
 /// The message to forward upstream without Latchkey's `requestState` and
 /// `inputResponses`, or `None` when the message carries no state of
 /// Latchkey's (forward it byte for byte).
 pub fn upstream_body(body: &[u8]) -> Option<Vec<u8>> {
     // Cheap test first: almost no message carries a state at all.
-    let needle = REQUEST_STATE_PREFIX.as_bytes();
-    if !body.windows(needle.len()).any(|w| w == needle) {
+    if !may_carry_request_state(body) {
         return None;
     }
     let mut message: Value = serde_json::from_slice(body).ok()?;

@@ -93,6 +93,11 @@ fn with_pending<R>(mut change: impl FnMut(&mut PendingList) -> (bool, R)) -> Opt
 /// The completed elicitations for this GET stream, taken so that no other
 /// stream announces them again.
 fn take_completed(owner: &StreamOwner) -> Vec<String> {
+    // Most chunks: nothing completed for this session; no parse.
+    match hostcalls::get_shared_data(completion::SHARED_KEY) {
+        Ok((Some(bytes), _)) if PendingList::completed_in_session(&bytes, &owner.session) => {}
+        _ => return Vec::new(),
+    }
     with_pending(|list| {
         if list.has_completed_for(owner) {
             (true, list.take_completed_for(owner))
