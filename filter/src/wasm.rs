@@ -199,6 +199,21 @@ impl RootContext for Root {
             ),
         }
         self.config = Rc::new(parsed);
+        // Create the shared list before any request can add to it, so that
+        // every later write is a compare-and-swap (a first write to a
+        // missing key cannot be, and two VMs could lose an entry there).
+        if let Ok((None, _)) = hostcalls::get_shared_data(completion::SHARED_KEY)
+            && let Err(status) = hostcalls::set_shared_data(
+                completion::SHARED_KEY,
+                Some(&PendingList::default().encode()),
+                None,
+            )
+        {
+            log(
+                LogLevel::Warn,
+                &format!("cannot create the pending URL elicitation list: {status:?}"),
+            );
+        }
         if let Err(status) = hostcalls::set_tick_period(COMPLETION_POLL) {
             log(
                 LogLevel::Warn,
