@@ -97,7 +97,8 @@ enum PolicyCommand {
         agent: Option<String>,
         #[arg(long)]
         gateway: String,
-        /// The server assignment (the last path segment of its URL).
+        /// The server assignment or combined endpoint (the last path
+        /// segment of its URL).
         #[arg(long, alias = "assignment")]
         server: String,
         #[arg(long, group = "item")]

@@ -65,9 +65,6 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
     let Some(g) = config.gateway(gateway) else {
         bail!("unknown gateway '{gateway}'");
     };
-    if !g.assignments.iter().any(|a| a.name == assignment) {
-        bail!("gateway '{gateway}' has no server assignment '{assignment}'");
-    }
     let caller = Caller {
         subject: user.to_owned(),
         client_id: agent.map(str::to_owned),
@@ -76,26 +73,69 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
         roles: roles.to_vec(),
         ..Caller::default()
     };
-    let explained = policy.explain(gateway, assignment, &caller, kind, name);
-    Ok(
-        match policy.decide(gateway, assignment, &caller, kind, name, arguments) {
-            Verdict::Allowed => CheckOutcome {
-                decision: "allowed",
-                reason: explained.reason,
-            },
-            Verdict::Hidden { .. } => CheckOutcome {
-                decision: "hidden",
-                reason: explained.reason,
-            },
-            Verdict::Violation { message, .. } => CheckOutcome {
-                decision: "refused",
-                reason: format!(
-                    "{}; but the arguments break a constraint: {message}",
-                    explained.reason
-                ),
-            },
+    if g.assignments.iter().any(|a| a.name == assignment) {
+        return Ok(judge(
+            policy, gateway, assignment, &caller, kind, name, arguments,
+        ));
+    }
+    let Some(combined) = g.combined.iter().find(|c| c.name == assignment) else {
+        bail!("gateway '{gateway}' has no server assignment or combined endpoint '{assignment}'");
+    };
+    // As the gateway routes it: the first assignment whose policy shows the
+    // name decides; when none does, the name is hidden.
+    let shows = |a: &&String| {
+        !matches!(
+            policy.decide(gateway, a, &caller, kind, name, None),
+            Verdict::Hidden { .. }
+        )
+    };
+    Ok(match combined.assignments.iter().find(shows) {
+        Some(member) => {
+            let mut outcome = judge(policy, gateway, member, &caller, kind, name, arguments);
+            outcome.reason = format!(
+                "via '{member}', the first assignment of '{assignment}' that shows it: {}",
+                outcome.reason
+            );
+            outcome
+        }
+        None => CheckOutcome {
+            decision: "hidden",
+            reason: format!(
+                "none of the assignments of '{assignment}' ({}) shows it",
+                combined.assignments.join(", ")
+            ),
         },
-    )
+    })
+}
+
+/// One assignment's verdict, with the rule that decided it.
+fn judge(
+    policy: &Policy,
+    gateway: &str,
+    assignment: &str,
+    caller: &Caller,
+    kind: ItemKind,
+    name: &str,
+    arguments: Option<&Value>,
+) -> CheckOutcome {
+    let explained = policy.explain(gateway, assignment, caller, kind, name);
+    match policy.decide(gateway, assignment, caller, kind, name, arguments) {
+        Verdict::Allowed => CheckOutcome {
+            decision: "allowed",
+            reason: explained.reason,
+        },
+        Verdict::Hidden { .. } => CheckOutcome {
+            decision: "hidden",
+            reason: explained.reason,
+        },
+        Verdict::Violation { message, .. } => CheckOutcome {
+            decision: "refused",
+            reason: format!(
+                "{}; but the arguments break a constraint: {message}",
+                explained.reason
+            ),
+        },
+    }
 }
 
 /// `policy lint`: the policy's own findings and, with `probe`, tool names
@@ -243,5 +283,86 @@ mod tests {
             vec![json!({"id":3})]
         );
         assert!(messages("application/json", "nope").is_empty());
+    }
+
+    const COMBINED: &str = r#"
+[vault]
+key_env = "K"
+[identity_provider]
+issuer = "http://idp"
+[[servers]]
+name = "gh"
+url = "http://127.0.0.1:1/mcp"
+[[gateways]]
+name = "g"
+public_url = "http://gw.example/mcp"
+[[gateways.assignments]]
+name = "gh-shared"
+server = "gh"
+scheme = "shared"
+identity = "bot"
+[[gateways.assignments]]
+name = "gh-mine"
+server = "gh"
+scheme = "per_user"
+[[gateways.combined]]
+name = "gh-all"
+assignments = ["gh-shared", "gh-mine"]
+
+[policy]
+[[policy.grants]]
+name = "reads"
+gateway = "g"
+assignments = ["gh-shared"]
+users = ["*"]
+tools = { allow = ["get_*"] }
+[[policy.grants]]
+name = "writes"
+gateway = "g"
+assignments = ["gh-mine"]
+users = ["*"]
+tools = { allow = ["get_issue", "create_*"] }
+"#;
+
+    #[test]
+    fn a_combined_endpoint_is_judged_as_the_gateway_routes_it() {
+        let config = Config::parse(COMBINED).unwrap();
+        let policy = Policy::compile(&config, COMBINED).unwrap();
+        let ask = |assignment: &'static str, tool: &'static str| {
+            check(
+                &config,
+                &policy,
+                &CheckQuery {
+                    user: "alice",
+                    roles: &[],
+                    agent: None,
+                    gateway: "g",
+                    assignment,
+                    kind: ItemKind::Tool,
+                    name: tool,
+                    arguments: None,
+                },
+            )
+        };
+        // Both show get_issue: the first listed decides.
+        let o = ask("gh-all", "get_issue").unwrap();
+        assert_eq!(o.decision, "allowed");
+        assert!(o.reason.starts_with("via 'gh-shared'"), "{}", o.reason);
+        assert!(o.reason.contains("reads"), "{}", o.reason);
+        // Only the per-user assignment shows create_issue.
+        let o = ask("gh-all", "create_issue").unwrap();
+        assert_eq!(o.decision, "allowed");
+        assert!(o.reason.starts_with("via 'gh-mine'"), "{}", o.reason);
+        // Neither shows delete_repo.
+        let o = ask("gh-all", "delete_repo").unwrap();
+        assert_eq!(o.decision, "hidden");
+        assert!(o.reason.contains("gh-shared, gh-mine"), "{}", o.reason);
+        // A member is still judged on its own.
+        assert_eq!(ask("gh-shared", "create_issue").unwrap().decision, "hidden");
+        let e = ask("gh-nope", "get_issue").unwrap_err().to_string();
+        assert!(
+            e.contains("no server assignment or combined endpoint 'gh-nope'"),
+            "{e}"
+        );
     }
 }
