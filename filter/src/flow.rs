@@ -98,7 +98,7 @@ pub struct RequestFlow {
     response: ResponseTrim,
     /// The refreshable credential the service injected, if any.
     credential: Option<String>,
-    /// Credentials this worker saw the upstream refuse.
+    /// Credentials the upstream refused (shared by every worker in Envoy).
     rejected: SharedRejected,
     /// The URL elicitation this request was answered with, for the host to
     /// remember ([`RequestFlow::take_elicitation`]).
@@ -121,14 +121,14 @@ impl RequestFlow {
             list_trim: None,
             response: ResponseTrim::None,
             credential: None,
-            rejected: SharedRejected::default(),
+            rejected: stale::local_store(),
             elicitation: None,
             stream_owner: None,
             announcing: None,
         }
     }
 
-    /// Shares the worker's memory of refused credentials with this request.
+    /// Shares the memory of refused credentials with this request.
     pub fn remembering(mut self, rejected: SharedRejected) -> RequestFlow {
         self.rejected = rejected;
         self
@@ -176,7 +176,7 @@ impl RequestFlow {
             .filter(|(k, _)| !k.eq_ignore_ascii_case(stale::REJECTED_HEADER))
             .cloned()
             .collect();
-        if let Some(value) = self.rejected.borrow().header_value() {
+        if let Some(value) = self.rejected.header_value() {
             headers.push((stale::REJECTED_HEADER.to_owned(), value));
         }
         let call = check_call(config, &headers, body, &self.connection, &message);
@@ -307,7 +307,7 @@ impl RequestFlow {
                 }
                 self.list_trim = checked.visibility.and_then(|v| self.list_trim(v));
                 if let Some(credential) = &checked.credential {
-                    self.rejected.borrow_mut().settled(credential);
+                    self.rejected.update(&mut |r| r.settled(credential));
                 }
                 self.credential = checked.credential;
                 Action::Continue(edits)
@@ -397,7 +397,7 @@ impl RequestFlow {
         if let Some(credential) = &self.credential
             && mcp::header(headers, ":status") == Some("401")
         {
-            self.rejected.borrow_mut().remember(credential);
+            self.rejected.update(&mut |r| r.remember(credential));
             self.list_trim = None;
             return ResponseHeadersAction::Respond(stale::refused_reply(self.id()));
         }
@@ -724,7 +724,7 @@ mod tests {
 
     #[test]
     fn an_upstream_401_for_an_injected_token_is_a_retryable_error_and_reported_next_time() {
-        let memory = SharedRejected::default();
+        let memory = stale::local_store();
         // A client cannot report refusals itself.
         let (mut flow, req) = allowed_call(
             &memory,
@@ -743,7 +743,7 @@ mod tests {
         assert_eq!(v["id"], "call-1");
         assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
 
-        // The next Check on this worker names the refused credential.
+        // The next Check names the refused credential.
         let (mut flow, req) = allowed_call(&memory, Some("crm-alice@4"), &[]);
         assert_eq!(http(&req).headers[stale::REJECTED_HEADER], "crm-alice@3");
         // Version 4 went upstream and was accepted: settled.
@@ -764,7 +764,7 @@ mod tests {
             flow.on_response_headers(&h(&[(":status", "401")])),
             ResponseHeadersAction::Continue
         );
-        assert_eq!(memory.borrow().header_value(), None);
+        assert_eq!(memory.header_value(), None);
     }
 
     #[test]
@@ -1209,8 +1209,7 @@ mod tests {
                 .is_announcing()
         );
         // A POST's SSE response is not a GET stream.
-        let (mut flow, _) =
-            allowed_call(&SharedRejected::default(), None, &[("mcp-session-id", "s")]);
+        let (mut flow, _) = allowed_call(&stale::local_store(), None, &[("mcp-session-id", "s")]);
         flow.on_response_headers(&h(&[
             (":status", "200"),
             ("content-type", "text/event-stream"),

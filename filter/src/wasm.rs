@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply};
 use crate::flow::{Action, RequestFlow, ResponseBodyAction, ResponseHeadersAction, SharedConfig};
 use crate::jsonrpc;
+use crate::stale::{self, RejectedCredentials, RejectedStore, SharedRejected};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{self, BufferType, ContextType, LogLevel, MapType, Status};
@@ -28,7 +29,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| {
         Box::new(Root {
             config: Rc::new(Err(ConfigError("plugin not configured yet".into()))),
-            rejected: Default::default(),
+            rejected: Rc::new(SharedDataRejected),
             completion_call: None,
         })
     });
@@ -42,8 +43,8 @@ fn log(level: LogLevel, message: &str) {
 /// The plugin: holds the configuration shared by all requests of this VM.
 struct Root {
     config: SharedConfig,
-    /// Credentials the upstream refused, shared by this worker's requests.
-    rejected: crate::stale::SharedRejected,
+    /// Credentials the upstream refused, shared by every worker's requests.
+    rejected: SharedRejected,
     /// Token of the `Completed` question in flight.
     completion_call: Option<u32>,
 }
@@ -55,39 +56,84 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Reads the shared pending list, lets `change` edit it and, when it says
-/// it changed something, writes it back unless another VM wrote first (then
+/// Reads shared value `key`, lets `change` edit it and, when it says it
+/// changed something, writes it back unless another VM wrote first (then
 /// tries again on the fresh copy). `None` when the host refused.
-fn with_pending<R>(mut change: impl FnMut(&mut PendingList) -> (bool, R)) -> Option<R> {
+fn update_shared<T, R>(
+    key: &str,
+    decode: impl Fn(Option<&[u8]>) -> T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    mut change: impl FnMut(&mut T) -> (bool, R),
+) -> Option<R> {
     for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = match hostcalls::get_shared_data(completion::SHARED_KEY) {
+        let (bytes, cas) = match hostcalls::get_shared_data(key) {
             Ok(found) => found,
             Err(status) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("cannot read the pending URL elicitations: {status:?}"),
-                );
+                log(LogLevel::Warn, &format!("cannot read {key}: {status:?}"));
                 return None;
             }
         };
-        let mut list = PendingList::decode(bytes.as_deref());
-        let (changed, result) = change(&mut list);
+        let mut value = decode(bytes.as_deref());
+        let (changed, result) = change(&mut value);
         if !changed {
             return Some(result);
         }
-        match hostcalls::set_shared_data(completion::SHARED_KEY, Some(&list.encode()), cas) {
+        match hostcalls::set_shared_data(key, Some(&encode(&value)), cas) {
             Ok(()) => return Some(result),
             Err(Status::CasMismatch) => continue,
             Err(status) => {
-                log(
-                    LogLevel::Warn,
-                    &format!("cannot update the pending URL elicitations: {status:?}"),
-                );
+                log(LogLevel::Warn, &format!("cannot update {key}: {status:?}"));
                 return None;
             }
         }
     }
     None
+}
+
+/// Creates shared value `key` if missing, before any request can change
+/// it, so that every later write is a compare-and-swap (a first write to a
+/// missing key cannot be, and two VMs could lose an entry there).
+fn create_shared(key: &str, empty: &[u8]) {
+    if let Ok((None, _)) = hostcalls::get_shared_data(key)
+        && let Err(status) = hostcalls::set_shared_data(key, Some(empty), None)
+    {
+        log(LogLevel::Warn, &format!("cannot create {key}: {status:?}"));
+    }
+}
+
+/// The shared list of pending URL elicitations, edited by `change`.
+fn with_pending<R>(change: impl FnMut(&mut PendingList) -> (bool, R)) -> Option<R> {
+    update_shared(
+        completion::SHARED_KEY,
+        PendingList::decode,
+        PendingList::encode,
+        change,
+    )
+}
+
+/// The credentials an upstream refused, in shared data: one refusal seen by
+/// any worker makes every worker's next `Check` ask for a refresh.
+#[derive(Debug)]
+struct SharedDataRejected;
+
+impl RejectedStore for SharedDataRejected {
+    fn update(&self, change: &mut dyn FnMut(&mut RejectedCredentials) -> bool) {
+        update_shared(
+            stale::SHARED_KEY,
+            |bytes| RejectedCredentials::decode(bytes.unwrap_or_default()),
+            RejectedCredentials::encode,
+            |r| (change(r), ()),
+        );
+    }
+
+    fn header_value(&self) -> Option<String> {
+        match hostcalls::get_shared_data(stale::SHARED_KEY) {
+            Ok((Some(bytes), _)) if !bytes.is_empty() => {
+                RejectedCredentials::decode(&bytes).header_value()
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The completed elicitations for this GET stream, taken so that no other
@@ -199,21 +245,8 @@ impl RootContext for Root {
             ),
         }
         self.config = Rc::new(parsed);
-        // Create the shared list before any request can add to it, so that
-        // every later write is a compare-and-swap (a first write to a
-        // missing key cannot be, and two VMs could lose an entry there).
-        if let Ok((None, _)) = hostcalls::get_shared_data(completion::SHARED_KEY)
-            && let Err(status) = hostcalls::set_shared_data(
-                completion::SHARED_KEY,
-                Some(&PendingList::default().encode()),
-                None,
-            )
-        {
-            log(
-                LogLevel::Warn,
-                &format!("cannot create the pending URL elicitation list: {status:?}"),
-            );
-        }
+        create_shared(completion::SHARED_KEY, &PendingList::default().encode());
+        create_shared(stale::SHARED_KEY, &RejectedCredentials::default().encode());
         if let Err(status) = hostcalls::set_tick_period(COMPLETION_POLL) {
             log(
                 LogLevel::Warn,

@@ -34,14 +34,24 @@ impl Envoy {
         Self::start_with_workers(dir, name, bootstrap_yaml, 1)
     }
 
-    /// As [`Envoy::start_named`], with `workers` worker threads (each runs
-    /// its own Wasm VM; connections are spread over them).
+    /// As [`Envoy::start_named`], with `workers` worker threads, each with
+    /// its own Wasm VM. With more than one, each listener balances exactly
+    /// (a new connection goes to the worker with the fewest), so that two
+    /// connections open at once are on different workers: what one VM
+    /// learns, a test can require another to know.
     pub fn start_with_workers(
         dir: &Path,
         name: &str,
         bootstrap_yaml: &str,
         workers: usize,
     ) -> Result<Envoy> {
+        let balanced;
+        let bootstrap_yaml = if workers > 1 {
+            balanced = exact_balance(bootstrap_yaml)?;
+            balanced.as_str()
+        } else {
+            bootstrap_yaml
+        };
         let envoy = paths::envoy()?;
         let bootstrap = dir.join(format!("{name}.yaml"));
         std::fs::write(&bootstrap, bootstrap_yaml)
@@ -99,4 +109,18 @@ impl Envoy {
 fn unique_base_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     (std::process::id() % 100_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// `bootstrap` with `connection_balance_config: {exact_balance: {}}` on
+/// every listener (a rendered bootstrap: listeners at four spaces, each
+/// with `filter_chains`).
+fn exact_balance(bootstrap: &str) -> Result<String> {
+    const AT: &str = "\n    filter_chains:";
+    if !bootstrap.contains(AT) {
+        anyhow::bail!("no listener with filter_chains in the bootstrap to balance");
+    }
+    Ok(bootstrap.replace(
+        AT,
+        &format!("\n    connection_balance_config: {{exact_balance: {{}}}}{AT}"),
+    ))
 }

@@ -423,6 +423,8 @@ async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_4
         "refused",
         StackOptions {
             extra_config: Some(extra_config(&provider, &upstream)),
+            // What one worker learns from the refusal, all must know.
+            envoy_workers: 4,
             ..StackOptions::default()
         },
     )
@@ -464,10 +466,29 @@ async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_4
         "nothing refreshed yet"
     );
 
-    // The retry names the refused credential in its Check: refreshed once,
-    // and the upstream gets the new token.
-    let retried = client.call_tool("whoami", json!({})).await?;
-    ensure!(McpClient::text(&retried) == "alice", "{retried:?}");
+    // The next Checks, on whichever of Envoy's workers, name the refused
+    // credential: refreshed once, and the upstream gets the new token. Four
+    // connections opened at once (exact balance spreads them over the 4
+    // workers, so most are not on the worker that saw the refusal) all go
+    // through without another refusal, and so does the old one.
+    let mut fresh = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let (url, token) = (stack.url("github-mine"), alice.clone());
+        fresh.spawn(async move {
+            let c = McpClient::connect(&url, &token)
+                .await
+                .with_context(|| format!("fresh connection {n}"))?;
+            let r = c.call_tool("whoami", json!({})).await?;
+            ensure!(
+                McpClient::text(&r) == "alice",
+                "fresh connection {n}: {r:?}"
+            );
+            c.close().await
+        });
+    }
+    while let Some(done) = fresh.join_next().await {
+        done??;
+    }
     let again = client.call_tool("whoami", json!({})).await?;
     ensure!(McpClient::text(&again) == "alice", "{again:?}");
     let stats = provider.stats().await?;
