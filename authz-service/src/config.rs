@@ -500,6 +500,11 @@ pub struct Server {
     /// Where users authorise their own identities for this server.
     #[serde(default)]
     pub oauth: Option<ServerOauth>,
+    /// For an `https` upstream: the PEM bundle its certificate must chain
+    /// to, as a path Envoy sees (default: `envoy render --upstream-ca`, the
+    /// system bundle). Its name (or IP) must be in the certificate's SANs.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// How an upstream server expects its credential.

@@ -37,6 +37,20 @@ pub struct RenderOptions {
     pub authz_endpoints: Vec<SocketAddr>,
     /// Serve the listener over TLS (and mTLS when a client CA is given).
     pub tls: Option<DownstreamTls>,
+    /// The PEM bundle `https` upstreams' certificates must chain to, unless
+    /// a server names its own `ca_file`.
+    pub upstream_ca: String,
+}
+
+/// Where Debian, Ubuntu and Alpine keep the system's trusted CAs.
+pub const DEFAULT_UPSTREAM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How Envoy checks an `https` upstream before any credential goes to it.
+#[derive(Debug, Clone)]
+struct UpstreamTls<'a> {
+    /// Host name for SNI (none for an IP literal) and the SAN to require.
+    host: &'a str,
+    ca: &'a str,
 }
 
 /// PEM files for a TLS listener, as paths Envoy will see.
@@ -248,17 +262,26 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             })
             .collect()
     };
-    cluster(&mut y, "latchkey_authz", &replicas, true, false);
+    cluster(&mut y, "latchkey_authz", &replicas, true, None);
     cluster(
         &mut y,
         "latchkey_http",
         &[(http.ip().to_string(), http.port())],
         false,
-        false,
+        None,
     );
     for s in &config.servers {
-        let host = s.url.host_str().unwrap_or("127.0.0.1");
-        let tls = s.url.scheme() == "https";
+        // `host_str` keeps an IPv6 literal's brackets; Envoy wants it bare.
+        let host = s
+            .url
+            .host_str()
+            .unwrap_or("127.0.0.1")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tls = (s.url.scheme() == "https").then(|| UpstreamTls {
+            host,
+            ca: s.ca_file.as_deref().unwrap_or(&opts.upstream_ca),
+        });
         let port = s.url.port_or_known_default().unwrap_or(80);
         cluster(
             &mut y,
@@ -272,7 +295,13 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
 }
 
 /// A cluster of `endpoints` (host, port); several are balanced round-robin.
-fn cluster(y: &mut String, name: &str, endpoints: &[(String, u16)], http2: bool, tls: bool) {
+fn cluster(
+    y: &mut String,
+    name: &str,
+    endpoints: &[(String, u16)],
+    http2: bool,
+    tls: Option<UpstreamTls<'_>>,
+) {
     let all_ips = endpoints
         .iter()
         .all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
@@ -281,6 +310,10 @@ fn cluster(y: &mut String, name: &str, endpoints: &[(String, u16)], http2: bool,
         y,
         "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN"
     );
+    if !all_ips {
+        // `localhost` and friends often resolve to ::1 as well: prefer v4.
+        let _ = writeln!(y, "    dns_lookup_family: V4_PREFERRED");
+    }
     let _ = writeln!(
         y,
         "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:"
@@ -291,17 +324,30 @@ fn cluster(y: &mut String, name: &str, endpoints: &[(String, u16)], http2: bool,
             "        - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", port_value: {port} }}"
         );
     }
-    let host = endpoints.first().map(|(h, _)| h.as_str()).unwrap_or("");
     if http2 {
         let _ = writeln!(
             y,
             "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{}}"
         );
     }
-    if tls {
+    if let Some(tls) = tls {
+        // The upstream proves who it is before a credential is sent: its
+        // chain must reach `ca` and its SANs name the host it was asked for.
+        let ip = tls.host.parse::<std::net::IpAddr>().is_ok();
         let _ = writeln!(
             y,
-            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: \"{host}\""
+            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        if !ip {
+            // SNI carries host names only (RFC 6066).
+            let _ = writeln!(y, "        sni: \"{}\"", tls.host);
+        }
+        let _ = writeln!(
+            y,
+            "        common_tls_context:\n          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}\n            match_typed_subject_alt_names:\n            - san_type: {}\n              matcher: {{ exact: \"{}\" }}",
+            tls.ca,
+            if ip { "IP_ADDRESS" } else { "DNS" },
+            tls.host
         );
     }
 }
@@ -337,6 +383,7 @@ mod tests {
             authz_timeout_ms: 2000,
             authz_endpoints: vec![],
             tls: None,
+            upstream_ca: DEFAULT_UPSTREAM_CA.into(),
         }
     }
 
@@ -410,5 +457,74 @@ mod tests {
         assert!(y.contains("failure_mode_allow: false"));
         assert!(y.contains("pack_as_bytes: true"));
         assert!(!y.contains("envoy.wasm.runtime.v8"));
+    }
+
+    /// The cluster block of `name` in a rendered bootstrap.
+    fn cluster_of<'y>(y: &'y str, name: &str) -> &'y str {
+        let at = y.find(&format!("  - name: {name}\n")).expect("cluster");
+        let rest = &y[at + 1..];
+        &y[at..at + 1 + rest.find("\n  - name: ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn an_https_upstream_must_prove_its_name_before_a_credential_goes_to_it() {
+        let text = format!(
+            "{}\n{}",
+            include_str!("../../envoy/latchkey.local.toml"),
+            r#"
+[[servers]]
+name = "github"
+url = "https://api.github.example/mcp"
+
+[[servers]]
+name = "internal"
+url = "https://10.0.0.7:8443/mcp"
+ca_file = "/etc/corp/ca.pem"
+
+[[servers]]
+name = "v6"
+url = "https://[fd00::7]/mcp"
+"#
+        );
+        let y = render(&Config::parse(&text).unwrap(), &defaults(AuthzMode::Wasm));
+        let github = cluster_of(&y, "server_github");
+        assert!(github.contains("UpstreamTlsContext"), "{github}");
+        assert!(github.contains("sni: \"api.github.example\""), "{github}");
+        assert!(
+            github.contains(&format!(
+                "trusted_ca: {{ filename: \"{DEFAULT_UPSTREAM_CA}\" }}"
+            )),
+            "{github}"
+        );
+        assert!(github.contains("san_type: DNS"), "{github}");
+        assert!(
+            github.contains("matcher: { exact: \"api.github.example\" }"),
+            "{github}"
+        );
+        assert!(
+            github.contains("dns_lookup_family: V4_PREFERRED"),
+            "{github}"
+        );
+        assert!(github.contains("port_value: 443"), "{github}");
+
+        let internal = cluster_of(&y, "server_internal");
+        assert!(
+            internal.contains("trusted_ca: { filename: \"/etc/corp/ca.pem\" }"),
+            "{internal}"
+        );
+        assert!(internal.contains("san_type: IP_ADDRESS"), "{internal}");
+        assert!(
+            internal.contains("matcher: { exact: \"10.0.0.7\" }"),
+            "{internal}"
+        );
+        assert!(!internal.contains("sni:"), "no SNI for an IP: {internal}");
+        assert!(internal.contains("type: STATIC"), "{internal}");
+
+        let v6 = cluster_of(&y, "server_v6");
+        assert!(v6.contains("address: \"fd00::7\""), "{v6}");
+        assert!(v6.contains("matcher: { exact: \"fd00::7\" }"), "{v6}");
+
+        // Plain http upstreams have no TLS at all.
+        assert!(!cluster_of(&y, "server_whoami").contains("transport_socket"));
     }
 }

@@ -160,6 +160,10 @@ enum EnvoyCommand {
         /// the client's URI SAN (SPIFFE ID) identifies the agent.
         #[arg(long, requires = "tls_cert")]
         client_ca: Option<String>,
+        /// The CA bundle (PEM) `https` upstreams must chain to, unless a
+        /// server sets its own `ca_file`.
+        #[arg(long, default_value = envoy_config::DEFAULT_UPSTREAM_CA)]
+        upstream_ca: String,
     },
 }
 
@@ -323,6 +327,7 @@ fn main() -> Result<()> {
             tls_cert,
             tls_key,
             client_ca,
+            upstream_ca,
         }) => {
             let config = Config::load(&config)?;
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| DownstreamTls {
@@ -343,6 +348,7 @@ fn main() -> Result<()> {
                         authz_timeout_ms,
                         authz_endpoints,
                         tls,
+                        upstream_ca,
                     }
                 )
             );
