@@ -775,13 +775,13 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
 
     /// One server assigned twice (shared for reads, per-user for writes)
-    /// and combined, shared first.
-    const CONFIG: &str = r#"
+    /// and combined as `gh`, shared first. Also `policy_tool`'s fixture.
+    pub(crate) const CONFIG: &str = r#"
 [vault]
 key_env = "K"
 [identity_provider]

@@ -285,49 +285,13 @@ mod tests {
         assert!(messages("application/json", "nope").is_empty());
     }
 
-    const COMBINED: &str = r#"
-[vault]
-key_env = "K"
-[identity_provider]
-issuer = "http://idp"
-[[servers]]
-name = "gh"
-url = "http://127.0.0.1:1/mcp"
-[[gateways]]
-name = "g"
-public_url = "http://gw.example/mcp"
-[[gateways.assignments]]
-name = "gh-shared"
-server = "gh"
-scheme = "shared"
-identity = "bot"
-[[gateways.assignments]]
-name = "gh-mine"
-server = "gh"
-scheme = "per_user"
-[[gateways.combined]]
-name = "gh-all"
-assignments = ["gh-shared", "gh-mine"]
-
-[policy]
-[[policy.grants]]
-name = "reads"
-gateway = "g"
-assignments = ["gh-shared"]
-users = ["*"]
-tools = { allow = ["get_*"] }
-[[policy.grants]]
-name = "writes"
-gateway = "g"
-assignments = ["gh-mine"]
-users = ["*"]
-tools = { allow = ["get_issue", "create_*"] }
-"#;
-
     #[test]
     fn a_combined_endpoint_is_judged_as_the_gateway_routes_it() {
-        let config = Config::parse(COMBINED).unwrap();
-        let policy = Policy::compile(&config, COMBINED).unwrap();
+        // `gh` = gh-read (shared: get_*, create_draft) then gh-write (per
+        // user: create_*, get_private).
+        let text = crate::decision::tests::CONFIG;
+        let config = Config::parse(text).unwrap();
+        let policy = Policy::compile(&config, text).unwrap();
         let ask = |assignment: &'static str, tool: &'static str| {
             check(
                 &config,
@@ -344,21 +308,24 @@ tools = { allow = ["get_issue", "create_*"] }
                 },
             )
         };
-        // Both show get_issue: the first listed decides.
-        let o = ask("gh-all", "get_issue").unwrap();
+        // Only the shared assignment shows get_issue.
+        let o = ask("gh", "get_issue").unwrap();
         assert_eq!(o.decision, "allowed");
-        assert!(o.reason.starts_with("via 'gh-shared'"), "{}", o.reason);
+        assert!(o.reason.starts_with("via 'gh-read'"), "{}", o.reason);
         assert!(o.reason.contains("reads"), "{}", o.reason);
-        // Only the per-user assignment shows create_issue.
-        let o = ask("gh-all", "create_issue").unwrap();
+        // Only the per-user one shows create_issue.
+        let o = ask("gh", "create_issue").unwrap();
         assert_eq!(o.decision, "allowed");
-        assert!(o.reason.starts_with("via 'gh-mine'"), "{}", o.reason);
+        assert!(o.reason.starts_with("via 'gh-write'"), "{}", o.reason);
+        // Both show create_draft: the first listed decides.
+        let o = ask("gh", "create_draft").unwrap();
+        assert!(o.reason.starts_with("via 'gh-read'"), "{}", o.reason);
         // Neither shows delete_repo.
-        let o = ask("gh-all", "delete_repo").unwrap();
+        let o = ask("gh", "delete_repo").unwrap();
         assert_eq!(o.decision, "hidden");
-        assert!(o.reason.contains("gh-shared, gh-mine"), "{}", o.reason);
+        assert!(o.reason.contains("gh-read, gh-write"), "{}", o.reason);
         // A member is still judged on its own.
-        assert_eq!(ask("gh-shared", "create_issue").unwrap().decision, "hidden");
+        assert_eq!(ask("gh-read", "create_issue").unwrap().decision, "hidden");
         let e = ask("gh-nope", "get_issue").unwrap_err().to_string();
         assert!(
             e.contains("no server assignment or combined endpoint 'gh-nope'"),
