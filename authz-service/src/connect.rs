@@ -71,6 +71,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/connect/{gateway}/authorise", post(authorise))
         .route("/connect/{gateway}/use", post(use_identity))
         .route("/connect/{gateway}/disconnect", post(disconnect))
+        .route("/connect/{gateway}/signout", post(sign_out))
         .with_state(connect)
 }
 
@@ -1351,6 +1352,64 @@ async fn use_inner(
         &c.page_url(&gw.name, request, Some(&form.server)),
         &[],
     ))
+}
+
+#[derive(Deserialize)]
+struct SignOutForm {
+    csrf: String,
+}
+
+/// Ends the connect page session: the record goes from Redis and the
+/// cookie from the browser. What was connected stays connected.
+async fn sign_out(
+    State(c): State<Arc<Connect>>,
+    Path(gateway): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<SignOutForm>,
+) -> Response {
+    respond(sign_out_inner(&c, &gateway, &headers, &form).await)
+}
+
+async fn sign_out_inner(
+    c: &Connect,
+    gateway: &str,
+    headers: &HeaderMap,
+    form: &SignOutForm,
+) -> Result<Response, Page> {
+    let gw = c.gateway(gateway)?;
+    let Some((hash, session)) = c.session(headers).await? else {
+        return Err(signed_out(&c.page_url(&gw.name, None, None)));
+    };
+    if !same_secret(&session.csrf, &form.csrf) {
+        return Err(Page::message(
+            StatusCode::FORBIDDEN,
+            "This form is out of date",
+            &["The form did not come from your current connect page. You are still signed in."],
+        )
+        .with_link(
+            &c.page_url(&gw.name, None, None),
+            "Back to the connect page",
+        ));
+    }
+    let store = c.store();
+    store
+        .delete(&store.connect_session_key(&hash))
+        .await
+        .map_err(|e| store_down(&e))?;
+    tracing::info!(target: "latchkey::connect", user = %session.user, "signed out of the connect page");
+    let mut response = Page::message(
+        StatusCode::OK,
+        "You're signed out",
+        &["This browser is no longer signed in to the connect page. \
+             What you connected stays connected; your client keeps working."],
+    )
+    .with_link(&c.page_url(&gw.name, None, None), "Sign in again")
+    .into_response();
+    let expired = set_cookie(SESSION_COOKIE, "", &c.cookie_path(), 0, c.secure());
+    if let Ok(v) = HeaderValue::from_str(&expired) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(response)
 }
 
 async fn disconnect(

@@ -166,9 +166,14 @@ pub fn connect_page(view: &View<'_>) -> Page {
     };
     let mut body = format!("<h1 id=\"title\">{}</h1>\n", escape(&title));
     body.push_str(&format!(
-        "<p>Signed in as <strong id=\"user\">{}</strong> · gateway <strong>{}</strong></p>\n",
+        "<p>Signed in as <strong id=\"user\">{}</strong> · gateway <strong>{}</strong> \
+         <form method=\"post\" action=\"{}/signout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button type=\"submit\" id=\"sign-out\">Sign out</button></form></p>\n",
         escape(view.user),
-        escape(view.gateway)
+        escape(view.gateway),
+        escape(view.action_base),
+        escape(view.csrf)
     ));
     if let Some(notice) = &view.notice {
         body.push_str(&format!(
@@ -324,6 +329,8 @@ mod tests {
         }]);
         assert!(html.contains("You&#39;re connected"), "{html}");
         assert!(html.contains("Go back to your client"));
+        assert!(html.contains("id=\"sign-out\""));
+        assert!(html.contains("action=\"/connect/corp/signout\""), "{html}");
         assert!(html.contains("id=\"disconnect-crm\""));
     }
 

@@ -551,6 +551,52 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     let (access, refresh) = s.open_identity(&id).await?;
     secrets.push(access);
     secrets.extend(refresh);
+
+    // Signing out: a forged form changes nothing; the real one ends the
+    // session in Redis and in the browser, and what was connected stays.
+    let sessions = |s: &Scenario| -> Result<usize> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("latchkey:connect:session:*")
+            .query(&mut s.redis()?)?;
+        Ok(keys.len())
+    };
+    let before = sessions(&s)?;
+    let r = c
+        .post(format!("{http}/connect/e2e/signout"))
+        .header("cookie", &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    assert_eq!(sessions(&s)?, before);
+    let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
+    assert!(page.contains("id=\"sign-out\""), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("a CSRF token in the page")?
+        .to_string();
+    let r = c
+        .post(format!("{http}/connect/e2e/signout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let cleared = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.starts_with("latchkey_connect=;") && v.contains("Max-Age=0"));
+    assert!(cleared, "the session cookie is removed");
+    assert!(r.text().await?.contains("signed out"));
+    assert_eq!(sessions(&s)?, before - 1);
+    let (status, _) = get(&c, &format!("{http}/connect/e2e"), &session).await?;
+    assert_eq!(status, 303, "the old cookie no longer signs anyone in");
+    assert_eq!(s.identities_of("alice")?, vec![id.clone()]);
+
     for cookie in [&session, &bob_session] {
         let value = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
         stack.remember_secret(value);
