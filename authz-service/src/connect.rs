@@ -590,6 +590,20 @@ impl Connect {
         csrf: &str,
         request: Option<&str>,
     ) -> Result<(String, Session), Page> {
+        let (hash, session) = self.csrf_session(headers, gateway, csrf, request).await?;
+        self.require_enabled(&session.user).await?;
+        Ok((hash, session))
+    }
+
+    /// The signed-in session of a form post whose CSRF token matches,
+    /// whether or not its user may still change anything (signing out).
+    async fn csrf_session(
+        &self,
+        headers: &HeaderMap,
+        gateway: &str,
+        csrf: &str,
+        request: Option<&str>,
+    ) -> Result<(String, Session), Page> {
         let Some((hash, session)) = self.session(headers).await? else {
             return Err(signed_out(&self.page_url(gateway, request, None)));
         };
@@ -604,7 +618,6 @@ impl Connect {
             )
             .with_link(&self.page_url(gateway, request, None), "Back to the connect page"));
         }
-        self.require_enabled(&session.user).await?;
         Ok((hash, session))
     }
 
@@ -1377,20 +1390,7 @@ async fn sign_out_inner(
     form: &SignOutForm,
 ) -> Result<Response, Page> {
     let gw = c.gateway(gateway)?;
-    let Some((hash, session)) = c.session(headers).await? else {
-        return Err(signed_out(&c.page_url(&gw.name, None, None)));
-    };
-    if !same_secret(&session.csrf, &form.csrf) {
-        return Err(Page::message(
-            StatusCode::FORBIDDEN,
-            "This form is out of date",
-            &["The form did not come from your current connect page. You are still signed in."],
-        )
-        .with_link(
-            &c.page_url(&gw.name, None, None),
-            "Back to the connect page",
-        ));
-    }
+    let (hash, session) = c.csrf_session(headers, &gw.name, &form.csrf, None).await?;
     let store = c.store();
     store
         .delete(&store.connect_session_key(&hash))
