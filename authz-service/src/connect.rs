@@ -1235,28 +1235,13 @@ impl ServerForm {
     }
 }
 
-fn respond(result: Result<Response, Page>) -> Response {
-    match result {
-        Ok(r) => r,
-        Err(p) => p.into_response(),
-    }
-}
-
 async fn authorise(
     State(c): State<Arc<Connect>>,
     Path(gateway): Path<String>,
     headers: HeaderMap,
     Form(form): Form<ServerForm>,
-) -> Response {
-    respond(authorise_inner(&c, &gateway, &headers, &form).await)
-}
-
-async fn authorise_inner(
-    c: &Connect,
-    gateway: &str,
-    headers: &HeaderMap,
-    form: &ServerForm,
 ) -> Result<Response, Page> {
+    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
     let gw = c.gateway(gateway)?;
     let request = form.request();
     let (hash, session) = c
@@ -1300,16 +1285,8 @@ async fn use_identity(
     Path(gateway): Path<String>,
     headers: HeaderMap,
     Form(form): Form<ServerForm>,
-) -> Response {
-    respond(use_inner(&c, &gateway, &headers, &form).await)
-}
-
-async fn use_inner(
-    c: &Connect,
-    gateway: &str,
-    headers: &HeaderMap,
-    form: &ServerForm,
 ) -> Result<Response, Page> {
+    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
     let gw = c.gateway(gateway)?;
     let request = form.request();
     let (_, session) = c
@@ -1379,16 +1356,8 @@ async fn sign_out(
     Path(gateway): Path<String>,
     headers: HeaderMap,
     Form(form): Form<SignOutForm>,
-) -> Response {
-    respond(sign_out_inner(&c, &gateway, &headers, &form).await)
-}
-
-async fn sign_out_inner(
-    c: &Connect,
-    gateway: &str,
-    headers: &HeaderMap,
-    form: &SignOutForm,
 ) -> Result<Response, Page> {
+    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
     let gw = c.gateway(gateway)?;
     let (hash, session) = c.csrf_session(headers, &gw.name, &form.csrf, None).await?;
     let store = c.store();
@@ -1412,15 +1381,6 @@ async fn sign_out_inner(
     Ok(response)
 }
 
-async fn disconnect(
-    State(c): State<Arc<Connect>>,
-    Path(gateway): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ServerForm>,
-) -> Response {
-    respond(disconnect_inner(&c, &gateway, &headers, &form).await)
-}
-
 /// What became of a disconnected identity's tokens at the provider.
 enum Revocation {
     /// Not the person's own OAuth identity: it stays in Latchkey as it was.
@@ -1431,12 +1391,13 @@ enum Revocation {
     Failed(String),
 }
 
-async fn disconnect_inner(
-    c: &Connect,
-    gateway: &str,
-    headers: &HeaderMap,
-    form: &ServerForm,
+async fn disconnect(
+    State(c): State<Arc<Connect>>,
+    Path(gateway): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ServerForm>,
 ) -> Result<Response, Page> {
+    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
     let gw = c.gateway(gateway)?;
     let request = form.request();
     let (_, session) = c
