@@ -395,12 +395,7 @@ async fn authorise(
         .await?
         .text()
         .await?;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .context("a CSRF token in the page")?
-        .to_string();
+    let csrf = csrf_in(&page)?;
     let r = c
         .post(format!("{http}/connect/e2e/authorise"))
         .header("cookie", session)
@@ -414,6 +409,16 @@ async fn authorise(
         .await?;
     assert_eq!(r.status(), 302);
     location(&r)
+}
+
+/// The CSRF token of the connect page's forms.
+fn csrf_in(page: &str) -> Result<String> {
+    Ok(page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("a CSRF token in the page")?
+        .to_string())
 }
 
 async fn get(c: &reqwest::Client, url: &str, cookie: &str) -> Result<(u16, String)> {
@@ -571,12 +576,7 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     assert_eq!(sessions(&s)?, before);
     let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
     assert!(page.contains("id=\"sign-out\""), "{page}");
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .context("a CSRF token in the page")?
-        .to_string();
+    let csrf = csrf_in(&page)?;
     let r = c
         .post(format!("{http}/connect/e2e/signout"))
         .header("cookie", &session)
