@@ -102,7 +102,25 @@ impl Operator {
 
 type Reply<T> = Result<Response<T>, RpcStatus>;
 
+/// Response metadata carrying what the caller should know about a change
+/// that was made but may not be seen everywhere yet (`settle`).
+pub const WARNING_METADATA: &str = "latchkey-warning";
+
 impl AdminService {
+    /// The answer to a change, sent once every replica has applied it (or the
+    /// wait ran out, which the answer then says).
+    async fn settled<T>(&self, message: T) -> Reply<T> {
+        let settled = crate::settle::after_change(&self.state.credentials.store).await;
+        let mut response = Response::new(message);
+        if let Some(warning) = settled.warning() {
+            // Metadata values are visible ASCII; the warning is built from ids and fixed text.
+            if let Ok(value) = warning.parse() {
+                response.metadata_mut().insert(WARNING_METADATA, value);
+            }
+        }
+        Ok(response)
+    }
+
     async fn operator<T>(&self, request: &Request<T>) -> Result<Operator, RpcStatus> {
         let header = request
             .metadata()
@@ -327,7 +345,7 @@ impl Admin for AdminService {
                 PutError::BadId(_) => RpcStatus::invalid_argument(e.to_string()),
                 PutError::Credential(c) => credential_status(c),
             })?;
-        Ok(Response::new(identity_pb(&record)))
+        self.settled(identity_pb(&record)).await
     }
 
     async fn list_identities(
@@ -384,7 +402,7 @@ impl Admin for AdminService {
         let updated = self
             .change_identity(&op, &req.id, action, |r| r.status = status)
             .await?;
-        Ok(Response::new(identity_pb(&updated)))
+        self.settled(identity_pb(&updated)).await
     }
 
     async fn set_identity_availability(
@@ -409,7 +427,7 @@ impl Admin for AdminService {
         let updated = self
             .change_identity(&op, &record.id, action, |r| r.availability = availability)
             .await?;
-        Ok(Response::new(identity_pb(&updated)))
+        self.settled(identity_pb(&updated)).await
     }
 
     async fn delete_identity(
@@ -425,7 +443,7 @@ impl Admin for AdminService {
             .delete_identity(&op.subject, &record.id)
             .await
             .map_err(change_status)?;
-        Ok(Response::new(pb::DeleteIdentityResponse {}))
+        self.settled(pb::DeleteIdentityResponse {}).await
     }
 
     async fn set_user_status(
@@ -447,7 +465,7 @@ impl Admin for AdminService {
         let record = self
             .set_principal_status(&op, PrincipalKind::User, &req.id, status)
             .await?;
-        Ok(Response::new(principal_pb(&record)))
+        self.settled(principal_pb(&record)).await
     }
 
     async fn set_agent_status(
@@ -461,7 +479,7 @@ impl Admin for AdminService {
         let record = self
             .set_principal_status(&op, PrincipalKind::Agent, &req.id, status)
             .await?;
-        Ok(Response::new(principal_pb(&record)))
+        self.settled(principal_pb(&record)).await
     }
 
     async fn use_identity(
@@ -508,7 +526,7 @@ impl Admin for AdminService {
                 },
             )
             .await?;
-        Ok(Response::new(connection_pb(&connection)))
+        self.settled(connection_pb(&connection)).await
     }
 
     async fn list_connections(
@@ -551,7 +569,7 @@ impl Admin for AdminService {
                 c.status = status
             })
             .await?;
-        Ok(Response::new(connection_pb(&connection)))
+        self.settled(connection_pb(&connection)).await
     }
 
     async fn list_keys(
@@ -605,11 +623,12 @@ impl Admin for AdminService {
                 RotateError::Credential(c) => credential_status(c),
                 other => RpcStatus::failed_precondition(other.to_string()),
             })?;
-        Ok(Response::new(pb::RotateKeysResponse {
+        self.settled(pb::RotateKeysResponse {
             active_key: to,
             re_encrypted: done.re_encrypted,
             already_current: done.already_current,
-        }))
+        })
+        .await
     }
 }
 

@@ -236,6 +236,25 @@ impl Session {
     }
 }
 
+/// An answer's message; a warning the service attached (a change made but
+/// not yet confirmed by every replica) goes to standard error first.
+trait IntoAnswer<T> {
+    fn into_answer(self) -> T;
+}
+
+impl<T> IntoAnswer<T> for tonic::Response<T> {
+    fn into_answer(self) -> T {
+        if let Some(warning) = self
+            .metadata()
+            .get(crate::admin::WARNING_METADATA)
+            .and_then(|v| v.to_str().ok())
+        {
+            eprintln!("warning: {warning}");
+        }
+        self.into_inner()
+    }
+}
+
 /// A refused call as an error a person can act on.
 fn refused(status: tonic::Status) -> anyhow::Error {
     let hint = match status.code() {
@@ -296,7 +315,7 @@ pub async fn whoami(args: &AdminArgs) -> Result<()> {
         .who_am_i(s.request(pb::WhoAmIRequest {}))
         .await
         .map_err(refused)?
-        .into_inner();
+        .into_answer();
     s.print(
         json!({"subject": r.subject, "capabilities": r.capabilities}),
         |_| {
@@ -369,7 +388,7 @@ pub async fn identity(args: &AdminArgs, command: IdentityCommand) -> Result<()> 
                 }))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             s.print(identity_json(&r), |v| {
                 format!("created {}", identity_line(v))
             });
@@ -383,7 +402,7 @@ pub async fn identity(args: &AdminArgs, command: IdentityCommand) -> Result<()> 
                 }))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             for i in &r.identities {
                 s.print(identity_json(i), identity_line);
             }
@@ -394,7 +413,7 @@ pub async fn identity(args: &AdminArgs, command: IdentityCommand) -> Result<()> 
                 .get_identity(s.request(pb::GetIdentityRequest { id }))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             s.print(identity_json(&r), |v| {
                 serde_json::to_string_pretty(v).unwrap_or_default()
             });
@@ -427,7 +446,7 @@ async fn set_identity_status(s: &mut Session, id: String, enabled: bool) -> Resu
         }))
         .await
         .map_err(refused)?
-        .into_inner();
+        .into_answer();
     s.print(identity_json(&r), identity_line);
     Ok(())
 }
@@ -441,7 +460,7 @@ async fn set_availability(s: &mut Session, id: String, a: pb::Availability) -> R
         }))
         .await
         .map_err(refused)?
-        .into_inner();
+        .into_answer();
     s.print(identity_json(&r), identity_line);
     Ok(())
 }
@@ -460,7 +479,7 @@ pub async fn user(args: &AdminArgs, command: UserCommand) -> Result<()> {
         }))
         .await
         .map_err(refused)?
-        .into_inner();
+        .into_answer();
     s.print(principal_json(&r), principal_line);
     Ok(())
 }
@@ -479,7 +498,7 @@ pub async fn agent(args: &AdminArgs, command: AgentCommand) -> Result<()> {
         }))
         .await
         .map_err(refused)?
-        .into_inner();
+        .into_answer();
     s.print(principal_json(&r), principal_line);
     Ok(())
 }
@@ -495,7 +514,7 @@ pub async fn connection(args: &AdminArgs, command: ConnectionCommand) -> Result<
                 }))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             for c in &r.connections {
                 s.print(connection_json(c), connection_line);
             }
@@ -516,7 +535,7 @@ pub async fn connection(args: &AdminArgs, command: ConnectionCommand) -> Result<
             }))
             .await
             .map_err(refused)?
-            .into_inner(),
+            .into_answer(),
         ConnectionCommand::Disable { gateway, user } => {
             set_connection_status(&mut s, gateway, user, false).await?
         }
@@ -542,7 +561,7 @@ async fn set_connection_status(
         }))
         .await
         .map_err(refused)?
-        .into_inner())
+        .into_answer())
 }
 
 pub async fn keys(args: &AdminArgs, command: KeysCommand) -> Result<()> {
@@ -555,7 +574,7 @@ pub async fn keys(args: &AdminArgs, command: KeysCommand) -> Result<()> {
                 .list_keys(s.request(pb::ListKeysRequest {}))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             for k in &r.keys {
                 s.print(
                     json!({"id": k.id, "loaded": k.loaded, "active": k.active, "records": k.records}),
@@ -581,7 +600,7 @@ pub async fn keys(args: &AdminArgs, command: KeysCommand) -> Result<()> {
                 .rotate_keys(s.request(pb::RotateKeysRequest { key_id: to }))
                 .await
                 .map_err(refused)?
-                .into_inner();
+                .into_answer();
             s.print(
                 json!({"active_key": r.active_key, "re_encrypted": r.re_encrypted, "already_current": r.already_current}),
                 |_| {

@@ -7,7 +7,8 @@
 //! whose subscription broke cannot know what it missed, so it flushes
 //! everything when the subscription is back. A load that raced with an
 //! invalidation is answered but not kept (the epoch check), so a stale value
-//! is never cached past a change.
+//! is never cached past a change. Settle markers on the same channel are
+//! confirmed in order with the invalidations (`settle`).
 //! Hits and misses are counted for `/metrics`.
 
 use std::sync::Arc;
@@ -98,8 +99,9 @@ impl ReplicaCache {
 
     /// Keeps a subscription to `channel` for as long as the process runs,
     /// reconnecting with back-off and flushing the cache on every
-    /// (re)subscription.
-    pub async fn listen(self: Arc<Self>, store: crate::store::Store) {
+    /// (re)subscription. Settle markers are confirmed as replica `replica`
+    /// once everything before them is applied (`settle`).
+    pub async fn listen(self: Arc<Self>, store: crate::store::Store, replica: String) {
         let channel = store.channel();
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -131,7 +133,11 @@ impl ReplicaCache {
                         let mut messages = pubsub.on_message();
                         while let Some(msg) = messages.next().await {
                             match msg.get_payload::<String>() {
-                                Ok(key) => self.invalidate(&key).await,
+                                Ok(key) => {
+                                    if !crate::settle::confirm_if_marker(&store, &replica, &key) {
+                                        self.invalidate(&key).await
+                                    }
+                                }
                                 // An unreadable message: drop everything to be safe.
                                 Err(_) => self.flush(),
                             }

@@ -36,6 +36,7 @@ use crate::identity::{
     VaultRecord, now_rfc3339,
 };
 use crate::oauth::{OauthError, Provider, ProviderSettings, TokenHint, callback_url};
+use crate::settle;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -1131,6 +1132,8 @@ async fn finish_server(c: &Connect, q: CallbackQuery, f: ServerFlow<'_>) -> Resu
         .await
         .map_err(|e| oauth_failed(&e, "exchanging an authorisation code", &page_url))?;
     let id = store_tokens(c, &f, tokens).await?;
+    // The client retries once told; whichever replica answers must see it.
+    settle::after_change(c.store()).await;
     tracing::info!(
         target: "latchkey::connect",
         user = %f.user, gateway = %f.gateway, server = %f.server, identity = %id,
@@ -1332,6 +1335,7 @@ async fn use_identity(
     c.attach(user, &gw.name, &form.server, id)
         .await
         .map_err(|e| change_failed(&e))?;
+    settle::after_change(c.store()).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server = %form.server, identity = %id,
@@ -1455,6 +1459,7 @@ async fn disconnect(
     if own_oauth {
         forget_identity(c, user, &id).await?;
     }
+    settle::after_change(c.store()).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server, identity = %id,

@@ -47,6 +47,7 @@ pub mod refresh;
 pub mod reload;
 pub mod respond;
 pub mod routing;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod vault;

@@ -440,9 +440,15 @@ async fn open_credentials(config: &Config) -> Result<Credentials> {
 
 async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let credentials = open_credentials(&config).await?;
+    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
-    tokio::spawn(credentials.cache.clone().listen(credentials.store.clone()));
+    tokio::spawn(
+        credentials
+            .cache
+            .clone()
+            .listen(credentials.store.clone(), replica_id.clone()),
+    );
     let verifier = authn::TokenVerifier::new(&config.identity_provider);
     match verifier.refresh().await {
         Ok(n) => {
@@ -460,7 +466,6 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
             .clone()
             .watch(config.clone(), std::time::Duration::from_secs(1)),
     );
-    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
     if let Some(otlp) = &config.audit.otlp {
         let exporter = latchkey_authz::otlp::OtlpAudit::start(otlp, &replica_id)?;
         if latchkey_authz::otlp::install(exporter).is_err() {
@@ -512,6 +517,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding the HTTP side to {http_addr}"))?;
+    let store = state.credentials.store.clone();
     let http = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, replica = %replica_id, "latchkey serving");
     tokio::try_join!(
@@ -529,6 +535,10 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
                 .with_context(|| format!("admin gRPC server on {admin_addr}"))
         },
     )?;
+    // Changes made after this need not wait for this replica to confirm them.
+    if let Err(e) = store.withdraw(&replica_id).await {
+        tracing::warn!(error = %e, "cannot withdraw this replica from the registry");
+    }
     latchkey_authz::otlp::flush();
     Ok(())
 }

@@ -82,6 +82,9 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
 
+/// How long a settle marker's confirmations are kept (far beyond any wait).
+const SETTLE_RECORD_SECS: i64 = 60;
+
 /// How many times a change is retried when another writer got there first.
 const CHANGE_ATTEMPTS: usize = 8;
 
@@ -212,6 +215,14 @@ impl Store {
     }
     fn replicas_key(&self) -> String {
         format!("{}:replicas", self.prefix)
+    }
+    /// Where the replicas confirm having applied the changes published
+    /// before settle marker `token`; also the marker's message.
+    pub fn settle_key(&self, token: &str) -> String {
+        format!("{}{token}", self.settle_key_prefix())
+    }
+    pub fn settle_key_prefix(&self) -> String {
+        format!("{}:settle:", self.prefix)
     }
 
     // --- reads -----------------------------------------------------------
@@ -605,6 +616,56 @@ impl Store {
         }
         live.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(live)
+    }
+
+    /// Removes this replica from the registry (a clean shutdown), so changes
+    /// made after it stopped do not wait for its confirmation.
+    pub async fn withdraw(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        conn.hdel::<_, _, ()>(self.replicas_key(), id).await?;
+        Ok(())
+    }
+
+    // --- settling changes --------------------------------------------------
+
+    /// Publishes settle marker `token` on the invalidation channel. It is
+    /// published by the node that holds Latchkey's slot, like every change,
+    /// so each subscriber receives it after the changes published before it
+    /// (on a Cluster, messages from one node reach a subscriber in order;
+    /// from two nodes they need not).
+    pub async fn publish_settle_marker(&self, token: &str) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        let key = self.settle_key(token);
+        redis::Script::new("redis.call('PUBLISH', ARGV[1], KEYS[1]) return 1")
+            .key(&key)
+            .arg(self.channel())
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that replica `id` applied everything published before the
+    /// marker whose key is `settle_key`.
+    pub async fn confirm_settled(&self, settle_key: &str, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.redis.clone();
+        redis::pipe()
+            .atomic()
+            .sadd(settle_key, id)
+            .ignore()
+            .expire(settle_key, SETTLE_RECORD_SECS)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The replicas that confirmed marker `token` so far.
+    pub async fn settled_replicas(
+        &self,
+        token: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut conn = self.redis.clone();
+        Ok(conn.smembers(self.settle_key(token)).await?)
     }
 
     // --- locks -----------------------------------------------------------

@@ -610,8 +610,20 @@ identity = "late-sa"
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<Vec<serde_json::Value>> {
+        Ok(self.cli_with_stderr(n, token, args, stdin)?.0)
+    }
+
+    /// [`Stack::cli`], also returning what the CLI wrote to standard error
+    /// (warnings) when it succeeded.
+    pub fn cli_with_stderr(
+        &self,
+        n: usize,
+        token: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, String)> {
         let r = self.replicas.get(n).context("no such replica")?;
-        let out = run(
+        let (out, err) = run_with_stderr(
             Command::new(paths::latchkey_bin()?)
                 .args(["--json", "--admin-url", &r.admin_url()])
                 .args(args)
@@ -622,11 +634,13 @@ identity = "late-sa"
             .create(true)
             .append(true)
             .open(self.dir.join("cli.log"))?
-            .write_all(format!("$ latchkey {}\n{out}", args.join(" ")).as_bytes())?;
-        out.lines()
+            .write_all(format!("$ latchkey {}\n{out}{err}", args.join(" ")).as_bytes())?;
+        let values = out
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).with_context(|| format!("CLI printed non-JSON: {l}")))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((values, err))
     }
 
     /// Runs the CLI expecting it to fail; returns its stderr.
@@ -703,6 +717,11 @@ fn start_latchkey(
 
 /// Runs a command to completion; its stdout on success, stderr in the error.
 pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
+    Ok(run_with_stderr(cmd, stdin)?.0)
+}
+
+/// [`run`], also returning standard error.
+pub fn run_with_stderr(cmd: &mut Command, stdin: Option<&str>) -> Result<(String, String)> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -718,7 +737,10 @@ pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 pub fn random_hex() -> String {

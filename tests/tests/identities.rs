@@ -676,6 +676,93 @@ async fn redis_stopped_mid_run_fails_closed_and_recovers_clean() -> Result<()> {
     Ok(())
 }
 
+/// A change is answered only once every replica has applied it, so the
+/// next request sees it whichever replica decides. A replica frozen while an
+/// operator disables an identity holds the answer until it has dropped its
+/// cached copy; one frozen for longer than the wait is named in a warning
+/// (the change is made anyway); one that shut down cleanly is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_answered_once_every_replica_applied_it() -> Result<()> {
+    let mut stack = Stack::start(
+        "replicas_settle",
+        StackOptions {
+            replicas: 2,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secret = format!("alice-settle-{}", random_hex());
+    stack.remember_secret(&secret);
+    create(&stack, 0, &alice_admin, "alice-s", &secret)?;
+    connect(&stack, 0, &alice_admin, "alice-s")?;
+    // Both replicas now hold alice's identity in their caches.
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    let frozen = stack.replicas[1]
+        .process
+        .as_ref()
+        .context("replica 1 is not running")?;
+    let frozen_pid = frozen.pid().context("replica 1 has no pid")?;
+    frozen.pause(true);
+    let (answered_at, resumed_at, warnings) = std::thread::scope(|scope| {
+        let thaw = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            let at = std::time::Instant::now();
+            frozen.pause(false);
+            at
+        });
+        let out = stack.cli_with_stderr(0, &ops, &["identity", "disable", "alice-s"], None);
+        let answered = std::time::Instant::now();
+        let resumed = thaw.join().expect("the thaw thread panicked");
+        out.map(|(_, err)| (answered, resumed, err))
+    })?;
+    ensure!(
+        answered_at > resumed_at,
+        "the CLI answered while replica 1 was frozen, before it could have dropped its cached copy"
+    );
+    ensure!(warnings.is_empty(), "unexpected warning: {warnings}");
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "disabled").await?;
+
+    // Frozen past the wait: the change is made and the answer says which
+    // replica has not confirmed it.
+    frozen.pause(true);
+    let enabled = stack.cli_with_stderr(0, &ops, &["identity", "enable", "alice-s"], None);
+    frozen.pause(false);
+    let (out, warnings) = enabled?;
+    assert_eq!(out[0]["status"], "enabled", "{out:?}");
+    assert!(
+        warnings.contains("warning:")
+            && warnings.contains("did not confirm")
+            && warnings.contains(&format!("{frozen_pid}-")),
+        "the warning names the frozen replica: {warnings:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "")
+        .await
+        .is_err()
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "replica 1 did not catch up after it was thawed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A replica that shut down cleanly left the registry: nothing waits for it.
+    stack.stop_replica(1);
+    let (_, warnings) =
+        stack.cli_with_stderr(0, &ops, &["identity", "disable", "alice-s"], None)?;
+    ensure!(
+        warnings.is_empty(),
+        "a stopped replica was waited for: {warnings}"
+    );
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
 /// The same identity lifecycle on another Redis deployment shape: two
 /// replicas, a private identity, disable/enable seen by both, the shared
 /// path, and the audit trail.

@@ -187,7 +187,12 @@ impl Replica {
             Duration::from_secs(60),
         );
         // Invalidations, as `latchkey serve` listens for them.
-        tokio::spawn(credentials.cache.clone().listen(credentials.store.clone()));
+        tokio::spawn(
+            credentials
+                .cache
+                .clone()
+                .listen(credentials.store.clone(), "refresh-lock-test".to_string()),
+        );
         latchkey_e2e::eventually("the invalidation subscription", async || {
             Ok(if credentials.cache.subscribed() {
                 Ok(())
