@@ -3,7 +3,9 @@
 //! (or Envoy's native ext_authz filter) in front of the router, and clusters
 //! for the authorization service and every upstream. The local stack, the
 //! end-to-end tests and the benchmarks all run bootstraps rendered here, so
-//! there is one place that knows how Latchkey is wired into Envoy.
+//! there is one place that knows how Latchkey is wired into Envoy; `istio`
+//! builds its resources from the same fragments (the filter's config, the
+//! endpoints and their rewrites).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -32,6 +34,11 @@ pub struct RenderOptions {
     pub wasm_path: String,
     pub max_body_bytes: u64,
     pub authz_timeout_ms: u64,
+    /// The name of the authorization service's cluster (Istio names its
+    /// clusters `outbound|<port>||<host>`; the filter copes with either).
+    pub authz_cluster: String,
+    /// The `:authority` of the Check calls (under Istio: the Service's host).
+    pub authz_authority: String,
     /// Every `latchkey serve` replica's gRPC address, balanced round-robin;
     /// empty means the config's own `listen.grpc`.
     pub authz_endpoints: Vec<SocketAddr>,
@@ -41,6 +48,10 @@ pub struct RenderOptions {
     /// a server names its own `ca_file`.
     pub upstream_ca: String,
 }
+
+/// The authorization service's cluster in a rendered bootstrap.
+pub const DEFAULT_AUTHZ_CLUSTER: &str = "latchkey_authz";
+pub const DEFAULT_AUTHZ_AUTHORITY: &str = "latchkey-authz";
 
 /// Where Debian, Ubuntu and Alpine keep the system's trusted CAs.
 pub const DEFAULT_UPSTREAM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -162,20 +173,8 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
                 "                typed_per_filter_config:\n                  latchkey:\n                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    disabled: true"
             );
         }
-        // A combined endpoint goes to the server its assignments share.
-        let combined = g.combined.iter().filter_map(|c| {
-            let first = g.assignment(c.assignments.first()?)?;
-            Some((g.endpoint_path(&c.name), first))
-        });
-        let endpoints = g.assignments.iter().map(|a| (g.assignment_path(a), a));
-        for (path, a) in endpoints.chain(combined) {
-            let Some(server) = config.server(&a.server) else {
-                continue;
-            };
-            let upstream_path = match server.url.path() {
-                "" => "/",
-                p => p,
-            };
+        for Endpoint { path, server, .. } in endpoints(config, g) {
+            let upstream_path = upstream_path(&server.url);
             let _ = writeln!(y, "              - match: {{ path: \"{path}\" }}");
             let _ = writeln!(
                 y,
@@ -190,33 +189,23 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
     let _ = writeln!(y, "          http_filters:");
     match opts.mode {
         AuthzMode::Wasm => {
-            let plugin = serde_json::json!({
-                "authz_cluster": "latchkey_authz",
-                "authz_authority": "latchkey-authz",
-                "authz_timeout_ms": opts.authz_timeout_ms,
-                "max_body_bytes": opts.max_body_bytes,
-            });
-            let _ = writeln!(
-                y,
-                "          - name: latchkey\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              config:\n                name: latchkey\n                root_id: latchkey"
+            let plugin = plugin_configuration(
+                &opts.authz_cluster,
+                &opts.authz_authority,
+                opts.authz_timeout_ms,
+                opts.max_body_bytes,
+            );
+            let filter = wasm_filter_config(
+                &plugin,
+                &WasmCode::Local {
+                    filename: &opts.wasm_path,
+                },
             );
             let _ = writeln!(
                 y,
-                "                # Lets the filter hold headers while it reads the body, and still change them afterwards."
+                "          # allow_on_headers_stop_iteration: the filter holds the headers while it\n          # reads the body, and still changes them afterwards (Envoy >= 1.35).\n          - name: latchkey\n            typed_config:"
             );
-            let _ = writeln!(
-                y,
-                "                allow_on_headers_stop_iteration: true\n                fail_open: false"
-            );
-            let _ = writeln!(
-                y,
-                "                configuration:\n                  \"@type\": type.googleapis.com/google.protobuf.StringValue\n                  value: '{plugin}'"
-            );
-            let _ = writeln!(
-                y,
-                "                vm_config:\n                  runtime: envoy.wasm.runtime.v8\n                  code:\n                    local:\n                      filename: \"{}\"",
-                opts.wasm_path
-            );
+            y.push_str(&indented_yaml(&filter, 14));
         }
         AuthzMode::Native => {
             // Envoy's own MCP parser first, as a native MCP deployment has it;
@@ -231,7 +220,9 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             );
             let _ = writeln!(
                 y,
-                "              grpc_service:\n                envoy_grpc: {{ cluster_name: latchkey_authz, authority: latchkey-authz }}\n                timeout: {}s",
+                "              grpc_service:\n                envoy_grpc: {{ cluster_name: \"{}\", authority: \"{}\" }}\n                timeout: {}s",
+                opts.authz_cluster,
+                opts.authz_authority,
                 opts.authz_timeout_ms as f64 / 1000.0
             );
             let _ = writeln!(
@@ -262,7 +253,7 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             })
             .collect()
     };
-    cluster(&mut y, "latchkey_authz", &replicas, true, None);
+    cluster(&mut y, &opts.authz_cluster, &replicas, true, None);
     cluster(
         &mut y,
         "latchkey_http",
@@ -292,6 +283,119 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         );
     }
     y
+}
+
+/// One published MCP endpoint and the server behind it: every assignment,
+/// and every combined endpoint (which goes to the server its assignments share).
+pub struct Endpoint<'c> {
+    /// The route name Envoy and Istio see: `<gateway>-<endpoint>`.
+    pub name: String,
+    pub path: String,
+    pub server: &'c crate::config::Server,
+}
+
+pub fn endpoints<'c>(config: &'c Config, g: &'c crate::config::Gateway) -> Vec<Endpoint<'c>> {
+    let combined = g.combined.iter().filter_map(|c| {
+        let first = g.assignment(c.assignments.first()?)?;
+        Some((c.name.as_str(), g.endpoint_path(&c.name), first))
+    });
+    g.assignments
+        .iter()
+        .map(|a| (a.name.as_str(), g.assignment_path(a), a))
+        .chain(combined)
+        .filter_map(|(name, path, a)| {
+            Some(Endpoint {
+                name: format!("{}-{name}", g.name),
+                path,
+                server: config.server(&a.server)?,
+            })
+        })
+        .collect()
+}
+
+/// The path an endpoint is rewritten to upstream (the server URL's own).
+pub fn upstream_path(url: &Url) -> &str {
+    match url.path() {
+        "" => "/",
+        p => p,
+    }
+}
+
+/// What the Latchkey Wasm filter reads from its plugin configuration: which
+/// cluster and `:authority` its gRPC Check goes to, how long it waits, and
+/// the largest body it reads.
+pub fn plugin_configuration(
+    authz_cluster: &str,
+    authz_authority: &str,
+    authz_timeout_ms: u64,
+    max_body_bytes: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "authz_cluster": authz_cluster,
+        "authz_authority": authz_authority,
+        "authz_timeout_ms": authz_timeout_ms,
+        "max_body_bytes": max_body_bytes,
+    })
+}
+
+/// Where Envoy gets the filter's code.
+pub enum WasmCode<'a> {
+    /// A file Envoy can read.
+    Local { filename: &'a str },
+    /// A URL (under Istio the istio-agent fetches it, checks `sha256` and
+    /// hands Envoy a local file).
+    Remote {
+        url: &'a str,
+        sha256: Option<&'a str>,
+    },
+}
+
+/// The Wasm HTTP filter's `typed_config`, the same for a rendered bootstrap
+/// and for Istio's extension config.
+pub fn wasm_filter_config(plugin: &serde_json::Value, code: &WasmCode<'_>) -> serde_json::Value {
+    let code = match code {
+        WasmCode::Local { filename } => serde_json::json!({ "local": { "filename": filename } }),
+        WasmCode::Remote { url, sha256 } => {
+            let mut remote = serde_json::json!({
+                "http_uri": { "uri": url, "timeout": "30s" },
+            });
+            if let Some(sum) = sha256 {
+                remote["sha256"] = (*sum).into();
+            }
+            serde_json::json!({ "remote": remote })
+        }
+    };
+    serde_json::json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": "latchkey",
+            "root_id": "latchkey",
+            // Lets the filter hold the headers while it reads the body, and
+            // still change them afterwards (Envoy >= 1.35); without it a POST
+            // hangs until the stream idle timeout.
+            "allow_on_headers_stop_iteration": true,
+            // A broken filter refuses traffic rather than letting it through.
+            "fail_open": false,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": plugin.to_string(),
+            },
+            "vm_config": {
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": code,
+            },
+        },
+    })
+}
+
+/// `value` as block YAML, each line indented by `spaces`.
+pub fn indented_yaml(value: &serde_json::Value, spaces: usize) -> String {
+    let text = serde_yaml_ng::to_string(value).unwrap_or_default();
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .filter(|l| *l != "---")
+        .map(|l| format!("{pad}{l}\n"))
+        .collect()
 }
 
 /// A cluster of `endpoints` (host, port); several are balanced round-robin.
@@ -353,7 +457,7 @@ fn cluster(
 }
 
 /// The `Host` an upstream expects, when it differs from what clients sent.
-fn host_header(url: &Url) -> Option<String> {
+pub fn host_header(url: &Url) -> Option<String> {
     Some(crate::config::authority_of(url)).filter(|h| !h.is_empty())
 }
 
@@ -384,6 +488,8 @@ mod tests {
             authz_endpoints: vec![],
             tls: None,
             upstream_ca: DEFAULT_UPSTREAM_CA.into(),
+            authz_cluster: DEFAULT_AUTHZ_CLUSTER.into(),
+            authz_authority: DEFAULT_AUTHZ_AUTHORITY.into(),
         }
     }
 

@@ -36,6 +36,7 @@ pub mod elicitation;
 pub mod envoy_config;
 pub mod http;
 pub mod identity;
+pub mod istio;
 pub mod metrics;
 pub mod native;
 pub mod oauth;

@@ -27,6 +27,8 @@ pub enum AuthzMode {
 
 #[derive(Debug, Clone)]
 pub struct StackOptions {
+    /// More arguments to `latchkey envoy render` (e.g. Istio-style names).
+    pub render_args: Vec<String>,
     pub mode: AuthzMode,
     /// Also start server-everything (slower to start; not every scenario needs it).
     pub everything: bool,
@@ -82,6 +84,7 @@ impl Default for StackOptions {
             policy: None,
             echo_keep_alive: None,
             envoy_workers: 1,
+            render_args: Vec::new(),
         }
     }
 }
@@ -437,7 +440,8 @@ identity = "late-sa"
                 .args(["--max-body-bytes", &opts.max_body_bytes.to_string()])
                 .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()])
                 .args(&authz_args)
-                .args(&tls_args),
+                .args(&tls_args)
+                .args(&opts.render_args),
             None,
         )?;
         let envoy = Envoy::start_with_workers(&dir, "envoy", &bootstrap, opts.envoy_workers)?;
