@@ -31,6 +31,8 @@ pub struct TokenMeta {
     pub scopes: Vec<String>,
 }
 
+/// Cheap to clone: Redis connections, keys and cache are shared.
+#[derive(Clone)]
 pub struct Credentials {
     pub store: Store,
     pub keys: Arc<KeyRing>,

@@ -49,6 +49,10 @@ pub const ACTOR: &str = "latchkey (token refresh)";
 /// call may take (its HTTP timeout is 10 s), so a live holder keeps it.
 const LOCK_TTL: Duration = Duration::from_secs(15);
 
+/// The least time a request waits for a refresh it started, even when its
+/// wait for another replica's used up `refresh_wait_ms`.
+const MIN_HOLDER_WAIT: Duration = Duration::from_millis(200);
+
 /// How often a replica waiting for another's refresh looks at the record.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -98,6 +102,9 @@ enum Outcome {
     Unavailable(String),
 }
 
+/// Cheap to clone (shared caches and counters): a refresh that outlives the
+/// request that started it runs on a clone.
+#[derive(Clone)]
 pub struct Refresher {
     providers: Providers,
     margin: Duration,
@@ -258,18 +265,33 @@ impl Refresher {
         let mut waited = false;
         loop {
             if store.try_lock(&lock, &token, self.lock_ttl).await? {
-                let outcome = self.as_holder(credentials, id, seen, waited, refused).await;
-                match store.unlock(&lock, &token).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(
-                        identity = %id,
-                        "the refresh lock expired before the refresh ended; the version check kept the record consistent"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(identity = %id, error = %e, "cannot release the refresh lock; it lapses on its own")
-                    }
-                }
-                return outcome;
+                // On its own task: if Envoy stops waiting for this Check, the
+                // provider's answer is still stored. A rotating provider has
+                // spent the old refresh token the moment it answered, so a
+                // refresh cut short would cost the person a new consent.
+                let holder = self.clone();
+                let owned = credentials.clone();
+                let (id, lock) = (id.to_string(), lock.clone());
+                let refresh = tokio::spawn(async move {
+                    let outcome = holder.as_holder(&owned, &id, seen, waited, refused).await;
+                    release(&owned, &id, &lock, &token).await;
+                    outcome
+                });
+                let budget = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(MIN_HOLDER_WAIT);
+                return match tokio::time::timeout(budget, refresh).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(e)) => Ok(Outcome::Unavailable(format!(
+                        "the refresh of identity '{}' failed: {e}",
+                        open.record.id
+                    ))),
+                    Err(_) => Ok(Outcome::Unavailable(format!(
+                        "{server}'s provider has not answered the refresh of identity '{}' within {} ms; it is stored when it comes, retry shortly",
+                        open.record.id,
+                        budget.as_millis()
+                    ))),
+                };
             }
             // Another replica (or another process) is refreshing: use its result.
             waited = true;
@@ -620,6 +642,20 @@ pub fn expired(record: &VaultRecord) -> bool {
 }
 
 /// A lock value nobody else will hold.
+/// Releases the refresh lock if it is still this holder's.
+async fn release(credentials: &Credentials, id: &str, lock: &str, token: &str) {
+    match credentials.store.unlock(lock, token).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            identity = %id,
+            "the refresh lock expired before the refresh ended; the version check kept the record consistent"
+        ),
+        Err(e) => {
+            tracing::warn!(identity = %id, error = %e, "cannot release the refresh lock; it lapses on its own")
+        }
+    }
+}
+
 fn lock_token() -> String {
     use rand::Rng;
     format!(

@@ -69,6 +69,8 @@
 //                               (successful code and refresh exchanges, POST /revoke
 //                               calls, invalid_grant answers)
 //   POST /control/reset-stats   zeroes those counters (tokens stay as they are)
+//   POST /control/refresh-delay ms=<n>       refresh grants are answered n ms late (a slow
+//                                            provider); the presented token is spent at once
 //
 // SIGUSR2 adds a signing key (key rotation).
 
@@ -103,6 +105,7 @@ const nowSecs = () => Math.floor(Date.now() / 1000);
 // --- State of the authorization code and refresh grants ----------------------
 
 let accessTtl = 3600;
+let refreshDelayMs = 0;
 /** code -> {sub, client_id, scope, aud, nonce, challenge, method, redirect_uri} */
 const codes = new Map();
 /** codes already exchanged (or refused), so a second use is told apart in tests. */
@@ -269,6 +272,10 @@ app.post('/token', ...bodies, (req, res, next) => {
     // With rotation the presented token is spent now, so two concurrent uses cannot both win.
     if (rotateRefreshTokens) rec.active = false;
     req.latchkeyGrant = { sub: rec.sub, client_id: rec.client_id, scope: rec.scope, aud: rec.aud, refreshed: presented };
+    if (refreshDelayMs > 0) {
+      setTimeout(next, refreshDelayMs);
+      return;
+    }
   }
   next();
 });
@@ -289,6 +296,16 @@ app.post('/control/access-ttl', ...bodies, (req, res) => {
   }
   accessTtl = seconds;
   res.json({ access_ttl: accessTtl });
+});
+
+app.post('/control/refresh-delay', ...bodies, (req, res) => {
+  const ms = Number.parseInt(String(req.body?.ms ?? ''), 10);
+  if (!Number.isFinite(ms) || ms < 0) {
+    res.status(400).json({ error: 'ms must be a non-negative integer' });
+    return;
+  }
+  refreshDelayMs = ms;
+  res.json({ refresh_delay_ms: refreshDelayMs });
 });
 
 app.post('/control/revoke-subject', ...bodies, (req, res) => {

@@ -572,6 +572,14 @@ impl Idp {
         Ok(())
     }
 
+    /// Answers refresh grants `ms` late from now on (a slow provider); the
+    /// presented refresh token is spent at once, as a rotating provider does.
+    pub async fn set_refresh_delay(&self, ms: u64) -> Result<()> {
+        self.control("refresh-delay", &[("ms", &ms.to_string())])
+            .await?;
+        Ok(())
+    }
+
     /// Revokes every refresh token of `sub` (the person revoked the app at
     /// the provider); returns how many were still active.
     pub async fn revoke_subject(&self, sub: &str) -> Result<u64> {

@@ -43,6 +43,11 @@ fn due_after() -> Duration {
 /// The config added to the stack: the provider as `github`'s OAuth
 /// provider, `oauth-mcp` as its upstream, a per-user assignment of it.
 fn extra_config(provider: &Idp, upstream: &OauthMcp) -> String {
+    extra_config_waiting(provider, upstream, 5000)
+}
+
+/// [`extra_config`] with `[connect] refresh_wait_ms = wait_ms`.
+fn extra_config_waiting(provider: &Idp, upstream: &OauthMcp, wait_ms: u64) -> String {
     format!(
         r#"
 [[gateways.assignments]]
@@ -60,7 +65,7 @@ identity = "{IDENTITY}"
 public_url = "https://connect.example.test/latchkey"
 client_id = "latchkey-connect"
 refresh_margin_secs = {MARGIN}
-refresh_wait_ms = 5000
+refresh_wait_ms = {wait_ms}
 
 [[servers]]
 name = "github"
@@ -566,6 +571,90 @@ async fn a_shared_oauth_identity_is_refreshed_too_and_an_operator_is_told_when_i
         reply.body
     );
     client.close().await?;
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+/// A provider slower than Envoy waits for a Check (2 s): the call that
+/// started the refresh is told to retry within `refresh_wait_ms`, the
+/// refresh itself goes on and the provider's rotated token is stored (the
+/// old one was spent when the provider answered), so the next call goes
+/// through with a fresh token and alice is never asked to consent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
+    let peers_dir = scenario_dir("refresh_slow_peers")?;
+    let (provider, upstream) =
+        start_provider_and_upstream(&peers_dir, env!("CARGO_BIN_EXE_oauth-mcp"), CLIENT_ID)?;
+    let stack = Stack::start(
+        "refresh_slow",
+        StackOptions {
+            extra_config: Some(extra_config_waiting(&provider, &upstream, 1500)),
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    let tokens = alice_tokens(&provider).await?;
+    let (access0, refresh0) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    stack.remember_secret(&access0);
+    stack.remember_secret(&refresh0);
+    let admin = stack.admin_token("alice", &[]).await?;
+    // Stored as already expired: the first call refreshes.
+    store_alices_identity(&stack, &admin, &access0, &refresh0, -5)?;
+    let alice = stack.token("alice").await?;
+
+    provider.set_refresh_delay(3000).await?;
+    let started = Instant::now();
+    let r = post_json(
+        &stack.url("github-mine"),
+        Some(&alice),
+        &latchkey_e2e::client::tools_call(json!(1), "whoami"),
+        &[],
+    )
+    .await?;
+    ensure!(
+        r.status == 503 && r.body.contains("retry shortly"),
+        "the first call is told to retry: {} {}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        started.elapsed() < Duration::from_millis(2000),
+        "answered by Latchkey before Envoy gave up on the Check: {:?}",
+        started.elapsed()
+    );
+
+    // The provider answers after 3 s; the refresh stores its tokens.
+    eventually("the refreshed tokens are stored", async || {
+        let (record, _, refresh) = stored_tokens(&stack)?;
+        Ok(
+            if record.version == 2 && refresh.as_deref() != Some(refresh0.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("version {}", record.version))
+            },
+        )
+    })
+    .await?;
+    provider.set_refresh_delay(0).await?;
+    let (_, access1, _) = stored_tokens(&stack)?;
+    ensure!(access1 != access0, "a new access token is stored");
+
+    let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    ensure!(McpClient::text(&r) == "alice", "{r:?}");
+    client.close().await?;
+    let stats = provider.stats().await?;
+    ensure!(
+        stats.refresh_token == 1 && stats.invalid_grant == 0,
+        "one refresh, no refused refresh token: {stats:?}"
+    );
+    ensure!(
+        lifecycle(&stack, "identity.consent_required")?.is_empty(),
+        "alice was not asked to consent again"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
