@@ -38,11 +38,33 @@ impl Redis {
         Self::start_on(dir, free_port(), Some(data), "redis")
     }
 
+    /// A Redis replicating `master` (for Sentinel to promote on failover).
+    pub fn start_replica_of(dir: &Path, master: &Redis, name: &str) -> Result<Redis> {
+        let replica = Self::start_with(
+            dir,
+            free_port(),
+            None,
+            name,
+            &["--replicaof", "127.0.0.1", &master.port.to_string()],
+        )?;
+        Ok(replica)
+    }
+
     fn start_on(
         dir: &Path,
         port: u16,
         data_dir: Option<std::path::PathBuf>,
         name: &str,
+    ) -> Result<Redis> {
+        Self::start_with(dir, port, data_dir, name, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        port: u16,
+        data_dir: Option<std::path::PathBuf>,
+        name: &str,
+        extra: &[&str],
     ) -> Result<Redis> {
         let mut cmd = Command::new("redis-server");
         cmd.args([
@@ -54,7 +76,11 @@ impl Redis {
             "",
             "--appendonly",
             "no",
+            // A replica syncs at once instead of waiting for others to join.
+            "--repl-diskless-sync-delay",
+            "0",
         ])
+        .args(extra)
         .current_dir(data_dir.as_deref().unwrap_or(dir));
         let mut process = Process::spawn(name, cmd, dir)
             .context("redis-server could not be started: run scripts/setup")?;
@@ -295,9 +321,16 @@ impl Redis {
     /// Sends one command (RESP over a raw connection) and returns the raw
     /// reply as text, e.g. `+PONG\r\n` or `$5\r\nvalue\r\n`.
     pub fn command(&self, args: &[&str]) -> Result<String> {
+        command_on(self.port, args)
+    }
+}
+
+/// [`Redis::command`] to whatever speaks RESP on `port` (e.g. a Sentinel).
+pub fn command_on(port: u16, args: &[&str]) -> Result<String> {
+    {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
-            .with_context(|| format!("connecting to redis on port {}", self.port))?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .with_context(|| format!("connecting to redis on port {port}"))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut req = format!("*{}\r\n", args.len());
         for a in args {

@@ -93,6 +93,9 @@ impl Default for StackOptions {
 /// `extra_config`, e.g. as `[connect] public_url`.
 pub const LATCHKEY_HTTP: &str = "@LATCHKEY_HTTP@";
 
+/// The master's name under `RedisTopology::Sentinel`.
+pub const SENTINEL_MASTER: &str = "latchkey-e2e";
+
 /// The audience admin tokens carry in every stack.
 pub const ADMIN_AUDIENCE: &str = "latchkey-admin";
 
@@ -144,9 +147,11 @@ pub struct Stack {
     pub config_path: PathBuf,
     /// The Redis (the first node of a Cluster; the master under Sentinel).
     pub redis: Redis,
-    /// The other Cluster nodes, or the Sentinel.
+    /// The other Cluster nodes, or the replica under Sentinel.
     pub redis_extra: Vec<Redis>,
-    pub sentinel: Option<Process>,
+    /// The Sentinel (under `RedisTopology::Sentinel`) and its port; it
+    /// watches the master as [`SENTINEL_MASTER`].
+    pub sentinel: Option<(Process, u16)>,
     pub idp: Idp,
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
@@ -196,11 +201,24 @@ impl Stack {
             }
             RedisTopology::Sentinel => {
                 let redis = Redis::start(&dir)?;
-                let (sentinel, port) = Redis::start_sentinel(&dir, &redis, "latchkey-e2e")?;
+                // A replica, so the Sentinel has something to promote.
+                let replica = Redis::start_replica_of(&dir, &redis, "redis-replica")?;
+                // The Sentinel learns of replicas from the master's INFO:
+                // attached before it starts, it knows this one at once.
+                crate::wait::eventually("the replica syncs with the master", async || {
+                    let info = replica.command(&["INFO", "replication"])?;
+                    Ok(if info.contains("master_link_status:up") {
+                        Ok(())
+                    } else {
+                        Err(info)
+                    })
+                })
+                .await?;
+                let (sentinel, port) = Redis::start_sentinel(&dir, &redis, SENTINEL_MASTER)?;
                 let section = format!(
-                    "[redis]\nsentinel_nodes = [\"redis://127.0.0.1:{port}\"]\nsentinel_master = \"latchkey-e2e\"\n"
+                    "[redis]\nsentinel_nodes = [\"redis://127.0.0.1:{port}\"]\nsentinel_master = \"{SENTINEL_MASTER}\"\n"
                 );
-                (redis, Vec::new(), Some(sentinel), section)
+                (redis, vec![replica], Some((sentinel, port)), section)
             }
         };
         let idp = Idp::start(&dir)?;
@@ -739,7 +757,14 @@ pub fn run_with_stderr(cmd: &mut Command, stdin: Option<&str>) -> Result<(String
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        // Program and arguments only: the environment carries tokens.
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        bail!(
+            "{} {} failed: {}",
+            cmd.get_program().to_string_lossy(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok((
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -820,3 +820,103 @@ async fn identities_work_on_a_redis_cluster() -> Result<()> {
 async fn identities_work_behind_redis_sentinel() -> Result<()> {
     identity_lifecycle_on(RedisTopology::Sentinel, "redis_sentinel").await
 }
+
+/// Polls the CLI until the change goes through (the first command on a
+/// connection the failover closed fails, closed); returns its output.
+async fn cli_eventually(stack: &Stack, n: usize, token: &str, args: &[&str]) -> Result<Vec<Value>> {
+    latchkey_e2e::eventually(&format!("`latchkey {}`", args.join(" ")), async || {
+        Ok(stack.cli(n, token, args, None).map_err(|e| e.to_string()))
+    })
+    .await
+}
+
+/// Redis behind Sentinel fails over (the replica is promoted, the old
+/// master demoted): Latchkey follows the Sentinel to the new master, so
+/// changes are written there and seen by every replica, and requests are
+/// answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed() -> Result<()> {
+    use latchkey_e2e::peers::command_on;
+    use latchkey_e2e::stack::SENTINEL_MASTER;
+
+    let stack = Stack::start(
+        "redis_failover",
+        StackOptions {
+            replicas: 2,
+            redis_topology: RedisTopology::Sentinel,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sentinel = stack.sentinel.as_ref().context("no Sentinel")?.1;
+    let promoted = stack.redis_extra.first().context("no Redis replica")?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let alice = stack.token("alice").await?;
+    let secret = format!("alice-failover-{}", random_hex());
+    stack.remember_secret(&secret);
+    create(&stack, 0, &alice_admin, "alice-f", &secret)?;
+    connect(&stack, 1, &alice_admin, "alice-f")?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+
+    latchkey_e2e::eventually("the Sentinel fails over", async || {
+        let reply = command_on(sentinel, &["SENTINEL", "FAILOVER", SENTINEL_MASTER])?;
+        Ok(if reply.starts_with("+OK") {
+            Ok(())
+        } else {
+            Err(reply)
+        })
+    })
+    .await?;
+    latchkey_e2e::eventually("the replica is the master, the master a replica", async || {
+        let named = command_on(
+            sentinel,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER],
+        )?;
+        let role = promoted.command(&["ROLE"])?;
+        // Until the old master is demoted it still takes writes, which it
+        // drops when it resyncs (Redis's own window, see README).
+        let old = stack.redis.command(&["ROLE"])?;
+        Ok(
+            if named.contains(&promoted.port.to_string())
+                && role.contains("master")
+                && old.contains("slave")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Sentinel names {named:?}, the replica's role {role:?}, the old master's {old:?}"
+                ))
+            },
+        )
+    })
+    .await?;
+
+    // Changes after the failover are written on the new master and seen by
+    // every replica; the identity's record there says so.
+    cli_eventually(&stack, 0, &ops, &["identity", "disable", "alice-f"]).await?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 403, "disabled").await?;
+    cli_eventually(&stack, 1, &ops, &["identity", "enable", "alice-f"]).await?;
+    expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
+    let record = promoted.command(&["GET", "latchkey:identity:alice-f"])?;
+    ensure!(
+        record.contains("\"status\":\"enabled\"") && record.contains("\"updated_by\":\"ops\""),
+        "the new master holds the change: {record}"
+    );
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+    // Their lifecycle events are in the new master's audit stream.
+    let events = promoted.stream_json("latchkey:audit", "event")?;
+    for action in ["identity.disable", "identity.enable"] {
+        ensure!(
+            events
+                .iter()
+                .any(|e| e["action"] == action && e["actor"] == "ops" && e["target"] == "alice-f"),
+            "no {action} event on the new master: {events:?}"
+        );
+    }
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
