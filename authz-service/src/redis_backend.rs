@@ -199,6 +199,18 @@ impl SentinelBackend {
     }
 }
 
+/// Errors after which the Sentinels are asked for the master again: the
+/// connection broke, or it now leads to a replica. The connection manager
+/// reconnects to the address it had on its own, so after a failover it can
+/// land on the demoted master without any connection error surfacing; only
+/// `READONLY` says so.
+fn master_may_have_moved(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
 impl ConnectionLike for Backend {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -210,9 +222,7 @@ impl ConnectionLike for Backend {
                     let mut manager = s.current.read().await.0.clone();
                     let result = manager.req_packed_command(cmd).await;
                     if let Err(e) = &result
-                        && (e.is_connection_refusal()
-                            || e.is_connection_dropped()
-                            || e.is_io_error())
+                        && master_may_have_moved(e)
                     {
                         s.re_resolve().await;
                     }
@@ -239,9 +249,7 @@ impl ConnectionLike for Backend {
                     let mut manager = s.current.read().await.0.clone();
                     let result = manager.req_packed_commands(cmd, offset, count).await;
                     if let Err(e) = &result
-                        && (e.is_connection_refusal()
-                            || e.is_connection_dropped()
-                            || e.is_io_error())
+                        && master_may_have_moved(e)
                     {
                         s.re_resolve().await;
                     }
@@ -258,6 +266,26 @@ impl ConnectionLike for Backend {
 
 #[cfg(test)]
 mod tests {
+    fn server_error(reply: &[u8]) -> redis::RedisError {
+        redis::parse_redis_value(reply)
+            .and_then(redis::Value::extract_error)
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_read_only_replica_or_a_broken_connection_sends_us_to_the_sentinels() {
+        assert!(master_may_have_moved(&server_error(
+            b"-READONLY You can't write against a read only replica.\r\n"
+        )));
+        let dropped =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(master_may_have_moved(&dropped));
+        // A mistake of ours is not a reason to look for another master.
+        assert!(!master_may_have_moved(&server_error(
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        )));
+    }
+
     use super::*;
 
     #[test]

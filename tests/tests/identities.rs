@@ -49,6 +49,45 @@ fn connect(stack: &Stack, n: usize, token: &str, id: &str) -> Result<Vec<Value>>
     )
 }
 
+/// A stack and the three tokens most scenarios here use: an operator with
+/// every capability, alice on the admin API, and alice at the gateway.
+struct Scene {
+    stack: Stack,
+    ops: String,
+    alice_admin: String,
+    alice: String,
+}
+
+async fn scene(scenario: &str, opts: StackOptions) -> Result<Scene> {
+    let stack = Stack::start(scenario, opts).await?;
+    Ok(Scene {
+        ops: stack.admin_token("ops", ADMINS).await?,
+        alice_admin: stack.admin_token("alice", &[]).await?,
+        alice: stack.token("alice").await?,
+        stack,
+    })
+}
+
+/// Two replicas on `topology`.
+fn two_replicas(topology: RedisTopology) -> StackOptions {
+    StackOptions {
+        replicas: 2,
+        redis_topology: topology,
+        ..Default::default()
+    }
+}
+
+/// Alice's own identity `id` for `whoami` with a fresh secret (remembered
+/// as a secret of the run), created through replica 0 and connected
+/// through replica `connect_on`; returns the secret.
+fn alices_identity(scene: &Scene, id: &str, connect_on: usize) -> Result<String> {
+    let secret = format!("{id}-{}", random_hex());
+    scene.stack.remember_secret(&secret);
+    create(&scene.stack, 0, &scene.alice_admin, id, &secret)?;
+    connect(&scene.stack, connect_on, &scene.alice_admin, id)?;
+    Ok(secret)
+}
+
 /// The status and body of an `initialize` on `assignment` with `token`:
 /// every request is checked, so this is the decision for that caller.
 async fn initialize(stack: &Stack, assignment: &str, token: &str) -> Result<(u16, String)> {
@@ -683,21 +722,14 @@ async fn redis_stopped_mid_run_fails_closed_and_recovers_clean() -> Result<()> {
 /// (the change is made anyway); one that shut down cleanly is not waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_is_answered_once_every_replica_applied_it() -> Result<()> {
-    let mut stack = Stack::start(
-        "replicas_settle",
-        StackOptions {
-            replicas: 2,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let ops = stack.admin_token("ops", ADMINS).await?;
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    let alice = stack.token("alice").await?;
-    let secret = format!("alice-settle-{}", random_hex());
-    stack.remember_secret(&secret);
-    create(&stack, 0, &alice_admin, "alice-s", &secret)?;
-    connect(&stack, 0, &alice_admin, "alice-s")?;
+    let scene = scene("replicas_settle", two_replicas(RedisTopology::Single)).await?;
+    alices_identity(&scene, "alice-s", 0)?;
+    let Scene {
+        mut stack,
+        ops,
+        alice,
+        ..
+    } = scene;
     // Both replicas now hold alice's identity in their caches.
     expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
 
@@ -767,22 +799,11 @@ async fn a_change_is_answered_once_every_replica_applied_it() -> Result<()> {
 /// replicas, a private identity, disable/enable seen by both, the shared
 /// path, and the audit trail.
 async fn identity_lifecycle_on(topology: RedisTopology, scenario: &str) -> Result<()> {
-    let stack = Stack::start(
-        scenario,
-        StackOptions {
-            replicas: 2,
-            redis_topology: topology,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let ops = stack.admin_token("ops", ADMINS).await?;
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    let alice = stack.token("alice").await?;
-    let secret = format!("alice-topo-{}", random_hex());
-    stack.remember_secret(&secret);
-    create(&stack, 0, &alice_admin, "alice-t", &secret)?;
-    connect(&stack, 1, &alice_admin, "alice-t")?;
+    let scene = scene(scenario, two_replicas(topology)).await?;
+    let secret = alices_identity(&scene, "alice-t", 1)?;
+    let Scene {
+        stack, ops, alice, ..
+    } = scene;
     let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
     let r = client.call_tool("whoami", json!({})).await?;
     assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
@@ -839,24 +860,13 @@ async fn a_sentinel_failover_is_followed() -> Result<()> {
     use latchkey_e2e::peers::command_on;
     use latchkey_e2e::stack::SENTINEL_MASTER;
 
-    let stack = Stack::start(
-        "redis_failover",
-        StackOptions {
-            replicas: 2,
-            redis_topology: RedisTopology::Sentinel,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let scene = scene("redis_failover", two_replicas(RedisTopology::Sentinel)).await?;
+    let secret = alices_identity(&scene, "alice-f", 1)?;
+    let Scene {
+        stack, ops, alice, ..
+    } = scene;
     let sentinel = stack.sentinel.as_ref().context("no Sentinel")?.1;
     let promoted = stack.redis_extra.first().context("no Redis replica")?;
-    let ops = stack.admin_token("ops", ADMINS).await?;
-    let alice_admin = stack.admin_token("alice", &[]).await?;
-    let alice = stack.token("alice").await?;
-    let secret = format!("alice-failover-{}", random_hex());
-    stack.remember_secret(&secret);
-    create(&stack, 0, &alice_admin, "alice-f", &secret)?;
-    connect(&stack, 1, &alice_admin, "alice-f")?;
     expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "").await?;
 
     latchkey_e2e::eventually("the Sentinel fails over", async || {

@@ -96,6 +96,28 @@ async fn alice_tokens(provider: &Idp) -> Result<Value> {
     Ok(flow.tokens)
 }
 
+/// Alice's tokens from the provider, remembered as secrets of the run and
+/// stored as her identity, its access token expiring `expires_in` seconds
+/// from now as far as Latchkey knows (`None`: as the provider said).
+/// Returns the access token, the refresh token and the provider's `expires_in`.
+async fn provision_alice(
+    stack: &Stack,
+    provider: &Idp,
+    expires_in: Option<i64>,
+) -> Result<(String, String, i64)> {
+    let tokens = alice_tokens(provider).await?;
+    let (access, refresh) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    stack.remember_secret(&access);
+    stack.remember_secret(&refresh);
+    let said = tokens["expires_in"].as_i64().context("expires_in")?;
+    let admin = stack.admin_token("alice", &[]).await?;
+    store_alices_identity(stack, &admin, &access, &refresh, expires_in.unwrap_or(said))?;
+    Ok((access, refresh, said))
+}
+
 fn field(v: &Value, name: &str) -> Result<String> {
     v[name]
         .as_str()
@@ -253,19 +275,9 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
     // TTL - MARGIN seconds from now; stored through the admin API.
     provider.set_access_ttl(TTL as i64).await?;
     let issued = Instant::now();
-    let tokens = alice_tokens(&provider).await?;
-    let (access0, refresh0) = (
-        field(&tokens, "access_token")?,
-        field(&tokens, "refresh_token")?,
-    );
-    for s in [&access0, &refresh0] {
-        stack.remember_secret(s);
-        secrets.push(s.clone());
-    }
-    let expires_in = tokens["expires_in"].as_i64().context("expires_in")?;
+    let (access0, refresh0, expires_in) = provision_alice(&stack, &provider, None).await?;
+    secrets.extend([access0.clone(), refresh0.clone()]);
     ensure!(expires_in == TTL as i64, "expires_in {expires_in}");
-    let admin = stack.admin_token("alice", &[]).await?;
-    store_alices_identity(&stack, &admin, &access0, &refresh0, expires_in)?;
 
     // A session while the token is not due yet: nothing is refreshed.
     let alice = stack.token("alice").await?;
@@ -389,6 +401,7 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
         marked.len() == 1 && marked[0]["after"]["reason"] == "invalid_grant",
         "{marked:?}"
     );
+    let admin = stack.admin_token("alice", &[]).await?;
     let shown = stack.cli(0, &admin, &["identity", "show", IDENTITY], None)?;
     ensure!(shown[0]["consent_required"] == true, "{shown:?}");
     ensure!(refreshes(&stack, "invalid_grant")? == 1.0);
@@ -435,15 +448,7 @@ async fn a_token_the_upstream_refuses_is_refreshed_and_the_client_never_sees_a_4
     )
     .await?;
     // An hour-long token: nothing about its expiry asks for a refresh.
-    let tokens = alice_tokens(&provider).await?;
-    let (access0, refresh0) = (
-        field(&tokens, "access_token")?,
-        field(&tokens, "refresh_token")?,
-    );
-    stack.remember_secret(&access0);
-    stack.remember_secret(&refresh0);
-    let admin = stack.admin_token("alice", &[]).await?;
-    store_alices_identity(&stack, &admin, &access0, &refresh0, 3600)?;
+    provision_alice(&stack, &provider, Some(3600)).await?;
     let alice = stack.token("alice").await?;
     let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
     let first = client.call_tool("whoami", json!({})).await?;
@@ -530,15 +535,7 @@ async fn a_shared_oauth_identity_is_refreshed_too_and_an_operator_is_told_when_i
     // operator makes its identity global, for the shared assignment.
     provider.set_access_ttl(TTL as i64).await?;
     let issued = Instant::now();
-    let tokens = alice_tokens(&provider).await?;
-    let (access0, refresh0) = (
-        field(&tokens, "access_token")?,
-        field(&tokens, "refresh_token")?,
-    );
-    stack.remember_secret(&access0);
-    stack.remember_secret(&refresh0);
-    let admin = stack.admin_token("alice", &[]).await?;
-    store_alices_identity(&stack, &admin, &access0, &refresh0, TTL as i64)?;
+    let (access0, _, _) = provision_alice(&stack, &provider, Some(TTL as i64)).await?;
     let ops = stack.admin_token("ops", &["platform-admins"]).await?;
     stack.cli(0, &ops, &["identity", "make-global", IDENTITY], None)?;
 
@@ -593,16 +590,8 @@ async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
         },
     )
     .await?;
-    let tokens = alice_tokens(&provider).await?;
-    let (access0, refresh0) = (
-        field(&tokens, "access_token")?,
-        field(&tokens, "refresh_token")?,
-    );
-    stack.remember_secret(&access0);
-    stack.remember_secret(&refresh0);
-    let admin = stack.admin_token("alice", &[]).await?;
     // Stored as already expired: the first call refreshes.
-    store_alices_identity(&stack, &admin, &access0, &refresh0, -5)?;
+    let (access0, refresh0, _) = provision_alice(&stack, &provider, Some(-5)).await?;
     let alice = stack.token("alice").await?;
 
     provider.set_refresh_delay(3000).await?;
