@@ -110,7 +110,8 @@ impl AdminService {
     /// The answer to a change, sent once every replica has applied it (or the
     /// wait ran out, which the answer then says).
     async fn settled<T>(&self, message: T) -> Reply<T> {
-        let settled = crate::settle::after_change(&self.state.credentials.store).await;
+        let settled =
+            crate::settle::after_change(&self.state.credentials.store, &self.state.metrics).await;
         let mut response = Response::new(message);
         if let Some(warning) = settled.warning() {
             // Metadata values are visible ASCII; the warning is built from ids and fixed text.

@@ -1133,7 +1133,7 @@ async fn finish_server(c: &Connect, q: CallbackQuery, f: ServerFlow<'_>) -> Resu
         .map_err(|e| oauth_failed(&e, "exchanging an authorisation code", &page_url))?;
     let id = store_tokens(c, &f, tokens).await?;
     // The client retries once told; whichever replica answers must see it.
-    settle::after_change(c.store()).await;
+    settle::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user = %f.user, gateway = %f.gateway, server = %f.server, identity = %id,
@@ -1335,7 +1335,7 @@ async fn use_identity(
     c.attach(user, &gw.name, &form.server, id)
         .await
         .map_err(|e| change_failed(&e))?;
-    settle::after_change(c.store()).await;
+    settle::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server = %form.server, identity = %id,
@@ -1459,7 +1459,7 @@ async fn disconnect(
     if own_oauth {
         forget_identity(c, user, &id).await?;
     }
-    settle::after_change(c.store()).await;
+    settle::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server, identity = %id,

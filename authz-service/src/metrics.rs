@@ -118,6 +118,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     latency: LatencyFamily,
     refreshes: RefreshCounter,
+    settles: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -132,7 +133,13 @@ impl Metrics {
             decisions: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             refreshes: RefreshCounter::default(),
+            settles: Family::default(),
         }
+    }
+
+    /// Counts how waiting for the replicas after a change ended (`settle`).
+    pub fn count_settle(&self, result: &'static str) {
+        self.settles.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The counter of token refreshes, for `refresh::Refresher`.
@@ -180,6 +187,11 @@ impl Metrics {
             "token_refreshes",
             "OAuth token refreshes by server and result: refreshed, rotated (new refresh token), invalid_grant (consent needed), unavailable (provider down or another replica too slow), waited (another replica refreshed)",
             self.refreshes.0.clone(),
+        );
+        registry.register(
+            "changes_settled",
+            "Admin and connect-page changes by how waiting for every replica to apply them ended: everywhere, unconfirmed (a replica did not confirm within 2 s) or unknown (Redis did not answer)",
+            self.settles.clone(),
         );
         let hits = Family::<CacheLabels, Counter>::default();
         let misses = Family::<CacheLabels, Counter>::default();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// How long a change waits for the replicas' confirmations: under Envoy's
@@ -35,6 +36,15 @@ pub enum Settled {
 }
 
 impl Settled {
+    /// The `result` label of `latchkey_changes_settled_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Settled::Everywhere => "everywhere",
+            Settled::Unconfirmed(_) => "unconfirmed",
+            Settled::Unknown(_) => "unknown",
+        }
+    }
+
     /// What to tell the person who made the change, when it may not be seen
     /// everywhere yet.
     pub fn warning(&self) -> Option<String> {
@@ -82,12 +92,13 @@ pub async fn settle(store: &Store, within: Duration) -> Result<Settled, StoreErr
 }
 
 /// [`settle`] within [`SETTLE_WITHIN`] for a change already made: a failure
-/// to check becomes [`Settled::Unknown`], and anything short of everywhere
-/// is logged.
-pub async fn after_change(store: &Store) -> Settled {
+/// to check becomes [`Settled::Unknown`], the outcome is counted, and
+/// anything short of everywhere is logged.
+pub async fn after_change(store: &Store, metrics: &Metrics) -> Settled {
     let settled = settle(store, SETTLE_WITHIN)
         .await
         .unwrap_or_else(|e| Settled::Unknown(e.to_string()));
+    metrics.count_settle(settled.label());
     if let Some(warning) = settled.warning() {
         tracing::warn!("{warning}");
     }

@@ -771,6 +771,22 @@ async fn a_change_is_answered_once_every_replica_applied_it() -> Result<()> {
             && warnings.contains(&format!("{frozen_pid}-")),
         "the warning names the frozen replica: {warnings:?}"
     );
+    let settled = |result: &str| -> Result<u64> {
+        let url = format!("{}/metrics", stack.replicas[0].http_url());
+        let (_, text) = latchkey_e2e::http_get(&url).context("GET /metrics")?;
+        let line = format!("latchkey_changes_settled_total{{result=\"{result}\"}} ");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    };
+    ensure!(
+        settled("unconfirmed")? == 1 && settled("everywhere")? >= 3,
+        "/metrics counts the settles: unconfirmed {}, everywhere {}",
+        settled("unconfirmed")?,
+        settled("everywhere")?
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while expect_on_every_replica(&stack, "whoami-mine", &alice, 200, "")
         .await
