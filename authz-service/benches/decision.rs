@@ -250,6 +250,7 @@ fn bench(c: &mut Criterion) {
             providers: Default::default(),
             client_capabilities: Default::default(),
             refresher: Default::default(),
+            announced: Default::default(),
         })
     });
     let service = CheckService { state };

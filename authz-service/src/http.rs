@@ -41,6 +41,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.credentials.cache.subscribed() {
         problems.push("the invalidation subscription to Redis is not established".to_string());
     }
+    if !state.announced.load(std::sync::atomic::Ordering::Acquire) {
+        problems.push("this replica has not announced itself in Redis yet".to_string());
+    }
     if !state.verifier.has_keys().await
         && let Err(e) = state.verifier.refresh().await
     {

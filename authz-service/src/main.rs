@@ -608,6 +608,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         providers,
         client_capabilities: Default::default(),
         refresher,
+        announced: Default::default(),
         config,
         routes,
         verifier,
@@ -672,9 +673,17 @@ async fn announce(state: Arc<state::AppState>, replica_id: String) {
         started_at: latchkey_authz::identity::now_rfc3339(),
     };
     let every = Duration::from_secs(10);
+    // Announced only once it hears invalidations: a change waits for the
+    // confirmation of every announced replica, which takes a subscription.
+    while !credentials.cache.subscribed() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     loop {
-        if let Err(e) = credentials.store.announce(&info, every * 3).await {
-            tracing::warn!(error = %e, "cannot announce this replica to the others");
+        match credentials.store.announce(&info, every * 3).await {
+            Ok(()) => state
+                .announced
+                .store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "cannot announce this replica to the others"),
         }
         tokio::time::sleep(every).await;
     }

@@ -20,4 +20,7 @@ pub struct AppState {
     pub client_capabilities: crate::consent::CapabilityMemory,
     /// Refreshes per-user access tokens before they expire.
     pub refresher: crate::refresh::Refresher,
+    /// This replica is in the registry: key rotation checks it holds the
+    /// key, and changes wait for its confirmation (`/readyz` waits for it).
+    pub announced: std::sync::atomic::AtomicBool,
 }
