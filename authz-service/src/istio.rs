@@ -107,6 +107,44 @@ fn metadata_route(gateway: &str) -> String {
     format!("{gateway}-protected-resource-metadata")
 }
 
+/// The route of the connect page (`[connect]`): people's browsers, no bearer
+/// token, so the filter is off on it too.
+const CONNECT_ROUTE: &str = "latchkey-connect-page";
+
+/// Where browsers reach the connect page: its host, and the route that
+/// strips `public_url`'s path (the HTTP side serves `/connect/...`).
+fn connect_route(config: &Config, opts: &IstioOptions) -> Option<(String, Value)> {
+    let connect = config.connect.as_ref()?;
+    let url = &connect.public_url;
+    let prefix = url.path().trim_end_matches('/');
+    Some((
+        upstream_host(url),
+        json!({
+            "name": CONNECT_ROUTE,
+            "match": [{ "uri": { "prefix": format!("{prefix}/connect/") } }],
+            "rewrite": { "uri": "/connect/" },
+            "route": [{ "destination": {
+                "host": opts.service_host,
+                "port": { "number": opts.http_port },
+            } }],
+        }),
+    ))
+}
+
+/// Routes the Latchkey filter must leave alone: each gateway's metadata
+/// route, and the connect page.
+fn unfiltered_routes(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .gateways
+        .iter()
+        .map(|g| metadata_route(&g.name))
+        .collect();
+    if config.connect.is_some() {
+        names.push(CONNECT_ROUTE.to_string());
+    }
+    names
+}
+
 fn envoy_filter(config: &Config, opts: &IstioOptions) -> Value {
     let code = WasmCode::Remote {
         url: &opts.wasm_url,
@@ -141,12 +179,12 @@ fn envoy_filter(config: &Config, opts: &IstioOptions) -> Value {
             },
         }),
     ];
-    for g in &config.gateways {
+    for route in unfiltered_routes(config) {
         patches.push(json!({
             "applyTo": "HTTP_ROUTE",
             "match": {
                 "context": "GATEWAY",
-                "routeConfiguration": { "vhost": { "route": { "name": metadata_route(&g.name) } } },
+                "routeConfiguration": { "vhost": { "route": { "name": route } } },
             },
             "patch": {
                 "operation": "MERGE",
@@ -221,18 +259,12 @@ fn mesh_config_comment(opts: &IstioOptions) -> String {
 }
 
 fn virtual_services(config: &Config, opts: &IstioOptions) -> Vec<Value> {
-    config
+    let mut connect = connect_route(config, opts);
+    let mut out: Vec<Value> = config
         .gateways
         .iter()
         .map(|g| {
-            let mut hosts = vec![
-                g.public_url
-                    .host_str()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-            ];
+            let mut hosts = vec![upstream_host(&g.public_url)];
             hosts.extend(g.extra_hosts.iter().cloned());
             hosts.dedup();
             let mut routes = vec![json!({
@@ -243,6 +275,15 @@ fn virtual_services(config: &Config, opts: &IstioOptions) -> Vec<Value> {
                     "port": { "number": opts.http_port },
                 } }],
             })];
+            // The connect page on a gateway's own host goes in its service:
+            // one VirtualService per host and gateway.
+            if connect
+                .as_ref()
+                .is_some_and(|(host, _)| hosts.contains(host))
+                && let Some((_, route)) = connect.take()
+            {
+                routes.push(route);
+            }
             for e in endpoints(config, g) {
                 let url = &e.server.url;
                 let mut rewrite = json!({ "uri": upstream_path(url) });
@@ -261,14 +302,32 @@ fn virtual_services(config: &Config, opts: &IstioOptions) -> Vec<Value> {
                     "timeout": "0s",
                 }));
             }
-            json!({
-                "apiVersion": "networking.istio.io/v1",
-                "kind": "VirtualService",
-                "metadata": metadata(&format!("latchkey-{}", g.name), opts),
-                "spec": { "hosts": hosts, "gateways": [opts.gateway], "http": routes },
-            })
+            virtual_service(&format!("latchkey-{}", g.name), hosts, routes, opts)
         })
-        .collect()
+        .collect();
+    if let Some((host, route)) = connect {
+        out.push(virtual_service(
+            "latchkey-connect",
+            vec![host],
+            vec![route],
+            opts,
+        ));
+    }
+    out
+}
+
+fn virtual_service(
+    name: &str,
+    hosts: Vec<String>,
+    routes: Vec<Value>,
+    opts: &IstioOptions,
+) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata(name, opts),
+        "spec": { "hosts": hosts, "gateways": [opts.gateway], "http": routes },
+    })
 }
 
 fn upstream_host(url: &url::Url) -> String {
@@ -493,6 +552,64 @@ mod tests {
         assert_eq!(
             metadata["route"][0]["destination"]["host"],
             "latchkey.latchkey.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn the_connect_page_is_routed_unfiltered_on_its_own_host_or_the_gateways() {
+        let route_of = |text: &str| {
+            let docs = documents(&render_istio(
+                &Config::parse(text).unwrap(),
+                &options(AuthzMode::Wasm),
+            ));
+            let services: Vec<Value> = kind(&docs, "VirtualService").into_iter().cloned().collect();
+            let filter = kind(&docs, "EnvoyFilter")[0].clone();
+            (services, filter)
+        };
+        // Same host as the gateway: one VirtualService carries both.
+        let (services, filter) = route_of(include_str!("../../envoy/istio/example.toml"));
+        assert_eq!(services.len(), 1);
+        let connect = services[0]["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == CONNECT_ROUTE)
+            .expect("a connect route");
+        assert_eq!(connect["match"][0]["uri"]["prefix"], "/latchkey/connect/");
+        assert_eq!(connect["rewrite"]["uri"], "/connect/");
+        assert_eq!(connect["route"][0]["destination"]["port"]["number"], 8181);
+        let unfiltered: Vec<&Value> = filter["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["applyTo"] == "HTTP_ROUTE")
+            .map(|p| &p["match"]["routeConfiguration"]["vhost"]["route"]["name"])
+            .collect();
+        assert_eq!(
+            unfiltered,
+            [
+                &json!("corp-protected-resource-metadata"),
+                &json!(CONNECT_ROUTE)
+            ]
+        );
+        // Its own host: a VirtualService of its own.
+        let text = include_str!("../../envoy/istio/example.toml").replace(
+            "https://mcp.example.com/latchkey",
+            "https://connect.example.com",
+        );
+        let (services, _) = route_of(&text);
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[1]["spec"]["hosts"][0], "connect.example.com");
+        assert_eq!(
+            services[1]["spec"]["http"][0]["match"][0]["uri"]["prefix"],
+            "/connect/"
+        );
+        assert!(
+            !services[0]["spec"]["http"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == CONNECT_ROUTE)
         );
     }
 
