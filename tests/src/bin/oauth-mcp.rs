@@ -19,7 +19,10 @@
 //!
 //! It never logs a token: the secret scan of the test logs must pass.
 //!
-//! Usage: `oauth-mcp --port <p> --issuer <url> --jwks <url> --audience <aud>`
+//! Its SSE streams carry a keep-alive comment every 15 s (rmcp's default),
+//! or every `--keep-alive-ms`.
+//!
+//! Usage: `oauth-mcp --port <p> --issuer <url> --jwks <url> --audience <aud> [--keep-alive-ms <ms>]`
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -231,7 +234,7 @@ async fn reject_before(
     Json(json!({"sub": sub, "reject_before": now})).into_response()
 }
 
-const USAGE: &str = "usage: oauth-mcp --port <p> --issuer <url> --jwks <url> --audience <aud>";
+const USAGE: &str = "usage: oauth-mcp --port <p> --issuer <url> --jwks <url> --audience <aud> [--keep-alive-ms <ms>]";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -253,6 +256,10 @@ async fn main() -> Result<()> {
             .with_context(|| format!("--{name} is missing; {USAGE}"))
     };
     let port: u16 = flag("port")?.parse().context("--port")?;
+    let keep_alive = match flags.get("keep-alive-ms") {
+        Some(ms) => Duration::from_millis(ms.parse().context("--keep-alive-ms")?),
+        None => Duration::from_secs(15),
+    };
     let verifier = Arc::new(Verifier {
         issuer: flag("issuer")?,
         jwks_uri: flag("jwks")?,
@@ -269,7 +276,9 @@ async fn main() -> Result<()> {
         || Ok(OauthMcp),
         Arc::new(LocalSessionManager::default()),
         // Behind Envoy the Host is whatever the route sets; this is a test peer.
-        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_sse_keep_alive(Some(keep_alive)),
     );
     let app = Router::new()
         .nest_service("/mcp", mcp)
