@@ -60,3 +60,78 @@ async fn the_filter_works_with_istio_cluster_names() -> Result<()> {
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// `latchkey envoy istio` as an operator runs it: the manifest pins the
+/// SHA-256 of the filter file it was given (the istio-agent loads those bytes
+/// and no others), and a mistake in the arguments is named.
+#[test]
+fn the_cli_pins_the_filter_it_was_given_and_names_bad_arguments() -> Result<()> {
+    use latchkey_e2e::paths;
+    use std::process::Command;
+
+    let wasm = paths::filter_wasm()?;
+    let sum = Command::new("sha256sum").arg(&wasm).output()?;
+    ensure!(sum.status.success(), "sha256sum failed");
+    let sum = String::from_utf8(sum.stdout)?;
+    let sum = sum
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?;
+
+    let config = paths::workspace_root().join("envoy/istio/example.toml");
+    let rendered = Command::new(paths::latchkey_bin()?)
+        .args(["envoy", "istio", "--config"])
+        .arg(&config)
+        .args([
+            "--wasm-url",
+            "https://artifacts.example.com/latchkey_filter.wasm",
+            "--wasm",
+        ])
+        .arg(&wasm)
+        .args(["--selector", "app=mcp-gateway", "--namespace", "mcp"])
+        .output()?;
+    let yaml = String::from_utf8(rendered.stdout)?;
+    ensure!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    ensure!(
+        yaml.contains(&format!("sha256: {sum}")),
+        "the digest of {}: {yaml}",
+        wasm.display()
+    );
+    ensure!(
+        yaml.contains("app: mcp-gateway") && yaml.contains("namespace: mcp"),
+        "{yaml}"
+    );
+
+    for (args, says) in [
+        (
+            vec!["--selector", "app"],
+            "'app' is not a label: write key=value",
+        ),
+        (vec!["--wasm-sha256", "abc"], "is not a SHA-256 in hex"),
+        (
+            vec!["--wasm", "/nonexistent/latchkey_filter.wasm"],
+            "/nonexistent/latchkey_filter.wasm",
+        ),
+    ] {
+        let out = Command::new(paths::latchkey_bin()?)
+            .args(["envoy", "istio", "--config"])
+            .arg(&config)
+            .args([
+                "--wasm-url",
+                "https://artifacts.example.com/latchkey_filter.wasm",
+            ])
+            .args(&args)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        ensure!(out.stdout.is_empty(), "{args:?} printed a manifest anyway");
+    }
+    Ok(())
+}
