@@ -296,6 +296,16 @@ fn main() -> Result<()> {
                         "stored identity '{}' for server '{}' (version {}, key {})",
                         record.id, record.server, record.version, record.sealed.key_id
                     );
+                    // Running replicas may have cached the old secret (or its absence).
+                    let settled = latchkey_authz::settle::settle(
+                        &credentials.store,
+                        latchkey_authz::settle::SETTLE_WITHIN,
+                    )
+                    .await
+                    .unwrap_or_else(|e| latchkey_authz::settle::Settled::Unknown(e.to_string()));
+                    if let Some(warning) = settled.warning() {
+                        eprintln!("warning: {warning}");
+                    }
                     anyhow::Ok(())
                 })
         }

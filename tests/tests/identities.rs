@@ -946,3 +946,67 @@ async fn a_sentinel_failover_is_followed() -> Result<()> {
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// An operator replaces a shared secret with the offline `identity
+/// put-shared` while the replicas serve it from their caches: the command
+/// returns only once every replica has dropped the old one (a replica frozen
+/// meanwhile holds it up), and from then on only the new secret goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_shared_returns_once_every_replica_dropped_the_old_secret() -> Result<()> {
+    let Scene { stack, alice, .. } =
+        scene("put_shared_settle", two_replicas(RedisTopology::Single)).await?;
+    // Both replicas hold the service account's secret in their caches.
+    expect_on_every_replica(&stack, "whoami", &alice, 200, "").await?;
+
+    let rotated = format!("sa-whoami-rotated-{}", random_hex());
+    stack.remember_secret(&rotated);
+    let frozen = stack.replicas[1]
+        .process
+        .as_ref()
+        .context("replica 1 is not running")?;
+    frozen.pause(true);
+    let (answered_at, resumed_at, out) = std::thread::scope(|scope| {
+        let thaw = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            let at = std::time::Instant::now();
+            frozen.pause(false);
+            at
+        });
+        let out = stack.config_cli().and_then(|mut cmd| {
+            latchkey_e2e::stack::run_with_stderr(
+                cmd.args([
+                    "identity",
+                    "put-shared",
+                    "--id",
+                    "whoami-sa",
+                    "--server",
+                    "whoami",
+                ]),
+                Some(&rotated),
+            )
+        });
+        let answered = std::time::Instant::now();
+        let resumed = thaw.join().expect("the thaw thread panicked");
+        (answered, resumed, out)
+    });
+    let (stdout, stderr) = out?;
+    ensure!(stdout.contains("version 2"), "{stdout}");
+    ensure!(stderr.is_empty(), "unexpected warning: {stderr}");
+    ensure!(
+        answered_at > resumed_at,
+        "put-shared returned while replica 1 was frozen, before it could drop the old secret"
+    );
+
+    let before = stack.echo.seen_authorizations().await?.len();
+    expect_on_every_replica(&stack, "whoami", &alice, 200, "").await?;
+    let seen = stack.echo.seen_authorizations().await?;
+    ensure!(seen.len() > before, "the upstream was reached");
+    ensure!(
+        seen[before..]
+            .iter()
+            .all(|a| *a == format!("Bearer {rotated}")),
+        "only the new secret went out after put-shared returned"
+    );
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
