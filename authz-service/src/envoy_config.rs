@@ -288,7 +288,9 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
 /// One published MCP endpoint and the server behind it: every assignment,
 /// and every combined endpoint (which goes to the server its assignments share).
 pub struct Endpoint<'c> {
-    /// The route name Envoy and Istio see: `<gateway>-<endpoint>`.
+    /// The route name Envoy and Istio see: `<gateway>:<endpoint>`. A gateway
+    /// name has no `:`, so the first one splits it and no two endpoints share
+    /// a name; it never starts with `:` (names of Latchkey's own routes do).
     pub name: String,
     pub path: String,
     pub server: &'c crate::config::Server,
@@ -305,7 +307,7 @@ pub fn endpoints<'c>(config: &'c Config, g: &'c crate::config::Gateway) -> Vec<E
         .chain(combined)
         .filter_map(|(name, path, a)| {
             Some(Endpoint {
-                name: format!("{}-{name}", g.name),
+                name: format!("{}:{name}", g.name),
                 path,
                 server: config.server(&a.server)?,
             })

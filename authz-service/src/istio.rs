@@ -102,14 +102,16 @@ fn metadata(name: &str, opts: &IstioOptions) -> Value {
 }
 
 /// The name every Latchkey gateway's metadata route has: the filter is
-/// switched off on it (clients read it before they have a token).
+/// switched off on it (clients read it before they have a token). Latchkey's
+/// own routes start with `:`, which an endpoint's route never does, so no
+/// configuration can switch the filter off on an MCP endpoint.
 fn metadata_route(gateway: &str) -> String {
-    format!("{gateway}-protected-resource-metadata")
+    format!(":protected-resource-metadata:{gateway}")
 }
 
 /// The route of the connect page (`[connect]`): people's browsers, no bearer
 /// token, so the filter is off on it too.
-const CONNECT_ROUTE: &str = "latchkey-connect-page";
+const CONNECT_ROUTE: &str = ":connect-page";
 
 /// Where browsers reach the connect page: its host, and the route that
 /// strips `public_url`'s path (the HTTP side serves `/connect/...`).
@@ -588,7 +590,7 @@ mod tests {
         assert_eq!(
             unfiltered,
             [
-                &json!("corp-protected-resource-metadata"),
+                &json!(":protected-resource-metadata:corp"),
                 &json!(CONNECT_ROUTE)
             ]
         );
@@ -611,6 +613,51 @@ mod tests {
                 .iter()
                 .any(|r| r["name"] == CONNECT_ROUTE)
         );
+    }
+
+    /// Whatever gateways and endpoints are called, the routes the filter is
+    /// switched off on are Latchkey's own, never an MCP endpoint's.
+    #[test]
+    fn no_name_switches_the_filter_off_on_an_endpoint() {
+        let text = include_str!("../../envoy/istio/example.toml")
+            .replace("name = \"corp\"", "name = \"latchkey\"")
+            .replace("gateway = \"corp\"", "gateway = \"latchkey\"")
+            .replace(
+                "name = \"wiki\"\nserver",
+                "name = \"protected-resource-metadata\"\nserver",
+            )
+            .replace(
+                "[\"wiki\", \"github\"]",
+                "[\"protected-resource-metadata\", \"github\"]",
+            )
+            + "\n[[gateways.assignments]]\nname = \"connect-page\"\nserver = \"github\"\nscheme = \"per_user\"\n";
+        let docs = documents(&render_istio(
+            &Config::parse(&text).unwrap(),
+            &options(AuthzMode::Wasm),
+        ));
+        let off: Vec<Value> = kind(&docs, "EnvoyFilter")[0]["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["applyTo"] == "HTTP_ROUTE")
+            .map(|p| p["match"]["routeConfiguration"]["vhost"]["route"]["name"].clone())
+            .collect();
+        let routes = kind(&docs, "VirtualService")[0]["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let endpoints: Vec<&Value> = routes
+            .iter()
+            .filter(|r| r["match"][0]["uri"].get("exact").is_some())
+            .map(|r| &r["name"])
+            .collect();
+        assert_eq!(endpoints.len(), 3, "{routes:?}");
+        for name in endpoints {
+            assert!(
+                !off.contains(name),
+                "the filter is off on endpoint route {name}"
+            );
+        }
     }
 
     #[test]
