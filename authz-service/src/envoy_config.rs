@@ -288,9 +288,9 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
 /// One published MCP endpoint and the server behind it: every assignment,
 /// and every combined endpoint (which goes to the server its assignments share).
 pub struct Endpoint<'c> {
-    /// The route name Envoy and Istio see: `<gateway>:<endpoint>`. A gateway
-    /// name has no `:`, so the first one splits it and no two endpoints share
-    /// a name; it never starts with `:` (names of Latchkey's own routes do).
+    /// The route name Istio sees: `<gateway>:<endpoint>`. A gateway name has
+    /// no `:`, so the first one splits it and no two endpoints share a name;
+    /// Latchkey's own routes have no `:` at all.
     pub name: String,
     pub path: String,
     pub server: &'c crate::config::Server,

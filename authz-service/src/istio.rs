@@ -103,15 +103,16 @@ fn metadata(name: &str, opts: &IstioOptions) -> Value {
 
 /// The name every Latchkey gateway's metadata route has: the filter is
 /// switched off on it (clients read it before they have a token). Latchkey's
-/// own routes start with `:`, which an endpoint's route never does, so no
+/// own route names have no `:`, which every endpoint's route has
+/// (`<gateway>:<endpoint>`, and a gateway name has none), so no
 /// configuration can switch the filter off on an MCP endpoint.
 fn metadata_route(gateway: &str) -> String {
-    format!(":protected-resource-metadata:{gateway}")
+    format!("protected-resource-metadata.{gateway}")
 }
 
 /// The route of the connect page (`[connect]`): people's browsers, no bearer
 /// token, so the filter is off on it too.
-const CONNECT_ROUTE: &str = ":connect-page";
+const CONNECT_ROUTE: &str = "connect-page";
 
 /// Where browsers reach the connect page: its host, and the route that
 /// strips `public_url`'s path (the HTTP side serves `/connect/...`).
@@ -590,7 +591,7 @@ mod tests {
         assert_eq!(
             unfiltered,
             [
-                &json!(":protected-resource-metadata:corp"),
+                &json!("protected-resource-metadata.corp"),
                 &json!(CONNECT_ROUTE)
             ]
         );
