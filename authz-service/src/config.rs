@@ -369,9 +369,13 @@ pub struct Listen {
     /// gRPC `envoy.service.auth.v3.Authorization`.
     #[serde(default = "default_grpc")]
     pub grpc: SocketAddr,
-    /// HTTP side: protected resource metadata, health.
+    /// HTTP side: protected resource metadata, health, the connect page.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// Serve `/metrics` here instead of on the HTTP side (which browsers
+    /// reach for the connect page): a port only the scraper is let into.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -386,6 +390,7 @@ impl Default for Listen {
         Self {
             grpc: default_grpc(),
             http: default_http(),
+            metrics: None,
         }
     }
 }

@@ -17,10 +17,16 @@ use crate::metrics::{self, Readings};
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(scrape))
+        .route("/readyz", get(readyz));
+    // With its own listener, `/metrics` is not served here at all.
+    let router = if state.config.listen.metrics.is_none() {
+        router.route("/metrics", get(scrape))
+    } else {
+        router
+    };
+    router
         .route("/.well-known/oauth-protected-resource", get(metadata_root))
         .route(
             "/.well-known/oauth-protected-resource/{*resource}",
@@ -28,6 +34,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .with_state(state.clone())
         .merge(crate::connect::router(state))
+}
+
+/// `[listen] metrics`: `/metrics` alone.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state)
 }
 
 /// Ready when Redis answers, the invalidation subscription is live and the

@@ -648,6 +648,22 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         .await
         .with_context(|| format!("binding the HTTP side to {http_addr}"))?;
     let store = state.credentials.store.clone();
+    let metrics_listener = match state.config.listen.metrics {
+        Some(addr) => Some((
+            addr,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener to {addr}"))?,
+        )),
+        None => None,
+    };
+    let metrics = metrics_listener.map(|(addr, listener)| {
+        (
+            addr,
+            axum::serve(listener, http::metrics_router(state.clone()))
+                .with_graceful_shutdown(shutdown_signal()),
+        )
+    });
     let http = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, replica = %replica_id, "latchkey serving");
     tokio::try_join!(
@@ -663,6 +679,14 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
             admin_grpc
                 .await
                 .with_context(|| format!("admin gRPC server on {admin_addr}"))
+        },
+        async {
+            match metrics {
+                Some((addr, server)) => server
+                    .await
+                    .with_context(|| format!("metrics listener on {addr}")),
+                None => Ok(()),
+            }
         },
     )?;
     // Changes made after this need not wait for this replica to confirm them.

@@ -29,6 +29,8 @@ pub enum AuthzMode {
 pub struct StackOptions {
     /// More arguments to `latchkey envoy render` (e.g. Istio-style names).
     pub render_args: Vec<String>,
+    /// Give each replica a `[listen] metrics` port of its own.
+    pub metrics_listener: bool,
     pub mode: AuthzMode,
     /// Also start server-everything (slower to start; not every scenario needs it).
     pub everything: bool,
@@ -85,6 +87,7 @@ impl Default for StackOptions {
             echo_keep_alive: None,
             envoy_workers: 1,
             render_args: Vec::new(),
+            metrics_listener: false,
         }
     }
 }
@@ -105,6 +108,8 @@ pub struct Replica {
     pub grpc_port: u16,
     pub http_port: u16,
     pub admin_port: u16,
+    /// `[listen] metrics`, when the stack was asked for one.
+    pub metrics_port: Option<u16>,
     pub config_path: PathBuf,
     pub process: Option<Process>,
 }
@@ -113,6 +118,9 @@ impl Replica {
     /// Picks free ports and writes this replica's config with them.
     fn pick_ports(&mut self, shared: &str) -> Result<()> {
         (self.grpc_port, self.http_port, self.admin_port) = (free_port(), free_port(), free_port());
+        if self.metrics_port.is_some() {
+            self.metrics_port = Some(free_port());
+        }
         self.write_config(shared)
     }
 
@@ -124,8 +132,12 @@ impl Replica {
             &format!("http://127.0.0.1:{}", self.http_port),
         );
         // The listen sections go first: TOML tables after [admin.roles] would nest.
+        let metrics = self
+            .metrics_port
+            .map(|p| format!("metrics = \"127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
         let config = format!(
-            "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
+            "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n{metrics}\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
             self.grpc_port, self.http_port, self.admin_port
         );
         std::fs::write(&self.config_path, config)?;
@@ -372,6 +384,7 @@ identity = "late-sa"
                 grpc_port: 0,
                 http_port: 0,
                 admin_port: 0,
+                metrics_port: opts.metrics_listener.then_some(0),
                 config_path,
                 process: None,
             };

@@ -257,3 +257,47 @@ async fn metrics_count_every_decision_cache_lookup_audit_write_and_reload() -> R
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// `[listen] metrics`: the scraper's own port serves `/metrics`, and the
+/// HTTP side — which browsers reach for the connect page — no longer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_listener_takes_metrics_off_the_http_side() -> Result<()> {
+    let stack = Stack::start(
+        "metrics_listener",
+        StackOptions {
+            metrics_listener: true,
+            ..StackOptions::default()
+        },
+    )
+    .await?;
+    let token = stack.token("alice").await?;
+    let r = post_json(&stack.url("whoami"), Some(&token), INITIALIZE, &[]).await?;
+    ensure!(r.status == 200, "{} {}", r.status, r.body);
+
+    let replica = &stack.replicas[0];
+    let port = replica.metrics_port.context("no metrics port")?;
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let text = latchkey_e2e::eventually("the decision is counted", async || {
+        let (status, text) = latchkey_e2e::http_get(&metrics).context("GET /metrics")?;
+        Ok(
+            if status == 200 && text.contains("latchkey_decisions_total{") {
+                Ok(text)
+            } else {
+                Err(format!("{status}: {text}"))
+            },
+        )
+    })
+    .await?;
+    ensure!(text.contains("decision=\"allow\""), "{text}");
+    let (status, _) = latchkey_e2e::http_get(&format!("{}/metrics", replica.http_url()))
+        .context("GET /metrics on the HTTP side")?;
+    ensure!(
+        status == 404,
+        "the HTTP side still answers /metrics: {status}"
+    );
+    let (status, _) =
+        latchkey_e2e::http_get(&format!("{}/readyz", replica.http_url())).context("GET /readyz")?;
+    ensure!(status == 200, "health stays on the HTTP side: {status}");
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
