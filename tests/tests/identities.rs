@@ -88,6 +88,25 @@ fn alices_identity(scene: &Scene, id: &str, connect_on: usize) -> Result<String>
     Ok(secret)
 }
 
+/// Runs `command` (blocking) while `replica` is frozen, thawing it 700 ms
+/// in; returns what the command returned and whether it returned only after
+/// the thaw (it waited for the frozen replica).
+fn while_frozen<T>(replica: &latchkey_e2e::Process, command: impl FnOnce() -> T) -> (T, bool) {
+    replica.pause(true);
+    std::thread::scope(|scope| {
+        let thaw = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            let at = std::time::Instant::now();
+            replica.pause(false);
+            at
+        });
+        let out = command();
+        let answered = std::time::Instant::now();
+        let resumed = thaw.join().expect("the thaw thread panicked");
+        (out, answered > resumed)
+    })
+}
+
 /// The status and body of an `initialize` on `assignment` with `token`:
 /// every request is checked, so this is the decision for that caller.
 async fn initialize(stack: &Stack, assignment: &str, token: &str) -> Result<(u16, String)> {
@@ -738,21 +757,12 @@ async fn a_change_is_answered_once_every_replica_applied_it() -> Result<()> {
         .as_ref()
         .context("replica 1 is not running")?;
     let frozen_pid = frozen.pid().context("replica 1 has no pid")?;
-    frozen.pause(true);
-    let (answered_at, resumed_at, warnings) = std::thread::scope(|scope| {
-        let thaw = scope.spawn(|| {
-            std::thread::sleep(Duration::from_millis(700));
-            let at = std::time::Instant::now();
-            frozen.pause(false);
-            at
-        });
-        let out = stack.cli_with_stderr(0, &ops, &["identity", "disable", "alice-s"], None);
-        let answered = std::time::Instant::now();
-        let resumed = thaw.join().expect("the thaw thread panicked");
-        out.map(|(_, err)| (answered, resumed, err))
-    })?;
+    let (out, waited) = while_frozen(frozen, || {
+        stack.cli_with_stderr(0, &ops, &["identity", "disable", "alice-s"], None)
+    });
+    let (_, warnings) = out?;
     ensure!(
-        answered_at > resumed_at,
+        waited,
         "the CLI answered while replica 1 was frozen, before it could have dropped its cached copy"
     );
     ensure!(warnings.is_empty(), "unexpected warning: {warnings}");
@@ -964,15 +974,8 @@ async fn put_shared_returns_once_every_replica_dropped_the_old_secret() -> Resul
         .process
         .as_ref()
         .context("replica 1 is not running")?;
-    frozen.pause(true);
-    let (answered_at, resumed_at, out) = std::thread::scope(|scope| {
-        let thaw = scope.spawn(|| {
-            std::thread::sleep(Duration::from_millis(700));
-            let at = std::time::Instant::now();
-            frozen.pause(false);
-            at
-        });
-        let out = stack.config_cli().and_then(|mut cmd| {
+    let (out, waited) = while_frozen(frozen, || {
+        stack.config_cli().and_then(|mut cmd| {
             latchkey_e2e::stack::run_with_stderr(
                 cmd.args([
                     "identity",
@@ -984,16 +987,13 @@ async fn put_shared_returns_once_every_replica_dropped_the_old_secret() -> Resul
                 ]),
                 Some(&rotated),
             )
-        });
-        let answered = std::time::Instant::now();
-        let resumed = thaw.join().expect("the thaw thread panicked");
-        (answered, resumed, out)
+        })
     });
     let (stdout, stderr) = out?;
     ensure!(stdout.contains("version 2"), "{stdout}");
     ensure!(stderr.is_empty(), "unexpected warning: {stderr}");
     ensure!(
-        answered_at > resumed_at,
+        waited,
         "put-shared returned while replica 1 was frozen, before it could drop the old secret"
     );
 
