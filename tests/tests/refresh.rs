@@ -585,7 +585,9 @@ async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
     let stack = Stack::start(
         "refresh_slow",
         StackOptions {
-            extra_config: Some(extra_config_waiting(&provider, &upstream, 1500)),
+            // A second under Envoy's 2 s wait for the Check, so Latchkey's
+            // own answer (not Envoy's timeout) reaches the client.
+            extra_config: Some(extra_config_waiting(&provider, &upstream, 1000)),
             ..StackOptions::default()
         },
     )
@@ -595,7 +597,6 @@ async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
     let alice = stack.token("alice").await?;
 
     provider.set_refresh_delay(3000).await?;
-    let started = Instant::now();
     let r = post_json(
         &stack.url("github-mine"),
         Some(&alice),
@@ -603,16 +604,12 @@ async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
         &[],
     )
     .await?;
+    // Latchkey's answer, not Envoy's "authorization service unavailable".
     ensure!(
         r.status == 503 && r.body.contains("retry shortly"),
         "the first call is told to retry: {} {}",
         r.status,
         r.body
-    );
-    ensure!(
-        started.elapsed() < Duration::from_millis(2000),
-        "answered by Latchkey before Envoy gave up on the Check: {:?}",
-        started.elapsed()
     );
 
     // The provider answers after 3 s; the refresh stores its tokens.
