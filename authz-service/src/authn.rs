@@ -164,6 +164,16 @@ struct Verified {
     exp: u64,
 }
 
+/// One verification key of the identity provider, with the JWK it came
+/// from serialized: two fetches of the same key set compare equal, so a
+/// refetch that changed nothing keeps the verified-token cache.
+#[derive(Clone)]
+struct TrustedKey {
+    key: DecodingKey,
+    alg: Algorithm,
+    jwk: String,
+}
+
 /// Verifies inbound tokens for one issuer.
 pub struct TokenVerifier {
     issuer: String,
@@ -172,7 +182,7 @@ pub struct TokenVerifier {
     /// Minimum time between JWKS fetches triggered by unknown `kid`s.
     refetch_interval: Duration,
     http: reqwest::Client,
-    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    keys: RwLock<HashMap<String, TrustedKey>>,
     /// Held while fetching, so concurrent misses share one fetch.
     fetch: Mutex<Option<Instant>>,
     /// sha256(audience ‖ 0 ‖ token) → the caller it verified as.
@@ -234,13 +244,23 @@ impl TokenVerifier {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             if let (Some(kid), Some((key, alg))) = (jwk.common.key_id.clone(), decoding_key(jwk)) {
-                keys.insert(kid, (key, alg));
+                let jwk = serde_json::to_string(jwk).unwrap_or_default();
+                keys.insert(kid, TrustedKey { key, alg, jwk });
             }
         }
         let n = keys.len();
-        *self.keys.write().await = keys;
-        // A key that left the set must not keep its tokens valid.
-        if let Some(v) = &self.verified {
+        let mut current = self.keys.write().await;
+        // A key that left the set (or changed under its `kid`) must not keep
+        // its tokens valid. Only then is everything verified forgotten: a
+        // token with a made-up `kid` makes the verifier refetch the set, and
+        // if every refetch emptied the cache, anyone could make every caller
+        // pay a full signature check again every few seconds.
+        let withdrawn = current
+            .iter()
+            .any(|(kid, old)| keys.get(kid).is_none_or(|new| new.jwk != old.jwk));
+        *current = keys;
+        drop(current);
+        if withdrawn && let Some(v) = &self.verified {
             v.invalidate_all();
         }
         n
@@ -283,7 +303,7 @@ impl TokenVerifier {
 
     async fn key_for(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthnError> {
         if let Some(k) = self.keys.read().await.get(kid) {
-            return Ok(k.clone());
+            return Ok((k.key.clone(), k.alg));
         }
         let recently = self
             .fetch
@@ -297,7 +317,7 @@ impl TokenVerifier {
             .read()
             .await
             .get(kid)
-            .cloned()
+            .map(|k| (k.key.clone(), k.alg))
             .ok_or_else(|| AuthnError::UnknownKey(kid.to_string()))
     }
 
@@ -547,6 +567,39 @@ mod tests {
         v.install(&JwkSet { keys: vec![] }).await;
         assert!(!remembered(&v));
         assert!(v.verify(&t, AUD).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refetch_that_withdraws_no_key_keeps_what_was_verified() {
+        let (encoding, jwks) = signer();
+        let v = verifier(300, 0);
+        v.install(&jwks).await;
+        let t = token(&encoding, unix_now() + 600);
+        v.verify(&t, AUD).await.unwrap();
+        let remembered = |v: &TokenVerifier| {
+            v.verified
+                .as_ref()
+                .unwrap()
+                .contains_key(&token_digest(AUD, &t))
+        };
+        // The same set again (what a made-up `kid` makes the verifier fetch).
+        v.install(&jwks).await;
+        assert!(remembered(&v));
+        // A key added beside `t1`: tokens signed by `t1` are as valid as before.
+        let mut grown = jwks.clone();
+        let mut extra = grown.keys[0].clone();
+        extra.common.key_id = Some("t2".into());
+        grown.keys.push(extra);
+        v.install(&grown).await;
+        assert!(remembered(&v));
+        // `t1` now names other key material: what it verified is forgotten.
+        let mut swapped: JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "RSA", "kid": "t1", "alg": "RS256", "n": "sXch", "e": "AQAB",
+        }]}))
+        .unwrap();
+        swapped.keys.push(grown.keys[1].clone());
+        v.install(&swapped).await;
+        assert!(!remembered(&v));
     }
 
     #[tokio::test]

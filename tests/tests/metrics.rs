@@ -301,3 +301,80 @@ async fn a_metrics_listener_takes_metrics_off_the_http_side() -> Result<()> {
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// A token whose header names a `kid` the identity provider never issued
+/// (its signature is junk: it is refused either way). Each one makes the
+/// verifier fetch the provider's keys again.
+fn forged_with_unknown_kid(sub: &str, audience: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let kid = latchkey_e2e::stack::random_hex();
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    let claims = serde_json::json!({"iss": "http://nowhere.test", "sub": sub, "aud": audience, "exp": 4_000_000_000u64});
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode([7u8; 256])
+    )
+}
+
+/// Finding: a stream of tokens with made-up `kid`s refetched the keys and
+/// emptied everyone's verified-token cache each time, so every caller paid
+/// a signature check again. Now only a key that left (or changed) does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_with_unknown_kids_leave_everyone_elses_verified_token_remembered() -> Result<()> {
+    let stack = Stack::start("metrics_unknown_kid", StackOptions::default()).await?;
+    let url = stack.url("whoami");
+    let alice = stack.token("alice").await?;
+    let call = async |token: &str| -> Result<u16> {
+        Ok(post_json(&url, Some(token), INITIALIZE, &[]).await?.status)
+    };
+    let lookups = async || -> Result<(f64, f64)> {
+        let s = scrape(&stack).await?;
+        Ok((
+            s.value("latchkey_cache_hits_total{cache=\"verified_token\"}")
+                .with_context(|| format!("no verified_token hits series:\n{}", s.text))?,
+            s.value("latchkey_cache_misses_total{cache=\"verified_token\"}")
+                .with_context(|| format!("no verified_token misses series:\n{}", s.text))?,
+        ))
+    };
+
+    ensure!(call(&alice).await? == 200, "alice's first call");
+    let (hits, misses) = lookups().await?;
+    for _ in 0..3 {
+        let forged = forged_with_unknown_kid("mallory", &stack.gateway_url());
+        ensure!(
+            call(&forged).await? == 401,
+            "a forged token was not refused"
+        );
+    }
+    let (_, after_forged) = lookups().await?;
+    ensure!(
+        after_forged == misses + 3.0,
+        "each forged token is a lookup that misses: {misses} → {after_forged}"
+    );
+
+    // Alice again: answered from memory, as before the forged tokens.
+    ensure!(call(&alice).await? == 200, "alice's second call");
+    let (hits_now, misses_now) = lookups().await?;
+    ensure!(
+        (hits_now, misses_now) == (hits + 1.0, after_forged),
+        "alice's token was forgotten: hits {hits} → {hits_now}, misses {after_forged} → {misses_now}"
+    );
+
+    // Control, read the same way: a token the verifier has not seen yet is a miss.
+    let fresh = stack
+        .token_with(
+            &TokenRequest::new("alice", &stack.gateway_url()).claim("n", serde_json::json!(1)),
+        )
+        .await?;
+    ensure!(call(&fresh).await? == 200, "alice's fresh token");
+    let (hits_last, misses_last) = lookups().await?;
+    ensure!(
+        (hits_last, misses_last) == (hits_now, misses_now + 1.0),
+        "a new token: hits {hits_now} → {hits_last}, misses {misses_now} → {misses_last}"
+    );
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
