@@ -325,6 +325,20 @@ impl Admin for AdminService {
         } else {
             req.id.clone()
         };
+        // Ids the config names for shared assignments belong to the
+        // organisation: only a global identity for that server, created by
+        // someone who manages identities, may take one.
+        if let Some((place, server)) = self.state.config.reserved_identity(&id) {
+            op.require(
+                Capability::IdentitiesManage,
+                &format!("creating identity '{id}', reserved for the shared identity of {place}"),
+            )?;
+            if availability != Availability::Global || server != req.server {
+                return Err(RpcStatus::invalid_argument(format!(
+                    "identity id '{id}' is reserved for the shared identity of {place}: create it with --global for server '{server}', or choose another id"
+                )));
+            }
+        }
         let record = self
             .state
             .credentials
@@ -421,6 +435,14 @@ impl Admin for AdminService {
             Capability::IdentitiesManage,
             "making an identity global or private",
         )?;
+        if availability == Availability::Private
+            && let Some((place, _)) = self.state.config.reserved_identity(&record.id)
+        {
+            return Err(RpcStatus::failed_precondition(format!(
+                "identity '{}' is the shared identity of {place} and must stay global",
+                record.id
+            )));
+        }
         let action = match availability {
             Availability::Global => "identity.make_global",
             Availability::Private => "identity.make_private",

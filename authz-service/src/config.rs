@@ -718,6 +718,25 @@ impl Config {
         self.servers.iter().find(|s| s.name == name)
     }
 
+    /// Where the config names `id` as a shared assignment's identity, as
+    /// `gateway 'g', assignment 'a'`, with that assignment's server — the
+    /// first place, `None` when nowhere.
+    /// Such ids are reserved for the organisation's global identities: a
+    /// person who took one first as a private identity would break (or,
+    /// for themself, take over) that assignment, and an operator could not
+    /// store the service account under the name the config expects.
+    pub fn reserved_identity(&self, id: &str) -> Option<(String, &str)> {
+        self.gateways.iter().find_map(|g| {
+            g.assignments.iter().find_map(|a| match &a.scheme {
+                IdentityScheme::Shared { identity } if identity == id => Some((
+                    format!("gateway '{}', assignment '{}'", g.name, a.name),
+                    a.server.as_str(),
+                )),
+                _ => None,
+            })
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.vault.key_file.is_none() && self.vault.key_env.is_none() {

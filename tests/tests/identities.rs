@@ -462,6 +462,78 @@ async fn deactivating_the_creator_of_a_global_identity_keeps_it_working() -> Res
     Ok(())
 }
 
+/// Finding: an identity id the config names for a shared assignment could
+/// be taken first by anyone as a private identity (while the operator
+/// replaces the service account, say): the assignment then broke for
+/// everyone, and `put-shared` could not store it. Those ids are reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_the_config_names_for_shared_assignments_cannot_be_squatted() -> Result<()> {
+    let stack = Stack::start("squatting", StackOptions::default()).await?;
+    let ops = stack.admin_token("ops", ADMINS).await?;
+    let mallory = stack.admin_token("mallory", &[]).await?;
+    let carol = stack.admin_token("carol", &["secops"]).await?;
+    let bob = stack.token("bob").await?;
+    let create = |token: &str, args: &[&str], secret: &str| {
+        let mut all = vec!["identity", "create", "--server", "whoami"];
+        all.extend_from_slice(args);
+        stack.cli(0, token, &all, Some(secret))
+    };
+
+    // The operator is replacing the shared identity behind `whoami-late`.
+    stack.cli(0, &ops, &["identity", "delete", "late-sa"], None)?;
+    let squat = format!("mallory-{}", random_hex());
+    stack.remember_secret(&squat);
+    let refused = create(&mallory, &["--id", "late-sa"], &squat)
+        .err()
+        .context("mallory took the reserved id late-sa")?;
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains(
+            "reserved for the shared identity of gateway 'e2e', assignment 'whoami-late'"
+        ),
+        "{refused}"
+    );
+    // Even an identity manager cannot make it private, or global for another server.
+    let refused = format!(
+        "{:#}",
+        create(&carol, &["--id", "late-sa"], &squat).unwrap_err()
+    );
+    assert!(
+        refused.contains("create it with --global for server 'whoami'"),
+        "{refused}"
+    );
+    let refused = stack
+        .cli(
+            0,
+            &carol,
+            &[
+                "identity", "create", "--server", "fast", "--id", "late-sa", "--global",
+            ],
+            Some(&squat),
+        )
+        .err()
+        .context("late-sa created for the wrong server")?;
+    assert!(format!("{refused:#}").contains("reserved"), "{refused:#}");
+    // Control, read the same way: the same person, any other id.
+    let own = create(&mallory, &["--id", "mallory-own"], &squat)?;
+    assert_eq!(own[0]["owner"], "mallory");
+
+    // The organisation's global identity takes the id and serves the assignment.
+    let secret = format!("late-{}", random_hex());
+    stack.remember_secret(&secret);
+    let created = create(&carol, &["--id", "late-sa", "--global"], &secret)?;
+    assert_eq!(created[0]["availability"], "global");
+    let client = McpClient::connect(&stack.url("whoami-late"), &bob).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+    // It stays global while the config names it.
+    let refused = stack.cli_refused(0, &ops, &["identity", "make-private", "late-sa"])?;
+    assert!(refused.contains("must stay global"), "{refused}");
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_holds_no_plaintext_and_moved_or_flipped_ciphertexts_are_refused() -> Result<()> {
     let stack = Stack::start("vault_integrity", StackOptions::default()).await?;
