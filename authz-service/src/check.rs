@@ -10,9 +10,10 @@ use latchkey_proto::auth::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
 use crate::audit::DecisionEvent;
+use crate::config::ResponseFormat;
 use crate::consent;
 use crate::context::RequestContext;
-use crate::decision::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny};
+use crate::decision::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny, HIDDEN_BY_POLICY};
 use crate::identity::now_rfc3339;
 use crate::respond;
 use crate::state::AppState;
@@ -64,7 +65,11 @@ impl Authorization for CheckService {
         let decision = decider.decide(&ctx).await;
         let decision = self.consent(&ctx, decision).await;
         self.record(&event(&ctx, &decision, started));
-        Ok(Response::new(respond::to_check_response(&decision)))
+        let mut response = respond::to_check_response(&decision);
+        if let Some(framing) = self.hidden_framing(&ctx, &decision) {
+            respond::frame_like_upstream(&mut response, &framing);
+        }
+        Ok(Response::new(response))
     }
 }
 
@@ -113,6 +118,33 @@ impl CheckService {
             ),
             other => other,
         }
+    }
+
+    /// A call to a hidden name is answered as the upstream answers a name
+    /// it does not have: in its content type, with the session id it
+    /// echoes, so status, content type, `mcp-session-id` and body (modulo
+    /// the name) match. `None` for every other decision.
+    fn hidden_framing(
+        &self,
+        ctx: &RequestContext,
+        decision: &Decision,
+    ) -> Option<respond::UpstreamFraming> {
+        let Decision::Deny(deny) = decision else {
+            return None;
+        };
+        if deny.reason != HIDDEN_BY_POLICY {
+            return None;
+        }
+        let server = deny.attribution.as_ref().map(|a| a.server.as_str());
+        let sse = server
+            .and_then(|s| self.state.config.server(s))
+            .is_some_and(|s| s.responses == ResponseFormat::Sse);
+        let session = ctx.mcp.as_ref().and_then(|m| m.session_id.as_deref());
+        Some(respond::UpstreamFraming::new(
+            sse,
+            ctx.accept.as_deref(),
+            session,
+        ))
     }
 
     /// The one place a decision leaves the decision path: counted for

@@ -510,6 +510,23 @@ pub struct Server {
     /// system bundle). Its name (or IP) must be in the certificate's SANs.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// How this upstream answers a POSTed request when the client accepts
+    /// both (`json`, the default, or `sse`). Latchkey answers a call to a
+    /// hidden name the same way, so the answer's content type does not
+    /// tell hidden from absent.
+    #[serde(default)]
+    pub responses: ResponseFormat,
+}
+
+/// The content type an upstream answers requests with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// `application/json`: one JSON-RPC message.
+    #[default]
+    Json,
+    /// `text/event-stream`: the answer as an SSE event.
+    Sse,
 }
 
 /// How an upstream server expects its credential.

@@ -23,6 +23,8 @@ pub struct RequestContext {
     /// Injected credentials (`<identity>@<version>`) the upstream refused,
     /// as the Latchkey filter reports them.
     pub rejected_credentials: Vec<String>,
+    /// The request's `Accept`, to answer in a content type it takes.
+    pub accept: Option<String>,
 }
 
 /// A request the service cannot judge because it is malformed; answered
@@ -86,6 +88,7 @@ impl RequestContext {
             request_id: http.id.clone(),
             method: http.method.clone(),
             authorization: header("authorization"),
+            accept: header("accept"),
             host,
             path: http.path.clone(),
             peer_principal,

@@ -18,7 +18,7 @@ use crate::refresh::{RefreshError, Refresher};
 use crate::routing::{Route, RouteTable};
 use crate::store::StoreError;
 use crate::vault::{Secret, VaultError};
-use latchkey_filter::visibility::{ItemKind, ListShape, Visibility};
+use latchkey_filter::visibility::{ItemKind, Visibility};
 
 /// A header to set on the upstream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +45,11 @@ pub struct Allow {
     /// The injected credential is an OAuth token the service can refresh if
     /// the upstream refuses it.
     pub refreshable: bool,
-    /// For list requests under a policy: what the caller may see, for the
-    /// filter to trim the response with.
+    /// Under a policy, for every allowed request: what the caller may see
+    /// on this route, for the filter to trim any list in the response with
+    /// (a list may come on any stream: a GET resumed with `Last-Event-ID`
+    /// replays earlier answers, and an id or method spelling must not
+    /// decide whether a list is trimmed).
     pub visibility: Option<Box<Visibility>>,
 }
 
@@ -220,12 +223,6 @@ impl Decider<'_> {
         caller: Caller,
         id: Option<Value>,
     ) -> Decision {
-        let is_list = ctx
-            .mcp
-            .as_ref()
-            .and_then(|m| m.method.as_deref())
-            .and_then(ListShape::of_method)
-            .is_some();
         let mut refusals = Vec::new();
         let mut chosen = None;
         for candidate in route.candidates() {
@@ -257,10 +254,7 @@ impl Decider<'_> {
                 ),
             };
         };
-        let visibility = is_list
-            .then(|| union_view(self.policy, route, &caller))
-            .flatten()
-            .map(Box::new);
+        let visibility = union_view(self.policy, route, &caller).map(Box::new);
         allow(candidate, caller, identity, visibility)
     }
 
@@ -279,16 +273,10 @@ impl Decider<'_> {
         if let Some(deny) = self.policy_denial(ctx, &route, &caller, id.as_ref()) {
             return attributed_to(&route, &caller, id, deny);
         }
-        let visibility = ctx
-            .mcp
-            .as_ref()
-            .and_then(|m| m.method.as_deref())
-            .and_then(ListShape::of_method)
-            .and_then(|_| {
-                self.policy
-                    .visibility(&route.gateway.name, &route.assignment.name, &caller)
-                    .map(Box::new)
-            });
+        let visibility = self
+            .policy
+            .visibility(&route.gateway.name, &route.assignment.name, &caller)
+            .map(Box::new);
         match self.credential(ctx, &route, &caller).await {
             Ok(identity) => allow(route, caller, identity, visibility),
             Err(deny) => attributed_to(&route, &caller, id, deny),
@@ -607,6 +595,9 @@ fn allow(
     })
 }
 
+/// The reason of a denial that answers a call to a hidden name.
+pub const HIDDEN_BY_POLICY: &str = "hidden_by_policy";
+
 /// A JSON-RPC result that is a failed tool call (`isError: true`): the
 /// model reads the message and can correct itself.
 fn tool_error_body(id: Option<&Value>, text: &str) -> String {
@@ -631,7 +622,7 @@ fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value>) -> Deny 
         jsonrpc_code: answer.code,
         message,
         id: id.cloned(),
-        reason: "hidden_by_policy",
+        reason: HIDDEN_BY_POLICY,
         body,
         ..Deny::default()
     }

@@ -190,6 +190,64 @@ pub fn bad_request(b: &BadRequest) -> CheckResponse {
     })
 }
 
+/// How the upstream would have answered this request, for an answer that
+/// stands in for the upstream's (a call to a hidden name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamFraming {
+    /// Answer as one SSE event (`text/event-stream`).
+    pub sse: bool,
+    /// The request's `Mcp-Session-Id`, which the upstream echoes.
+    pub session_id: Option<String>,
+}
+
+impl UpstreamFraming {
+    /// SSE when the upstream answers that way (`responses = "sse"`) and the
+    /// client accepts it (an `Accept` naming `text/event-stream` or `*/*`).
+    pub fn new(sse_server: bool, accept: Option<&str>, session_id: Option<&str>) -> Self {
+        let accepts_sse = accept.is_some_and(|a| {
+            a.split(',').any(|t| {
+                let t = t.split(';').next().unwrap_or("").trim();
+                t.eq_ignore_ascii_case("text/event-stream") || t == "*/*"
+            })
+        });
+        UpstreamFraming {
+            sse: sse_server && accepts_sse,
+            session_id: session_id.map(str::to_owned),
+        }
+    }
+}
+
+/// Frames a denial's answer as the upstream frames its own: as an SSE
+/// event when it streams, with the session id it echoes. The JSON-RPC body
+/// is unchanged. What still differs from an upstream answer (Envoy's and
+/// the upstream's own headers, an SSE event id) is documented in the README.
+pub fn frame_like_upstream(response: &mut CheckResponse, framing: &UpstreamFraming) {
+    let Some(check_response::HttpResponse::DeniedResponse(denied)) = &mut response.http_response
+    else {
+        return;
+    };
+    if framing.sse {
+        denied.body = format!("event: message\ndata: {}\n\n", denied.body);
+        denied.headers.retain(|h| {
+            h.header
+                .as_ref()
+                .is_none_or(|h| !h.key.eq_ignore_ascii_case("content-type"))
+        });
+        denied.headers.push(header(
+            "content-type",
+            "text/event-stream",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    if let Some(session) = &framing.session_id {
+        denied.headers.push(header(
+            "mcp-session-id",
+            session,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+}
+
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -247,5 +305,66 @@ mod tests {
                 .dynamic_metadata
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_hidden_answer_is_framed_as_the_upstream_frames_its_own() {
+        let deny = Deny {
+            http_status: 200,
+            jsonrpc_code: -32602,
+            message: "Unknown tool: x".into(),
+            id: Some(serde_json::json!(3)),
+            reason: "hidden_by_policy",
+            ..Deny::default()
+        };
+        let framing = UpstreamFraming::new(
+            true,
+            Some("application/json, text/event-stream"),
+            Some("s-1"),
+        );
+        let mut response = to_check_response(&Decision::Deny(deny.clone()));
+        frame_like_upstream(&mut response, &framing);
+        let bytes = response.encode_to_vec();
+        let checked = decide_grpc(0, Some(&bytes), &[], None);
+        let latchkey_filter::decision::Verdict::Deny(reply) = checked.verdict else {
+            panic!("denied");
+        };
+        assert_eq!(reply.status, 200);
+        let header = |k: &str| {
+            reply
+                .headers
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header("content-type"), ["text/event-stream"]);
+        assert_eq!(header("mcp-session-id"), ["s-1"]);
+        let data = reply
+            .body
+            .strip_prefix("event: message\ndata: ")
+            .and_then(|b| b.strip_suffix("\n\n"))
+            .expect("one SSE event");
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["error"]["message"], "Unknown tool: x");
+        // A JSON upstream, or a client that takes JSON only: JSON, no session.
+        for framing in [
+            UpstreamFraming::new(false, Some("text/event-stream"), None),
+            UpstreamFraming::new(true, Some("application/json"), None),
+        ] {
+            let mut response = to_check_response(&Decision::Deny(deny.clone()));
+            frame_like_upstream(&mut response, &framing);
+            let Some(check_response::HttpResponse::DeniedResponse(d)) = &response.http_response
+            else {
+                panic!("denied");
+            };
+            assert!(d.body.starts_with('{'), "{}", d.body);
+            assert!(
+                !d.headers
+                    .iter()
+                    .any(|h| h.header.as_ref().unwrap().key == "mcp-session-id")
+            );
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use latchkey_filter::listing::{ListTrim, SseTrimmer};
-use latchkey_filter::visibility::{ListShape, Rules, Visibility};
+use latchkey_filter::visibility::{Rules, Visibility};
 use serde_json::json;
 use std::hint::black_box;
 
@@ -33,9 +33,8 @@ fn view() -> prost_types::Struct {
 
 fn trim(metadata: &prost_types::Struct) -> ListTrim {
     ListTrim {
-        shape: ListShape::of_method("tools/list").expect("list"),
         visibility: Visibility::from_struct(metadata),
-        id: json!(9),
+        id: Some(json!(9)),
         private_cache_scope: false,
     }
 }

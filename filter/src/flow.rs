@@ -10,19 +10,28 @@
 //!                      └─bad input / too big─────────────────► Done
 //! ```
 //!
-//! An allowed list request (`tools/list`, ...) that came back with the
-//! caller's view goes on to the response side: the body is trimmed to that
-//! view, buffered when it is JSON, event by event when it is SSE.
+//! An allowed request that came back with the caller's view (the service
+//! sends it with every allowed request while a policy is in force) goes on
+//! to the response side: every list result in the response is trimmed to
+//! that view, event by event in any SSE stream (a POST's, a GET stream, a
+//! GET resumed with `Last-Event-ID` that replays earlier events), and
+//! buffered in a JSON body when the request may be answered with a list
+//! ([`listing::buffers_json_answer`]).
+//!
+//! An upstream's authentication challenge never reaches the client (see
+//! [`stale`]): a 401, or a 403 with `WWW-Authenticate`, is replaced by a
+//! JSON-RPC error, and `WWW-Authenticate` is removed from any other
+//! upstream response.
 
 use crate::check::{CheckCall, Connection, check_call};
 use crate::completion::{self, EventBoundary, Pending, StreamOwner};
 use crate::config::{Config, ConfigError};
 use crate::decision::{HeaderEdit, LocalReply, Verdict, decide_grpc};
 use crate::jsonrpc;
-use crate::listing::{ListTrim, SseTrimmer};
+use crate::listing::{self, ListTrim, SseTrimmer};
 use crate::mcp::{self, Head, McpMessage, RequestError};
 use crate::stale::{self, SharedRejected};
-use crate::visibility::{ListShape, Visibility};
+use crate::visibility::Visibility;
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -93,7 +102,7 @@ pub struct RequestFlow {
     connection: Connection,
     message: Option<McpMessage>,
     buffered: usize,
-    /// The caller's view, for an allowed list request.
+    /// The caller's view, for an allowed request under a policy.
     list_trim: Option<ListTrim>,
     response: ResponseTrim,
     /// The refreshable credential the service injected, if any.
@@ -305,7 +314,7 @@ impl RequestFlow {
                         gateway,
                     });
                 }
-                self.list_trim = checked.visibility.and_then(|v| self.list_trim(v));
+                self.list_trim = checked.visibility.map(|v| self.list_trim(v));
                 if let Some(credential) = &checked.credential {
                     self.rejected.update(&mut |r| r.settled(credential));
                 }
@@ -344,9 +353,14 @@ impl RequestFlow {
     /// A piece of a watched GET stream: passed on as it is, or with the
     /// completion notifications `take_completed(owner)` hands over put
     /// between two of the upstream's events.
+    ///
+    /// Under a policy the stream is trimmed first (a GET stream carries
+    /// list results too: replayed ones, or answers the upstream sends
+    /// there); the notifications then go between the trimmed events.
     pub fn on_stream_body(
         &mut self,
         size: usize,
+        end_of_stream: bool,
         read: impl FnOnce(usize) -> Option<Vec<u8>>,
         take_completed: impl FnOnce(&StreamOwner) -> Vec<String>,
     ) -> ResponseBodyAction {
@@ -354,82 +368,111 @@ impl RequestFlow {
         else {
             return ResponseBodyAction::Continue;
         };
-        let chunk = if size == 0 {
-            Vec::new()
+        let read = if size == 0 {
+            Some(Vec::new())
         } else {
-            match read(size) {
-                Some(chunk) => chunk,
-                // Unreadable: stop looking rather than insert blindly.
-                None => {
-                    self.announcing = None;
-                    return ResponseBodyAction::Continue;
-                }
+            read(size)
+        };
+        let (chunk, trimmed) = match (read, &mut self.response) {
+            (Some(chunk), ResponseTrim::Sse(trimmer)) => {
+                (trimmer.push(&chunk, end_of_stream), true)
+            }
+            (Some(chunk), _) => (chunk, false),
+            // Unreadable and trimmed: nothing unchecked may go on.
+            (None, ResponseTrim::Sse(_)) => return ResponseBodyAction::Replace(Vec::new()),
+            // Unreadable: stop looking rather than insert blindly.
+            (None, _) => {
+                self.announcing = None;
+                return ResponseBodyAction::Continue;
             }
         };
+        let unchanged = if trimmed {
+            ResponseBodyAction::Replace(chunk.clone())
+        } else {
+            ResponseBodyAction::Continue
+        };
         let Some(at) = boundary.feed(&chunk) else {
-            return ResponseBodyAction::Continue;
+            return unchanged;
         };
         let ids = take_completed(owner);
         if ids.is_empty() {
-            return ResponseBodyAction::Continue;
+            return unchanged;
         }
         let events = completion::notification_events(&ids);
         ResponseBodyAction::Replace(completion::insert_events(&chunk, at, &events))
     }
 
-    /// The trim for a list request, given the caller's view.
-    fn list_trim(&self, visibility: Visibility) -> Option<ListTrim> {
-        let message = self.message.as_ref()?;
-        let shape = ListShape::of_method(message.method.as_deref()?)?;
-        Some(ListTrim {
-            shape,
+    /// The trim for an allowed request's response, given the caller's view.
+    fn list_trim(&self, visibility: Visibility) -> ListTrim {
+        let message = self.message.as_ref();
+        ListTrim {
             visibility,
-            id: message.id.clone()?,
+            id: message.and_then(|m| m.id.clone()),
             private_cache_scope: message
-                .protocol_version
-                .as_deref()
+                .and_then(|m| m.protocol_version.as_deref())
                 .is_some_and(mcp::requires_header_mirroring),
-        })
+        }
     }
 
     /// Response headers arrived (`:status` among them).
     pub fn on_response_headers(&mut self, headers: &[(String, String)]) -> ResponseHeadersAction {
-        if let Some(credential) = &self.credential
-            && mcp::header(headers, ":status") == Some("401")
-        {
-            self.rejected.update(&mut |r| r.remember(credential));
+        // Only an upstream's response: the filter's own local replies (its
+        // 401 with Latchkey's challenge among them) pass as they are.
+        if self.state != State::Allowed {
+            return ResponseHeadersAction::Continue;
+        }
+        let status = mcp::header(headers, ":status");
+        let challenged = mcp::header(headers, stale::CHALLENGE_HEADER).is_some();
+        if stale::is_challenge(status, challenged) {
+            let refreshable = self.credential.is_some() && status == Some("401");
+            if let (Some(credential), true) = (&self.credential, refreshable) {
+                self.rejected.update(&mut |r| r.remember(credential));
+            }
             self.list_trim = None;
-            return ResponseHeadersAction::Respond(stale::refused_reply(self.id()));
+            self.stream_owner = None;
+            let reply = stale::challenge_reply(self.id(), status.unwrap_or("401"), refreshable);
+            return ResponseHeadersAction::Respond(reply);
+        }
+        let mut remove = Vec::new();
+        if challenged {
+            remove.push(stale::CHALLENGE_HEADER.to_owned());
         }
         let content_type = mcp::header(headers, "content-type").unwrap_or("");
-        let success = mcp::header(headers, ":status").is_some_and(|s| s.starts_with('2'));
+        let success = status.is_some_and(|s| s.starts_with('2'));
         let sse = content_type
             .split(';')
             .next()
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
-        if self.stream_owner.is_some() {
-            if success && sse {
-                self.announcing = Some(EventBoundary::default());
-                return ResponseHeadersAction::Remove(vec!["content-length".into()]);
-            }
-            self.stream_owner = None;
-        }
-        let Some(trim) = self.list_trim.take() else {
-            return ResponseHeadersAction::Continue;
-        };
         let limit = self
             .config
             .as_ref()
             .as_ref()
             .map_or(crate::config::DEFAULT_MAX_BODY_BYTES, |c| c.max_body_bytes);
-        self.response = if sse {
-            ResponseTrim::Sse(SseTrimmer::new(trim, limit))
-        } else if success {
-            ResponseTrim::Json(trim)
-        } else {
-            return ResponseHeadersAction::Continue;
+        let trim = self.list_trim.take();
+        let buffers_json = self
+            .message
+            .as_ref()
+            .is_some_and(|m| listing::buffers_json_answer(m.method.as_deref()));
+        if self.stream_owner.is_some() {
+            if success && sse {
+                self.announcing = Some(EventBoundary::default());
+            } else {
+                self.stream_owner = None;
+            }
+        }
+        self.response = match trim {
+            Some(trim) if sse => ResponseTrim::Sse(SseTrimmer::new(trim, limit)),
+            Some(trim) if success && buffers_json => ResponseTrim::Json(trim),
+            _ => ResponseTrim::None,
         };
-        ResponseHeadersAction::Remove(vec!["content-length".into()])
+        if self.announcing.is_some() || !matches!(self.response, ResponseTrim::None) {
+            remove.push("content-length".into());
+        }
+        if remove.is_empty() {
+            ResponseHeadersAction::Continue
+        } else {
+            ResponseHeadersAction::Remove(remove)
+        }
     }
 
     /// Response body data: `size` bytes are visible to this callback (all
@@ -758,13 +801,215 @@ mod tests {
         assert!(!http(&req).headers.contains_key(stale::REJECTED_HEADER));
 
         // A 401 with no refreshable credential (a shared key, no credential)
-        // is the upstream's answer to pass on.
+        // is replaced too, but there is nothing to refresh.
         let (mut flow, _) = allowed_call(&memory, None, &[]);
+        let ResponseHeadersAction::Respond(r) = flow.on_response_headers(&h(&[(":status", "401")]))
+        else {
+            panic!("the 401 must not reach the client");
+        };
+        assert!(r.body.contains("tell the operator"), "{}", r.body);
+        assert_eq!(memory.header_value(), None);
+    }
+
+    #[test]
+    fn no_upstream_auth_challenge_reaches_the_client_whatever_was_injected() {
+        let challenge = (
+            "www-authenticate",
+            r#"Bearer resource_metadata="https://evil.example/x""#,
+        );
+        for credential in [Some("crm-alice@3"), None] {
+            for status in ["401", "403"] {
+                let memory = stale::local_store();
+                let (mut flow, _) = allowed_call(&memory, credential, &[]);
+                let ResponseHeadersAction::Respond(r) = flow.on_response_headers(&h(&[
+                    (":status", status),
+                    ("content-type", "application/json"),
+                    challenge,
+                ])) else {
+                    panic!("{status} {credential:?}: the challenge must not reach the client");
+                };
+                let (code, v, headers) = reply(Action::Respond(r));
+                assert_eq!(code, 200, "{status}");
+                assert_eq!(v["id"], "call-1");
+                assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
+                assert!(!headers.iter().any(|(k, _)| k == "www-authenticate"));
+                assert!(!v.to_string().contains("evil"));
+                // Only a 401 to a person's OAuth token is refreshed.
+                let remembered = credential.is_some() && status == "401";
+                assert_eq!(memory.header_value().is_some(), remembered, "{status}");
+            }
+        }
+        // A 403 without a challenge is the upstream's own refusal.
+        let (mut flow, _) = allowed_call(&stale::local_store(), None, &[]);
         assert_eq!(
-            flow.on_response_headers(&h(&[(":status", "401")])),
+            flow.on_response_headers(&h(&[(":status", "403")])),
             ResponseHeadersAction::Continue
         );
-        assert_eq!(memory.header_value(), None);
+        // A challenge header on any other status is removed.
+        let (mut flow, _) = allowed_call(&stale::local_store(), None, &[]);
+        assert_eq!(
+            flow.on_response_headers(&h(&[(":status", "200"), challenge])),
+            ResponseHeadersAction::Remove(vec!["www-authenticate".into()])
+        );
+        // A GET stream has no id to answer: 502.
+        let mut flow = RequestFlow::new(config(1024));
+        let get = h(&[(":method", "GET"), ("authorization", "Bearer t")]);
+        check_request(&flow.on_headers(get, Connection::default(), true));
+        flow.on_check_response(0, Some(b""));
+        let ResponseHeadersAction::Respond(r) =
+            flow.on_response_headers(&h(&[(":status", "401"), challenge]))
+        else {
+            panic!("the challenge must not reach the client");
+        };
+        assert_eq!(r.status, 502);
+    }
+
+    fn view_metadata(v: &Visibility) -> (&'static str, prost_types::Value) {
+        (
+            crate::visibility::VISIBILITY_KEY,
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(v.to_struct())),
+            },
+        )
+    }
+
+    /// An allowed POST of `body` whose Check carried the echo-only view.
+    fn allowed_with_view(body: &str) -> RequestFlow {
+        let mut flow = RequestFlow::new(config(1 << 20));
+        post_body(&mut flow, post(&[]), body);
+        let resp = CheckResponse {
+            dynamic_metadata: Some(metadata(vec![view_metadata(&echo_only())])),
+            ..Default::default()
+        };
+        assert!(matches!(
+            flow.on_check_response(0, Some(&resp.encode_to_vec())),
+            Action::Continue(_)
+        ));
+        flow
+    }
+
+    fn tool_names(out: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or(&text);
+        let v: Value = serde_json::from_str(data).unwrap();
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_filters_own_401_keeps_its_challenge() {
+        let mut flow = RequestFlow::new(config(1024));
+        post_body(&mut flow, post(&[]), CALL);
+        let denied = CheckResponse {
+            status: Some(latchkey_proto::google::rpc::Status {
+                code: 16,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (status, _, _) = reply(flow.on_check_response(0, Some(&denied.encode_to_vec())));
+        assert_eq!(status, 401);
+        // Envoy may run the local reply through this filter's response side.
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "401"),
+                (
+                    "www-authenticate",
+                    "Bearer resource_metadata=\"https://gw/x\""
+                )
+            ])),
+            ResponseHeadersAction::Continue
+        );
+    }
+
+    #[test]
+    fn a_list_is_trimmed_whatever_id_or_method_it_answers() {
+        let json = [(":status", "200"), ("content-type", "application/json")];
+        let sse = [(":status", "200"), ("content-type", "text/event-stream")];
+        // Request id 4.0, answered as 4; an unknown method; a list carried
+        // in a tools/call's SSE stream.
+        for (request, headers) in [
+            (r#"{"jsonrpc":"2.0","id":4.0,"method":"tools/list"}"#, &json),
+            (r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#, &sse),
+            (r#"{"jsonrpc":"2.0","id":4,"method":"Tools/List"}"#, &json),
+            (CALL, &sse),
+        ] {
+            let mut flow = allowed_with_view(request);
+            assert_eq!(
+                flow.on_response_headers(&h(headers)),
+                ResponseHeadersAction::Remove(vec!["content-length".into()]),
+                "{request}"
+            );
+            let answer = TOOLS.replace("\"id\":5", "\"id\":4");
+            let body = if headers == &sse {
+                format!("id: e1\ndata: {answer}\n\n")
+            } else {
+                answer
+            };
+            let ResponseBodyAction::Replace(out) =
+                flow.on_response_body(body.len(), true, |_| Some(body.clone().into_bytes()))
+            else {
+                panic!("{request}: not trimmed");
+            };
+            assert_eq!(tool_names(&out), ["echo"], "{request}");
+        }
+        // A tools/call answered in JSON streams through unbuffered.
+        let mut flow = allowed_with_view(CALL);
+        assert_eq!(
+            flow.on_response_headers(&h(&json)),
+            ResponseHeadersAction::Continue
+        );
+    }
+
+    #[test]
+    fn a_resumed_get_stream_is_trimmed_and_still_announces_completions() {
+        let mut flow = RequestFlow::new(config(1 << 20));
+        let headers = h(&[
+            (":method", "GET"),
+            ("accept", "text/event-stream"),
+            ("authorization", "Bearer t"),
+            ("mcp-session-id", "sess-1"),
+            ("last-event-id", "e0"),
+        ]);
+        check_request(&flow.on_headers(headers, Connection::default(), true));
+        let resp = CheckResponse {
+            dynamic_metadata: Some(metadata(vec![
+                ("user", text("alice")),
+                ("gateway", text("gw")),
+                view_metadata(&echo_only()),
+            ])),
+            ..Default::default()
+        };
+        flow.on_check_response(0, Some(&resp.encode_to_vec()));
+        assert_eq!(
+            flow.on_response_headers(&h(&[
+                (":status", "200"),
+                ("content-type", "text/event-stream")
+            ])),
+            ResponseHeadersAction::Remove(vec!["content-length".into()])
+        );
+        assert!(flow.is_announcing());
+        // The replayed list, cut in two chunks.
+        let replay = format!("id: e1\ndata: {TOOLS}\n\n");
+        let (a, b) = replay.split_at(30);
+        let out = flow.on_stream_body(a.len(), false, |_| Some(a.into()), |_| Vec::new());
+        assert_eq!(out, ResponseBodyAction::Replace(Vec::new()), "held");
+        let ResponseBodyAction::Replace(out) =
+            flow.on_stream_body(b.len(), false, |_| Some(b.into()), |_| vec!["c-1".into()])
+        else {
+            panic!("trimmed");
+        };
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("\"add\""), "{text}");
+        assert!(text.contains("\"echo\""));
+        assert!(text.contains(r#""elicitationId":"c-1""#), "{text}");
     }
 
     #[test]
@@ -1168,6 +1413,7 @@ mod tests {
         let chunk = b"data: {\"a\":1}\n\ndata: {\"b\"".to_vec();
         let action = flow.on_stream_body(
             chunk.len(),
+            false,
             |_| Some(chunk.clone()),
             |owner| {
                 assert_eq!(owner, &expected);
@@ -1179,6 +1425,7 @@ mod tests {
         let middle = b":2".to_vec();
         let action = flow.on_stream_body(
             middle.len(),
+            false,
             |_| Some(middle.clone()),
             |_| panic!("nothing may be taken where it cannot be put"),
         );
@@ -1187,6 +1434,7 @@ mod tests {
         let rest = b"}\n\n: ping\n\n".to_vec();
         let ResponseBodyAction::Replace(out) = flow.on_stream_body(
             rest.len(),
+            false,
             |_| Some(rest.clone()),
             |_| vec!["consent-1".into()],
         ) else {

@@ -2,6 +2,9 @@
 //! that renders an error body. Every local reply of the filter (and the
 //! service's denials) carries such a body, with the request's `id` when it
 //! is known and `null` otherwise.
+//!
+//! Also the one comparison of JSON-RPC ids ([`same_id`]): ids match by what
+//! they mean, not how they are spelled.
 
 use serde_json::{Map, Value};
 
@@ -40,6 +43,44 @@ pub fn error_body(id: Option<&Value>, code: i64, message: &str) -> String {
     Value::Object(obj).to_string()
 }
 
+/// The largest integer every JSON implementation reads exactly (2^53 − 1,
+/// I-JSON, RFC 7493 §2.2): a JavaScript upstream reads `9007199254740993`
+/// as `9007199254740992`, so beyond it two parties may disagree on an id.
+pub const MAX_EXACT_ID: f64 = 9_007_199_254_740_991.0;
+
+/// A JSON-RPC id by meaning: a string (compared exactly, so `"4"` is not
+/// `4`) or an integer (so `4`, `4.0`, `4e0` and `40e-1` are one id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdKey {
+    Text(String),
+    Integer(i64),
+}
+
+impl IdKey {
+    /// `None` for what is not an id every party reads alike: `null`, an
+    /// object, a fractional number, or an integer beyond ±[`MAX_EXACT_ID`]
+    /// (the filter refuses such request ids, so they never need matching).
+    pub fn of(id: &Value) -> Option<IdKey> {
+        match id {
+            Value::String(s) => Some(IdKey::Text(s.clone())),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    return (i.unsigned_abs() <= MAX_EXACT_ID as u64).then_some(IdKey::Integer(i));
+                }
+                let f = n.as_f64()?;
+                (f.fract() == 0.0 && f.abs() <= MAX_EXACT_ID).then_some(IdKey::Integer(f as i64))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether two JSON-RPC ids name the same request. Ids that are not
+/// comparable ([`IdKey::of`] is `None`) match nothing, not even themselves.
+pub fn same_id(a: &Value, b: &Value) -> bool {
+    matches!((IdKey::of(a), IdKey::of(b)), (Some(x), Some(y)) if x == y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +106,28 @@ mod tests {
         let v: Value = serde_json::from_str(&error_body(None, INTERNAL_ERROR, "x")).unwrap();
         assert_eq!(v["id"], Value::Null);
         assert!(v.as_object().unwrap().contains_key("id"));
+    }
+
+    #[test]
+    fn ids_match_by_meaning_not_spelling() {
+        let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap();
+        for spelling in ["4", "4.0", "4e0", "40e-1", "0.4e1", "4.000"] {
+            assert!(same_id(&parse(spelling), &json!(4)), "{spelling}");
+        }
+        assert!(same_id(&parse("-0"), &json!(0)));
+        assert!(same_id(&json!("a"), &json!("a")));
+        assert!(!same_id(&json!("4"), &json!(4)), "a string is not a number");
+        assert!(!same_id(&json!("A"), &json!("a")));
+        assert!(
+            !same_id(&json!(4.5), &json!(4.5)),
+            "fractional ids match nothing"
+        );
+        assert!(!same_id(&Value::Null, &Value::Null));
+        // Beyond 2^53 - 1 readers disagree: such ids match nothing.
+        assert!(same_id(&parse("123456789"), &parse("123456789.0")));
+        assert!(IdKey::of(&parse("9007199254740991")).is_some());
+        assert!(IdKey::of(&parse("9007199254740992")).is_none());
+        assert!(IdKey::of(&parse("18446744073709551617")).is_none());
+        assert!(IdKey::of(&parse("-9007199254740992")).is_none());
     }
 }

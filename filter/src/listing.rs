@@ -2,11 +2,17 @@
 //! `resources/templates/list`) to what the caller may see, in a plain JSON
 //! body or in a `text/event-stream`, event by event as the bytes arrive.
 //!
-//! Only the response to the request the filter held is touched (same
-//! JSON-RPC `id`, a `result`); notifications and server requests on the
-//! same stream pass unchanged. `nextCursor` stays, so pagination goes on
-//! over the trimmed pages. Fail closed: a list response that cannot be read
-//! is replaced by a JSON-RPC error, never passed on untrimmed.
+//! A list is recognised by what it is, not by which request it answers:
+//! every message whose `result` carries `tools`, `prompts`, `resources` or
+//! `resourceTemplates` is trimmed with the caller's view, whatever its `id`
+//! (`4.0` for a request sent as `4`, an id of no request of this stream, a
+//! response replayed on a GET stream resumed with `Last-Event-ID`).
+//! Matching ids would let a spelling, a replay or a lenient upstream pass a
+//! list untouched; the view is the caller's on this route whichever request
+//! the list answers, so no match is needed. Notifications, server requests
+//! and other results pass unchanged. `nextCursor` stays, so pagination goes
+//! on over the trimmed pages. Fail closed: a list response that cannot be
+//! read is replaced by a JSON-RPC error, never passed on untrimmed.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -18,16 +24,45 @@ use serde_json::value::RawValue;
 use crate::jsonrpc;
 use crate::visibility::{ListShape, Visibility};
 
-/// What is being trimmed, for one response.
+/// What is being trimmed, for one response (or stream).
 #[derive(Debug, Clone)]
 pub struct ListTrim {
-    pub shape: ListShape,
     pub visibility: Visibility,
-    /// The request's JSON-RPC id: only its response is trimmed.
-    pub id: Value,
+    /// The request's JSON-RPC id, if it had one: an unreadable list is
+    /// replaced by an error carrying it.
+    pub id: Option<Value>,
     /// Mark the result `cacheScope: "private"` (MCP 2026-07-28 and later):
     /// a list cut for one caller must not be shared with another.
     pub private_cache_scope: bool,
+}
+
+/// Whether an event's data may be a message with a `result`: a byte search,
+/// so events that cannot be one (most of a stream) are never parsed. A key
+/// spelled with `\u` escapes is found by the second needle.
+fn may_carry_result(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"result").is_some() || memchr::memmem::find(data, b"\\u").is_some()
+}
+
+/// Whether a JSON (not SSE) response to a request for `method` is buffered
+/// and trimmed: a list method, and any method the filter does not know to
+/// answer with something else (so a spelling an upstream reads as a list
+/// method is covered too). The common calls whose results may be large
+/// (`tools/call`, `resources/read`) stream through unbuffered: an upstream
+/// answers them with their own result shape. Any SSE response is trimmed
+/// event by event whatever the method.
+pub fn buffers_json_answer(method: Option<&str>) -> bool {
+    const NOT_LISTS: [&str; 9] = [
+        "initialize",
+        "ping",
+        "tools/call",
+        "prompts/get",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "logging/setLevel",
+    ];
+    method.is_some_and(|m| !NOT_LISTS.contains(&m) && !m.starts_with("notifications/"))
 }
 
 /// The members of a JSON object, each value left as raw JSON text (only
@@ -53,34 +88,31 @@ fn push_key(out: &mut String, key: &str) {
 }
 
 impl ListTrim {
-    fn visible(&self, entry: &RawValue) -> bool {
+    fn visible(&self, shape: ListShape, entry: &RawValue) -> bool {
         let Ok(names) = serde_json::from_str::<EntryNames<'_>>(entry.get()) else {
             return false;
         };
-        let name = match self.shape.name_field {
+        let name = match shape.name_field {
             "name" => names.name,
             "uri" => names.uri,
             _ => names.uri_template,
         };
-        name.is_some_and(|n| self.visibility.permits(self.shape.kind, &n))
+        name.is_some_and(|n| self.visibility.permits(shape.kind, &n))
     }
 
-    /// Trims one JSON-RPC message (as text). `Ok(None)`: not the response
-    /// to our request, leave it; `Err`: not a JSON object at all.
+    /// Trims one JSON-RPC message (as text). `Ok(None)`: its result (if
+    /// any) is no list, leave it; `Err`: not a JSON object at all.
     fn trim_text(&self, text: &str) -> Result<Option<String>, serde_json::Error> {
         let message: RawObject<'_> = serde_json::from_str(text)?;
-        let Some(id) = message.get("id") else {
-            return Ok(None);
-        };
-        if serde_json::from_str::<Value>(id.get()).ok().as_ref() != Some(&self.id) {
-            return Ok(None);
-        }
         let Some(result) = message
             .get("result")
             .and_then(|r| serde_json::from_str::<RawObject<'_>>(r.get()).ok())
         else {
             return Ok(None);
         };
+        if !result.keys().any(|k| ListShape::of_field(k).is_some()) {
+            return Ok(None);
+        }
         let mut out = String::with_capacity(text.len());
         out.push('{');
         for (n, (key, value)) in message.iter().enumerate() {
@@ -112,11 +144,11 @@ impl ListTrim {
                 continue;
             }
             member(out, key);
-            if key == self.shape.field {
+            if let Some(shape) = ListShape::of_field(key) {
                 // Not an array: nothing sensible to pass on.
                 let entries: Vec<&RawValue> = serde_json::from_str(value.get()).unwrap_or_default();
                 out.push('[');
-                let kept = entries.into_iter().filter(|e| self.visible(e));
+                let kept = entries.into_iter().filter(|e| self.visible(shape, e));
                 for (n, entry) in kept.enumerate() {
                     if n > 0 {
                         out.push(',');
@@ -137,14 +169,14 @@ impl ListTrim {
 
     fn unreadable(&self) -> String {
         jsonrpc::error_body(
-            Some(&self.id),
+            self.id.as_ref(),
             jsonrpc::INTERNAL_ERROR,
             "the gateway could not read the MCP server's list response, so it cannot show what you may see; retry, and tell the operator if it persists",
         )
     }
 
-    /// Trims a whole `application/json` body. `None` when it is not the
-    /// list response (pass it on as it is).
+    /// Trims a whole `application/json` body. `None` when it is no list
+    /// (pass it on as it is); an unreadable body is replaced by an error.
     pub fn json_body(&self, body: &[u8]) -> Option<Vec<u8>> {
         let trimmed = std::str::from_utf8(body)
             .ok()
@@ -231,18 +263,27 @@ impl SseTrimmer {
             // error for the request instead of passing it on.
             self.failed = true;
             self.pending = Vec::new();
-            out.extend_from_slice(b"event: message\ndata: ");
-            out.extend(self.trim.unreadable().into_bytes());
-            out.extend_from_slice(b"\n\n");
+            out.extend(self.unreadable_event());
         }
+        out
+    }
+
+    /// The error event that replaces what cannot be checked.
+    fn unreadable_event(&self) -> Vec<u8> {
+        let mut out = b"event: message\ndata: ".to_vec();
+        out.extend(self.trim.unreadable().into_bytes());
+        out.extend_from_slice(b"\n\n");
         out
     }
 
     /// One complete event (with its blank line): returned as it is unless
     /// its data is the list response.
     fn event(&self, raw: &[u8]) -> Vec<u8> {
-        let Ok(text) = std::str::from_utf8(raw) else {
+        if !may_carry_result(raw) {
             return raw.to_vec();
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            return self.unreadable_event();
         };
         let mut data: Vec<&str> = Vec::new();
         let mut other: Vec<&str> = Vec::new();
@@ -264,8 +305,12 @@ impl SseTrimmer {
         if data.is_empty() {
             return raw.to_vec();
         }
-        let Ok(Some(message)) = self.trim.trim_text(&data.join("\n")) else {
-            return raw.to_vec();
+        let message = match self.trim.trim_text(&data.join("\n")) {
+            Ok(Some(message)) => message,
+            Ok(None) => return raw.to_vec(),
+            // Data that may hold a result but is no JSON object (an array,
+            // a torn message): a client might still read a list from it.
+            Err(_) => return self.unreadable_event(),
         };
         let mut out = String::new();
         for line in other {
@@ -287,13 +332,12 @@ mod tests {
 
     fn trim(private: bool) -> ListTrim {
         ListTrim {
-            shape: ListShape::of_method("tools/list").unwrap(),
             visibility: Visibility::new(
                 Rules::new(&["echo".into(), "get-*".into()], &["get-env".into()]),
                 Rules::default(),
                 Rules::default(),
             ),
-            id: json!(7),
+            id: Some(json!(7)),
             private_cache_scope: private,
         }
     }
@@ -331,11 +375,9 @@ mod tests {
 
     #[test]
     fn other_messages_pass_and_unreadable_lists_fail_closed() {
-        assert!(
-            trim(false)
-                .json_body(list(json!(8)).to_string().as_bytes())
-                .is_none()
-        );
+        let call =
+            json!({"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"tools"}]}});
+        assert!(trim(false).json_body(call.to_string().as_bytes()).is_none());
         let error = json!({"jsonrpc":"2.0","id":7,"error":{"code":-1,"message":"x"}});
         assert!(
             trim(false)
@@ -427,5 +469,105 @@ mod tests {
             false,
         );
         assert_eq!(names(&sse_events(&out)[0]), ["echo"]);
+    }
+
+    #[test]
+    fn a_list_is_trimmed_whatever_its_id_says() {
+        // Another spelling of the id, another request's id, a string id, no
+        // id at all: the caller's view applies to every list.
+        for id in [
+            "7.0",
+            "7e0",
+            "70e-1",
+            "8",
+            "\"7\"",
+            "null",
+            "18446744073709551617",
+        ] {
+            let text = list(json!(0))
+                .to_string()
+                .replacen("\"id\":0", &format!("\"id\":{id}"), 1);
+            let out = trim(false).json_body(text.as_bytes()).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(names(&v), ["echo", "get-sum"], "{id}");
+            assert!(!String::from_utf8(out).unwrap().contains("get-env"), "{id}");
+        }
+    }
+
+    #[test]
+    fn every_kind_of_list_in_one_result_is_trimmed() {
+        use crate::visibility::Rules;
+        let t = ListTrim {
+            visibility: Visibility::new(
+                Rules::new(&["echo".into()], &[]),
+                Rules::new(&["simple".into()], &[]),
+                Rules::new(&["demo://ok/*".into()], &[]),
+            ),
+            id: None,
+            private_cache_scope: false,
+        };
+        let message = json!({"jsonrpc":"2.0","id":"x","result":{
+            "tools":[{"name":"echo"},{"name":"add"}],
+            "prompts":[{"name":"simple"},{"name":"secret"}],
+            "resources":[{"uri":"demo://ok/1"},{"uri":"demo://no/1"}],
+            "resourceTemplates":[{"uriTemplate":"demo://ok/{x}"},{"uriTemplate":"demo://no/{x}"}],
+            "other":[{"name":"kept"}]}});
+        let out = t.json_body(message.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["result"],
+            json!({"tools":[{"name":"echo"}],"prompts":[{"name":"simple"}],
+                "resources":[{"uri":"demo://ok/1"}],
+                "resourceTemplates":[{"uriTemplate":"demo://ok/{x}"}],
+                "other":[{"name":"kept"}]})
+        );
+    }
+
+    #[test]
+    fn sse_lists_for_any_request_and_escaped_keys_are_trimmed() {
+        // A replayed list (another request's id) between other events, and
+        // a list whose keys are written with escapes.
+        let escaped = r#"{"jsonrpc":"2.0","id":3,"\u0072esult":{"tool\u0073":[{"name":"echo"},{"name":"get-env"}]}}"#;
+        let stream = format!(
+            "id: a\ndata: {}\n\nid: b\ndata: {}\n\ndata: {escaped}\n\n",
+            json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}),
+            list(json!("earlier-request")),
+        );
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let out = t.push(stream.as_bytes(), true);
+        let events = sse_events(&out);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["method"], "notifications/tools/list_changed");
+        assert_eq!(names(&events[1]), ["echo", "get-sum"]);
+        assert_eq!(names(&events[2]), ["echo"]);
+        assert!(!String::from_utf8(out).unwrap().contains("get-env"));
+    }
+
+    #[test]
+    fn sse_data_that_may_hold_a_list_but_is_no_object_fails_closed() {
+        for data in [
+            format!("[{}]", list(json!(7))),
+            "{\"result\":{\"tools\":[{\"name\":\"get-env\"".to_owned(),
+        ] {
+            let mut t = SseTrimmer::new(trim(false), 1 << 20);
+            let out = t.push(format!("data: {data}\n\n").as_bytes(), false);
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert!(!text.contains("get-env"), "{text}");
+            assert_eq!(
+                sse_events(&out)[0]["error"]["code"],
+                jsonrpc::INTERNAL_ERROR
+            );
+        }
+        // Invalid UTF-8 around a result: also replaced.
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let out = t.push(b"data: {\"result\":\xff}\n\n", false);
+        assert_eq!(
+            sse_events(&out)[0]["error"]["code"],
+            jsonrpc::INTERNAL_ERROR
+        );
+        // Plain events without a result pass byte for byte, unparsed.
+        let mut t = SseTrimmer::new(trim(false), 1 << 20);
+        let plain = b"data: not json at all\n\n";
+        assert_eq!(t.push(plain, false), plain.to_vec());
     }
 }

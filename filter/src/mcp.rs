@@ -326,11 +326,19 @@ fn mismatch(message: impl Into<String>) -> RequestError {
     RequestError::new(400, jsonrpc::HEADER_MISMATCH, message)
 }
 
-/// A valid JSON-RPC id: a string or a number.
+/// A valid JSON-RPC id: a string, or an integer every JSON reader reads
+/// alike (MCP ids are strings or integers). A fractional number or one
+/// beyond ±(2^53 − 1) is refused: the upstream might read another value
+/// than the gateway, and a response could not be matched to its request
+/// ([`jsonrpc::same_id`]).
 fn read_id(obj: &Map<String, Value>) -> Result<Option<&Value>, RequestError> {
     match obj.get("id") {
         None => Ok(None),
-        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
+        Some(v @ Value::String(_)) => Ok(Some(v)),
+        Some(v @ Value::Number(_)) if jsonrpc::IdKey::of(v).is_some() => Ok(Some(v)),
+        Some(Value::Number(_)) => Err(invalid(
+            "\"id\" must be a string or an integer between -9007199254740991 and 9007199254740991",
+        )),
         Some(Value::Null) => Ok(None),
         Some(_) => Err(invalid("\"id\" must be a string or a number")),
     }
@@ -670,11 +678,22 @@ mod tests {
         }
         let m = classify(
             &post(&[]),
-            br#"{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}"#,
+            br#"{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}"#,
         )
         .unwrap();
         assert_eq!(m.name, None);
-        assert_eq!(m.id, Some(json!(1.5)));
+        assert_eq!(m.id, Some(json!(1.0)), "kept as the client spelled it");
+    }
+
+    #[test]
+    fn ids_no_reader_agrees_on_are_refused() {
+        for id in ["1.5", "9007199254740992", "18446744073709551617", "-1e300"] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            let e = err(&post(&[]), &body);
+            assert_eq!(e.http_status, 400, "{id}");
+            assert_eq!(e.jsonrpc_code, jsonrpc::INVALID_REQUEST, "{id}");
+            assert!(e.message.contains("integer"), "{id}: {}", e.message);
+        }
     }
 
     #[test]

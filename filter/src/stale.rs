@@ -1,9 +1,28 @@
-//! When the upstream refuses the OAuth credential Latchkey injected (HTTP
-//! 401 with a per-user token the provider has since revoked or rotated
-//! away): the client never sees that 401 (its own token is fine; a 401
-//! would send it into a sign-in loop), it gets a JSON-RPC error saying to
-//! retry, and the next `Check` from this Envoy names the refused
-//! credential so the service refreshes it first.
+//! An upstream's authentication challenge never reaches the client.
+//!
+//! The client authenticates to Latchkey, not to the upstream: an upstream
+//! 401 (or a 403 with `WWW-Authenticate`, RFC 6750 `insufficient_scope`)
+//! is about the credential Latchkey injected, or about none at all. Passed
+//! on, it would send the client into a sign-in loop with its own (valid)
+//! token, and a malicious upstream's `WWW-Authenticate: Bearer
+//! resource_metadata="https://evil/..."` would steer the client's OAuth
+//! discovery (RFC 9728) to an authorization server of the upstream's
+//! choosing, where the client may send its credentials. So, whatever was
+//! injected (a person's OAuth token, a shared secret, nothing):
+//! * such a response is replaced by a JSON-RPC error carrying the
+//!   request's id ([`challenge_reply`]): HTTP 200 for a request (an
+//!   in-band MCP error the client shows; a 4xx would read as the client's
+//!   own token being refused), 502 for what has no JSON-RPC answer (a GET
+//!   stream, a notification, a DELETE): the gateway's upstream failed;
+//! * `WWW-Authenticate` is removed from every other upstream response.
+//!
+//! Latchkey's own 401s (missing or bad client token) are local replies and
+//! keep their `WWW-Authenticate` with `resource_metadata`.
+//!
+//! A refused per-user OAuth credential (revoked or rotated away at the
+//! provider) is also remembered: the client gets an error saying to retry,
+//! and the next `Check` from this Envoy names the refused credential so the
+//! service refreshes it first.
 //!
 //! Inside Envoy the memory is proxy-wasm shared data, seen by every
 //! worker's VM: one refusal is enough for the whole Envoy (see
@@ -124,15 +143,35 @@ impl RejectedCredentials {
     }
 }
 
-/// What the client gets instead of the upstream's 401: HTTP 200 with a
-/// JSON-RPC error carrying the request's id.
-pub fn refused_reply(id: Option<&Value>) -> LocalReply {
-    LocalReply::error(
-        200,
-        id,
-        jsonrpc::INTERNAL_ERROR,
-        "the upstream server refused the stored credential (its provider may have revoked or replaced the token); Latchkey refreshes it on the next request: retry",
-    )
+/// The response header an upstream's challenge rides in; never passed on.
+pub const CHALLENGE_HEADER: &str = "www-authenticate";
+
+/// Whether an upstream response with this `:status` is an authentication
+/// challenge the client must not see: any 401, and a 403 carrying
+/// `WWW-Authenticate`.
+pub fn is_challenge(status: Option<&str>, has_challenge_header: bool) -> bool {
+    match status.map(str::trim) {
+        Some("401") => true,
+        Some("403") => has_challenge_header,
+        _ => false,
+    }
+}
+
+/// What the client gets instead of the upstream's challenge: a JSON-RPC
+/// error with the request's id (HTTP 200), or HTTP 502 when the request
+/// has no id to answer. `refreshable`: the refused credential is a
+/// person's OAuth token Latchkey refreshes on the next request.
+pub fn challenge_reply(id: Option<&Value>, status: &str, refreshable: bool) -> LocalReply {
+    let http = if id.is_some() { 200 } else { 502 };
+    let message = if refreshable {
+        "the upstream server refused the stored credential (its provider may have revoked or replaced the token); Latchkey refreshes it on the next request: retry".to_owned()
+    } else {
+        format!(
+            "the upstream MCP server refused the gateway's credential for it (HTTP {}); your own token is fine and retrying will not help: tell the operator, who can check the server's identity with `latchkey identity show`",
+            status.trim()
+        )
+    };
+    LocalReply::error(http, id, jsonrpc::INTERNAL_ERROR, &message)
 }
 
 #[cfg(test)]
@@ -201,11 +240,43 @@ mod tests {
 
     #[test]
     fn the_reply_is_a_json_rpc_error_with_the_id() {
-        let reply = refused_reply(Some(&Value::from(9)));
+        let reply = challenge_reply(Some(&Value::from(9)), "401", true);
         assert_eq!(reply.status, 200);
         let v: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(v["id"], 9);
         assert_eq!(v["error"]["code"], jsonrpc::INTERNAL_ERROR);
         assert!(v["error"]["message"].as_str().unwrap().contains("retry"));
+        assert!(
+            !reply
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(CHALLENGE_HEADER))
+        );
+        // Not refreshable: no promise that a retry helps; no id: 502.
+        let reply = challenge_reply(None, "403", false);
+        assert_eq!(reply.status, 502);
+        let v: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(v["id"], Value::Null);
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("HTTP 403") && message.contains("operator"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_401_and_a_403_with_a_challenge_are_challenges() {
+        assert!(is_challenge(Some("401"), false));
+        assert!(is_challenge(Some("401"), true));
+        assert!(is_challenge(Some("403"), true));
+        assert!(
+            !is_challenge(Some("403"), false),
+            "the upstream's own refusal"
+        );
+        assert!(
+            !is_challenge(Some("200"), true),
+            "the header is stripped instead"
+        );
+        assert!(!is_challenge(None, true));
     }
 }

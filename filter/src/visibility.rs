@@ -84,6 +84,28 @@ pub struct ListShape {
 }
 
 impl ListShape {
+    /// Every list: a result carrying one of these fields is a list,
+    /// whatever request it answers.
+    pub const ALL: [ListShape; 4] = [
+        ListShape::new(ItemKind::Tool, "tools", "name"),
+        ListShape::new(ItemKind::Prompt, "prompts", "name"),
+        ListShape::new(ItemKind::Resource, "resources", "uri"),
+        ListShape::new(ItemKind::Resource, "resourceTemplates", "uriTemplate"),
+    ];
+
+    const fn new(kind: ItemKind, field: &'static str, name_field: &'static str) -> ListShape {
+        ListShape {
+            kind,
+            field,
+            name_field,
+        }
+    }
+
+    /// The list whose result carries `field`, if any.
+    pub fn of_field(field: &str) -> Option<ListShape> {
+        ListShape::ALL.into_iter().find(|s| s.field == field)
+    }
+
     pub fn of_method(method: &str) -> Option<ListShape> {
         let (kind, field, name_field) = match method {
             "tools/list" => (ItemKind::Tool, "tools", "name"),

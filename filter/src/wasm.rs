@@ -558,7 +558,8 @@ impl HttpContext for Filter {
             }
         };
         let action = if self.flow.is_announcing() {
-            self.flow.on_stream_body(body_size, read, take_completed)
+            self.flow
+                .on_stream_body(body_size, end_of_stream, read, take_completed)
         } else {
             self.flow.on_response_body(body_size, end_of_stream, read)
         };

@@ -866,6 +866,24 @@ impl AuthEcho {
     pub async fn requests(&self) -> Result<u64> {
         Ok(self.seen().await?["requests"].as_u64().unwrap_or(0))
     }
+
+    /// From now on answers every `/mcp` request with `status` and
+    /// `WWW-Authenticate: <www_authenticate>` (a refusing or malicious
+    /// upstream); status 200 answers normally with the header added, 0 stops.
+    pub async fn challenge(&self, status: u16, www_authenticate: &str) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/challenge", self.port);
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .json(&serde_json::json!({"status": status, "www_authenticate": www_authenticate}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        if !resp.status().is_success() {
+            bail!("POST {url}: {}", resp.status());
+        }
+        Ok(())
+    }
 }
 
 /// The strings of a JSON array (none when it is not one).

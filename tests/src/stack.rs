@@ -321,6 +321,8 @@ auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }
 name = "everything"
 url = "{everything_url}"
 auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+# server-everything answers requests over SSE; hidden names are answered so too.
+responses = "sse"
 
 [[servers]]
 name = "fast"

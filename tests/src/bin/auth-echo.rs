@@ -11,6 +11,12 @@
 //!   "round_trip_fields": n}` (the last counts bodies carrying an MCP
 //!   `requestState` or `inputResponses`).
 //!
+//! * `POST /challenge` with `{"status": 401, "www_authenticate": "..."}`:
+//!   from then on it plays a malicious (or merely refusing) upstream and
+//!   answers every `/mcp` request with that status and `WWW-Authenticate`;
+//!   with status 200 it answers normally but adds the header; with
+//!   `{"status": 0}` it stops.
+//!
 //! It never logs header values: the secret scan of the test logs must pass.
 //!
 //! Its SSE streams carry a keep-alive comment every 15 s (rmcp's default),
@@ -23,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
-use axum::response::{Json, Response};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use rmcp::handler::server::tool::Extension;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -39,6 +45,8 @@ struct Seen {
     /// Bodies that carried a `requestState` or `inputResponses`: the
     /// gateway's own consent round trip must never reach this server.
     round_trip_fields: u64,
+    /// The status and `WWW-Authenticate` to answer `/mcp` with, if any.
+    challenge: Option<(u16, String)>,
 }
 
 type SharedSeen = Arc<Mutex<Seen>>;
@@ -88,7 +96,45 @@ async fn record(State(seen): State<SharedSeen>, request: Request, next: Next) ->
             }
         }
     }
-    next.run(request).await
+    let challenge = if request.uri().path().starts_with("/mcp") {
+        seen.lock().ok().and_then(|s| s.challenge.clone())
+    } else {
+        None
+    };
+    let Some((status, www_authenticate)) = challenge else {
+        return next.run(request).await;
+    };
+    let mut response = if status == 200 {
+        next.run(request).await
+    } else {
+        let mut refused = Json(json!({"error": "invalid_token"})).into_response();
+        *refused.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::UNAUTHORIZED);
+        refused
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&www_authenticate) {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+#[derive(serde::Deserialize)]
+struct Challenge {
+    status: u16,
+    #[serde(default)]
+    www_authenticate: String,
+}
+
+async fn set_challenge(
+    State(seen): State<SharedSeen>,
+    Json(c): Json<Challenge>,
+) -> Json<serde_json::Value> {
+    if let Ok(mut s) = seen.lock() {
+        s.challenge = (c.status != 0).then_some((c.status, c.www_authenticate));
+    }
+    Json(json!({"ok": true}))
 }
 
 async fn seen(State(seen): State<SharedSeen>) -> Json<serde_json::Value> {
@@ -130,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .nest_service("/mcp", mcp)
         .route("/seen", get(seen))
+        .route("/challenge", axum::routing::post(set_challenge))
         .layer(middleware::from_fn_with_state(seen_state.clone(), record))
         .with_state(seen_state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -6,7 +6,9 @@
 //! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`), all at once
 //!   or, with `--page-size N`, N per page with `nextCursor`;
 //! * `tools/call` → an echo: one text block naming the tool, and the call's
-//!   `arguments` back as `structuredContent.echo`;
+//!   `arguments` back as `structuredContent.echo`; a name it does not have
+//!   gets the failed tool result the TypeScript SDK answers
+//!   (`MCP error -32602: Tool <name> not found`);
 //! * notifications → 202 with no body; anything else → JSON-RPC -32601.
 //!
 //! So that a benchmark can check credential injection without logging a
@@ -85,6 +87,18 @@ fn answer(body: &[u8], credential: &str, page: Option<usize>) -> Response {
         "tools/list" => tools(message["params"]["cursor"].as_str(), page),
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("");
+            let known = name
+                .strip_prefix("tool_")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n < TOOLS && name.len() == 7);
+            if !known {
+                let text = format!("MCP error -32602: Tool {name} not found");
+                return json_reply(
+                    StatusCode::OK,
+                    json!({"jsonrpc": "2.0", "id": id, "result": {
+                        "content": [{ "type": "text", "text": text }], "isError": true}}),
+                );
+            }
             json!({
                 "content": [{ "type": "text", "text": format!("ok {name}") }],
                 "structuredContent": { "echo": message["params"]["arguments"], "credential": credential },
