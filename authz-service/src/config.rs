@@ -376,6 +376,35 @@ pub struct Listen {
     /// reach for the connect page): a port only the scraper is let into.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// mTLS on the gRPC listener (`[listen.grpc_tls]`): an allowed Check
+    /// carries a decrypted credential, so only the Envoys meant to call it
+    /// may. Required on a non-loopback `grpc` address unless `grpc_insecure`.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Plaintext gRPC on a non-loopback address, for a network where
+    /// something else authenticates the caller (Istio's mesh mTLS plus the
+    /// `AuthorizationPolicy` that `latchkey envoy istio` renders). Logged
+    /// as a warning at every start.
+    #[serde(default)]
+    pub grpc_insecure: bool,
+}
+
+/// `[listen.grpc_tls]`: the gRPC listener's certificate, and the CA whose
+/// client certificates (the Envoys') it accepts. PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    /// The listener's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Callers must present a certificate this CA issued; anyone else is
+    /// refused in the TLS handshake.
+    pub client_ca: PathBuf,
+    /// When set, a caller's certificate must also name one of these as a
+    /// URI SAN (a SPIFFE ID) or DNS SAN: set it whenever `client_ca` also
+    /// issues certificates to other workloads (a mesh CA always does).
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -391,6 +420,8 @@ impl Default for Listen {
             grpc: default_grpc(),
             http: default_http(),
             metrics: None,
+            grpc_tls: None,
+            grpc_insecure: false,
         }
     }
 }
@@ -761,6 +792,7 @@ impl Config {
                 "[vault] needs key_file or key_env: master keys never live in Redis".into(),
             );
         }
+        self.listen.validate().map_err(ConfigError::Invalid)?;
         let mut names = HashSet::new();
         for s in &self.servers {
             if !names.insert(s.name.as_str()) {
@@ -842,6 +874,45 @@ impl Config {
             for c in &g.combined {
                 g.validate_combined(c, &mut assignments)
                     .map_err(ConfigError::Invalid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listen {
+    /// What can be told from the file alone; whether the gRPC listener may
+    /// run without TLS on its address is `latchkey serve`'s to refuse
+    /// (`grpc_tls::ListenerSecurity`), so that the CLI commands sharing
+    /// this file keep working.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.grpc_tls {
+            if self.grpc_insecure {
+                return Err(
+                    "[listen] sets both grpc_insecure and [listen.grpc_tls]: the listener uses mTLS when [listen.grpc_tls] is there, so remove grpc_insecure"
+                        .into(),
+                );
+            }
+            for (field, path) in [
+                ("cert", &tls.cert),
+                ("key", &tls.key),
+                ("client_ca", &tls.client_ca),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(format!(
+                        "[listen.grpc_tls] {field} is empty: give the path of a PEM file"
+                    ));
+                }
+            }
+            if let Some(bad) = tls
+                .allowed_clients
+                .iter()
+                .find(|c| c.is_empty() || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+            {
+                return Err(format!(
+                    "[listen.grpc_tls] allowed_clients: '{}' is not a SAN; write a URI SAN (spiffe://trust-domain/ns/<namespace>/sa/<account>) or a DNS name",
+                    bad.escape_debug()
+                ));
             }
         }
         Ok(())
@@ -996,6 +1067,41 @@ scheme = "per_user"
         );
         let err = Config::parse(&text).unwrap_err().to_string();
         assert!(err.contains("remove `identity`"), "{err}");
+    }
+
+    #[test]
+    fn the_grpc_listeners_tls_is_read_and_checked() {
+        let with = |listen: &str| {
+            Config::parse(&SAMPLE.replace(
+                "[identity_provider]",
+                &format!("{listen}\n\n[identity_provider]"),
+            ))
+        };
+        let c = with(
+            "[listen]\ngrpc = \"0.0.0.0:9191\"\n[listen.grpc_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\nallowed_clients = [\"spiffe://corp/ns/gw/sa/envoy\"]",
+        )
+        .unwrap();
+        let tls = c.listen.grpc_tls.unwrap();
+        assert_eq!(tls.client_ca, PathBuf::from("/ca.pem"));
+        assert_eq!(tls.allowed_clients, ["spiffe://corp/ns/gw/sa/envoy"]);
+        assert!(!c.listen.grpc_insecure);
+        let err = with(
+            "[listen]\ngrpc_insecure = true\n[listen.grpc_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("remove grpc_insecure"), "{err}");
+        let err = with(
+            "[listen.grpc_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nclient_ca = \"/ca.pem\"\nallowed_clients = [\"spiffe://a b\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is not a SAN"), "{err}");
+        // A client CA is not optional: TLS without it would authenticate nobody.
+        let err = with("[listen.grpc_tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_ca"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,12 @@ impl RequestContext {
                     .get(latchkey_proto::MCP_METADATA_NAMESPACE)
             })
             .and_then(McpMessage::from_metadata);
+        // The refused-credential report is the Latchkey filter's to make (it
+        // drops a client's copy). Behind Envoy's native ext_authz every
+        // client header is forwarded, so without the filter's metadata the
+        // header is the client's: believing it would let anyone force
+        // refreshes of shared OAuth identities.
+        let from_latchkey_filter = from_filter.is_some();
         let mcp = match from_filter {
             Some(m) => Some(m),
             None => crate::native::mcp_from_http(&http)?,
@@ -73,6 +79,7 @@ impl RequestContext {
             http.raw_body.clone()
         };
         let rejected_credentials = header(latchkey_filter::stale::REJECTED_HEADER)
+            .filter(|_| from_latchkey_filter)
             .map(|v| {
                 v.split(',')
                     .map(str::trim)
@@ -119,5 +126,64 @@ impl RequestContext {
             _ => return None,
         };
         Some((kind, reference.get(key)?.as_str()?.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_proto::auth::AttributeContext;
+    use latchkey_proto::auth::attribute_context::{HttpRequest, Request};
+
+    /// A POST of a `tools/call` whose headers include a refused-credential
+    /// report; with `filter_metadata`, as the Latchkey filter sends it.
+    fn check(filter_metadata: bool) -> CheckRequest {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+        let mut http = HttpRequest {
+            method: "POST".into(),
+            path: "/mcp/crm".into(),
+            raw_body: body.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            (latchkey_filter::stale::REJECTED_HEADER, "crm-sa@3"),
+        ] {
+            http.headers.insert(k.into(), v.into());
+        }
+        let mut attributes = AttributeContext {
+            request: Some(Request {
+                http: Some(http.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if filter_metadata {
+            let message = crate::native::mcp_from_http(&http).unwrap().unwrap();
+            let mut md = latchkey_proto::core::Metadata::default();
+            md.filter_metadata.insert(
+                latchkey_proto::MCP_METADATA_NAMESPACE.into(),
+                message.to_metadata(),
+            );
+            attributes.metadata_context = Some(md);
+        }
+        CheckRequest {
+            attributes: Some(attributes),
+        }
+    }
+
+    #[test]
+    fn a_refused_credential_report_is_believed_only_from_the_latchkey_filter() {
+        let from_filter = RequestContext::from_check(&check(true)).unwrap();
+        assert_eq!(from_filter.rejected_credentials, ["crm-sa@3"]);
+        // Native ext_authz forwards the client's headers: the same header
+        // without the filter's metadata is the client's, and is ignored.
+        let from_client = RequestContext::from_check(&check(false)).unwrap();
+        assert!(from_client.rejected_credentials.is_empty());
+        assert_eq!(
+            from_client.mcp.and_then(|m| m.name).as_deref(),
+            Some("echo")
+        );
     }
 }

@@ -47,6 +47,23 @@ pub struct RenderOptions {
     /// The PEM bundle `https` upstreams' certificates must chain to, unless
     /// a server names its own `ca_file`.
     pub upstream_ca: String,
+    /// mTLS to the authorization service (its `[listen.grpc_tls]`); the
+    /// Wasm filter's Check and native ext_authz both go through that cluster.
+    pub authz_tls: Option<AuthzTls>,
+}
+
+/// How Envoy calls an authorization service that requires mTLS: it checks
+/// the service's certificate (chain to `ca`, `name` among its SANs) and
+/// presents its own. PEM paths as Envoy sees them.
+#[derive(Debug, Clone)]
+pub struct AuthzTls {
+    pub ca: String,
+    /// The service's DNS name (also sent as SNI) or IP address.
+    pub name: String,
+    /// Envoy's client certificate chain and key, issued by the CA the
+    /// service has as `client_ca`.
+    pub cert: String,
+    pub key: String,
 }
 
 /// The authorization service's cluster in a rendered bootstrap.
@@ -62,6 +79,8 @@ struct UpstreamTls<'a> {
     /// Host name for SNI (none for an IP literal) and the SAN to require.
     host: &'a str,
     ca: &'a str,
+    /// Envoy's own certificate and key, for an upstream that requires one.
+    client: Option<(&'a str, &'a str)>,
 }
 
 /// PEM files for a TLS listener, as paths Envoy will see.
@@ -208,6 +227,14 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             y.push_str(&indented_yaml(&filter, 14));
         }
         AuthzMode::Native => {
+            // The refused-credential report is the Latchkey filter's; a
+            // client's copy goes before ext_authz sees the request (the
+            // service also ignores it without the filter's metadata).
+            let _ = writeln!(
+                y,
+                "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations:\n                request_mutations:\n                - remove: \"{}\"",
+                latchkey_filter::stale::REJECTED_HEADER
+            );
             // Envoy's own MCP parser first, as a native MCP deployment has it;
             // the service still reads the forwarded body for the decision.
             let _ = writeln!(
@@ -253,7 +280,12 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             })
             .collect()
     };
-    cluster(&mut y, &opts.authz_cluster, &replicas, true, None);
+    let authz_tls = opts.authz_tls.as_ref().map(|t| UpstreamTls {
+        host: &t.name,
+        ca: &t.ca,
+        client: Some((&t.cert, &t.key)),
+    });
+    cluster(&mut y, &opts.authz_cluster, &replicas, true, authz_tls);
     cluster(
         &mut y,
         "latchkey_http",
@@ -272,6 +304,7 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         let tls = (s.url.scheme() == "https").then(|| UpstreamTls {
             host,
             ca: s.ca_file.as_deref().unwrap_or(&opts.upstream_ca),
+            client: None,
         });
         let port = s.url.port_or_known_default().unwrap_or(80);
         cluster(
@@ -448,9 +481,17 @@ fn cluster(
             // SNI carries host names only (RFC 6066).
             let _ = writeln!(y, "        sni: \"{}\"", tls.host);
         }
+        let _ = writeln!(y, "        common_tls_context:");
+        if let Some((cert, key)) = tls.client {
+            // gRPC over TLS negotiates HTTP/2 by ALPN.
+            let _ = writeln!(
+                y,
+                "          alpn_protocols: [\"h2\"]\n          tls_certificates:\n          - certificate_chain: {{ filename: \"{cert}\" }}\n            private_key: {{ filename: \"{key}\" }}"
+            );
+        }
         let _ = writeln!(
             y,
-            "        common_tls_context:\n          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}\n            match_typed_subject_alt_names:\n            - san_type: {}\n              matcher: {{ exact: \"{}\" }}",
+            "          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}\n            match_typed_subject_alt_names:\n            - san_type: {}\n              matcher: {{ exact: \"{}\" }}",
             tls.ca,
             if ip { "IP_ADDRESS" } else { "DNS" },
             tls.host
@@ -492,6 +533,7 @@ mod tests {
             upstream_ca: DEFAULT_UPSTREAM_CA.into(),
             authz_cluster: DEFAULT_AUTHZ_CLUSTER.into(),
             authz_authority: DEFAULT_AUTHZ_AUTHORITY.into(),
+            authz_tls: None,
         }
     }
 
@@ -565,6 +607,80 @@ mod tests {
         assert!(y.contains("failure_mode_allow: false"));
         assert!(y.contains("pack_as_bytes: true"));
         assert!(!y.contains("envoy.wasm.runtime.v8"));
+    }
+
+    /// The filters of the listener, by name, in order.
+    fn http_filters(y: &str) -> Vec<String> {
+        let bootstrap: serde_json::Value = serde_yaml_ng::from_str(y).unwrap();
+        bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn native_mode_drops_a_clients_refused_credential_report_before_ext_authz() {
+        let y = render(&local(), &defaults(AuthzMode::Native));
+        let filters = http_filters(&y);
+        let strip = filters
+            .iter()
+            .position(|f| f == "envoy.filters.http.header_mutation")
+            .expect("a header mutation filter");
+        let authz = filters.iter().position(|f| f == "latchkey").unwrap();
+        assert!(strip < authz, "{filters:?}");
+        assert!(y.contains(&format!(
+            "- remove: \"{}\"",
+            latchkey_filter::stale::REJECTED_HEADER
+        )));
+        // The Wasm filter drops it itself.
+        let wasm = render(&local(), &defaults(AuthzMode::Wasm));
+        assert!(!http_filters(&wasm).contains(&"envoy.filters.http.header_mutation".into()));
+    }
+
+    #[test]
+    fn the_authz_cluster_speaks_mtls_and_checks_the_services_name() {
+        for mode in [AuthzMode::Wasm, AuthzMode::Native] {
+            let mut opts = defaults(mode);
+            opts.authz_tls = Some(AuthzTls {
+                ca: "/certs/latchkey-ca.pem".into(),
+                name: "latchkey.internal".into(),
+                cert: "/certs/envoy-client.pem".into(),
+                key: "/certs/envoy-client.key".into(),
+            });
+            let y = render(&local(), &opts);
+            let authz = cluster_of(&y, DEFAULT_AUTHZ_CLUSTER);
+            assert!(authz.contains("UpstreamTlsContext"), "{authz}");
+            assert!(authz.contains("sni: \"latchkey.internal\""), "{authz}");
+            assert!(authz.contains("alpn_protocols: [\"h2\"]"), "{authz}");
+            assert!(
+                authz.contains("certificate_chain: { filename: \"/certs/envoy-client.pem\" }"),
+                "{authz}"
+            );
+            assert!(
+                authz.contains("private_key: { filename: \"/certs/envoy-client.key\" }"),
+                "{authz}"
+            );
+            assert!(
+                authz.contains("trusted_ca: { filename: \"/certs/latchkey-ca.pem\" }"),
+                "{authz}"
+            );
+            assert!(authz.contains("san_type: DNS"), "{authz}");
+            assert!(
+                authz.contains("matcher: { exact: \"latchkey.internal\" }"),
+                "{authz}"
+            );
+            // An IP address: its SAN, no SNI.
+            opts.authz_tls.as_mut().unwrap().name = "10.0.0.9".into();
+            let y = render(&local(), &opts);
+            let authz = cluster_of(&y, DEFAULT_AUTHZ_CLUSTER);
+            assert!(authz.contains("san_type: IP_ADDRESS") && !authz.contains("sni:"));
+            // Without it the cluster is plaintext, as before.
+            let y = render(&local(), &defaults(mode));
+            assert!(!cluster_of(&y, DEFAULT_AUTHZ_CLUSTER).contains("transport_socket"));
+        }
     }
 
     /// The cluster block of `name` in a rendered bootstrap.

@@ -15,6 +15,15 @@
 //! Envoy's own ext_authz is used instead: an `AuthorizationPolicy` with
 //! `action: CUSTOM` and the mesh config's extension provider (printed as a
 //! comment: it belongs in the mesh config, not in a resource).
+//!
+//! In both modes Latchkey's gRPC port hands out decrypted credentials, so
+//! only the gateway may call it: a `PeerAuthentication` makes mTLS STRICT
+//! for Latchkey's workload (no plaintext caller), and an
+//! `AuthorizationPolicy` denies its gRPC port to every principal but the
+//! gateway's service account. A DENY rather than an ALLOW: an ALLOW policy
+//! on the workload would also shut its other ports (the HTTP side browsers
+//! reach, the admin API, metrics) unless each were listed, and no ALLOW
+//! policy added later can reopen a port a DENY closes.
 
 use std::collections::BTreeMap;
 
@@ -53,12 +62,28 @@ pub struct IstioOptions {
     /// A CA bundle path (in the gateway pod) `https` servers must chain to,
     /// unless a server names its own `ca_file`; none: Istio's default roots.
     pub upstream_ca: Option<String>,
+    /// Labels of Latchkey's own pods (what the mTLS resources select).
+    pub service_selector: BTreeMap<String, String>,
+    /// The mesh principals that may call Latchkey's gRPC port: the gateway
+    /// workload's service account (`<trust domain>/ns/<ns>/sa/<account>`).
+    pub gateway_principals: Vec<String>,
 }
 
 impl IstioOptions {
     /// The cluster Istio creates for Latchkey's gRPC port.
     pub fn authz_cluster(&self) -> String {
         format!("outbound|{}||{}", self.grpc_port, self.service_host)
+    }
+
+    /// Latchkey's namespace, from its Service host
+    /// (`<name>.<namespace>.svc.cluster.local`).
+    pub fn service_namespace(&self) -> &str {
+        self.service_host.split('.').nth(1).unwrap_or("default")
+    }
+
+    /// The principal Istio gives the default ingress gateway of `namespace`.
+    pub fn default_gateway_principal(namespace: &str) -> String {
+        format!("cluster.local/ns/{namespace}/sa/istio-ingressgateway-service-account")
     }
 }
 
@@ -88,6 +113,7 @@ pub fn render_istio(config: &Config, opts: &IstioOptions) -> String {
         AuthzMode::Native => resources.push(authorization_policy(config, opts)),
         AuthzMode::None => {}
     }
+    resources.extend(check_port_callers(opts));
     resources.extend(virtual_services(config, opts));
     resources.extend(upstream_tls(config, opts));
     for r in resources {
@@ -228,6 +254,37 @@ fn authorization_policy(config: &Config, opts: &IstioOptions) -> Value {
             "rules": [{ "to": [{ "operation": { "paths": paths } }] }],
         },
     })
+}
+
+/// Who may reach Latchkey's gRPC port: mesh mTLS only (STRICT), and of the
+/// mesh's workloads only the gateway (see the module comment).
+fn check_port_callers(opts: &IstioOptions) -> Vec<Value> {
+    let namespace = opts.service_namespace();
+    let metadata = |name: &str| json!({ "name": name, "namespace": namespace, "labels": { "app.kubernetes.io/managed-by": "latchkey" } });
+    vec![
+        json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": metadata("latchkey"),
+            "spec": {
+                "selector": { "matchLabels": opts.service_selector },
+                "mtls": { "mode": "STRICT" },
+            },
+        }),
+        json!({
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": metadata("latchkey-check-callers"),
+            "spec": {
+                "selector": { "matchLabels": opts.service_selector },
+                "action": "DENY",
+                "rules": [{
+                    "from": [{ "source": { "notPrincipals": opts.gateway_principals } }],
+                    "to": [{ "operation": { "ports": [opts.grpc_port.to_string()] } }],
+                }],
+            },
+        }),
+    ]
 }
 
 /// The mesh config's extension provider for `--mode native`, as a comment.
@@ -421,6 +478,8 @@ mod tests {
             max_body_bytes: 1 << 20,
             authz_timeout_ms: 2000,
             upstream_ca: None,
+            service_selector: [("app".to_string(), "latchkey".to_string())].into(),
+            gateway_principals: vec![IstioOptions::default_gateway_principal("istio-system")],
         }
     }
 
@@ -475,6 +534,7 @@ mod tests {
                 authz_endpoints: vec![],
                 tls: None,
                 upstream_ca: DEFAULT_UPSTREAM_CA.into(),
+                authz_tls: None,
             },
         );
         let bootstrap: Value = serde_yaml_ng::from_str(&bootstrap).unwrap();
@@ -773,5 +833,38 @@ mod tests {
             grpc["includeRequestBodyInCheck"]["allowPartialMessage"],
             false
         );
+    }
+
+    #[test]
+    fn only_the_gateway_reaches_the_check_port_over_mesh_mtls_in_both_modes() {
+        for mode in [AuthzMode::Wasm, AuthzMode::Native] {
+            let docs = documents(&render_istio(&example(), &options(mode)));
+            let peer = kind(&docs, "PeerAuthentication");
+            assert_eq!(peer.len(), 1);
+            assert_eq!(peer[0]["metadata"]["namespace"], "latchkey");
+            assert_eq!(
+                peer[0]["spec"]["selector"]["matchLabels"]["app"],
+                "latchkey"
+            );
+            assert_eq!(peer[0]["spec"]["mtls"]["mode"], "STRICT");
+            let callers: Vec<&Value> = kind(&docs, "AuthorizationPolicy")
+                .into_iter()
+                .filter(|p| p["metadata"]["name"] == "latchkey-check-callers")
+                .collect();
+            assert_eq!(callers.len(), 1);
+            let policy = callers[0];
+            assert_eq!(policy["metadata"]["namespace"], "latchkey");
+            assert_eq!(policy["spec"]["selector"]["matchLabels"]["app"], "latchkey");
+            assert_eq!(policy["spec"]["action"], "DENY");
+            let rules = policy["spec"]["rules"].as_array().unwrap();
+            assert_eq!(rules.len(), 1);
+            // Every caller but the gateway's service account, on the gRPC
+            // port only: the HTTP side and the admin API stay reachable.
+            assert_eq!(
+                rules[0]["from"][0]["source"]["notPrincipals"],
+                json!(["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"])
+            );
+            assert_eq!(rules[0]["to"][0]["operation"]["ports"], json!(["9191"]));
+        }
     }
 }

@@ -34,6 +34,7 @@ pub mod credentials;
 pub mod decision;
 pub mod elicitation;
 pub mod envoy_config;
+pub mod grpc_tls;
 pub mod http;
 pub mod identity;
 pub mod istio;

@@ -20,6 +20,7 @@ use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
 use latchkey_authz::credentials::Credentials;
 use latchkey_authz::envoy_config::{self, AuthzMode, DownstreamTls, RenderOptions};
+use latchkey_authz::grpc_tls::ListenerSecurity;
 use latchkey_authz::identity::{Availability, IdentitySecret};
 use latchkey_authz::metrics::Metrics;
 use latchkey_authz::policy::Policy;
@@ -171,6 +172,21 @@ enum EnvoyCommand {
         /// The `:authority` of the Check calls (e.g. the Service's host).
         #[arg(long, default_value = envoy_config::DEFAULT_AUTHZ_AUTHORITY)]
         authz_authority: String,
+        /// Call the authorization service over mTLS (its `[listen.grpc_tls]`):
+        /// the CA (PEM) its certificate must chain to.
+        #[arg(long, requires_all = ["authz_cert", "authz_key", "authz_name"])]
+        authz_ca: Option<String>,
+        /// Envoy's client certificate chain (PEM) for the authorization
+        /// service, issued by the CA that is its `client_ca`.
+        #[arg(long, requires = "authz_ca")]
+        authz_cert: Option<String>,
+        /// The private key of `--authz-cert` (PEM).
+        #[arg(long, requires = "authz_ca")]
+        authz_key: Option<String>,
+        /// The name the service's certificate must carry (DNS SAN, also sent
+        /// as SNI; or an IP address SAN).
+        #[arg(long, requires = "authz_ca")]
+        authz_name: Option<String>,
     },
     /// Print the Istio resources (YAML) that run Latchkey on an Istio gateway.
     Istio {
@@ -219,6 +235,16 @@ enum EnvoyCommand {
         /// to, unless a server sets `ca_file` (default: Istio's roots).
         #[arg(long)]
         upstream_ca: Option<String>,
+        /// A label of Latchkey's own pods, `key=value` (what the
+        /// PeerAuthentication and the gRPC port's AuthorizationPolicy select);
+        /// repeat for several.
+        #[arg(long = "service-selector", value_parser = label, default_value = "app=latchkey")]
+        service_selector: Vec<(String, String)>,
+        /// The mesh principal of the gateway workload, the only caller of
+        /// Latchkey's gRPC port (default: the ingress gateway's service
+        /// account in `--namespace`); repeat for several.
+        #[arg(long = "gateway-principal")]
+        gateway_principals: Vec<String>,
     },
 }
 
@@ -402,8 +428,21 @@ fn main() -> Result<()> {
             upstream_ca,
             authz_cluster,
             authz_authority,
+            authz_ca,
+            authz_cert,
+            authz_key,
+            authz_name,
         }) => {
             let config = Config::load(&config)?;
+            let authz_tls = match (authz_ca, authz_cert, authz_key, authz_name) {
+                (Some(ca), Some(cert), Some(key), Some(name)) => Some(envoy_config::AuthzTls {
+                    ca,
+                    name,
+                    cert,
+                    key,
+                }),
+                _ => None,
+            };
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| DownstreamTls {
                 cert,
                 key,
@@ -425,6 +464,7 @@ fn main() -> Result<()> {
                         upstream_ca,
                         authz_cluster,
                         authz_authority,
+                        authz_tls,
                     }
                 )
             );
@@ -445,6 +485,8 @@ fn main() -> Result<()> {
             max_body_bytes,
             authz_timeout_ms,
             upstream_ca,
+            service_selector,
+            gateway_principals,
         }) => {
             let config = Config::load(&config)?;
             if let Some(sum) = &wasm_sha256
@@ -466,7 +508,14 @@ fn main() -> Result<()> {
                 let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
                 Some(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
             };
+            let gateway_principals = if gateway_principals.is_empty() {
+                vec![latchkey_authz::istio::IstioOptions::default_gateway_principal(&namespace)]
+            } else {
+                gateway_principals
+            };
             let opts = latchkey_authz::istio::IstioOptions {
+                service_selector: service_selector.into_iter().collect(),
+                gateway_principals,
                 mode,
                 namespace,
                 selector: selector.into_iter().collect(),
@@ -568,6 +617,9 @@ async fn open_credentials(config: &Config) -> Result<Credentials> {
 }
 
 async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
+    // Before anything else: a listener that would hand credentials to
+    // unauthenticated callers is refused, not started.
+    let grpc_security = ListenerSecurity::from_listen(&config.listen)?;
     let credentials = open_credentials(&config).await?;
     let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
     // Invalidations first: readiness waits for the subscription, so no
@@ -629,14 +681,26 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(check::CheckService {
-            state: state.clone(),
-        }))
-        .add_service(ElicitationsServer::new(
+    let callers = grpc_security.callers();
+    let mut grpc = tonic::transport::Server::builder();
+    if let ListenerSecurity::Mtls { tls, .. } = &grpc_security {
+        grpc = grpc
+            .tls_config((**tls).clone())
+            .context("[listen.grpc_tls]: the certificate, key and client CA do not make a TLS configuration (does the key belong to the certificate?)")?;
+    }
+    grpc_security.log(grpc_addr);
+    let grpc = grpc
+        .add_service(AuthorizationServer::with_interceptor(
+            check::CheckService {
+                state: state.clone(),
+            },
+            callers.clone(),
+        ))
+        .add_service(ElicitationsServer::with_interceptor(
             latchkey_authz::elicitation::ElicitationService {
                 state: state.clone(),
             },
+            callers,
         ))
         .serve_with_shutdown(grpc_addr, shutdown_signal());
     let admin_grpc = tonic::transport::Server::builder()

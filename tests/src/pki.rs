@@ -68,6 +68,17 @@ impl Pki {
         issuer: &CertifiedIssuer<'static, KeyPair>,
         spiffe_id: &str,
     ) -> Result<ClientCert> {
+        let (cert, key) = self.issue_client(issuer, spiffe_id)?;
+        Ok(ClientCert {
+            identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes(),
+        })
+    }
+
+    fn issue_client(
+        &self,
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+        spiffe_id: &str,
+    ) -> Result<(rcgen::Certificate, KeyPair)> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .subject_alt_names
@@ -75,9 +86,31 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, issuer)?;
-        Ok(ClientCert {
-            identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes(),
-        })
+        Ok((cert, key))
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem_text(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A client certificate whose URI SAN is `spiffe_id`, issued by this
+    /// CA, written to `<dir>/<name>-cert.pem` and `<name>-key.pem` (what
+    /// Envoy's `tls_certificates` take). Returns the two paths.
+    pub fn client_files(
+        &self,
+        dir: &Path,
+        name: &str,
+        spiffe_id: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let (cert, key) = self.issue_client(&self.ca, spiffe_id)?;
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}-cert.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
     }
 
     /// A client certificate from another CA that Envoy does not trust.

@@ -59,6 +59,10 @@ pub struct StackOptions {
     pub echo_keep_alive: Option<Duration>,
     /// Envoy worker threads (each with its own Wasm VM).
     pub envoy_workers: usize,
+    /// The gRPC (Check) listener requires mTLS (`[listen.grpc_tls]`, CA
+    /// and certificates in `Stack::grpc_pki`), and Envoy calls it with a
+    /// client certificate naming [`ENVOY_CHECK_CLIENT`], the one allowed.
+    pub grpc_mtls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +92,7 @@ impl Default for StackOptions {
             envoy_workers: 1,
             render_args: Vec::new(),
             metrics_listener: false,
+            grpc_mtls: false,
         }
     }
 }
@@ -102,6 +107,10 @@ pub const SENTINEL_MASTER: &str = "latchkey-e2e";
 /// The audience admin tokens carry in every stack.
 pub const ADMIN_AUDIENCE: &str = "latchkey-admin";
 
+/// The identity (URI SAN) of Envoy's client certificate for the Check
+/// listener under `grpc_mtls`, the one name in `allowed_clients`.
+pub const ENVOY_CHECK_CLIENT: &str = "spiffe://e2e.test/ns/gateway/sa/envoy";
+
 /// One `latchkey serve` process and its ports (its own config file, since
 /// the listen addresses differ; everything else is shared).
 pub struct Replica {
@@ -112,6 +121,8 @@ pub struct Replica {
     pub metrics_port: Option<u16>,
     pub config_path: PathBuf,
     pub process: Option<Process>,
+    /// `[listen.grpc_tls]`'s keys (TOML), under `grpc_mtls`.
+    grpc_tls: Option<String>,
 }
 
 impl Replica {
@@ -136,8 +147,13 @@ impl Replica {
             .metrics_port
             .map(|p| format!("metrics = \"127.0.0.1:{p}\"\n"))
             .unwrap_or_default();
+        let grpc_tls = self
+            .grpc_tls
+            .as_ref()
+            .map(|t| format!("[listen.grpc_tls]\n{t}\n"))
+            .unwrap_or_default();
         let config = format!(
-            "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n{metrics}\n[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
+            "[listen]\ngrpc = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\n{metrics}\n{grpc_tls}[admin]\nlisten = \"127.0.0.1:{}\"\naudience = \"{ADMIN_AUDIENCE}\"\n{shared}",
             self.grpc_port, self.http_port, self.admin_port
         );
         std::fs::write(&self.config_path, config)?;
@@ -175,6 +191,9 @@ pub struct Stack {
     pub envoy_port: u16,
     /// The CA and certificates of an mTLS scenario.
     pub pki: Option<Pki>,
+    /// Under `grpc_mtls`: the Check listener's CA (it issued the
+    /// listener's certificate for `localhost` and Envoy's client certificate).
+    pub grpc_pki: Option<Pki>,
     /// The master key file every replica reads.
     pub key_file: PathBuf,
     /// The service-account secret stored for the `whoami` server.
@@ -375,6 +394,33 @@ identity = "late-sa"
             Some(p) => format!("{shared_config}\n{p}\n"),
             None => shared_config.clone(),
         };
+        // The Check listener's own CA: the agents' CA (`pki`) must not be
+        // able to mint a certificate it accepts.
+        let mut grpc_render_args: Vec<std::ffi::OsString> = Vec::new();
+        let (grpc_pki, grpc_tls) = if opts.grpc_mtls {
+            let pki_dir = dir.join("grpc-pki");
+            std::fs::create_dir_all(&pki_dir)?;
+            let pki = Pki::create(&pki_dir)?;
+            let (cert, key) = pki.client_files(&pki_dir, "envoy-client", ENVOY_CHECK_CLIENT)?;
+            for (flag, value) in [
+                ("--authz-ca", pki.ca_pem.as_os_str()),
+                ("--authz-cert", cert.as_os_str()),
+                ("--authz-key", key.as_os_str()),
+                ("--authz-name", "localhost".as_ref()),
+            ] {
+                grpc_render_args.push(flag.into());
+                grpc_render_args.push(value.into());
+            }
+            let section = format!(
+                "cert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallowed_clients = [\"{ENVOY_CHECK_CLIENT}\"]",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca_pem.display()
+            );
+            (Some(pki), Some(section))
+        } else {
+            (None, None)
+        };
         let mut replicas = Vec::new();
         for n in 0..opts.replicas.max(1) {
             let config_path = dir.join(if n == 0 {
@@ -389,6 +435,7 @@ identity = "late-sa"
                 metrics_port: opts.metrics_listener.then_some(0),
                 config_path,
                 process: None,
+                grpc_tls: grpc_tls.clone(),
             };
             r.pick_ports(&shared)?;
             replicas.push(r);
@@ -474,6 +521,7 @@ identity = "late-sa"
                 .args(["--authz-timeout-ms", &opts.authz_timeout_ms.to_string()])
                 .args(&authz_args)
                 .args(&tls_args)
+                .args(&grpc_render_args)
                 .args(&opts.render_args),
             None,
         )?;
@@ -494,6 +542,7 @@ identity = "late-sa"
             envoy,
             envoy_port,
             pki,
+            grpc_pki,
             key_file,
             secrets: Mutex::new(
                 [

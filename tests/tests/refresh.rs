@@ -644,3 +644,93 @@ async fn a_refresh_slower_than_the_check_is_finished_and_kept() -> Result<()> {
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// A client cannot make Latchkey refresh a shared OAuth identity by
+/// claiming the upstream refused it: behind Envoy's native ext_authz
+/// (which forwards every client header to Check) Envoy drops
+/// `x-latchkey-rejected-credentials` before ext_authz and the service
+/// believes it only with the Latchkey filter's metadata; through the Wasm
+/// filter the filter drops a client's copy. The positive control, read the
+/// same way (the provider's refresh count), is the real thing: the upstream
+/// refuses the same identity's token when alice uses it as her own
+/// (per-user, where the filter reports refusals), and through the Wasm
+/// filter that causes one refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_refused_credential_report_refreshes_nothing_only_an_upstream_401_does()
+-> Result<()> {
+    use latchkey_e2e::stack::AuthzMode;
+    let (provider, upstream) = start_provider_and_upstream(
+        &scenario_dir("forged_report_peers")?,
+        env!("CARGO_BIN_EXE_oauth-mcp"),
+        CLIENT_ID,
+    )?;
+    // The header the Latchkey filter reports refused credentials in.
+    let report = "x-latchkey-rejected-credentials";
+    for mode in [AuthzMode::Native, AuthzMode::Wasm] {
+        let stack = Stack::start(
+            &format!("forged_report_{mode:?}").to_lowercase(),
+            StackOptions {
+                mode,
+                extra_config: Some(extra_config(&provider, &upstream)),
+                ..StackOptions::default()
+            },
+        )
+        .await?;
+        // The team's account, an hour-long token: nothing asks for a refresh.
+        provision_alice(&stack, &provider, Some(3600)).await?;
+        let ops = stack.admin_token("ops", &["platform-admins"]).await?;
+        stack.cli(0, &ops, &["identity", "make-global", IDENTITY], None)?;
+        let before = provider.stats().await?.refresh_token;
+
+        // Bob names the team's identity, at its stored version, as refused.
+        let bob = stack.token("bob").await?;
+        let forged = format!("{IDENTITY}@1");
+        for _ in 0..3 {
+            let reply = post_json(
+                &stack.url("github-team"),
+                Some(&bob),
+                INITIALIZE,
+                &[(report, forged.as_str())],
+            )
+            .await?;
+            ensure!(
+                reply.status == 200,
+                "{mode:?}: {} {}",
+                reply.status,
+                reply.body
+            );
+        }
+        let stats = provider.stats().await?;
+        ensure!(
+            stats.refresh_token == before,
+            "{mode:?}: a client's report refreshed the team's token: {stats:?}"
+        );
+        let (record, _, _) = stored_tokens(&stack)?;
+        ensure!(record.version == 1, "{mode:?}: version {}", record.version);
+        ensure!(refreshes(&stack, "rotated")? == 0.0, "{mode:?}");
+
+        if mode == AuthzMode::Wasm {
+            // The positive control: the upstream really refuses the token.
+            let alice = stack.token("alice").await?;
+            let client = McpClient::connect(&stack.url("github-mine"), &alice).await?;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            upstream.reject_tokens_issued_before_now("alice").await?;
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            ensure!(
+                client.call_tool("whoami", json!({})).await.is_err(),
+                "the refused call succeeded"
+            );
+            let again = client.call_tool("whoami", json!({})).await?;
+            ensure!(McpClient::text(&again) == "alice", "{again:?}");
+            let stats = provider.stats().await?;
+            ensure!(
+                stats.refresh_token == before + 1,
+                "the upstream's 401 refreshed once: {stats:?}"
+            );
+            ensure!(refreshes(&stack, "rotated")? == 1.0);
+            client.close().await?;
+        }
+        stack.assert_no_secret_in_logs()?;
+    }
+    Ok(())
+}
