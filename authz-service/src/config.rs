@@ -200,12 +200,39 @@ pub struct ConstraintConfig {
     pub one_of: Option<Vec<serde_json::Value>>,
     /// Glob (`*`, `?`) the string value must match.
     pub pattern: Option<String>,
+    /// How `pattern` judges the value: `"path"` or `"uri"` canonicalise it
+    /// first (see `latchkey_filter::uri`; a value with no single canonical
+    /// form breaks the constraint), `"none"` compares it as sent. Unset: a
+    /// pattern starting with `/` is a path, one starting `scheme://` a URI.
+    pub canonical: Option<CanonicalForm>,
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub max_length: Option<usize>,
     /// The argument must not be given at all.
     #[serde(default)]
     pub forbidden: bool,
+}
+
+/// What a `pattern` constraint's argument is, for its canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanonicalForm {
+    /// A file path: `.` and repeated `/` dropped; `..` and escapes refused.
+    Path,
+    /// An absolute URI, canonical as resource URIs are.
+    Uri,
+    /// The string as sent.
+    None,
+}
+
+impl CanonicalForm {
+    pub fn name(self) -> &'static str {
+        match self {
+            CanonicalForm::Path => "path",
+            CanonicalForm::Uri => "uri",
+            CanonicalForm::None => "none",
+        }
+    }
 }
 
 /// `[policy.hidden]`.

@@ -205,6 +205,15 @@ impl Decider<'_> {
             return match candidate_showing(self.policy, &route, &caller, kind, &name) {
                 Some(chosen) => self.decide_on(ctx, chosen.clone(), caller, id).await,
                 None => {
+                    // Named as the upstream would name it, as on one
+                    // assignment (an ambiguous URI was shown to the first
+                    // candidate, which refuses it).
+                    let name = match kind {
+                        ItemKind::Resource => {
+                            latchkey_filter::uri::canonical(&name).unwrap_or(name)
+                        }
+                        _ => name,
+                    };
                     let deny = self.hidden(kind, &name, id.as_ref());
                     attributed_to(&route, &caller, id, deny)
                 }
@@ -306,6 +315,7 @@ impl Decider<'_> {
         {
             policy::Verdict::Allowed => None,
             policy::Verdict::Hidden { kind, name } => Some(self.hidden(kind, &name, id)),
+            policy::Verdict::Ambiguous { kind, problem, .. } => Some(ambiguous(kind, &problem)),
             policy::Verdict::Violation { tool, message } => Some(Deny {
                 http_status: 200,
                 jsonrpc_code: 0,
@@ -503,7 +513,9 @@ fn named_item(ctx: &RequestContext) -> Option<(ItemKind, String)> {
 /// `name`: the first whose policy lets `caller` see it. The candidates are
 /// assignments of one server, so a name means one tool, and this makes
 /// which assignment (constraints, scheme, credential) serves it
-/// unambiguous. `None`: no candidate shows it (the hidden answer).
+/// unambiguous. `None`: no candidate shows it (the hidden answer). A
+/// resource URI is judged in canonical form by each candidate, and one
+/// with none goes to the first candidate, whose policy refuses it.
 fn candidate_showing<'a>(
     policy: &Policy,
     route: &'a Arc<Route>,
@@ -655,6 +667,22 @@ impl Deny {
             attribution: None,
             elicitation: None,
         }
+    }
+}
+
+/// A resource URI policy cannot judge because it has no single meaning: a
+/// bad parameter (400, -32602), the same whether or not a grant shows what
+/// it might mean, so it reveals nothing about the policy.
+fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError) -> Deny {
+    Deny {
+        http_status: 400,
+        jsonrpc_code: latchkey_filter::jsonrpc::INVALID_PARAMS,
+        message: format!(
+            "the {} URI is refused: {problem}. The gateway judges a URI in the canonical form the server acts on, so it accepts only URIs with one meaning",
+            kind.noun()
+        ),
+        reason: "ambiguous_uri",
+        ..Deny::default()
     }
 }
 

@@ -15,16 +15,27 @@
 //! on an assignment that has any, the acting agent (the token's client) is
 //! judged the same way by its own grants, and the caller gets the
 //! intersection, so an agent never gains more than the person it acts for.
+//!
+//! Policy judges what the upstream will act on: a resource URI, and a
+//! `pattern` constraint's argument when it is a URI or a path, is matched
+//! in its canonical form (`latchkey_filter::uri`), and one with no
+//! unambiguous canonical form is refused ([`Verdict::Ambiguous`]) or
+//! breaks the constraint. Patterns must be written in canonical form; a
+//! policy whose patterns are not is refused at load with the spelling to
+//! use.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use latchkey_filter::uri::{self, UriError};
 use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
 use serde_json::Value;
 
 use crate::agents::AgentDirectory;
 use crate::authn::Caller;
-use crate::config::{Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig};
+use crate::config::{
+    CanonicalForm, Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig,
+};
 
 /// A policy that cannot be used; names the line of the grant at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +47,12 @@ pub struct PolicyError(pub String);
 enum Check {
     Equals(Value),
     OneOf(Vec<Value>),
-    Pattern(String),
-    Range { min: Option<f64>, max: Option<f64> },
+    /// A glob over the string, judged in the canonical form given.
+    Pattern(String, CanonicalForm),
+    Range {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     MaxLength(usize),
     Forbidden,
 }
@@ -59,7 +74,15 @@ impl fmt::Display for Constraint {
                 let list: Vec<String> = vs.iter().map(Value::to_string).collect();
                 write!(f, "argument {arg} must be one of {}", list.join(", "))
             }
-            Check::Pattern(p) => write!(f, "argument {arg} must be a string matching \"{p}\""),
+            Check::Pattern(p, CanonicalForm::None) => {
+                write!(f, "argument {arg} must be a string matching \"{p}\"")
+            }
+            Check::Pattern(p, CanonicalForm::Path) => {
+                write!(f, "argument {arg} must be a path matching \"{p}\"")
+            }
+            Check::Pattern(p, CanonicalForm::Uri) => {
+                write!(f, "argument {arg} must be a URI matching \"{p}\"")
+            }
             Check::Range { min, max } => match (min, max) {
                 (Some(lo), Some(hi)) => {
                     write!(f, "argument {arg} must be a number from {lo} to {hi}")
@@ -83,12 +106,22 @@ impl Constraint {
     /// `None` when `arguments` satisfy it, else why not.
     fn violation(&self, arguments: &Value) -> Option<String> {
         let value = arguments.pointer(&self.pointer);
+        // A path or URI with no single meaning breaks the constraint,
+        // whatever the pattern: say why, so the caller can respell it.
+        if let (Check::Pattern(_, form), Some(Value::String(s))) = (&self.check, value)
+            && let Err(e) = canonical_as(*form, s)
+        {
+            return Some(format!("{self} (the value cannot be judged: {e})"));
+        }
         let ok = match (&self.check, value) {
             (Check::Forbidden, v) => v.is_none(),
             (_, None) => self.optional,
             (Check::Equals(want), Some(v)) => v == want,
             (Check::OneOf(set), Some(v)) => set.contains(v),
-            (Check::Pattern(p), Some(v)) => v.as_str().is_some_and(|s| pattern_matches(p, s)),
+            (Check::Pattern(p, form), Some(v)) => v
+                .as_str()
+                .and_then(|s| canonical_as(*form, s).ok())
+                .is_some_and(|s| pattern_matches(p, &s)),
             (Check::Range { min, max }, Some(v)) => v
                 .as_f64()
                 .is_some_and(|n| min.is_none_or(|lo| n >= lo) && max.is_none_or(|hi| n <= hi)),
@@ -105,6 +138,38 @@ impl Constraint {
                 self.to_string()
             }
         })
+    }
+}
+
+/// `value` as a constraint of `form` judges it.
+fn canonical_as(form: CanonicalForm, value: &str) -> Result<std::borrow::Cow<'_, str>, UriError> {
+    Ok(match form {
+        CanonicalForm::None => value.into(),
+        CanonicalForm::Path => uri::canonical_path(value)?.into(),
+        CanonicalForm::Uri => uri::canonical(value)?.into(),
+    })
+}
+
+/// The form a `pattern` constraint judges its argument in when the config
+/// does not say: a pattern that looks like an absolute path or a URL is
+/// one, so `path = "/srv/data/*"` is safe without the operator knowing
+/// about `..`; `canonical = "none"` compares the string as sent.
+fn default_form(pattern: &str) -> CanonicalForm {
+    let scheme_end = pattern.find("://").unwrap_or(0);
+    let scheme = pattern.get(..scheme_end).unwrap_or_default();
+    if pattern.starts_with('/') {
+        CanonicalForm::Path
+    } else if scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        CanonicalForm::Uri
+    } else {
+        CanonicalForm::None
     }
 }
 
@@ -173,6 +238,14 @@ pub enum Verdict {
     Hidden { kind: ItemKind, name: String },
     /// A visible tool called with arguments that break a constraint.
     Violation { tool: String, message: String },
+    /// A resource URI with no unambiguous canonical form: policy cannot
+    /// know what the upstream would act on, so it is refused whatever the
+    /// grants say (`problem` names the ambiguous part).
+    Ambiguous {
+        kind: ItemKind,
+        name: String,
+        problem: UriError,
+    },
 }
 
 /// Why a name is or is not visible, for `latchkey policy check`.
@@ -221,7 +294,29 @@ fn compile_constraint(c: &ConstraintConfig, at: &str) -> Result<Constraint, Poli
         checks.push(Check::OneOf(v.clone()));
     }
     if let Some(p) = &c.pattern {
-        checks.push(Check::Pattern(p.clone()));
+        let form = c.canonical.unwrap_or_else(|| default_form(p));
+        let problem = match form {
+            CanonicalForm::None => None,
+            CanonicalForm::Path => uri::path_pattern_problem(p),
+            CanonicalForm::Uri => uri::pattern_problem(p),
+        };
+        if let Some(problem) = problem {
+            return Err(PolicyError(format!(
+                "{at}: the pattern \"{p}\" on {} judges {} in canonical form, but {problem} (or set canonical = \"none\" to compare the string as sent)",
+                c.argument,
+                match form {
+                    CanonicalForm::Path => "a path",
+                    _ => "a URI",
+                },
+            )));
+        }
+        checks.push(Check::Pattern(p.clone(), form));
+    } else if let Some(form) = c.canonical {
+        return Err(PolicyError(format!(
+            "{at}: the constraint on {} sets canonical = \"{}\" without a pattern; canonical says how a pattern judges its argument",
+            c.argument,
+            form.name()
+        )));
     }
     if c.min.is_some() || c.max.is_some() {
         if let (Some(lo), Some(hi)) = (c.min, c.max)
@@ -382,6 +477,14 @@ impl Policy {
                 )));
             }
         }
+        // Resource URIs are matched in canonical form only.
+        for p in g.resources.allow.iter().chain(&g.resources.deny) {
+            if let Some(problem) = uri::pattern_problem(p) {
+                return Err(PolicyError(format!(
+                    "{at}: resources pattern \"{p}\" is matched against canonical URIs, but {problem}"
+                )));
+            }
+        }
         for c in &g.constraints {
             if !g
                 .tools
@@ -527,15 +630,35 @@ impl Policy {
         if !self.is_enforced() {
             return Verdict::Allowed;
         }
+        let canonical;
+        let judged = if kind == ItemKind::Resource {
+            match uri::canonical(name) {
+                Ok(c) => {
+                    canonical = c;
+                    canonical.as_str()
+                }
+                Err(problem) => {
+                    return Verdict::Ambiguous {
+                        kind,
+                        name: name.to_owned(),
+                        problem,
+                    };
+                }
+            }
+        } else {
+            name
+        };
         let (grants, agent) = self.effective(gateway, assignment, caller);
-        if !Self::permits(&grants, kind, name)
+        if !Self::permits(&grants, kind, judged)
             || agent
                 .as_ref()
-                .is_some_and(|a| !Self::permits(a, kind, name))
+                .is_some_and(|a| !Self::permits(a, kind, judged))
         {
+            // Named as the upstream would name it in its "not found" (it
+            // parses the URI first), so hidden and absent read alike.
             return Verdict::Hidden {
                 kind,
-                name: name.to_owned(),
+                name: judged.to_owned(),
             };
         }
         if kind != ItemKind::Tool {
@@ -624,6 +747,22 @@ impl Policy {
                 visible: true,
                 reason: "no [policy] is configured: everything is visible".into(),
             };
+        }
+        if kind == ItemKind::Resource {
+            match uri::canonical(name) {
+                Err(e) => {
+                    return Explanation {
+                        visible: false,
+                        reason: format!("'{name}' is refused before any grant is read: {e}"),
+                    };
+                }
+                Ok(c) if c != name => {
+                    let mut e = self.explain(gateway, assignment, caller, kind, &c);
+                    e.reason = format!("judged as its canonical form '{c}': {}", e.reason);
+                    return e;
+                }
+                Ok(_) => {}
+            }
         }
         if !Visibility::name_allowed(kind, name) {
             return Explanation {
@@ -1183,6 +1322,156 @@ max_length = 10
         let pattern = c("argument = \"/repo\"\npattern = \"acme/*\"");
         assert!(pattern.violation(&json!({"repo": ["acme/x"]})).is_some());
         assert!(pattern.violation(&json!({"repo": "ACME/x"})).is_some());
+    }
+
+    const RESOURCES: &str = r#"
+[[policy.grants]]
+name = "docs"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
+"#;
+
+    #[test]
+    fn resources_are_decided_by_canonical_uri_and_agree_with_the_list() {
+        let p = policy(RESOURCES).unwrap();
+        let bob = caller("bob", &[]);
+        let v = p.visibility("g", "gh", &bob).unwrap();
+        let decide = |uri: &str| p.decide("g", "gh", &bob, ItemKind::Resource, uri, None);
+        for (uri, visible) in [
+            ("demo://r/static/a.md", true),
+            ("DEMO://R/static/x/../a.md", true),
+            ("demo://r/static/../dynamic/1", false),
+            ("demo://r/static/./secret.md", false),
+            ("demo://r/static/%73ecret.md", false),
+            ("demo://r/static/a/../../static/SECRET", false),
+        ] {
+            let verdict = decide(uri);
+            assert_eq!(verdict == Verdict::Allowed, visible, "{uri}: {verdict:?}");
+            assert_eq!(v.permits(ItemKind::Resource, uri), visible, "{uri}");
+        }
+        // Hidden names what the upstream would have looked up.
+        assert_eq!(
+            decide("demo://r/static/../dynamic/1"),
+            Verdict::Hidden {
+                kind: ItemKind::Resource,
+                name: "demo://r/dynamic/1".into()
+            }
+        );
+        // No single meaning: refused, naming why; never listed either.
+        for uri in [
+            "demo://r/static/%2e%2e/dynamic/1",
+            "demo://r/static/a%2Fb",
+            "demo://r/static//a.md",
+            "demo://r/static/a\\b",
+        ] {
+            assert!(
+                matches!(decide(uri), Verdict::Ambiguous { .. }),
+                "{uri}: {:?}",
+                decide(uri)
+            );
+            assert!(!v.permits(ItemKind::Resource, uri), "{uri}");
+        }
+        let e = p.explain("g", "gh", &bob, ItemKind::Resource, "demo://r/static/../x");
+        assert!(
+            !e.visible && e.reason.contains("canonical form 'demo://r/x'"),
+            "{e:?}"
+        );
+        // Tools are names, not URIs: no canonical form applies.
+        assert!(matches!(
+            p.decide("g", "gh", &bob, ItemKind::Tool, "a/../b", None),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    #[test]
+    fn resource_patterns_must_be_canonical() {
+        for (pattern, says) in [
+            ("DEMO://r/*", "write \"demo://r/*\""),
+            ("demo://r/a/../b/*", "write \"demo://r/b/*\""),
+            ("demo://r/%7e*", "write \"demo://r/~*\""),
+            ("demo://r/%2e%2e/*", "no URI can match it"),
+        ] {
+            let e = policy(&RESOURCES.replace("demo://r/static/*", pattern))
+                .unwrap_err()
+                .0;
+            assert!(
+                e.contains("'docs' (line") && e.contains(says),
+                "{pattern}: {e}"
+            );
+        }
+        assert!(policy(&RESOURCES.replace("*/static/secret*", "*/static/./x")).is_err());
+        assert!(policy(&RESOURCES.replace("demo://r/static/*", "https://*.example.com/*")).is_ok());
+    }
+
+    #[test]
+    fn path_and_uri_constraints_judge_the_canonical_argument() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here")
+        };
+        // A pattern that looks like a path is judged as one by default.
+        let path = c("argument = \"/path\"\npattern = \"/srv/data/*\"").unwrap();
+        assert!(
+            path.violation(&json!({"path": "/srv/data/a.txt"}))
+                .is_none()
+        );
+        assert!(
+            path.violation(&json!({"path": "/srv//data/./a.txt"}))
+                .is_none()
+        );
+        for bad in [
+            "/srv/data/../../etc/passwd",
+            "/srv/data/x/../../../etc",
+            "/srv/data/%2e%2e/x",
+            "/srv/data\\..\\x",
+            "/srv/data/x\u{0}",
+        ] {
+            let m = path.violation(&json!({ "path": bad })).unwrap_or_default();
+            assert!(m.contains("must be a path matching"), "{bad}: {m}");
+        }
+        assert!(
+            path.violation(&json!({"path": "/srv/data/../x"}))
+                .unwrap()
+                .contains("'..' segment")
+        );
+        let url = c("argument = \"/url\"\npattern = \"https://api.example.com/v1/*\"").unwrap();
+        assert!(
+            url.violation(&json!({"url": "HTTPS://API.example.com:443/v1/x"}))
+                .is_none()
+        );
+        for bad in [
+            "https://api.example.com/v1/../admin",
+            "https://api.example.com/v1/%2e%2e/admin",
+            "https://api.example.com@evil.example/v1/x",
+            "https://api.example.com/v1\\..\\admin",
+        ] {
+            assert!(url.violation(&json!({ "url": bad })).is_some(), "{bad}");
+        }
+        // Said explicitly, and opted out of.
+        let uri = c("argument = \"/u\"\npattern = \"demo://r/a/*\"\ncanonical = \"uri\"").unwrap();
+        assert!(uri.violation(&json!({"u": "demo://r/a/../../x"})).is_some());
+        let raw = c("argument = \"/p\"\npattern = \"/a/*\"\ncanonical = \"none\"").unwrap();
+        assert!(raw.violation(&json!({"p": "/a/../b"})).is_none());
+        let plain = c("argument = \"/repo\"\npattern = \"acme/*\"").unwrap();
+        assert!(plain.violation(&json!({"repo": "acme/../x"})).is_none());
+        // Refused at load: a pattern not in its canonical form, canonical
+        // without a pattern, an unknown form.
+        let e = c("argument = \"/p\"\npattern = \"/srv/./data/*\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("write \"/srv/data/*\""), "{e}");
+        let e = c("argument = \"/p\"\nmax_length = 3\ncanonical = \"path\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("without a pattern"), "{e}");
+        let e = toml::from_str::<ConstraintConfig>(
+            "tool = \"t\"\nargument = \"/p\"\npattern = \"x\"\ncanonical = \"file\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("uri") && e.contains("path"), "{e}");
     }
 
     #[test]

@@ -128,6 +128,10 @@ fn judge(
             decision: "hidden",
             reason: explained.reason,
         },
+        Verdict::Ambiguous { problem, .. } => CheckOutcome {
+            decision: "refused",
+            reason: format!("the URI has no single meaning: {problem}"),
+        },
         Verdict::Violation { message, .. } => CheckOutcome {
             decision: "refused",
             reason: format!(

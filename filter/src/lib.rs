@@ -12,6 +12,8 @@
 //!   tells the host what to do ([`flow::Action`]).
 //! * [`visibility`]: what a caller may see (allow/deny patterns), shared
 //!   with the service so lists and calls agree.
+//! * [`uri`]: the canonical form of resource URIs and path arguments that
+//!   policy judges (what the upstream acts on), and what has none.
 //! * [`listing`]: apply → trim list responses (JSON or SSE, event by event).
 //! * [`round_trip`]: what of Latchkey's own consent round trip (2026-07-28
 //!   `requestState`) the upstream must not see.
@@ -48,6 +50,7 @@ pub mod listing;
 pub mod mcp;
 pub mod round_trip;
 pub mod stale;
+pub mod uri;
 pub mod visibility;
 
 #[cfg(target_arch = "wasm32")]

@@ -13,7 +13,11 @@
 //! * a tool name outside SEP-986's characters (ASCII letters, digits, `_`
 //!   `-` `.` `/`, 1 to 128 of them) is never visible, so look-alike names
 //!   (Cyrillic `е` for `e`, zero-width spaces) cannot slip past a deny;
-//! * an empty name or URI is never visible.
+//! * an empty name or URI is never visible;
+//! * a resource URI is judged in its canonical form ([`crate::uri`]), the
+//!   one the upstream acts on, so `a/../secret` is judged as `secret`; a
+//!   URI with no unambiguous canonical form is never visible. Resource
+//!   patterns are written in canonical form (checked when policy loads).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -293,16 +297,27 @@ impl Visibility {
 
     /// Whether the caller may see (and so call, get or read) `name`.
     pub fn permits(&self, kind: ItemKind, name: &str) -> bool {
+        if kind == ItemKind::Resource {
+            return crate::uri::canonical(name).is_ok_and(|c| self.permits_as_is(kind, &c));
+        }
+        self.permits_as_is(kind, name)
+    }
+
+    /// [`Visibility::permits`] for a name already in canonical form.
+    fn permits_as_is(&self, kind: ItemKind, name: &str) -> bool {
         if !Visibility::name_allowed(kind, name) {
             return false;
         }
         if !self.any_of.is_empty() {
-            return self.any_of.iter().any(|v| v.permits(kind, name));
+            return self.any_of.iter().any(|v| v.permits_as_is(kind, name));
         }
         let rules = self.rules(kind);
         rules.allows(name)
             && !rules.denies(name)
-            && self.agent.as_ref().is_none_or(|a| a.permits(kind, name))
+            && self
+                .agent
+                .as_ref()
+                .is_none_or(|a| a.permits_as_is(kind, name))
     }
 
     /// As a protobuf struct, for `CheckResponse.dynamic_metadata`:
@@ -488,6 +503,28 @@ mod tests {
         assert!(!v.permits(ItemKind::Resource, "demo://resource/static/secret.md"));
         assert!(!v.permits(ItemKind::Resource, "demo://resource/dynamic/1"));
         assert!(!v.permits(ItemKind::Resource, ""));
+    }
+
+    #[test]
+    fn resources_are_judged_by_their_canonical_uri() {
+        let v = Visibility::new(
+            Rules::default(),
+            Rules::default(),
+            Rules::new(
+                &strings(&["demo://resource/static/*"]),
+                &strings(&["*/static/secret*"]),
+            ),
+        );
+        let u = Visibility::union(vec![v.clone(), Visibility::default()]);
+        for view in [&v, &u] {
+            assert!(!view.permits(ItemKind::Resource, "demo://resource/static/../dynamic/1"));
+            assert!(view.permits(ItemKind::Resource, "DEMO://Resource/static/a/../b"));
+            assert!(!view.permits(ItemKind::Resource, "demo://resource/static/./secret.md"));
+            assert!(!view.permits(ItemKind::Resource, "demo://resource/static/%73ecret.md"));
+            // No single meaning: never visible, even where a glob would match.
+            assert!(!view.permits(ItemKind::Resource, "demo://resource/static/%2e%2e/x"));
+            assert!(!view.permits(ItemKind::Resource, "demo://resource/static//secret.md"));
+        }
     }
 
     #[test]
