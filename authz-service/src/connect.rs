@@ -179,14 +179,23 @@ fn well_formed_id(value: &str) -> bool {
 
 /// The value of cookie `name` in the request, if any.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(headers, name).next()
+}
+
+/// Every value of cookie `name` in the request, at most four. A browser
+/// sends one per path it holds, the most specific path first, so a value
+/// planted under a narrower path comes before Latchkey's own: each is
+/// tried rather than only the first (which would let it shadow a session).
+pub fn cookies<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+        .take(4)
 }
 
 /// The name cookie `base` goes by: `__Host-<base>` when `secure`.
@@ -480,12 +489,12 @@ impl Connect {
         let base = Self::flow_cookie(state);
         let name = self.cookie_name(&base);
         let clear = self.set_cookie(&base, "", 0);
-        let flow = cookie(headers, &name)
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let flow = cookies(headers, &name)
             .filter(|v| v.len() <= 4096)
-            .and_then(|v| self.app.credentials.keys.open_value(&name, v))
-            .and_then(|plain| serde_json::from_slice::<SealedFlow>(&plain).ok())
-            .filter(|f| same_secret(&f.state, state))
-            .filter(|f| f.exp >= time::OffsetDateTime::now_utc().unix_timestamp())
+            .filter_map(|v| self.app.credentials.keys.open_value(&name, v))
+            .filter_map(|plain| serde_json::from_slice::<SealedFlow>(&plain).ok())
+            .find(|f| same_secret(&f.state, state) && f.exp >= now)
             .map(|f| f.flow);
         (flow, clear)
     }
@@ -631,19 +640,19 @@ impl Connect {
     /// The session the request's cookie names, with the hash it is kept under.
     async fn session(&self, headers: &HeaderMap) -> Result<Option<(String, Session)>, Page> {
         let name = self.cookie_name(SESSION_COOKIE);
-        let Some(id) = cookie(headers, &name).filter(|v| well_formed_token(v)) else {
-            return Ok(None);
-        };
-        let hash = digest(id);
         let store = self.store();
-        match store
-            .get::<Session>(&store.connect_session_key(&hash))
-            .await
-        {
-            Ok(Some(s)) => Ok(Some((hash, s))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(store_down(&e)),
+        for id in cookies(headers, &name).filter(|v| well_formed_token(v)) {
+            let hash = digest(id);
+            match store
+                .get::<Session>(&store.connect_session_key(&hash))
+                .await
+            {
+                Ok(Some(s)) => return Ok(Some((hash, s))),
+                Ok(None) => continue,
+                Err(e) => return Err(store_down(&e)),
+            }
         }
+        Ok(None)
     }
 
     async fn require_enabled(&self, user: &str) -> Result<(), Page> {
@@ -1814,6 +1823,15 @@ mod tests {
         assert_eq!(cookie(&h, "latchkey_connect_x"), Some("aaa"));
         assert_eq!(cookie(&h, "other"), Some("1"));
         assert_eq!(cookie(&h, "latchkey"), None);
+        // Every value of a name, as a browser sends one per path.
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey_connect=ccc"),
+        );
+        assert_eq!(
+            cookies(&h, SESSION_COOKIE).collect::<Vec<_>>(),
+            vec!["bbb", "ccc"]
+        );
     }
 
     #[test]
