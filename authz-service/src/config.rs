@@ -106,7 +106,9 @@ fn default_refresh_wait() -> u64 {
 }
 
 /// `[servers.oauth]`: the OAuth provider that issues a per-user server's
-/// tokens. Latchkey is that provider's client.
+/// tokens. Latchkey is that provider's client; register
+/// `<[connect] public_url>/connect/callback/<server name>` as its redirect
+/// URI (one per provider, against OAuth mix-up).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerOauth {
@@ -125,6 +127,15 @@ pub struct ServerOauth {
     /// for providers that bind tokens to an audience.
     #[serde(default)]
     pub resource: Option<String>,
+    /// The provider's issuer identifier (its RFC 8414 / OIDC metadata's
+    /// `issuer`). When set, an authorisation response's RFC 9207 `iss`
+    /// must equal it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Copy of the metadata's `authorization_response_iss_parameter_supported`:
+    /// when true, a response without `iss` is refused. Needs `issuer`.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 /// `[policy]`: grants of tools, prompts and resources to users and roles.
@@ -825,6 +836,16 @@ impl Config {
             if !names.insert(s.name.as_str()) {
                 return invalid(format!("server '{}' is declared twice", s.name));
             }
+            if let Some(o) = &s.oauth
+                && o.authorization_response_iss_parameter_supported
+                && o.issuer.as_deref().is_none_or(str::is_empty)
+            {
+                return invalid(format!(
+                    "server '{}': [servers.oauth] authorization_response_iss_parameter_supported needs \
+                     issuer, the provider's issuer identifier to compare the `iss` with",
+                    s.name
+                ));
+            }
             if let ServerAuth::StaticHeader { header, .. } = &s.auth
                 && http_header_name_invalid(header)
             {
@@ -1081,6 +1102,35 @@ scheme = "per_user"
             .replace("issuer =", "isuer =");
         let err = Config::parse(&text).unwrap_err().to_string();
         assert!(err.contains("isuer"), "{err}");
+    }
+
+    #[test]
+    fn a_required_iss_needs_the_issuer_to_compare_it_with() {
+        let oauth = |extra: &str| {
+            SAMPLE.replace(
+                "prefix = \"Bearer \" }\n",
+                &format!(
+                    "prefix = \"Bearer \" }}\n\n[servers.oauth]\nauthorization_endpoint = \"https://p.example/a\"\n\
+                     token_endpoint = \"https://p.example/t\"\nclient_id = \"latchkey\"\n{extra}\n"
+                ),
+            )
+        };
+        let err = Config::parse(&oauth(
+            "authorization_response_iss_parameter_supported = true",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server 'everything'") && err.contains("needs issuer"),
+            "{err}"
+        );
+        let c = Config::parse(&oauth(
+            "issuer = \"https://p.example\"\nauthorization_response_iss_parameter_supported = true",
+        ))
+        .unwrap();
+        let o = c.servers[0].oauth.as_ref().unwrap();
+        assert_eq!(o.issuer.as_deref(), Some("https://p.example"));
+        assert!(o.authorization_response_iss_parameter_supported);
     }
 
     #[test]

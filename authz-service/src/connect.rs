@@ -8,13 +8,30 @@
 //!   first when there is no session.
 //! - `POST /connect/{gateway}/authorise|use|disconnect`: the page's buttons
 //!   (a CSRF token bound to the session in every form).
-//! - `GET /connect/callback`: where the identity provider (sign-in) and the
-//!   servers' providers send the browser back; which flow it finishes is
-//!   remembered under its `state`, which is single use.
+//! - `GET /connect/callback`: where the organisation's identity provider
+//!   sends the browser back after sign-in; `GET /connect/callback/{server}`:
+//!   where server `server`'s provider does. One redirect URI per provider,
+//!   and the RFC 9207 `iss` checked where the issuer is known, so a
+//!   response cannot finish another provider's flow (OAuth mix-up).
 //!
-//! Sessions and flows live in Redis under hashes of their ids (the cookie
-//! and `state` are never stored as such), with a TTL. Nothing here logs or
-//! shows a token, a code, a PKCE verifier or a session id.
+//! What a flow needs between its start and its callback (`state`, OIDC
+//! nonce, PKCE verifier, where to go back to, and for a server flow the
+//! session that started it) travels in a cookie of its own, sealed with
+//! AES-256-GCM under a key derived from the vault's master key
+//! ([`KeyRing::seal_value`](crate::vault::KeyRing::seal_value)), named by
+//! the `state`'s digest, expiring with the flow and removed by its
+//! callback. So an anonymous visit writes nothing to Redis: the only
+//! server state is a signed-in session, created once the identity
+//! provider vouched for the person, and kept in Redis under the hash of
+//! its cookie (never the value itself), with a TTL.
+//!
+//! Cookies: every value is minted fresh by Latchkey (a value the browser
+//! presents is never adopted: no session fixation or login CSRF); over
+//! https they are `__Host-` cookies (Secure, `Path=/`, no `Domain`, so a
+//! sibling host cannot plant or overwrite them); over http (loopback
+//! development) they keep their plain names, scoped to
+//! `<public_url path>/connect`. Nothing here logs or shows a token, a code,
+//! a PKCE verifier or a session id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,15 +52,16 @@ use crate::identity::{
     Availability, ConnectionRecord, CredentialKind, IdentitySecret, PrincipalKind, Status,
     VaultRecord, now_rfc3339,
 };
-use crate::oauth::{OauthError, Provider, ProviderSettings, TokenHint, callback_url};
+use crate::oauth::{IssError, OauthError, Provider, ProviderSettings, TokenHint, callback_url};
 use crate::settle;
 use crate::state::AppState;
 use crate::store::StoreError;
 
-/// The signed-in session cookie.
+/// The signed-in session cookie (`__Host-` prefixed over https).
 pub const SESSION_COOKIE: &str = "latchkey_connect";
-/// Binds a sign-in in progress to the browser that started it.
-pub const SIGN_IN_COOKIE: &str = "latchkey_connect_signin";
+/// A flow in progress: `latchkey_flow_<16 hex digits of its state's
+/// digest>` (`__Host-` prefixed over https), holding the sealed [`Flow`].
+pub const FLOW_COOKIE: &str = "latchkey_flow_";
 /// How long an authorization flow (sign-in or provider) may take.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
 
@@ -67,7 +85,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         login: tokio::sync::OnceCell::new(),
     });
     Router::new()
-        .route("/connect/callback", get(callback))
+        .route("/connect/callback", get(sign_in_callback))
+        .route("/connect/callback/{server}", get(server_callback))
         .route("/connect/{gateway}", get(page))
         .route("/connect/{gateway}/authorise", post(authorise))
         .route("/connect/{gateway}/use", post(use_identity))
@@ -76,7 +95,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .with_state(connect)
 }
 
-// --- records kept in Redis ----------------------------------------------------
+// --- what is kept: sessions in Redis, flows in sealed cookies -----------------
 
 /// A signed-in person. Stored under the hash of the cookie value.
 #[derive(Serialize, Deserialize)]
@@ -87,15 +106,24 @@ struct Session {
     created_at: String,
 }
 
-/// An authorization flow between its start and its callback, stored under
-/// the hash of its `state`. No `Debug`: it holds a PKCE verifier.
+/// What a flow cookie holds, sealed: the flow, the `state` it was issued
+/// under (compared with the callback's) and when it stops being accepted
+/// (the cookie's own `Max-Age` is the browser's to keep or not).
+#[derive(Serialize, Deserialize)]
+struct SealedFlow {
+    state: String,
+    /// Unix seconds.
+    exp: i64,
+    flow: Flow,
+}
+
+/// An authorization flow between its start and its callback. No `Debug`:
+/// it holds a PKCE verifier.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Flow {
     /// Signing in at the organisation's identity provider.
     SignIn {
-        /// Hash of the sign-in cookie of the browser that started it.
-        browser: String,
         nonce: String,
         pkce_verifier: String,
         /// Page to go back to (a URL under `[connect] public_url`).
@@ -151,18 +179,38 @@ fn well_formed_id(value: &str) -> bool {
 
 /// The value of cookie `name` in the request, if any.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(headers, name).next()
+}
+
+/// Every value of cookie `name` in the request, at most four. A browser
+/// sends one per path it holds, the most specific path first, so a value
+/// planted under a narrower path comes before Latchkey's own: each is
+/// tried rather than only the first (which would let it shadow a session).
+pub fn cookies<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(move |(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+        .take(4)
 }
 
-/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, scoped to the connect
-/// pages, Secure when they are served over https. `max_age` 0 removes it.
+/// The name cookie `base` goes by: `__Host-<base>` when `secure`.
+pub fn cookie_name(base: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax (the callbacks are
+/// top-level navigations from the providers' sites), Secure when served
+/// over https. `max_age` 0 removes it. See [`Connect::set_cookie`] for the
+/// name prefix and path.
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> String {
     let mut c = format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax");
     if secure {
@@ -251,8 +299,32 @@ fn state_unknown() -> Page {
         StatusCode::BAD_REQUEST,
         "This authorisation has expired or was already used",
         &[
-            "Each authorisation can be completed once, within ten minutes, and this one is not (or no longer) valid. \
+            "Each authorisation can be completed once, within ten minutes, in the browser that started it, \
+             and this one is not (or no longer) valid here. \
              Nothing was stored. Go back to the connect page and start again.",
+        ],
+    )
+}
+
+/// A provider's answer that came back to another provider's redirect URI,
+/// or named another issuer: what an OAuth mix-up looks like.
+fn wrong_provider(expected: &str, why: &str) -> Page {
+    tracing::warn!(
+        target: "latchkey::connect",
+        provider = %expected,
+        why,
+        "an authorisation response does not belong to the provider its flow was started at (possible OAuth mix-up); nothing stored"
+    );
+    Page::message(
+        StatusCode::BAD_REQUEST,
+        "This answer came from the wrong provider",
+        &[
+            &format!(
+                "This authorisation was started at {expected}, but the answer {why}. \
+                 Latchkey did not accept it, so nothing was stored or connected."
+            ),
+            "If you did not expect this, a provider may be trying to intercept your authorisation: \
+             close this page, open the connect link again and start over. If it keeps happening, tell your operator.",
         ],
     )
 }
@@ -350,6 +422,83 @@ impl Connect {
         self.settings.public_url.scheme() == "https"
     }
 
+    /// Cookie `base`'s name: `__Host-<base>` over https (the browser then
+    /// insists on Secure, `Path=/` and no `Domain`, so no other host, not
+    /// even a sibling subdomain, can plant or overwrite it), `<base>` on
+    /// http, where browsers allow no prefix (loopback development).
+    fn cookie_name(&self, base: &str) -> String {
+        cookie_name(base, self.secure())
+    }
+
+    /// A `Set-Cookie` for cookie `base`: over https a `__Host-` cookie
+    /// (`Path=/`, as the prefix requires), on http scoped to the connect
+    /// pages.
+    fn set_cookie(&self, base: &str, value: &str, max_age: u64) -> String {
+        let path = if self.secure() {
+            "/".to_string()
+        } else {
+            self.cookie_path()
+        };
+        set_cookie(
+            &self.cookie_name(base),
+            value,
+            &path,
+            max_age,
+            self.secure(),
+        )
+    }
+
+    /// The name of the cookie that carries the flow issued under `state`.
+    fn flow_cookie(state: &str) -> String {
+        format!("{FLOW_COOKIE}{}", &digest(state)[..16])
+    }
+
+    /// Seals `flow`, issued under `state`, into the `Set-Cookie` of its own
+    /// flow cookie. Nothing is written anywhere else.
+    fn seal_flow(&self, state: &str, flow: Flow) -> Result<String, Page> {
+        let base = Self::flow_cookie(state);
+        let sealed = SealedFlow {
+            state: state.to_string(),
+            exp: time::OffsetDateTime::now_utc().unix_timestamp() + FLOW_TTL.as_secs() as i64,
+            flow,
+        };
+        let value = serde_json::to_vec(&sealed)
+            .ok()
+            .and_then(|plain| {
+                self.app
+                    .credentials
+                    .keys
+                    .seal_value(&self.cookie_name(&base), &plain)
+            })
+            .ok_or_else(|| {
+                tracing::warn!(target: "latchkey::connect", "sealing a flow cookie failed");
+                Page::message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Latchkey cannot start this authorisation",
+                    &["Its vault key is not usable on this replica; tell your operator. Nothing was changed."],
+                )
+            })?;
+        Ok(self.set_cookie(&base, &value, FLOW_TTL.as_secs()))
+    }
+
+    /// The flow this browser started under `state`: its cookie opened,
+    /// unexpired and issued for exactly this `state`; and the `Set-Cookie`
+    /// that removes that cookie (sent with whatever the callback answers,
+    /// so a flow is finished at most once per browser).
+    fn open_flow(&self, headers: &HeaderMap, state: &str) -> (Option<Flow>, String) {
+        let base = Self::flow_cookie(state);
+        let name = self.cookie_name(&base);
+        let clear = self.set_cookie(&base, "", 0);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let flow = cookies(headers, &name)
+            .filter(|v| v.len() <= 4096)
+            .filter_map(|v| self.app.credentials.keys.open_value(&name, v))
+            .filter_map(|plain| serde_json::from_slice::<SealedFlow>(&plain).ok())
+            .find(|f| same_secret(&f.state, state) && f.exp >= now)
+            .map(|f| f.flow);
+        (flow, clear)
+    }
+
     /// `<public_url path>/connect`: where the cookies apply.
     fn cookie_path(&self) -> String {
         format!(
@@ -408,11 +557,13 @@ impl Connect {
     async fn login(&self) -> Result<&Provider, Page> {
         self.login
             .get_or_try_init(|| async {
-                let (auth, token) = match (
+                // Without discovery nothing says the provider always sends
+                // `iss`; one it does send is still compared.
+                let (auth, token, require_iss) = match (
                     &self.settings.authorization_endpoint,
                     &self.settings.token_endpoint,
                 ) {
-                    (Some(a), Some(t)) => (a.clone(), t.clone()),
+                    (Some(a), Some(t)) => (a.clone(), t.clone(), false),
                     _ => self.discover().await?,
                 };
                 Provider::new(ProviderSettings {
@@ -426,6 +577,10 @@ impl Connect {
                     scopes: &self.settings.scopes,
                     resource: None,
                     timeout: Duration::from_secs(10),
+                    // The issuer whose ID tokens are accepted is the one
+                    // whose authorisation responses are.
+                    issuer: Some(self.app.verifier.issuer()),
+                    require_iss,
                 })
                 .map_err(|e| e.to_string())
             })
@@ -443,11 +598,15 @@ impl Connect {
             })
     }
 
-    async fn discover(&self) -> Result<(Url, Url), String> {
+    /// The authorization and token endpoints from the identity provider's
+    /// OIDC discovery document, and whether it always sends RFC 9207 `iss`.
+    async fn discover(&self) -> Result<(Url, Url, bool), String> {
         #[derive(Deserialize)]
         struct Discovery {
             authorization_endpoint: Url,
             token_endpoint: Url,
+            #[serde(default)]
+            authorization_response_iss_parameter_supported: bool,
         }
         let issuer = self
             .app
@@ -474,24 +633,26 @@ impl Connect {
         Ok((
             auth.take().unwrap_or(d.authorization_endpoint),
             token.take().unwrap_or(d.token_endpoint),
+            d.authorization_response_iss_parameter_supported,
         ))
     }
 
     /// The session the request's cookie names, with the hash it is kept under.
     async fn session(&self, headers: &HeaderMap) -> Result<Option<(String, Session)>, Page> {
-        let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| well_formed_token(v)) else {
-            return Ok(None);
-        };
-        let hash = digest(id);
+        let name = self.cookie_name(SESSION_COOKIE);
         let store = self.store();
-        match store
-            .get::<Session>(&store.connect_session_key(&hash))
-            .await
-        {
-            Ok(Some(s)) => Ok(Some((hash, s))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(store_down(&e)),
+        for id in cookies(headers, &name).filter(|v| well_formed_token(v)) {
+            let hash = digest(id);
+            match store
+                .get::<Session>(&store.connect_session_key(&hash))
+                .await
+            {
+                Ok(Some(s)) => return Ok(Some((hash, s))),
+                Ok(None) => continue,
+                Err(e) => return Err(store_down(&e)),
+            }
         }
+        Ok(None)
     }
 
     async fn require_enabled(&self, user: &str) -> Result<(), Page> {
@@ -773,7 +934,7 @@ async fn page_inner(
         return Err(expired_request());
     }
     let Some((_, session)) = c.session(headers).await? else {
-        return start_sign_in(c, headers, &c.page_url(&gw.name, request, None)).await;
+        return start_sign_in(c, &c.page_url(&gw.name, request, None)).await;
     };
     c.require_enabled(&session.user).await?;
     let consent = c.consent(request, &session.user, &gw.name).await?;
@@ -828,115 +989,135 @@ async fn render(
     Ok(connect_page(&view))
 }
 
-/// Sends the browser to the identity provider to sign in, remembering
-/// where to come back to.
-async fn start_sign_in(
-    c: &Connect,
-    headers: &HeaderMap,
-    return_to: &str,
-) -> Result<Response, Page> {
+/// Sends the browser to the identity provider to sign in. What the
+/// callback needs goes with the browser in a sealed flow cookie: an
+/// anonymous visit leaves nothing on the server.
+async fn start_sign_in(c: &Connect, return_to: &str) -> Result<Response, Page> {
     let login = c.login().await?;
-    // One sign-in cookie per browser, reused by concurrent sign-ins.
-    let browser = cookie(headers, SIGN_IN_COOKIE)
-        .filter(|v| well_formed_token(v))
-        .map(str::to_string)
-        .unwrap_or_else(random_token);
     let nonce = random_token();
     let start = login.start(&[("nonce", nonce.as_str())]);
-    let store = c.store();
     let flow = Flow::SignIn {
-        browser: digest(&browser),
         nonce,
         pkce_verifier: start.pkce_verifier,
         return_to: return_to.to_string(),
     };
-    store
-        .put_expiring(
-            &store.connect_flow_key(&digest(&start.state)),
-            &flow,
-            FLOW_TTL,
-        )
-        .await
-        .map_err(|e| store_down(&e))?;
-    let cookie = set_cookie(
-        SIGN_IN_COOKIE,
-        &browser,
-        &c.cookie_path(),
-        FLOW_TTL.as_secs(),
-        c.secure(),
-    );
+    let cookie = c.seal_flow(&start.state, flow)?;
     Ok(redirect(start.url.as_str(), &[cookie]))
 }
 
-// --- GET /connect/callback --------------------------------------------------------
+// --- GET /connect/callback[/{server}] -----------------------------------------------
 
 #[derive(Deserialize)]
 struct CallbackQuery {
     state: Option<String>,
     code: Option<String>,
     error: Option<String>,
+    /// RFC 9207: the issuer of the authorisation response.
+    iss: Option<String>,
 }
 
-async fn callback(
+/// Where the organisation's identity provider sends the browser back.
+async fn sign_in_callback(
     State(c): State<Arc<Connect>>,
     Query(q): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
-    match callback_inner(&c, q, &headers).await {
-        Ok(r) => r,
-        Err(p) => p.into_response(),
-    }
+    callback(&c, None, q, &headers).await
 }
 
-async fn callback_inner(
+/// Where server `server`'s provider sends the browser back.
+async fn server_callback(
+    State(c): State<Arc<Connect>>,
+    Path(server): Path<String>,
+    Query(q): Query<CallbackQuery>,
+    headers: HeaderMap,
+) -> Response {
+    callback(&c, Some(&server), q, &headers).await
+}
+
+/// Finishes the flow the callback's `state` names in this browser, if it
+/// was started at the provider whose redirect URI this is (`server`, or
+/// the sign-in when `None`). Whatever the answer, the flow's cookie goes.
+async fn callback(
     c: &Connect,
+    server: Option<&str>,
     q: CallbackQuery,
     headers: &HeaderMap,
-) -> Result<Response, Page> {
+) -> Response {
     let Some(state) = q
         .state
         .as_deref()
         .filter(|s| !s.is_empty() && s.len() <= 512)
+        .map(str::to_string)
     else {
-        return Err(Page::message(
+        return Page::message(
             StatusCode::BAD_REQUEST,
             "Nothing to finish here",
             &[
                 "This address is where a provider sends you back after you authorise; it needs the state it was given. \
                Start from the connect page.",
             ],
-        ));
+        )
+        .into_response();
     };
-    let store = c.store();
-    // Single use: whoever takes it first finishes it; a second use finds nothing.
-    let flow: Option<Flow> = store
-        .take(&store.connect_flow_key(&digest(state)))
-        .await
-        .map_err(|e| store_down(&e))?;
-    match flow {
-        None => Err(state_unknown()),
-        Some(Flow::SignIn {
-            browser,
-            nonce,
-            pkce_verifier,
-            return_to,
-        }) => {
-            let same_browser = cookie(headers, SIGN_IN_COOKIE)
-                .filter(|v| well_formed_token(v))
-                .is_some_and(|v| same_secret(&digest(v), &browser));
-            if !same_browser {
-                return Err(state_mismatch());
-            }
-            finish_sign_in(c, q, &nonce, &pkce_verifier, &return_to).await
+    let (flow, clear) = c.open_flow(headers, &state);
+    let mut response = match flow {
+        None => state_unknown().into_response(),
+        Some(flow) => match callback_inner(c, server, flow, q, headers).await {
+            Ok(r) => r,
+            Err(p) => p.into_response(),
+        },
+    };
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn callback_inner(
+    c: &Connect,
+    server: Option<&str>,
+    flow: Flow,
+    q: CallbackQuery,
+    headers: &HeaderMap,
+) -> Result<Response, Page> {
+    match (server, flow) {
+        (
+            None,
+            Flow::SignIn {
+                nonce,
+                pkce_verifier,
+                return_to,
+            },
+        ) => {
+            let login = c.login().await?;
+            check_iss(login, q.iss.as_deref())?;
+            finish_sign_in(c, q, headers, &nonce, &pkce_verifier, &return_to).await
         }
-        Some(Flow::Server {
-            session,
-            user,
-            gateway,
-            server,
-            request,
-            pkce_verifier,
-        }) => {
+        (Some(arrived_at), Flow::SignIn { .. }) => Err(wrong_provider(
+            "your organisation's identity provider",
+            &format!("came back to the redirect address of server {arrived_at}"),
+        )),
+        (arrived_at, Flow::Server { server, .. }) if arrived_at != Some(server.as_str()) => {
+            Err(wrong_provider(
+                &format!("the provider of {server}"),
+                &match arrived_at {
+                    Some(other) => format!("came back to the redirect address of server {other}"),
+                    None => "came back to the sign-in address".to_string(),
+                },
+            ))
+        }
+        (
+            _,
+            Flow::Server {
+                session,
+                user,
+                gateway,
+                server,
+                request,
+                pkce_verifier,
+            },
+        ) => {
             let current = c.session(headers).await?;
             let same_session = current
                 .as_ref()
@@ -949,6 +1130,9 @@ async fn callback_inner(
                     "an authorisation came back to another session than the one that started it; nothing stored"
                 );
                 return Err(state_mismatch());
+            }
+            if let Some(provider) = c.app.providers.get(&server) {
+                check_iss(provider, q.iss.as_deref())?;
             }
             finish_server(
                 c,
@@ -966,9 +1150,30 @@ async fn callback_inner(
     }
 }
 
+/// RFC 9207: the response's `iss` is the issuer of the provider the flow
+/// was started at.
+fn check_iss(provider: &Provider, iss: Option<&str>) -> Result<(), Page> {
+    provider.check_iss(iss).map_err(|e| {
+        let why = match &e {
+            IssError::Other { got, .. } => format!("names another issuer ({got})"),
+            IssError::Missing { .. } => {
+                "does not say which issuer sent it, and this provider always does".to_string()
+            }
+        };
+        let expected = if provider.name() == "sign-in" {
+            "your organisation's identity provider".to_string()
+        } else {
+            format!("the provider of {}", provider.name())
+        };
+        tracing::warn!(target: "latchkey::connect", error = %e, "RFC 9207 iss check failed");
+        wrong_provider(&expected, &why)
+    })
+}
+
 async fn finish_sign_in(
     c: &Connect,
     q: CallbackQuery,
+    headers: &HeaderMap,
     nonce: &str,
     pkce_verifier: &str,
     return_to: &str,
@@ -1047,24 +1252,29 @@ async fn finish_sign_in(
         ));
     }
     c.require_enabled(&caller.subject).await?;
+    // A fresh session id and CSRF token, whatever cookie the browser
+    // brought: a value someone planted before the sign-in never becomes a
+    // session (fixation), and a session it already had ends here.
+    let store = c.store();
+    if let Some((old, _)) = c.session(headers).await? {
+        store
+            .delete(&store.connect_session_key(&old))
+            .await
+            .map_err(|e| store_down(&e))?;
+    }
     let id = random_token();
     let session = Session {
         user: caller.subject.clone(),
         csrf: random_token(),
         created_at: now_rfc3339(),
     };
-    let store = c.store();
     let ttl = Duration::from_secs(c.settings.session_ttl_secs.max(1));
     store
         .put_expiring(&store.connect_session_key(&digest(&id)), &session, ttl)
         .await
         .map_err(|e| store_down(&e))?;
     tracing::info!(target: "latchkey::connect", user = %caller.subject, "signed in to the connect page");
-    let path = c.cookie_path();
-    let cookies = [
-        set_cookie(SESSION_COOKIE, &id, &path, ttl.as_secs(), c.secure()),
-        set_cookie(SIGN_IN_COOKIE, "", &path, 0, c.secure()),
-    ];
+    let cookies = [c.set_cookie(SESSION_COOKIE, &id, ttl.as_secs())];
     Ok(redirect(return_to, &cookies))
 }
 
@@ -1271,16 +1481,8 @@ async fn authorise(
         request: request.map(str::to_string),
         pkce_verifier: start.pkce_verifier,
     };
-    let store = c.store();
-    store
-        .put_expiring(
-            &store.connect_flow_key(&digest(&start.state)),
-            &flow,
-            FLOW_TTL,
-        )
-        .await
-        .map_err(|e| store_down(&e))?;
-    Ok(redirect(start.url.as_str(), &[]))
+    let cookie = c.seal_flow(&start.state, flow)?;
+    Ok(redirect(start.url.as_str(), &[cookie]))
 }
 
 async fn use_identity(
@@ -1378,7 +1580,7 @@ async fn sign_out(
     )
     .with_link(&c.page_url(&gw.name, None, None), "Sign in again")
     .into_response();
-    let expired = set_cookie(SESSION_COOKIE, "", &c.cookie_path(), 0, c.secure());
+    let expired = c.set_cookie(SESSION_COOKIE, "", 0);
     if let Ok(v) = HeaderValue::from_str(&expired) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -1614,13 +1816,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
-            HeaderValue::from_static("latchkey_connect_signin=aaa; latchkey_connect=bbb"),
+            HeaderValue::from_static("latchkey_connect_x=aaa; latchkey_connect=bbb"),
         );
         h.append(header::COOKIE, HeaderValue::from_static("other=1"));
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("bbb"));
-        assert_eq!(cookie(&h, SIGN_IN_COOKIE), Some("aaa"));
+        assert_eq!(cookie(&h, "latchkey_connect_x"), Some("aaa"));
         assert_eq!(cookie(&h, "other"), Some("1"));
         assert_eq!(cookie(&h, "latchkey"), None);
+        // Every value of a name, as a browser sends one per path.
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey_connect=ccc"),
+        );
+        assert_eq!(
+            cookies(&h, SESSION_COOKIE).collect::<Vec<_>>(),
+            vec!["bbb", "ccc"]
+        );
     }
 
     #[test]
@@ -1653,20 +1864,49 @@ mod tests {
     }
 
     #[test]
-    fn flows_do_not_reveal_their_verifier_in_the_state_key() {
-        // The Redis key is named by the state's digest; the record itself
-        // is tagged by kind so a sign-in state cannot finish a server flow.
-        let f = Flow::Server {
-            session: digest("s"),
-            user: "alice".into(),
-            gateway: "corp".into(),
-            server: "crm".into(),
-            request: None,
-            pkce_verifier: "v".into(),
+    fn https_cookies_are_host_cookies_and_http_ones_keep_their_scope() {
+        let name = cookie_name(SESSION_COOKIE, true);
+        assert_eq!(name, "__Host-latchkey_connect");
+        // What browsers require of a __Host- cookie: Secure, Path=/, no Domain.
+        let c = set_cookie(&name, "v", "/", 3600, true);
+        assert!(c.starts_with("__Host-latchkey_connect=v; Path=/;"), "{c}");
+        assert!(c.ends_with("; Secure") && !c.contains("Domain"), "{c}");
+        assert_eq!(cookie_name(SESSION_COOKIE, false), "latchkey_connect");
+    }
+
+    #[test]
+    fn a_flow_cookie_is_named_by_its_state_and_opens_only_under_that_name() {
+        // The record is tagged by kind, so a sign-in flow cannot finish a
+        // server flow; the verifier is only ever inside the sealed value.
+        let keys = crate::vault::KeyRing::parse(&crate::vault::KeyRing::generate_line("k1"), None)
+            .unwrap();
+        let state = random_token();
+        let name = Connect::flow_cookie(&state);
+        assert!(name.starts_with(FLOW_COOKIE) && name.len() == FLOW_COOKIE.len() + 16);
+        assert!(!name.contains(&state));
+        assert_ne!(name, Connect::flow_cookie(&random_token()));
+        let f = SealedFlow {
+            state: state.clone(),
+            exp: 0,
+            flow: Flow::Server {
+                session: digest("s"),
+                user: "alice".into(),
+                gateway: "corp".into(),
+                server: "crm".into(),
+                request: None,
+                pkce_verifier: "verifier-1".into(),
+            },
         };
-        let json = serde_json::to_string(&f).unwrap();
+        let plain = serde_json::to_vec(&f).unwrap();
+        let json = String::from_utf8(plain.clone()).unwrap();
         assert!(json.contains("\"kind\":\"server\""), "{json}");
-        let back: Flow = serde_json::from_str(&json).unwrap();
-        assert!(matches!(back, Flow::Server { .. }));
+        let sealed = keys.seal_value(&name, &plain).unwrap();
+        assert!(!sealed.contains("verifier-1") && !sealed.contains("alice"));
+        let back: SealedFlow =
+            serde_json::from_slice(&keys.open_value(&name, &sealed).unwrap()).unwrap();
+        assert!(matches!(back.flow, Flow::Server { .. }));
+        // Moved into another flow's cookie, it does not open.
+        let other = Connect::flow_cookie(&random_token());
+        assert!(keys.open_value(&other, &sealed).is_none());
     }
 }

@@ -3,6 +3,13 @@
 //! the organisation's identity provider for the connect page's sign-in.
 //! Speaks HTTP to providers and hands back tokens; storing them is the
 //! caller's job.
+//!
+//! OAuth mix-up (RFC 9700 §4.4): each provider sends the browser back to a
+//! redirect URI of its own ([`callback_url`] for sign-in,
+//! [`server_callback_url`] per server), so an authorisation response that
+//! arrives at one provider's address can only finish that provider's flow;
+//! and where the provider's issuer is known, the RFC 9207 `iss` of the
+//! response is compared with it ([`Provider::check_iss`]).
 
 use std::time::Duration;
 
@@ -128,6 +135,26 @@ pub struct Provider {
     revocation: Option<Url>,
     client_id: String,
     client_secret: Option<String>,
+    /// The provider's issuer identifier, when known: the RFC 9207 `iss` of
+    /// an authorisation response must equal it.
+    issuer: Option<String>,
+    /// The provider always sends `iss` (its metadata says
+    /// `authorization_response_iss_parameter_supported`): a response
+    /// without one is refused.
+    require_iss: bool,
+}
+
+/// Why an authorisation response's RFC 9207 `iss` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssError {
+    #[error(
+        "the answer names the issuer '{got}', but this authorisation was started at '{expected}' (possible OAuth mix-up)"
+    )]
+    Other { expected: String, got: String },
+    #[error(
+        "the answer carries no `iss`, which '{expected}' always sends (RFC 9207); it may come from another provider"
+    )]
+    Missing { expected: String },
 }
 
 /// The endpoints and client registration of one provider.
@@ -144,6 +171,10 @@ pub struct ProviderSettings<'a> {
     pub scopes: &'a [String],
     pub resource: Option<&'a str>,
     pub timeout: Duration,
+    /// The provider's issuer identifier (RFC 8414 `issuer`), if known.
+    pub issuer: Option<&'a str>,
+    /// Its metadata's `authorization_response_iss_parameter_supported`.
+    pub require_iss: bool,
 }
 
 impl Provider {
@@ -182,11 +213,35 @@ impl Provider {
             revocation: s.revocation_endpoint.cloned(),
             client_id: s.client_id.to_string(),
             client_secret,
+            issuer: s.issuer.map(str::to_string),
+            require_iss: s.require_iss && s.issuer.is_some(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// RFC 9207: an authorisation response's `iss` equals this provider's
+    /// issuer (simple string comparison), and is present when the provider
+    /// always sends it. Without a known issuer there is nothing to compare
+    /// with; the provider's own redirect URI is then the defence.
+    pub fn check_iss(&self, iss: Option<&str>) -> Result<(), IssError> {
+        let Some(expected) = &self.issuer else {
+            return Ok(());
+        };
+        match iss {
+            Some(got) if got == expected => Ok(()),
+            Some(got) => Err(IssError::Other {
+                expected: expected.clone(),
+                // Shown on a page and logged: bounded, whatever was sent.
+                got: got.chars().take(200).collect(),
+            }),
+            None if self.require_iss => Err(IssError::Missing {
+                expected: expected.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Where to send the browser: authorization code with PKCE S256, a
@@ -395,11 +450,24 @@ impl Provider {
     }
 }
 
-/// The redirect URI every provider sends the browser back to.
+/// The redirect URI of the sign-in at the organisation's identity
+/// provider: `<public_url>/connect/callback`.
 pub fn callback_url(connect: &crate::config::ConnectConfig) -> Url {
     let mut url = connect.public_url.clone();
     let path = format!("{}/connect/callback", url.path().trim_end_matches('/'));
     url.set_path(&path);
+    url
+}
+
+/// The redirect URI of server `server`'s provider, one per provider so a
+/// response cannot be delivered to another provider's flow:
+/// `<public_url>/connect/callback/<server>` (the name percent-encoded as
+/// one path segment). Register it with that provider.
+pub fn server_callback_url(connect: &crate::config::ConnectConfig, server: &str) -> Url {
+    let mut url = callback_url(connect);
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.push(server);
+    }
     url
 }
 
@@ -418,6 +486,16 @@ impl Providers {
         let mut by_server = std::collections::HashMap::new();
         for server in &config.servers {
             let Some(o) = &server.oauth else { continue };
+            let redirect_uri = server_callback_url(connect, &server.name);
+            // Operators register this at the provider; saying it at start
+            // turns a provider's "redirect_uri mismatch" into a known step.
+            tracing::info!(
+                target: "latchkey::oauth",
+                server = %server.name,
+                redirect_uri = %redirect_uri,
+                iss_checked = o.issuer.is_some(),
+                "per-user OAuth: register this redirect URI with the server's provider"
+            );
             let provider = Provider::new(ProviderSettings {
                 name: &server.name,
                 authorization_endpoint: &o.authorization_endpoint,
@@ -425,10 +503,12 @@ impl Providers {
                 revocation_endpoint: o.revocation_endpoint.as_ref(),
                 client_id: &o.client_id,
                 client_secret_env: o.client_secret_env.as_deref(),
-                redirect_uri: callback_url(connect),
+                redirect_uri,
                 scopes: &o.scopes,
                 resource: o.resource.as_deref(),
                 timeout: Duration::from_secs(10),
+                issuer: o.issuer.as_deref(),
+                require_iss: o.authorization_response_iss_parameter_supported,
             })?;
             by_server.insert(server.name.clone(), provider);
         }
@@ -489,6 +569,8 @@ mod tests {
             scopes: &["repo".to_string(), "read:user".to_string()],
             resource,
             timeout: Duration::from_secs(5),
+            issuer: Some("https://provider.example"),
+            require_iss: true,
         })
         .unwrap()
     }
@@ -549,6 +631,8 @@ mod tests {
             scopes: &[],
             resource: None,
             timeout: Duration::from_secs(5),
+            issuer: None,
+            require_iss: false,
         })
         .unwrap();
         assert!(p.can_revoke());
@@ -578,12 +662,76 @@ mod tests {
             scopes: &[],
             resource: None,
             timeout: Duration::from_secs(1),
+            issuer: None,
+            require_iss: false,
         })
         .err()
         .unwrap();
         assert!(
             err.to_string()
                 .contains("LATCHKEY_TEST_SURELY_UNSET_SECRET")
+        );
+    }
+
+    #[test]
+    fn iss_must_name_the_provider_the_flow_started_at() {
+        let p = provider(None);
+        assert_eq!(p.check_iss(Some("https://provider.example")), Ok(()));
+        for other in [
+            "https://attacker.example",
+            "https://provider.example/",
+            "HTTPS://provider.example",
+            "",
+        ] {
+            assert!(
+                matches!(p.check_iss(Some(other)), Err(IssError::Other { .. })),
+                "{other}"
+            );
+        }
+        assert!(matches!(p.check_iss(None), Err(IssError::Missing { .. })));
+        // A provider that does not always send `iss`: its absence is
+        // accepted, a wrong one is not.
+        let auth = Url::parse("https://provider.example/authorize").unwrap();
+        let lenient = Provider::new(ProviderSettings {
+            name: "crm",
+            authorization_endpoint: &auth,
+            token_endpoint: &auth,
+            revocation_endpoint: None,
+            client_id: "latchkey",
+            client_secret_env: None,
+            redirect_uri: auth.clone(),
+            scopes: &[],
+            resource: None,
+            timeout: Duration::from_secs(1),
+            issuer: Some("https://provider.example"),
+            require_iss: false,
+        })
+        .unwrap();
+        assert_eq!(lenient.check_iss(None), Ok(()));
+        assert!(lenient.check_iss(Some("https://attacker.example")).is_err());
+    }
+
+    #[test]
+    fn every_server_has_a_redirect_uri_of_its_own() {
+        let connect: crate::config::ConnectConfig = toml::from_str(
+            r#"
+public_url = "https://latchkey.example/base/"
+client_id = "latchkey-connect"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            callback_url(&connect).as_str(),
+            "https://latchkey.example/base/connect/callback"
+        );
+        assert_eq!(
+            server_callback_url(&connect, "crm").as_str(),
+            "https://latchkey.example/base/connect/callback/crm"
+        );
+        // A name is one path segment, whatever it holds.
+        assert_eq!(
+            server_callback_url(&connect, "a/b?c").as_str(),
+            "https://latchkey.example/base/connect/callback/a%2Fb%3Fc"
         );
     }
 

@@ -200,10 +200,6 @@ impl Store {
     pub fn connect_session_key(&self, id: &str) -> String {
         format!("{}:connect:session:{id}", self.prefix)
     }
-    /// An authorization flow in progress (its id is the OAuth `state`).
-    pub fn connect_flow_key(&self, state: &str) -> String {
-        format!("{}:connect:flow:{state}", self.prefix)
-    }
     /// The refresh lock of one identity.
     pub fn refresh_lock_key(&self, identity: &str) -> String {
         format!("{}:lock:refresh:{identity}", self.prefix)

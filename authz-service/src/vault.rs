@@ -60,11 +60,17 @@ pub struct KeyRing {
     /// Per master key, an HMAC key derived from it for short-lived signed
     /// values (MCP `requestState`): one secret to manage, not two.
     signing: BTreeMap<String, aws_lc_rs::hmac::Key>,
+    /// Per master key, an AES-256-GCM key derived from it for short-lived
+    /// values Latchkey hands a browser and reads back (the connect page's
+    /// sign-in and authorisation flows), so they need no server state.
+    sealing: BTreeMap<String, Aes256Gcm>,
     active: String,
 }
 
 /// Domain separation for [`KeyRing::signing_key`].
 const SIGNING_KEY_LABEL: &[u8] = b"latchkey/signing-key/v1";
+/// Domain separation for [`KeyRing::seal_value`].
+const SEALING_KEY_LABEL: &[u8] = b"latchkey/sealed-value-key/v1";
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -80,6 +86,7 @@ impl KeyRing {
     pub fn parse(text: &str, active: Option<&str>) -> Result<Self, VaultError> {
         let mut keys = BTreeMap::new();
         let mut signing = BTreeMap::new();
+        let mut sealing = BTreeMap::new();
         let mut last = None;
         for entry in text
             .split(['\n', ','])
@@ -104,6 +111,11 @@ impl KeyRing {
                 id.clone(),
                 aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref()),
             );
+            let derived = aws_lc_rs::hmac::sign(&master, SEALING_KEY_LABEL);
+            sealing.insert(
+                id.clone(),
+                Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(derived.as_ref())),
+            );
             last = Some(id);
         }
         let active = match active {
@@ -118,6 +130,7 @@ impl KeyRing {
         Ok(Self {
             keys,
             signing,
+            sealing,
             active,
         })
     }
@@ -150,6 +163,58 @@ impl KeyRing {
 
     pub fn active_id(&self) -> &str {
         &self.active
+    }
+
+    /// Encrypts and authenticates a short-lived value Latchkey gives away
+    /// and later reads back (a cookie): `<kid>.<nonce>.<ciphertext>`, each
+    /// base64url, under the active master key's derived sealing key. `label`
+    /// is authenticated with it (say, the cookie's name), so a value sealed
+    /// for one use does not open for another.
+    pub fn seal_value(&self, label: &str, plaintext: &[u8]) -> Option<String> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+        let cipher = self.sealing.get(&self.active)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: label.as_bytes(),
+                },
+            )
+            .ok()?;
+        Some(format!(
+            "{}.{}.{}",
+            B64URL.encode(&self.active),
+            B64URL.encode(nonce),
+            B64URL.encode(ciphertext)
+        ))
+    }
+
+    /// Opens a value [`KeyRing::seal_value`] sealed under `label` with any
+    /// loaded master key; `None` for anything else (altered, another label,
+    /// a key this replica does not hold, not in the form).
+    pub fn open_value(&self, label: &str, sealed: &str) -> Option<Vec<u8>> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+        let mut parts = sealed.split('.');
+        let (kid, nonce, ciphertext) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let kid = String::from_utf8(B64URL.decode(kid).ok()?).ok()?;
+        let cipher = self.sealing.get(&kid)?;
+        let nonce = B64URL.decode(nonce).ok().filter(|n| n.len() == NONCE_LEN)?;
+        let ciphertext = B64URL.decode(ciphertext).ok()?;
+        cipher
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: label.as_bytes(),
+                },
+            )
+            .ok()
     }
 
     /// Seals with the configured active key.
@@ -352,6 +417,30 @@ mod tests {
         assert!(!err.contains("c2VjcmV0"), "{err}");
         assert!(KeyRing::parse("", None).is_err());
         assert!(KeyRing::parse(&KeyRing::generate_line("a"), Some("b")).is_err());
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_label_and_unaltered() {
+        let l1 = KeyRing::generate_line("k1");
+        let k = ring(&l1);
+        let a = k.seal_value("cookie-a", b"flow").unwrap();
+        let b = k.seal_value("cookie-a", b"flow").unwrap();
+        assert_ne!(a, b, "a fresh nonce each time");
+        assert!(!a.contains("flow"));
+        assert_eq!(k.open_value("cookie-a", &a).unwrap(), b"flow");
+        assert!(k.open_value("cookie-b", &a).is_none(), "bound to its label");
+        let mut altered = a.clone().into_bytes();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert!(k.open_value("cookie-a", &altered).is_none());
+        assert!(k.open_value("cookie-a", "").is_none());
+        assert!(k.open_value("cookie-a", &format!("{a}.x")).is_none());
+        // Another master key opens nothing; after rotation the old key still does.
+        let l2 = KeyRing::generate_line("k2");
+        assert!(ring(&l2).open_value("cookie-a", &a).is_none());
+        let both = ring(&format!("{l1}\n{l2}"));
+        assert_eq!(both.open_value("cookie-a", &a).unwrap(), b"flow");
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //       {"read_text": "<selector>"},             the element's text, in the result's "text"
 //       {"screenshot": "<name>"},                <screenshots_dir>/<name>.png
 //       {"context": "<name>"}                    switches to (or creates) a separate cookie jar
+//       {"set_cookie": {"name": "...", "value": "...", "url": "<url>"}}
+//                                                plants a cookie in the current jar (as
+//                                                another site or an earlier visit could)
+//       {"cookie_digest": "<name>"}              the SHA-256 (hex) of each of the current
+//                                                jar's cookies <name> (one per path), comma-
+//                                                separated in "text" ("" when none); never
+//                                                a value itself
 //     ]
 //   }
 // Any step may carry "timeout_ms". Steps run in order in one browser; every
@@ -33,6 +40,7 @@
 // Query parameters that carry secrets (code, tokens, ...) are shown as
 // "REDACTED" in every URL printed.
 
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,7 +58,19 @@ const FLAGS = [
   '--disable-sync',
 ];
 const SECRET_PARAMS = ['code', 'access_token', 'id_token', 'refresh_token', 'token', 'code_verifier', 'client_secret'];
-const ACTIONS = ['goto', 'fill', 'click', 'select', 'expect_text', 'expect_url_prefix', 'read_text', 'screenshot', 'context'];
+const ACTIONS = [
+  'goto',
+  'fill',
+  'click',
+  'select',
+  'expect_text',
+  'expect_url_prefix',
+  'read_text',
+  'screenshot',
+  'context',
+  'set_cookie',
+  'cookie_digest',
+];
 
 function fail(message) {
   console.error(`browser.mjs: ${message}`);
@@ -180,6 +200,19 @@ for (const [index, step] of plan.steps.entries()) {
       }
       case 'context':
         break;
+      case 'set_cookie': {
+        const { name, value, url } = step.set_cookie ?? {};
+        if (![name, value, url].every((v) => typeof v === 'string')) throw new Error('set_cookie needs name, value and url');
+        await page.context().addCookies([{ name, value, url }]);
+        break;
+      }
+      case 'cookie_digest': {
+        result.text = (await page.context().cookies())
+          .filter((c) => c.name === step.cookie_digest)
+          .map((c) => createHash('sha256').update(c.value).digest('hex'))
+          .join(',');
+        break;
+      }
     }
     result.ok = true;
     result.context = current;

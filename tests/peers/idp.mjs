@@ -30,8 +30,8 @@
 //     #username (name=login), a submit button #sign-in and a button #deny;
 //     the form sends the same query back to /authorize plus login=<username>
 //     (or deny=1).
-//     deny=1: redirect to redirect_uri?error=access_denied[&state].
-//     login=<name>: redirect to redirect_uri?code=<code>[&state]; the code
+//     deny=1: redirect to redirect_uri?error=access_denied[&state]&iss.
+//     login=<name>: redirect to redirect_uri?code=<code>[&state]&iss; the code
 //     remembers {sub: <name>, client_id, scope, resource, nonce, PKCE
 //     challenge, redirect_uri}.
 //   POST /token grant_type=authorization_code&code&code_verifier&client_id&redirect_uri
@@ -54,6 +54,8 @@
 //   POST /revoke (RFC 7009) token=<refresh token>: that refresh token stops
 //     working; always 200, as the RFC says.
 //   GET /userinfo with the access token: {"sub": <its sub>}.
+//   Every authorization response carries RFC 9207 `iss` (the issuer), and
+//   the discovery document says so (authorization_response_iss_parameter_supported).
 //
 // Control endpoints for tests (form or JSON bodies):
 //   POST /control/access-ttl    seconds=<n>  lifetime of user access tokens
@@ -71,6 +73,13 @@
 //   POST /control/reset-stats   zeroes those counters (tokens stay as they are)
 //   POST /control/refresh-delay ms=<n>       refresh grants are answered n ms late (a slow
 //                                            provider); the presented token is spent at once
+//   POST /control/misbehave     the provider stops playing along; each POST replaces
+//                               the whole set (an empty body: behave again), answers it:
+//     wrong_nonce=1         ID tokens carry another nonce than the authorize request's
+//     wrong_id_token_aud=1  ID tokens are issued to another audience than the client
+//     require_pkce=1        /authorize refuses (error=invalid_request) a request without
+//                           an S256 code_challenge
+//     iss=omit|<value>      authorization responses carry no `iss`, or this one
 //
 // SIGUSR2 adds a signing key (key rotation).
 
@@ -106,6 +115,14 @@ const nowSecs = () => Math.floor(Date.now() / 1000);
 
 let accessTtl = 3600;
 let refreshDelayMs = 0;
+const behave = () => ({ wrong_nonce: false, wrong_id_token_aud: false, require_pkce: false, iss: undefined });
+let misbehave = behave();
+
+// RFC 9207: the issuer named in an authorization response (or none).
+function setIss(url) {
+  if (misbehave.iss === 'omit') return;
+  url.searchParams.set('iss', misbehave.iss ?? issuer);
+}
 /** code -> {sub, client_id, scope, aud, nonce, challenge, method, redirect_uri} */
 const codes = new Map();
 /** codes already exchanged (or refused), so a second use is told apart in tests. */
@@ -190,9 +207,16 @@ const app = express();
 app.disable('x-powered-by');
 const bodies = [express.urlencoded({ extended: false }), express.json()];
 
+// The discovery document says authorization responses carry `iss`.
+app.get('/.well-known/openid-configuration', (_req, res, next) => {
+  const json = res.json.bind(res);
+  res.json = (body) => json({ ...body, authorization_response_iss_parameter_supported: true });
+  next();
+});
+
 app.get('/authorize', (req, res, next) => {
   const q = req.query;
-  if (q.deny !== undefined && q.deny !== '' && q.deny !== '0') {
+  const errorRedirect = (error, description) => {
     let url;
     try {
       url = new URL(str(q.redirect_uri) ?? '');
@@ -200,10 +224,18 @@ app.get('/authorize', (req, res, next) => {
       res.status(400).json({ error: 'invalid_request', error_description: 'redirect_uri is not a URL' });
       return;
     }
-    url.searchParams.set('error', 'access_denied');
-    url.searchParams.set('error_description', 'The person declined.');
+    url.searchParams.set('error', error);
+    url.searchParams.set('error_description', description);
     if (str(q.state)) url.searchParams.set('state', q.state);
+    setIss(url);
     res.redirect(url.href);
+  };
+  if (misbehave.require_pkce && (!str(q.code_challenge) || q.code_challenge_method !== 'S256')) {
+    errorRedirect('invalid_request', 'PKCE with S256 is required.');
+    return;
+  }
+  if (q.deny !== undefined && q.deny !== '' && q.deny !== '0') {
+    errorRedirect('access_denied', 'The person declined.');
     return;
   }
   if (!str(q.login)) {
@@ -215,6 +247,7 @@ app.get('/authorize', (req, res, next) => {
 });
 
 server.service.on('beforeAuthorizeRedirect', ({ url }, req) => {
+  setIss(url);
   const code = url.searchParams.get('code');
   const q = req.query ?? {};
   if (!code || !str(q.login)) return;
@@ -308,6 +341,19 @@ app.post('/control/refresh-delay', ...bodies, (req, res) => {
   res.json({ refresh_delay_ms: refreshDelayMs });
 });
 
+app.post('/control/misbehave', ...bodies, (req, res) => {
+  const body = req.body ?? {};
+  const on = (v) => v === true || v === '1' || v === 'true';
+  const iss = body.iss === undefined || body.iss === '' ? undefined : String(body.iss);
+  misbehave = {
+    wrong_nonce: on(body.wrong_nonce),
+    wrong_id_token_aud: on(body.wrong_id_token_aud),
+    require_pkce: on(body.require_pkce),
+    iss,
+  };
+  res.json(misbehave);
+});
+
 app.post('/control/revoke-subject', ...bodies, (req, res) => {
   const sub = str(req.body?.sub);
   if (sub === undefined) {
@@ -389,6 +435,8 @@ server.service.on('beforeTokenSigning', (token, req) => {
     }
     if (idToken) {
       if (grant.client_id !== undefined) p.aud = grant.client_id;
+      if (misbehave.wrong_id_token_aud) p.aud = 'someone-else';
+      if (misbehave.wrong_nonce) p.nonce = randomBytes(16).toString('base64url');
     } else {
       p.aud = grant.aud;
       if (grant.scope !== undefined) p.scope = grant.scope;

@@ -35,7 +35,7 @@ pub const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct StepResult {
     pub index: usize,
     /// `goto`, `fill`, `click`, `select`, `expect_text`, `expect_url_prefix`,
-    /// `read_text`, `screenshot` or `context`.
+    /// `read_text`, `screenshot`, `context`, `set_cookie` or `cookie_digest`.
     pub action: String,
     pub ok: bool,
     /// The page's URL after the step, secret query parameters (`code`,
@@ -47,7 +47,8 @@ pub struct StepResult {
     pub context: String,
     /// The HTTP status of a `goto`.
     pub status: Option<u16>,
-    /// The element text of a `read_text`.
+    /// The element text of a `read_text`; for `cookie_digest` the SHA-256
+    /// (hex) of each value of the cookie, comma-separated (empty: none).
     pub text: Option<String>,
     /// Where a `screenshot` went.
     pub path: Option<PathBuf>,

@@ -642,6 +642,15 @@ impl Idp {
         Ok(())
     }
 
+    /// Makes the provider stop playing along (`POST /control/misbehave`):
+    /// `wrong_nonce`, `wrong_id_token_aud`, `require_pkce` (each `"1"`),
+    /// `iss` (`"omit"` or the value to send). Replaces what was set before;
+    /// no switches: it behaves again.
+    pub async fn misbehave(&self, switches: &[(&str, &str)]) -> Result<()> {
+        self.control("misbehave", switches).await?;
+        Ok(())
+    }
+
     async fn control(&self, what: &str, form: &[(&str, &str)]) -> Result<serde_json::Value> {
         let url = format!("{}/control/{what}", self.base_url());
         let (status, reply) = post_form(&url, form).await?;

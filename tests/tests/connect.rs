@@ -53,6 +53,8 @@ revocation_endpoint = "{revoke}"
 client_id = "latchkey"
 scopes = ["crm.read"]
 resource = "{RESOURCE}"
+issuer = "{issuer}"
+authorization_response_iss_parameter_supported = true
 
 [[gateways.assignments]]
 name = "crm"
@@ -63,6 +65,7 @@ scheme = "per_user"
             authorize = provider.authorize_url(),
             token = provider.token_url(),
             revoke = provider.revocation_url(),
+            issuer = provider.issuer(),
         );
         let stack = Stack::start(
             name,
@@ -360,34 +363,62 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Result<String> {
         .with_context(|| format!("no {name} cookie set"))
 }
 
-/// Signs `login` in on the connect page without a browser; the session cookie.
-async fn sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<String> {
+/// The `name=value` of the flow cookie `r` sets (its sealed state).
+fn flow_cookie(r: &reqwest::Response) -> Result<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|v| v.starts_with("latchkey_flow_") && !v.ends_with('='))
+        .map(str::to_string)
+        .context("no flow cookie set")
+}
+
+/// Whether `r` removes the flow cookie `flow` (`name=value`).
+fn clears(r: &reqwest::Response, flow: &str) -> bool {
+    let name = flow.split('=').next().unwrap_or_default();
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.starts_with(&format!("{name}=;")) && v.contains("Max-Age=0"))
+}
+
+/// Starts signing in on the connect page without a browser: the identity
+/// provider's redirect back after `login` signed in there, and the flow
+/// cookie the page set.
+async fn start_sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<(String, String)> {
     let r = c.get(page).send().await?;
     assert_eq!(r.status(), 303);
-    let signin = set_cookie(&r, "latchkey_connect_signin")?;
+    let flow = flow_cookie(&r)?;
     let r = c
         .get(format!("{}&login={login}", location(&r)?))
         .send()
         .await?;
     assert_eq!(r.status(), 302);
-    let r = c
-        .get(location(&r)?)
-        .header("cookie", &signin)
-        .send()
-        .await?;
+    Ok((location(&r)?, flow))
+}
+
+/// Signs `login` in on the connect page without a browser; the session cookie.
+async fn sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<String> {
+    let (callback, flow) = start_sign_in(c, page, login).await?;
+    let r = c.get(callback).header("cookie", &flow).send().await?;
     assert_eq!(r.status(), 303);
+    assert!(clears(&r, &flow), "the flow cookie is removed");
     set_cookie(&r, "latchkey_connect")
 }
 
 /// Starts authorising `server` with `session`; the provider's redirect back
-/// (with a code and the state) after `login` signed in there.
+/// (with a code and the state) after `login` signed in there, and the flow
+/// cookie the page set.
 async fn authorise(
     c: &reqwest::Client,
     http: &str,
     session: &str,
     server: &str,
     login: &str,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let page = c
         .get(format!("{http}/connect/e2e"))
         .header("cookie", session)
@@ -403,12 +434,48 @@ async fn authorise(
         .send()
         .await?;
     assert_eq!(r.status(), 303);
+    let flow = flow_cookie(&r)?;
     let r = c
         .get(format!("{}&login={login}", location(&r)?))
         .send()
         .await?;
     assert_eq!(r.status(), 302);
-    location(&r)
+    Ok((location(&r)?, flow))
+}
+
+/// Query parameter `name` of `url`, decoded.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `url` with query parameter `name` set to `value` (`None`: removed).
+fn with_param(url: &str, name: &str, value: Option<&str>) -> Result<String> {
+    let mut u = reqwest::Url::parse(url)?;
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    Ok(u.to_string())
+}
+
+/// `a` and `b` as one Cookie header.
+fn both(a: &str, b: &str) -> String {
+    format!("{a}; {b}")
 }
 
 /// The CSRF token of the connect page's forms.
@@ -473,8 +540,18 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
     // Codes are secrets too: none may show up in a log or an event.
     let mut codes = Vec::new();
     // A state that was changed is not one Latchkey issued.
-    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
     codes.push(code_in(&callback)?);
+    // The callback comes back to crm's own redirect URI, naming crm's issuer.
+    assert!(
+        callback.starts_with(&format!("{http}/connect/callback/crm?")),
+        "{callback}"
+    );
+    assert_eq!(
+        query_param(&callback, "iss").as_deref(),
+        Some(s.provider.issuer().as_str()),
+        "{callback}"
+    );
     let state = callback
         .split("state=")
         .nth(1)
@@ -482,29 +559,44 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
         .context("a state in the callback")?
         .to_string();
     let tampered = callback.replace(&state, &format!("{state}x"));
-    let (status, body) = get(&c, &tampered, &session).await?;
+    let (status, body) = get(&c, &tampered, &both(&session, &flow)).await?;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("has expired or was already used"), "{body}");
     assert!(body.contains("Nothing was stored"), "{body}");
     assert!(s.identities_of("alice")?.is_empty());
 
-    // Another session (bob's) cannot finish alice's authorisation.
+    // Another browser (without the flow's cookie) cannot finish alice's
+    // authorisation; nor can another session, even holding that cookie.
     let (status, body) = get(&c, &callback, &bob_session).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("has expired or was already used"), "{body}");
+    let (status, body) = get(&c, &callback, &both(&bob_session, &flow)).await?;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("State mismatch"), "{body}");
     assert!(s.identities_of("alice")?.is_empty());
     assert!(s.identities_of("bob")?.is_empty());
     assert!(s.connection("bob")?.is_none());
 
-    // The right session finishes it once; the same state again is refused.
-    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    // The right session finishes it once, and the answer removes the flow
+    // cookie; the same state again is refused, and so is a replay by someone
+    // who kept a copy of the cookie (the provider's code is single use).
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
     codes.push(code_in(&callback)?);
-    let (status, body) = get(&c, &callback, &session).await?;
-    assert_eq!(status, 303, "{body}");
+    let r = c
+        .get(&callback)
+        .header("cookie", both(&session, &flow))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 303);
+    assert!(clears(&r, &flow), "the flow cookie is removed");
     assert_eq!(s.identities_of("alice")?.len(), 1);
     let (status, body) = get(&c, &callback, &session).await?;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("has expired or was already used"), "{body}");
+    let (status, body) = get(&c, &callback, &both(&session, &flow)).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("This code was already used"), "{body}");
+    assert!(body.contains("Nothing was stored"), "{body}");
     assert_eq!(s.identities_of("alice")?.len(), 1);
     assert_eq!(s.provider.stats().await?.authorization_code, 1);
 
@@ -544,9 +636,9 @@ async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothi
         .query::<()>(&mut s.redis()?)?;
     let page = get(&c, &format!("{http}/connect/e2e"), &session).await?.1;
     assert!(page.contains("needs authorising again"), "{page}");
-    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
     codes.push(code_in(&callback)?);
-    let (status, body) = get(&c, &callback, &session).await?;
+    let (status, body) = get(&c, &callback, &both(&session, &flow)).await?;
     assert_eq!(status, 303, "{body}");
     assert_eq!(s.identities_of("alice")?, vec![id.clone()]);
     let raw: String = redis::cmd("GET").arg(&key).query(&mut s.redis()?)?;
@@ -629,14 +721,14 @@ async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_not
     assert!(body.contains("This link has expired"), "{body}");
 
     // The provider goes down between the consent screen and the code exchange.
-    let callback = authorise(&c, &http, &session, "crm", "alice").await?;
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
     let code = code_in(&callback)?;
     s.provider
         .process
         .as_mut()
         .context("the provider was started here")?
         .stop();
-    let (status, body) = get(&c, &callback, &session).await?;
+    let (status, body) = get(&c, &callback, &both(&session, &flow)).await?;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("The provider is down"), "{body}");
     assert!(body.contains("Nothing was stored"), "{body}");
@@ -646,5 +738,283 @@ async fn an_expired_link_and_a_provider_that_is_down_end_on_a_page_and_store_not
     s.stack.remember_secret(value);
     s.stack.remember_secret(&code);
     s.assert_no_secret_anywhere(&[value.to_string(), code], "connect_down")?;
+    Ok(())
+}
+
+/// Every key in the scenario's Redis.
+fn redis_keys(s: &Scenario) -> Result<std::collections::BTreeSet<String>> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut s.redis()?)?;
+    Ok(keys.into_iter().collect())
+}
+
+/// The connect page sessions in Redis.
+fn sessions(s: &Scenario) -> Result<Vec<String>> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("latchkey:connect:session:*")
+        .query(&mut s.redis()?)?;
+    Ok(keys)
+}
+
+/// Whether `r` sets a connect page session cookie.
+fn sets_session(r: &reqwest::Response) -> bool {
+    set_cookie(r, "latchkey_connect").is_ok_and(|c| c != "latchkey_connect=")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_visits_store_nothing_and_a_planted_session_cookie_is_replaced_at_sign_in()
+-> Result<()> {
+    let s = Scenario::start("connect_anonymous").await?;
+    let c = raw_client()?;
+    let http = s.http();
+    let page = format!("{http}/connect/e2e");
+    let before = redis_keys(&s)?;
+
+    // Visits without a session: plain, with a consent request id, with a
+    // made-up session cookie; each is sent to sign in with a flow cookie of
+    // bounded size, and none leaves anything on the server.
+    let planted = latchkey_authz::connect::random_token();
+    for i in 0..150 {
+        let (url, cookie) = match i % 3 {
+            0 => (page.clone(), String::new()),
+            1 => (
+                format!("{page}?request=0123456789abcdef0123456789abcdef"),
+                String::new(),
+            ),
+            _ => (page.clone(), format!("latchkey_connect={planted}")),
+        };
+        let r = c.get(&url).header("cookie", cookie).send().await?;
+        assert_eq!(r.status(), 303, "visit {i}");
+        let flow = flow_cookie(&r)?;
+        assert!(flow.len() < 1024, "a flow cookie is {} bytes", flow.len());
+        assert!(!sets_session(&r));
+    }
+    // Callbacks with states nobody issued, at every redirect URI.
+    for url in [
+        format!("{http}/connect/callback?state=made-up&code=x"),
+        format!("{http}/connect/callback/crm?state=made-up&code=x"),
+        format!("{http}/connect/callback/nope?state=made-up&code=x"),
+    ] {
+        let r = c
+            .get(&url)
+            .header("cookie", "latchkey_flow_0123456789abcdef=forged")
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400, "{url}");
+    }
+    let after = redis_keys(&s)?;
+    assert_eq!(
+        after.difference(&before).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "anonymous visits wrote nothing to Redis"
+    );
+
+    // Positive control, read the same way: a person signing in in a
+    // browser that carries a planted session cookie adds exactly one key,
+    // their session, under a value Latchkey minted; the planted one
+    // granted nothing before and grants nothing after.
+    let browser = Browser::new("connect_anonymous")?;
+    let steps = browser
+        .run(json!({"steps": [
+            {"set_cookie": {"name": "latchkey_connect", "value": planted, "url": page}},
+            {"goto": page},
+            {"expect_text": "latchkey-connect asks to act on your behalf"},
+            {"fill": "#username", "value": "alice"},
+            {"click": "#sign-in"},
+            {"expect_text": "Connect your accounts for e2e"},
+            {"cookie_digest": "latchkey_connect"},
+        ]}))
+        .await?;
+    // The planted cookie (under its own, narrower path) is still in the
+    // jar and sent first; it did not shadow the minted one.
+    let digests = steps
+        .last()
+        .and_then(|r| r.text.clone())
+        .context("the session cookies' digests")?;
+    let digest = latchkey_authz::connect::digest;
+    let planted_digest = digest(&planted);
+    let minted: Vec<&str> = digests
+        .split(',')
+        .filter(|d| !d.is_empty() && *d != planted_digest)
+        .collect();
+    assert_eq!(minted.len(), 1, "one session cookie minted: {digests}");
+    let minted = minted[0].to_string();
+    let after = redis_keys(&s)?;
+    assert_eq!(
+        after.difference(&before).cloned().collect::<Vec<_>>(),
+        vec![format!("latchkey:connect:session:{minted}")],
+        "signing in stored exactly the session the browser now holds"
+    );
+    let (status, _) = get(&c, &page, &format!("latchkey_connect={planted}")).await?;
+    assert_eq!(status, 303, "the planted value signs nobody in");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_another_provider_is_refused_and_its_own_provider_connects() -> Result<()> {
+    let s = Scenario::start("connect_mixup").await?;
+    let c = raw_client()?;
+    let http = s.http();
+    let session = sign_in(&c, &format!("{http}/connect/e2e"), "alice").await?;
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
+    let cookies = both(&session, &flow);
+    let other_issuer = s.stack.idp.issuer();
+    let wrong = |status: u16, body: &str, why: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("This answer came from the wrong provider"),
+            "{body}"
+        );
+        assert!(body.contains(why), "{why}: {body}");
+        assert!(body.contains("nothing was stored"), "{body}");
+    };
+
+    // The answer names another issuer (RFC 9207), or none though crm's
+    // provider always names itself.
+    let (status, body) = get(
+        &c,
+        &with_param(&callback, "iss", Some(&other_issuer))?,
+        &cookies,
+    )
+    .await?;
+    wrong(status, &body, "names another issuer");
+    let (status, body) = get(&c, &with_param(&callback, "iss", None)?, &cookies).await?;
+    wrong(status, &body, "does not say which issuer sent it");
+    // The answer arrives at another provider's redirect URI: another
+    // server's, or the sign-in's.
+    let elsewhere = callback.replace("/connect/callback/crm?", "/connect/callback/whoami?");
+    let (status, body) = get(&c, &elsewhere, &cookies).await?;
+    wrong(
+        status,
+        &body,
+        "came back to the redirect address of server whoami",
+    );
+    let at_sign_in = callback.replace("/connect/callback/crm?", "/connect/callback?");
+    let (status, body) = get(&c, &at_sign_in, &cookies).await?;
+    wrong(status, &body, "came back to the sign-in address");
+    // A sign-in answer delivered to crm's redirect URI.
+    let (sign_in_callback, sign_in_flow) =
+        start_sign_in(&c, &format!("{http}/connect/e2e"), "alice").await?;
+    let (status, body) = get(
+        &c,
+        &sign_in_callback.replace("/connect/callback?", "/connect/callback/crm?"),
+        &sign_in_flow,
+    )
+    .await?;
+    wrong(
+        status,
+        &body,
+        "came back to the redirect address of server crm",
+    );
+    // The provider itself sends a wrong `iss`.
+    s.provider.misbehave(&[("iss", &other_issuer)]).await?;
+    let (sent_wrong, sent_wrong_flow) = authorise(&c, &http, &session, "crm", "alice").await?;
+    s.provider.misbehave(&[]).await?;
+    let (status, body) = get(&c, &sent_wrong, &both(&session, &sent_wrong_flow)).await?;
+    wrong(status, &body, "names another issuer");
+
+    // None of those reached the token endpoint or stored anything.
+    assert_eq!(s.provider.stats().await?.authorization_code, 0);
+    assert_eq!(s.provider.stats().await?.invalid_grant, 0);
+    assert!(s.identities_of("alice")?.is_empty());
+    assert!(s.connection("alice")?.is_none());
+
+    // The same answer, unaltered, at crm's own redirect URI connects crm.
+    let (status, body) = get(&c, &callback, &cookies).await?;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(s.provider.stats().await?.authorization_code, 1);
+    assert_eq!(s.identities_of("alice")?.len(), 1);
+    let connection = s.connection("alice")?.context("alice's connection")?;
+    assert!(connection["identities"]["crm"].is_string(), "{connection}");
+    let mut secrets = vec![code_in(&callback)?, code_in(&sent_wrong)?];
+    let value = session.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    secrets.push(value.to_string());
+    for secret in &secrets {
+        s.stack.remember_secret(secret);
+    }
+    s.assert_no_secret_anywhere(&secrets, "connect_mixup")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_that_does_not_play_along_signs_nobody_in() -> Result<()> {
+    let s = Scenario::start("connect_idp_misbehaves").await?;
+    let c = raw_client()?;
+    let page = format!("{}/connect/e2e", s.http());
+    let idp = &s.stack.idp;
+    let other_issuer = s.provider.issuer();
+    let mut codes = Vec::new();
+
+    // Each misbehaviour ends on a page that says what went wrong; no
+    // session is stored or handed to the browser.
+    let cases: [(&[(&str, &str)], u16, &str); 4] = [
+        (&[("wrong_nonce", "1")], 400, "nonce mismatch"),
+        (
+            &[("wrong_id_token_aud", "1")],
+            400,
+            "Sign-in could not be verified",
+        ),
+        (&[("iss", &other_issuer)], 400, "names another issuer"),
+        (&[("iss", "omit")], 400, "does not say which issuer sent it"),
+    ];
+    for (switches, want_status, want_text) in cases {
+        idp.misbehave(switches).await?;
+        let (callback, flow) = start_sign_in(&c, &page, "alice").await?;
+        codes.push(code_in(&callback)?);
+        let r = c.get(&callback).header("cookie", &flow).send().await?;
+        let status = r.status().as_u16();
+        assert!(!sets_session(&r), "{switches:?}");
+        let body = r.text().await?;
+        assert_eq!(status, want_status, "{switches:?}: {body}");
+        assert!(body.contains(want_text), "{switches:?}: {body}");
+        assert!(sessions(&s)?.is_empty(), "{switches:?}");
+    }
+
+    // PKCE: with a provider that insists on S256, sign-in works (Latchkey
+    // sends it); a code issued to one sign-in and injected into another's
+    // callback is refused, because it was bound to the first one's verifier.
+    idp.misbehave(&[("require_pkce", "1")]).await?;
+    let (victim_callback, victim_flow) = start_sign_in(&c, &page, "alice").await?;
+    let (attacker_callback, _) = start_sign_in(&c, &page, "mallory").await?;
+    let injected = with_param(
+        &victim_callback,
+        "code",
+        Some(&code_in(&attacker_callback)?),
+    )?;
+    codes.push(code_in(&attacker_callback)?);
+    codes.push(code_in(&victim_callback)?);
+    let before = idp.stats().await?.invalid_grant;
+    let r = c
+        .get(&injected)
+        .header("cookie", &victim_flow)
+        .send()
+        .await?;
+    assert!(!sets_session(&r));
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Nothing was stored"), "{body}");
+    assert_eq!(
+        idp.stats().await?.invalid_grant,
+        before + 1,
+        "the provider refused the injected code's verifier"
+    );
+    assert!(sessions(&s)?.is_empty());
+
+    // The same provider, playing along (but still insisting on PKCE): the
+    // person is signed in, with exactly one session.
+    let session = sign_in(&c, &page, "alice").await?;
+    assert_eq!(sessions(&s)?.len(), 1);
+    let (status, body) = get(&c, &page, &session).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Connect your accounts for e2e"), "{body}");
+    idp.misbehave(&[]).await?;
+
+    let value = session.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    let mut secrets = codes;
+    secrets.push(value.to_string());
+    for secret in &secrets {
+        s.stack.remember_secret(secret);
+    }
+    s.assert_no_secret_anywhere(&secrets, "connect_idp_misbehaves")?;
     Ok(())
 }
