@@ -7,11 +7,60 @@
 //!
 //! No event carries a secret: record summaries list status, availability,
 //! version and key id, never the sealed value.
+//!
+//! No event is larger than it must be: every value that came from a
+//! request or a token goes through [`bound`] before it is logged, counted,
+//! queued or written, so one request adds at most [`MAX_EVENT_BYTES`] to
+//! the stream whatever its fields held.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::identity::{ConnectionRecord, PrincipalRecord, VaultRecord, now_rfc3339};
+
+/// Longest request-derived value an event, a log line or a queue keeps, in
+/// bytes. Longer values are cut by [`bound`].
+pub const FIELD_MAX: usize = 512;
+/// Most delegation actors an event lists (a marker entry follows when the
+/// token had more).
+pub const ACTORS_MAX: usize = 8;
+/// Largest decision event written to the audit stream, in bytes; with
+/// every field bounded a real event is far smaller (a few hundred bytes).
+/// The stream thus holds at most `[audit] stream_max_len` × this much, and
+/// the writer's queue `[audit] queue_events` × this much.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+
+/// The one way a request-derived value enters a log line, a metric, an
+/// audit event or a queue: unchanged up to [`FIELD_MAX`] bytes, else its
+/// first bytes (cut at a character boundary) followed by a marker with the
+/// full length and a short SHA-256 of the whole value, so two different
+/// long values stay distinguishable and a known value can be matched:
+/// `…[truncated: 1048576 bytes, sha256 1f2e3d4c5b6a7980]`.
+pub fn bound(value: &str) -> Cow<'_, str> {
+    if value.len() <= FIELD_MAX {
+        return Cow::Borrowed(value);
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let mut marker = format!("…[truncated: {} bytes, sha256 ", value.len());
+    for b in &digest.as_ref()[..8] {
+        let _ = write!(marker, "{b:02x}");
+    }
+    marker.push(']');
+    let mut keep = FIELD_MAX - marker.len();
+    while !value.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &value[..keep]))
+}
+
+fn bound_in_place(value: &mut String) {
+    if let Cow::Owned(cut) = bound(value) {
+        *value = cut;
+    }
+}
 
 /// One lifecycle event: a create, change, disable, enable, delete or key rotation.
 #[derive(Debug, Clone, Serialize)]
@@ -45,9 +94,9 @@ impl LifecycleEvent {
             time: now_rfc3339(),
             event: "lifecycle",
             action: action.into(),
-            actor: actor.to_string(),
+            actor: bound(actor).into_owned(),
             target_kind,
-            target: target.to_string(),
+            target: bound(target).into_owned(),
             before,
             after,
         }
@@ -130,6 +179,53 @@ impl DecisionEvent {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// Cuts every value that came from the request or its token with
+    /// [`bound`], and the delegation chain to [`ACTORS_MAX`] actors. Done
+    /// once, before the event is counted, logged or queued.
+    pub fn bound_fields(&mut self) {
+        bound_in_place(&mut self.request_id);
+        bound_in_place(&mut self.method);
+        let optional = [
+            &mut self.gateway,
+            &mut self.assignment,
+            &mut self.server,
+            &mut self.name,
+            &mut self.user,
+            &mut self.agent,
+            &mut self.identity,
+            &mut self.session_id,
+        ];
+        for value in optional.into_iter().flatten() {
+            bound_in_place(value);
+        }
+        if self.delegation.len() > ACTORS_MAX {
+            let more = self.delegation.len() - ACTORS_MAX;
+            self.delegation.truncate(ACTORS_MAX);
+            self.delegation.push(format!("…[{more} more actors]"));
+        }
+        self.delegation.iter_mut().for_each(bound_in_place);
+    }
+
+    /// The event as the stream stores it: its JSON, or, should it still be
+    /// over [`MAX_EVENT_BYTES`], the fields that say what was decided and
+    /// a `truncated` flag (the full event stays in the log line).
+    pub fn to_stream_json(&self) -> String {
+        let json = self.to_json();
+        if json.len() <= MAX_EVENT_BYTES {
+            return json;
+        }
+        json!({
+            "time": self.time,
+            "event": self.event,
+            "request_id": bound(&self.request_id),
+            "decision": self.decision,
+            "reason": self.reason,
+            "status": self.status,
+            "truncated": true,
+        })
+        .to_string()
+    }
 }
 
 /// What an event shows of an identity: everything but the ciphertext.
@@ -200,6 +296,55 @@ mod tests {
         assert!(
             !text.contains("CIPHERTEXT") && !text.contains("NONCE"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_with_its_length_and_digest_and_stays_distinguishable() {
+        assert_eq!(bound("short"), "short");
+        let exact = "x".repeat(FIELD_MAX);
+        assert_eq!(bound(&exact), exact.as_str());
+        let a = format!("{}a", "é".repeat(FIELD_MAX));
+        let b = format!("{}b", "é".repeat(FIELD_MAX));
+        let (cut_a, cut_b) = (bound(&a), bound(&b));
+        assert!(cut_a.len() <= FIELD_MAX, "{}", cut_a.len());
+        assert_ne!(cut_a, cut_b, "the digest tells them apart");
+        assert!(cut_a.starts_with("éé"), "{cut_a}");
+        assert!(
+            cut_a.contains(&format!("[truncated: {} bytes, sha256 ", a.len())),
+            "{cut_a}"
+        );
+    }
+
+    #[test]
+    fn a_decision_event_built_from_absurd_values_stays_small() {
+        let huge = "n".repeat(1 << 20);
+        let mut e = DecisionEvent {
+            request_id: huge.clone(),
+            method: huge.clone(),
+            name: Some(huge.clone()),
+            session_id: Some(huge.clone()),
+            user: Some(huge.clone()),
+            delegation: vec![huge.clone(); 100],
+            ..DecisionEvent::default()
+        };
+        e.bound_fields();
+        assert_eq!(e.delegation.len(), ACTORS_MAX + 1);
+        let json = e.to_stream_json();
+        assert!(json.len() <= MAX_EVENT_BYTES, "{}", json.len());
+        assert!(
+            !json.contains("truncated\":true"),
+            "bounded fields fit whole"
+        );
+        // Unbounded, the stream copy is still capped.
+        let raw = DecisionEvent {
+            name: Some(huge),
+            ..DecisionEvent::default()
+        };
+        let json = raw.to_stream_json();
+        assert!(
+            json.len() < 1024 && json.contains("\"truncated\":true"),
+            "{json}"
         );
     }
 }

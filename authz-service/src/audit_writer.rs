@@ -45,9 +45,11 @@ impl AuditWriter {
         })
     }
 
-    /// Logs the event and queues it for the stream; never waits.
+    /// Logs the event and queues it for the stream; never waits. The
+    /// queued copy is at most [`crate::audit::MAX_EVENT_BYTES`], so the queue holds at
+    /// most its capacity times that.
     pub fn record(&self, event: &DecisionEvent) {
-        let json = event.to_json();
+        let json = event.to_stream_json();
         log(event);
         crate::otlp::export(&json);
         if self.queue.try_send(json).is_err() {

@@ -33,7 +33,7 @@ impl Authorization for CheckService {
             Ok(ctx) => ctx,
             Err(bad) => {
                 let denied = respond::bad_request(&bad);
-                self.record(&DecisionEvent {
+                self.record(DecisionEvent {
                     time: now_rfc3339(),
                     event: "decision",
                     request_id: request
@@ -64,7 +64,7 @@ impl Authorization for CheckService {
         };
         let decision = decider.decide(&ctx).await;
         let decision = self.consent(&ctx, decision).await;
-        self.record(&event(&ctx, &decision, started));
+        self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);
         if let Some(framing) = self.hidden_framing(&ctx, &decision) {
             respond::frame_like_upstream(&mut response, &framing);
@@ -147,11 +147,13 @@ impl CheckService {
         ))
     }
 
-    /// The one place a decision leaves the decision path: counted for
-    /// `/metrics`, then logged and queued for the audit stream. Neither waits.
-    fn record(&self, event: &DecisionEvent) {
-        self.state.metrics.record_decision(event);
-        self.state.audit.record(event);
+    /// The one place a decision leaves the decision path: its request
+    /// values bounded, counted for `/metrics`, then logged and queued for
+    /// the audit stream. Neither waits.
+    fn record(&self, mut event: DecisionEvent) {
+        event.bound_fields();
+        self.state.metrics.record_decision(&event);
+        self.state.audit.record(&event);
     }
 }
 

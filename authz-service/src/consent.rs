@@ -504,9 +504,17 @@ pub async fn remember_capabilities(
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
         return;
     };
-    let Some(caps) = declared_capabilities(&message) else {
+    let Some(declared) = declared_capabilities(&message) else {
         return;
     };
+    // Only what a consent answer reads is kept: the client's declaration
+    // is attacker-sized (up to the body limit), the summary is not.
+    let summary = if declares_url_elicitation(declared) {
+        json!({"elicitation": {"url": {}}})
+    } else {
+        json!({})
+    };
+    let caps = &summary;
     let store = &credentials.store;
     let key = store.client_capabilities_key(&at.gateway, user, client_key(at));
     let digest = {

@@ -3,12 +3,13 @@
 //! Latchkey filter's `latchkey.mcp` metadata or, behind Envoy's native
 //! ext_authz filter, from the request body it forwards.
 
-use latchkey_filter::mcp::McpMessage;
+use latchkey_filter::mcp::{self, McpMessage, RequestError};
 use latchkey_filter::visibility::ItemKind;
 use latchkey_proto::auth::CheckRequest;
 
-/// Everything the decision needs, independent of how it arrived.
-#[derive(Debug, Clone, Default)]
+/// Everything the decision needs, independent of how it arrived. `Debug`
+/// leaves out the bearer token and the body.
+#[derive(Clone, Default)]
 pub struct RequestContext {
     pub request_id: String,
     pub method: String,
@@ -35,6 +36,36 @@ pub struct BadRequest {
     pub jsonrpc_code: i64,
     pub message: String,
     pub id: Option<serde_json::Value>,
+}
+
+impl From<RequestError> for BadRequest {
+    fn from(e: RequestError) -> Self {
+        BadRequest {
+            http_status: e.http_status,
+            jsonrpc_code: e.jsonrpc_code,
+            message: e.message,
+            id: e.id,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("request_id", &self.request_id)
+            .field("method", &self.method)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("peer_principal", &self.peer_principal)
+            .field("mcp", &self.mcp)
+            .field("body_bytes", &self.body.len())
+            .field("rejected_credentials", &self.rejected_credentials)
+            .finish()
+    }
 }
 
 impl RequestContext {
@@ -70,7 +101,12 @@ impl RequestContext {
         // refreshes of shared OAuth identities.
         let from_latchkey_filter = from_filter.is_some();
         let mcp = match from_filter {
-            Some(m) => Some(m),
+            // The filter already refused out-of-bounds fields; checked again
+            // so that nothing unbounded is judged, logged or audited here.
+            Some(m) => {
+                mcp::check_bounds(&m).map_err(BadRequest::from)?;
+                Some(m)
+            }
             None => crate::native::mcp_from_http(&http)?,
         };
         let body = if http.raw_body.is_empty() {
@@ -135,9 +171,29 @@ mod tests {
     use latchkey_proto::auth::AttributeContext;
     use latchkey_proto::auth::attribute_context::{HttpRequest, Request};
 
+    fn check(http: HttpRequest, mcp: Option<&McpMessage>) -> CheckRequest {
+        let metadata_context = mcp.map(|m| latchkey_proto::core::Metadata {
+            filter_metadata: [(
+                latchkey_proto::MCP_METADATA_NAMESPACE.to_owned(),
+                m.to_metadata(),
+            )]
+            .into(),
+        });
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                metadata_context,
+                ..Default::default()
+            }),
+        }
+    }
+
     /// A POST of a `tools/call` whose headers include a refused-credential
     /// report; with `filter_metadata`, as the Latchkey filter sends it.
-    fn check(filter_metadata: bool) -> CheckRequest {
+    fn check_with_report(filter_metadata: bool) -> CheckRequest {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
         let mut http = HttpRequest {
             method: "POST".into(),
@@ -152,38 +208,50 @@ mod tests {
         ] {
             http.headers.insert(k.into(), v.into());
         }
-        let mut attributes = AttributeContext {
-            request: Some(Request {
-                http: Some(http.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        if filter_metadata {
-            let message = crate::native::mcp_from_http(&http).unwrap().unwrap();
-            let mut md = latchkey_proto::core::Metadata::default();
-            md.filter_metadata.insert(
-                latchkey_proto::MCP_METADATA_NAMESPACE.into(),
-                message.to_metadata(),
-            );
-            attributes.metadata_context = Some(md);
-        }
-        CheckRequest {
-            attributes: Some(attributes),
-        }
+        let message = filter_metadata.then(|| crate::native::mcp_from_http(&http).unwrap().unwrap());
+        check(http, message.as_ref())
     }
 
     #[test]
     fn a_refused_credential_report_is_believed_only_from_the_latchkey_filter() {
-        let from_filter = RequestContext::from_check(&check(true)).unwrap();
+        let from_filter = RequestContext::from_check(&check_with_report(true)).unwrap();
         assert_eq!(from_filter.rejected_credentials, ["crm-sa@3"]);
         // Native ext_authz forwards the client's headers: the same header
         // without the filter's metadata is the client's, and is ignored.
-        let from_client = RequestContext::from_check(&check(false)).unwrap();
+        let from_client = RequestContext::from_check(&check_with_report(false)).unwrap();
         assert!(from_client.rejected_credentials.is_empty());
         assert_eq!(
             from_client.mcp.and_then(|m| m.name).as_deref(),
             Some("echo")
         );
+    }
+
+    #[test]
+    fn debug_never_shows_the_bearer_token() {
+        let mut http = HttpRequest::default();
+        http.headers
+            .insert("authorization".into(), "Bearer eyJ.secret.sig".into());
+        let ctx = RequestContext::from_check(&check(http, None)).unwrap();
+        let shown = format!("{ctx:?}");
+        assert!(ctx.authorization.is_some());
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn filter_metadata_with_an_invalid_session_id_is_a_bad_request() {
+        let m = |session: &str| {
+            let mut headers = vec![(":method".to_owned(), "GET".to_owned())];
+            headers.push(("mcp-session-id".into(), "ok".into()));
+            let mut m = mcp::classify(&headers, b"").unwrap();
+            m.session_id = Some(session.to_owned());
+            m
+        };
+        let bad = RequestContext::from_check(&check(HttpRequest::default(), Some(&m("a b"))));
+        assert_eq!(bad.unwrap_err().http_status, 400);
+        let long = "s".repeat(mcp::limits::SESSION_ID + 1);
+        let bad = RequestContext::from_check(&check(HttpRequest::default(), Some(&m(&long))));
+        assert_eq!(bad.unwrap_err().http_status, 413);
+        let ok = RequestContext::from_check(&check(HttpRequest::default(), Some(&m("s-1"))));
+        assert_eq!(ok.unwrap().mcp.unwrap().session_id.as_deref(), Some("s-1"));
     }
 }

@@ -26,12 +26,7 @@ pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadReques
     };
     mcp::classify(&headers, body)
         .map(Some)
-        .map_err(|e| BadRequest {
-            http_status: e.http_status,
-            jsonrpc_code: e.jsonrpc_code,
-            message: e.message,
-            id: e.id,
-        })
+        .map_err(BadRequest::from)
 }
 
 #[cfg(test)]
@@ -68,6 +63,14 @@ mod tests {
         assert_eq!((e.http_status, e.jsonrpc_code), (400, -32700));
         let e = mcp_from_http(&http("POST", "[]")).unwrap_err();
         assert_eq!(e.jsonrpc_code, -32600);
+    }
+
+    #[test]
+    fn get_or_delete_with_a_body_is_a_bad_request() {
+        for method in ["GET", "DELETE"] {
+            let e = mcp_from_http(&http(method, "{}")).unwrap_err();
+            assert_eq!(e.http_status, 400, "{method}");
+        }
     }
 
     #[test]

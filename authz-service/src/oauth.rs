@@ -28,11 +28,20 @@ use url::Url;
 
 use crate::vault::Secret;
 
-/// The OpenID Connect addition to a token response.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The OpenID Connect addition to a token response. `Debug` redacts the
+/// token (the `oauth2` crate's response type prints its extra fields).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct IdTokenField {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdTokenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdTokenField")
+            .field("id_token", &self.id_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 impl ExtraTokenFields for IdTokenField {}
 

@@ -35,7 +35,9 @@ pub struct Connection {
 }
 
 /// Everything the filter sends in one `Check`.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows sizes, not bytes: the message carries the client's
+/// `Authorization` header.
+#[derive(Clone, PartialEq)]
 pub struct CheckCall {
     /// Serialized `GrpcService { envoy_grpc { cluster_name, authority } }`
     /// (see [`grpc_upstream`]): the `upstream` argument of
@@ -49,6 +51,21 @@ pub struct CheckCall {
     /// Replace the held request body with this before it goes upstream (the
     /// Check still sees the original): see [`crate::round_trip`].
     pub upstream_body: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CheckCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckCall")
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .field("message_bytes", &self.message.len())
+            .field("timeout", &self.timeout)
+            .field(
+                "upstream_body_bytes",
+                &self.upstream_body.as_ref().map(Vec::len),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The upstream argument of `dispatch_grpc_call`: a serialized

@@ -18,8 +18,10 @@ use prost_types::value::Kind;
 use serde_json::Value;
 use std::collections::HashSet;
 
-/// One change to the request headers, applied in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One change to the request headers, applied in order. A value may be
+/// the injected credential: `Debug` shows header names only, so no log
+/// line or panic message built from an edit can carry it.
+#[derive(Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Remove every value of the header.
     Remove(String),
@@ -27,6 +29,25 @@ pub enum HeaderEdit {
     Set(String, String),
     /// Add one more value (a new header line).
     Add(String, String),
+}
+
+impl HeaderEdit {
+    /// The header this edit changes.
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderEdit::Remove(name) | HeaderEdit::Set(name, _) | HeaderEdit::Add(name, _) => name,
+        }
+    }
+}
+
+impl std::fmt::Debug for HeaderEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderEdit::Remove(name) => write!(f, "Remove({name:?})"),
+            HeaderEdit::Set(name, _) => write!(f, "Set({name:?}, <redacted>)"),
+            HeaderEdit::Add(name, _) => write!(f, "Add({name:?}, <redacted>)"),
+        }
+    }
 }
 
 /// An HTTP response the filter sends itself instead of forwarding.
@@ -753,5 +774,23 @@ mod tests {
             decide_grpc(0, None, &req_headers(), None).verdict,
             Verdict::Deny(LocalReply { status: 503, .. })
         ));
+    }
+
+    #[test]
+    fn a_header_edit_prints_its_name_never_its_value() {
+        let edits = vec![
+            HeaderEdit::Set("authorization".into(), "Bearer upstream-secret".into()),
+            HeaderEdit::Add("x-api-key".into(), "key-secret".into()),
+            HeaderEdit::Remove("cookie".into()),
+        ];
+        let shown = format!(
+            "{edits:?} {:?}",
+            crate::flow::Action::Continue(edits.clone())
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+        for name in ["authorization", "x-api-key", "cookie"] {
+            assert!(shown.contains(name), "{shown}");
+        }
+        assert_eq!(edits[0].name(), "authorization");
     }
 }

@@ -6,9 +6,15 @@
 //! ```text
 //! headers ──► (POST) ReadingBody ──end──► Checking ──OK──► Allowed
 //!    │                 │                     │
-//!    └─(GET/DELETE)────┼──────────► Checking └──deny/error──► Done
-//!                      └─bad input / too big─────────────────► Done
+//!    ├─(GET/DELETE)────┼──────────► Checking └──deny/error──► Done
+//!    │                 └─bad input / too big─────────────────► Done
+//!    └─(GET/DELETE, stream open) NoBody ──end──► Checking
+//!                                  └─any body byte──────────► Done
 //! ```
+//!
+//! A GET or DELETE whose headers did not end the stream is held until it
+//! ends: a body that nothing announced is refused like one that was, so
+//! no byte of it reaches the upstream unchecked.
 //!
 //! An allowed request that came back with the caller's view (the service
 //! sends it with every allowed request while a policy is in force) goes on
@@ -58,6 +64,9 @@ pub enum Action {
 enum State {
     Start,
     ReadingBody,
+    /// A GET or DELETE (classified in `message`) waiting for the end of a
+    /// request stream that must carry no body.
+    NoBody,
     Checking,
     Allowed,
     Done,
@@ -93,8 +102,8 @@ enum ResponseTrim {
     Sse(SseTrimmer),
 }
 
-/// One request's progress through the filter.
-#[derive(Debug)]
+/// One request's progress through the filter. `Debug` leaves out the
+/// request headers (the client's token) and the injected credential.
 pub struct RequestFlow {
     config: SharedConfig,
     state: State,
@@ -116,6 +125,16 @@ pub struct RequestFlow {
     stream_owner: Option<StreamOwner>,
     /// Its SSE response, followed for places to announce completions.
     announcing: Option<EventBoundary>,
+}
+
+impl std::fmt::Debug for RequestFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestFlow")
+            .field("state", &self.state)
+            .field("message", &self.message)
+            .field("buffered", &self.buffered)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestFlow {
@@ -223,7 +242,12 @@ impl RequestFlow {
         };
         match mcp::inspect_headers(&self.headers) {
             Err(e) => self.reject(e),
-            Ok(Head::Complete(message)) => self.start_check(config, &[], message),
+            Ok(Head::Complete(message)) if end_of_stream => self.start_check(config, &[], message),
+            Ok(Head::Complete(message)) => {
+                self.message = Some(message);
+                self.state = State::NoBody;
+                Action::Wait
+            }
             Ok(Head::NeedsBody) => {
                 let declared = mcp::header(&self.headers, "content-length")
                     .and_then(|v| v.trim().parse::<usize>().ok());
@@ -250,6 +274,7 @@ impl RequestFlow {
     ) -> Action {
         match self.state {
             State::ReadingBody => {}
+            State::NoBody => return self.on_no_body(buffered, end_of_stream),
             State::Allowed => return Action::Continue(Vec::new()),
             State::Start | State::Checking | State::Done => return Action::Wait,
         }
@@ -275,6 +300,24 @@ impl RequestFlow {
                 "the gateway could not read the request body",
             )),
         }
+    }
+
+    /// Body progress of a GET or DELETE: any byte is refused, the end of
+    /// an empty stream starts its `Check`.
+    fn on_no_body(&mut self, buffered: usize, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.config);
+        let (Ok(config), Some(message)) = (config.as_ref(), self.message.take()) else {
+            return self.respond(LocalReply::unavailable(None, "misconfigured filter"));
+        };
+        if buffered > 0 {
+            let method = mcp::header(&self.headers, mcp::headers::METHOD).unwrap_or("GET");
+            return self.reject(mcp::body_not_allowed(method));
+        }
+        if !end_of_stream {
+            self.message = Some(message);
+            return Action::Wait;
+        }
+        self.start_check(config, &[], message)
     }
 
     /// Request trailers arrived: the body is complete.
@@ -1226,6 +1269,52 @@ mod tests {
                 Action::Continue(_)
             ));
         }
+    }
+
+    #[test]
+    fn a_get_or_delete_body_is_refused_before_any_check_even_unannounced() {
+        for method in ["GET", "DELETE"] {
+            // Announced: refused from the headers.
+            let mut flow = RequestFlow::new(config(1024));
+            let headers = h(&[(":method", method), ("content-length", "2")]);
+            let (s, body, _) = reply(flow.on_headers(headers, Connection::default(), false));
+            assert_eq!(s, 400, "{body}");
+            // Unannounced (HTTP/2 DATA, no length): held, then refused.
+            let mut flow = RequestFlow::new(config(1024));
+            let headers = h(&[(":method", method)]);
+            assert_eq!(
+                flow.on_headers(headers, Connection::default(), false),
+                Action::Wait
+            );
+            let (s, body, _) = reply(flow.on_body(2, true, |_| Some(b"{}".to_vec())));
+            assert_eq!(s, 400, "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("must not carry a body")
+            );
+            // The control: the stream ends with no byte, the Check goes out.
+            let mut flow = RequestFlow::new(config(1024));
+            let headers = h(&[(":method", method), ("mcp-session-id", "s-1")]);
+            assert_eq!(
+                flow.on_headers(headers, Connection::default(), false),
+                Action::Wait
+            );
+            assert_eq!(flow.on_body(0, false, |_| None), Action::Wait);
+            let req = check_request(&flow.on_body(0, true, |_| None));
+            assert_eq!(mcp_of(&req).session_id.as_deref(), Some("s-1"));
+        }
+    }
+
+    #[test]
+    fn an_absurd_field_is_answered_before_any_check() {
+        let mut flow = RequestFlow::new(config(4 << 20));
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "t".repeat(1_000_000)}})
+        .to_string();
+        let (s, body, _) = reply(post_body(&mut flow, post(&[]), &body));
+        assert_eq!((s, &body["id"]), (413, &json!(3)));
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //!
 //! The same code runs in the Wasm filter and in the authorization service
 //! (native ext_authz path, where the body arrives in the `CheckRequest`).
+//!
+//! Every field an attacker chooses and the service later keeps (audit
+//! stream, logs, the filter's shared pending list) is bounded here, before
+//! any `Check`: see [`limits`] and [`check_bounds`]. A GET or DELETE
+//! carries no body; one that declares or sends a body is refused.
 
 use crate::json::parse_strict;
 use crate::jsonrpc;
@@ -32,6 +37,31 @@ pub mod headers {
     pub const MCP_NAME: &str = "mcp-name";
     pub const CONTENT_TYPE: &str = "content-type";
     pub const METHOD: &str = ":method";
+}
+
+/// The largest value the gateway accepts for each request field, in bytes.
+/// Anything longer is refused before a `Check` is made (HTTP 413, the
+/// request's id when it could be read), so no absurd value reaches the
+/// service, its logs, the audit stream or upstream. The README's "Limits"
+/// table lists the same numbers; change both together.
+pub mod limits {
+    /// JSON-RPC `method`. The longest MCP method is 36 bytes
+    /// (`notifications/resources/list_changed`).
+    pub const METHOD: usize = 128;
+    /// Tool name (`tools/call`) or prompt name (`prompts/get`). MCP
+    /// 2025-11-25 says tool names SHOULD be 1–128 characters; twice that
+    /// leaves room for servers that do not follow the SHOULD.
+    pub const NAME: usize = 256;
+    /// Resource URI (`resources/read|subscribe|unsubscribe`).
+    pub const URI: usize = 4096;
+    /// A JSON-RPC `id` written as a string.
+    pub const STRING_ID: usize = 256;
+    /// `MCP-Protocol-Version` header or `initialize`'s `protocolVersion`
+    /// (versions are `YYYY-MM-DD`).
+    pub const PROTOCOL_VERSION: usize = 32;
+    /// `Mcp-Session-Id` header; it must also be visible ASCII
+    /// (0x21–0x7E), as the MCP transport specification requires.
+    pub const SESSION_ID: usize = 256;
 }
 
 /// What kind of MCP traffic a request carries.
@@ -302,10 +332,91 @@ pub fn inspect_headers(headers: &[(String, String)]) -> Result<Head, RequestErro
             ));
         }
     };
+    if declares_body(headers) {
+        return Err(body_not_allowed(method));
+    }
     let mut message = McpMessage::bare(kind);
     message.protocol_version = non_empty_header(headers, headers::PROTOCOL_VERSION);
     message.session_id = non_empty_header(headers, headers::SESSION_ID);
+    check_bounds(&message)?;
     Ok(Head::Complete(message))
+}
+
+/// Whether the headers announce a request body: a `Content-Length` other
+/// than 0 (an unreadable one counts) or any `Transfer-Encoding`.
+fn declares_body(headers: &[(String, String)]) -> bool {
+    let length = header_values(headers, "content-length").any(|v| v.trim() != "0");
+    length || header(headers, "transfer-encoding").is_some()
+}
+
+/// A GET or DELETE that carries a body: nothing in MCP reads it, and it
+/// would reach the upstream unchecked, so it is refused.
+pub fn body_not_allowed(method: &str) -> RequestError {
+    RequestError::new(
+        400,
+        jsonrpc::INVALID_REQUEST,
+        format!(
+            "an HTTP {method} to an MCP endpoint must not carry a body; send JSON-RPC messages with POST"
+        ),
+    )
+}
+
+/// Checks every attacker-chosen field of a classified message against
+/// [`limits`]: lengths (413) and the session id's characters (400). Run by
+/// [`classify`] and [`inspect_headers`]; the service runs it again on the
+/// message the filter's metadata carries.
+pub fn check_bounds(message: &McpMessage) -> Result<(), RequestError> {
+    if let Some(method) = &message.method {
+        too_long("the JSON-RPC method", method, limits::METHOD)?;
+    }
+    if let Some(Value::String(id)) = &message.id {
+        too_long("a JSON-RPC id written as a string", id, limits::STRING_ID)?;
+    }
+    if let (Some(name), Some(method)) = (&message.name, &message.method) {
+        let (what, limit) = match name_param(method) {
+            Some("uri") => ("the resource URI", limits::URI),
+            _ if method == "prompts/get" => ("the prompt name", limits::NAME),
+            _ => ("the tool name", limits::NAME),
+        };
+        too_long(what, name, limit)?;
+    }
+    if let Some(version) = &message.protocol_version {
+        too_long(
+            "the MCP protocol version",
+            version,
+            limits::PROTOCOL_VERSION,
+        )?;
+    }
+    if let Some(session) = &message.session_id {
+        check_session_id(session)?;
+    }
+    Ok(())
+}
+
+/// An `Mcp-Session-Id`: 1 to [`limits::SESSION_ID`] bytes of visible
+/// ASCII (0x21–0x7E). The value itself is never echoed.
+pub fn check_session_id(session: &str) -> Result<(), RequestError> {
+    too_long("the Mcp-Session-Id header", session, limits::SESSION_ID)?;
+    if session.is_empty() || !session.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(invalid(
+            "the Mcp-Session-Id header must be visible ASCII (0x21 to 0x7E: no spaces or control characters); use the session id the server returned",
+        ));
+    }
+    Ok(())
+}
+
+fn too_long(what: &str, value: &str, limit: usize) -> Result<(), RequestError> {
+    if value.len() <= limit {
+        return Ok(());
+    }
+    Err(RequestError::new(
+        413,
+        jsonrpc::INVALID_REQUEST,
+        format!(
+            "{what} is {} bytes long; this gateway accepts at most {limit} bytes",
+            value.len()
+        ),
+    ))
 }
 
 /// Where the policy-relevant name of a method lives in `params`, if the
@@ -375,6 +486,10 @@ pub fn classify_body(
         _ => return Err(invalid("a JSON-RPC message must be a JSON object")),
     };
     let id = read_id(&obj)?;
+    // An over-long string id is not echoed back: the error carries null.
+    if let Some(Value::String(s)) = id {
+        too_long("a JSON-RPC id written as a string", s, limits::STRING_ID)?;
+    }
     let message = classify_object(&obj, id, headers).map_err(|e| e.with_id(id))?;
     check_mirrored_headers(headers, &message).map_err(|e| e.with_id(id))?;
     Ok(message)
@@ -399,6 +514,8 @@ fn classify_object(
             let Some(method) = method.as_str().filter(|m| !m.is_empty()) else {
                 return Err(invalid("\"method\" must be a non-empty string"));
             };
+            // Before any message below repeats it.
+            too_long("the JSON-RPC method", method, limits::METHOD)?;
             if has_result || has_error {
                 return Err(invalid(
                     "a JSON-RPC message cannot carry both \"method\" and \"result\"/\"error\"",
@@ -451,6 +568,7 @@ fn classify_object(
         message.protocol_version = Some(v);
     }
     message.session_id = non_empty_header(headers, headers::SESSION_ID);
+    check_bounds(&message)?;
     Ok(message)
 }
 
@@ -614,6 +732,9 @@ fn base64_decode(input: &str) -> Option<Vec<u8>> {
 /// rules as the filter except the body size limit.
 pub fn classify(headers: &[(String, String)], body: &[u8]) -> Result<McpMessage, RequestError> {
     match inspect_headers(headers)? {
+        Head::Complete(_) if !body.is_empty() => Err(body_not_allowed(
+            header(headers, headers::METHOD).unwrap_or("GET"),
+        )),
         Head::Complete(message) => Ok(message),
         Head::NeedsBody => classify_body(headers, body),
     }
@@ -639,6 +760,94 @@ mod tests {
 
     fn err(headers: &[(String, String)], body: &str) -> RequestError {
         classify(headers, body.as_bytes()).unwrap_err()
+    }
+
+    fn call(method: &str, params: Value) -> String {
+        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).to_string()
+    }
+
+    #[test]
+    fn every_attacker_chosen_field_over_its_limit_is_refused_413_with_the_id() {
+        let long = |n: usize| "a".repeat(n);
+        let cases = [
+            call("tools/call", json!({"name": long(limits::NAME + 1)})),
+            call("prompts/get", json!({"name": long(limits::NAME + 1)})),
+            call("resources/read", json!({"uri": long(limits::URI + 1)})),
+            call("resources/subscribe", json!({"uri": long(limits::URI + 1)})),
+            call(&long(limits::METHOD + 1), json!({})),
+            call(
+                "initialize",
+                json!({"protocolVersion": long(limits::PROTOCOL_VERSION + 1)}),
+            ),
+        ];
+        for body in &cases {
+            let e = err(&post(&[]), body);
+            assert_eq!((e.http_status, e.id.clone()), (413, Some(json!(7))), "{e}");
+            assert!(e.message.contains("at most"), "{e}");
+            assert!(e.message.len() < 200, "the value is not echoed: {e}");
+        }
+        // The same fields at their limits pass.
+        for body in [
+            call("tools/call", json!({"name": long(limits::NAME)})),
+            call("resources/read", json!({"uri": long(limits::URI)})),
+        ] {
+            classify(&post(&[]), body.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_over_long_string_id_is_refused_without_echoing_it() {
+        let body =
+            json!({"jsonrpc": "2.0", "id": "i".repeat(limits::STRING_ID + 1), "method": "ping"});
+        let e = err(&post(&[]), &body.to_string());
+        assert_eq!((e.http_status, e.id), (413, None));
+        let ok = json!({"jsonrpc": "2.0", "id": "i".repeat(limits::STRING_ID), "method": "ping"});
+        classify(&post(&[]), ok.to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn session_ids_must_be_short_visible_ascii_on_every_http_method() {
+        let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        let long = "s".repeat(limits::SESSION_ID + 1);
+        for (session, status) in [
+            ("a b", 400),
+            ("a\u{1}b", 400),
+            ("caf\u{e9}", 400),
+            ("a\tb", 400),
+            (long.as_str(), 413),
+        ] {
+            let e = err(&post(&[("mcp-session-id", session)]), ping);
+            assert_eq!(
+                (e.http_status, e.id.clone()),
+                (status, Some(json!(1))),
+                "{session:?}"
+            );
+            for method in ["GET", "DELETE"] {
+                let e = inspect_headers(&h(&[(":method", method), ("mcp-session-id", session)]))
+                    .unwrap_err();
+                assert_eq!(e.http_status, status, "{method} {session:?}");
+            }
+        }
+        let fine = "!~0123-abcXYZ".to_owned() + &"x".repeat(limits::SESSION_ID - 13);
+        let m = classify(&post(&[("mcp-session-id", &fine)]), ping.as_bytes()).unwrap();
+        assert_eq!(m.session_id.as_deref(), Some(fine.as_str()));
+    }
+
+    #[test]
+    fn get_and_delete_with_a_body_are_refused() {
+        for method in ["GET", "DELETE"] {
+            for extra in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+                let e = inspect_headers(&h(&[(":method", method), extra])).unwrap_err();
+                assert_eq!(e.http_status, 400, "{method} {extra:?}");
+                assert!(e.message.contains("must not carry a body"), "{e}");
+            }
+            // Announced by nothing but sent anyway (native ext_authz sees it).
+            let e = classify(&h(&[(":method", method)]), b"{}").unwrap_err();
+            assert_eq!(e.http_status, 400);
+            // The control: no body, or an explicit empty one.
+            classify(&h(&[(":method", method)]), b"").unwrap();
+            classify(&h(&[(":method", method), ("content-length", "0")]), b"").unwrap();
+        }
     }
 
     #[test]

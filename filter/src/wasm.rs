@@ -359,7 +359,11 @@ impl Filter {
                     if let Err(status) = apply(edit) {
                         log(
                             LogLevel::Error,
-                            &format!("could not apply {edit:?}: {status:?}"),
+                            // The name only: the value may be the credential.
+                            &format!(
+                                "could not apply the authorization decision to header {}: {status:?}",
+                                edit.name()
+                            ),
                         );
                         let id = self.flow.message().and_then(|m| m.id.clone());
                         return self.send(LocalReply::error(
