@@ -745,7 +745,7 @@ identity = "late-sa"
                     Ok(kind) if kind == "stream" => return node.stream_json(key, "event"),
                     Ok(kind) => looked.push(format!("port {}: {key} is {kind}", node.port)),
                     // Other Cluster nodes answer MOVED for the tagged key.
-                    Err(e) if format!("{e:#}").contains("MOVED") => {
+                    Err(e) if format!("{e:#}").to_ascii_lowercase().contains("moved") => {
                         looked.push(format!("port {}: {key} MOVED", node.port));
                     }
                     Err(e) => return Err(e),
