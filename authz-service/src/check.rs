@@ -94,12 +94,13 @@ impl CheckService {
             return decision;
         };
         // Only a consent answer reads them, and only with a connect page.
-        if remember && let Some(user) = at.user.clone() {
-            let (state, body, at) = (state.clone(), ctx.body.clone(), at.clone());
-            tokio::spawn(async move {
-                let memory = &state.client_capabilities;
-                consent::remember_capabilities(&state.credentials, memory, &body, &user, &at).await;
-            });
+        // Stored before `initialize` is answered, not on a task of its own:
+        // the client's next call may come at once and to another replica,
+        // and must find them (else it gets the link in an error message
+        // although it declared URL mode).
+        if remember && let Some(user) = at.user.as_deref() {
+            let memory = &state.client_capabilities;
+            consent::remember_capabilities(&state.credentials, memory, &ctx.body, user, &at).await;
         }
         if matches!(decision, Decision::Allow(_)) || needs_consent {
             let place = Some((at.gateway.as_str(), at.assignment.as_str()));

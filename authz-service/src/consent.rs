@@ -492,8 +492,15 @@ async fn remembered_url_elicitation(credentials: &Credentials, asker: &Asker<'_>
 
 /// Remembers what a client declared at `initialize` (MCP before 2026-07-28
 /// declares capabilities once per session, and a consent answer later in
-/// the session depends on them). Best effort: the fallback is the link in
-/// an error message, which every client shows.
+/// the session depends on them), in Redis so every replica reads the same.
+///
+/// The Check of `initialize` awaits this, so once the client has its answer
+/// any replica finds the declaration. If the write fails (Redis down or
+/// slower than its `timeout_ms`), `initialize` is still answered as decided:
+/// the declaration only chooses how a later consent request is shown, never
+/// what is allowed, and a client whose declaration is unknown is treated as
+/// having declared no URL mode — it gets the link in an error message
+/// (-32003), which every client shows. Nothing is granted on a guess.
 pub async fn remember_capabilities(
     credentials: &Credentials,
     memory: &CapabilityMemory,

@@ -1,8 +1,8 @@
 //! Policy reload: the config file is watched, and when it changes its
-//! `[policy]` is compiled again and swapped in between two requests (no
-//! request is dropped or sees half a policy). A file that does not parse or
-//! compile is refused with a message naming the line, and the policy in
-//! force stays. Everything outside `[policy]` takes effect at restart.
+//! `[policy]` and `[[agents]]` are compiled again and swapped in between two
+//! requests (no request is dropped or sees half a policy). A file that does
+//! not parse or compile is refused with a message naming the line, and the
+//! policy in force stays. Everything else takes effect at restart.
 //! Reloads are counted, taken and refused, for `/metrics`.
 
 use std::path::{Path, PathBuf};
@@ -103,11 +103,15 @@ impl PolicySource {
         {
             tracing::warn!(
                 path = %path.display(),
-                "gateways changed in the config file; only [policy] is reloaded, restart to apply the rest"
+                "gateways changed in the config file; only [policy] and [[agents]] are reloaded, restart to apply the rest"
             );
         }
+        // `[[agents]]` is part of the policy (who may act, and for whom):
+        // taken from the file too, not from the config the process started
+        // with, or a provisioned or removed agent would wait for a restart.
         let merged = Config {
             policy: fresh.policy,
+            agents: fresh.agents,
             ..running.clone()
         };
         let policy =

@@ -45,6 +45,18 @@ impl Envoy {
         bootstrap_yaml: &str,
         workers: usize,
     ) -> Result<Envoy> {
+        Self::start_logging(dir, name, bootstrap_yaml, workers, &["--log-level", "info"])
+    }
+
+    /// As [`Envoy::start_with_workers`], with `logging` as Envoy's log
+    /// level arguments (e.g. [`DEBUG_LOGGING`]).
+    pub fn start_logging(
+        dir: &Path,
+        name: &str,
+        bootstrap_yaml: &str,
+        workers: usize,
+        logging: &[&str],
+    ) -> Result<Envoy> {
         let balanced;
         let bootstrap_yaml = if workers > 1 {
             balanced = exact_balance(bootstrap_yaml)?;
@@ -66,7 +78,7 @@ impl Envoy {
             .args(["--config-yaml", &admin])
             .args(["--base-id", &unique_base_id().to_string()])
             .args(["--concurrency", &workers.max(1).to_string()])
-            .args(["--log-level", "info"])
+            .args(logging)
             // No shared memory: nothing stale is left behind by a killed run.
             .arg("--disable-hot-restart")
             .current_dir(dir);
@@ -94,15 +106,46 @@ impl Envoy {
             .with_context(|| format!("{}: no answer from {url}", self.process.name))
     }
 
-    /// The value of one counter or gauge from admin `/stats` (None when absent).
-    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+    /// The value of one counter or gauge from admin `/stats`.
+    ///
+    /// A stat Envoy does not have is an error, never 0: an absence check
+    /// ("nothing reached the upstream") that read a misspelt or renamed
+    /// stat as 0 would pass whatever happened.
+    pub fn stat(&self, name: &str) -> Result<u64> {
         let text = self.admin_get(&format!("stats?filter={name}"))?;
-        Ok(text.lines().find_map(|line| {
+        let value = text.lines().find_map(|line| {
             let (k, v) = line.split_once(": ")?;
-            (k == name).then(|| v.trim().parse().ok()).flatten()
-        }))
+            (k == name).then_some(v.trim())
+        });
+        let value =
+            value.with_context(|| format!("{}: Envoy has no stat {name}", self.process.name))?;
+        value.parse().with_context(|| {
+            format!(
+                "{}: stat {name} is not a number: {value}",
+                self.process.name
+            )
+        })
+    }
+
+    /// How many requests Envoy sent to the cluster of the upstream server
+    /// `server` (as `latchkey envoy render` names it: `server_<name>`).
+    pub fn upstream_requests(&self, server: &str) -> Result<u64> {
+        self.stat(&format!("cluster.server_{server}.upstream_rq_total"))
     }
 }
+
+/// Envoy at debug for the log scan: every logger, the Wasm filter's and
+/// ext_authz's included, but for the ones that print whole header maps at
+/// debug (`http`: the request headers as they arrive; `router`: the headers
+/// sent upstream, the injected credential included). No setting redacts
+/// those lines, so an operator must keep these loggers at info wherever
+/// real credentials pass (the README says so).
+pub const DEBUG_LOGGING: &[&str] = &[
+    "--log-level",
+    "debug",
+    "--component-log-level",
+    "http:info,router:info",
+];
 
 /// A base id no other Envoy of this test run uses (pid-derived, so parallel
 /// test binaries differ too).

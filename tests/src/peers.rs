@@ -202,8 +202,30 @@ impl Redis {
             .with_context(|| format!("connecting to redis on port {}", self.port))
     }
 
+    /// What `TYPE key` answers: `stream`, `string`, ..., or `none` when the
+    /// key does not exist (a Cluster node that does not own it answers an
+    /// error naming `MOVED`).
+    pub fn key_type(&self, key: &str) -> Result<String> {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query(&mut self.connection()?)
+            .with_context(|| format!("TYPE {key} on redis port {}", self.port))?;
+        Ok(kind)
+    }
+
     /// The JSON documents in field `field` of every entry of stream `key`.
+    ///
+    /// A key that is not a stream is an error, not an empty list (`XRANGE`
+    /// answers a missing key with nothing): a check that no event was
+    /// written must not pass because it read the wrong key.
     pub fn stream_json(&self, key: &str, field: &str) -> Result<Vec<serde_json::Value>> {
+        let kind = self.key_type(key)?;
+        if kind != "stream" {
+            bail!(
+                "redis port {}: {key} is not a stream (TYPE answers {kind})",
+                self.port
+            );
+        }
         let mut conn = self.connection()?;
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(key)
@@ -723,6 +745,16 @@ async fn post_form(url: &str, form: &[(&str, &str)]) -> Result<(u16, serde_json:
     Ok((status, reply))
 }
 
+/// The SHA-256 of `text`, in lower-case hex: how an upstream peer reports
+/// which credential reached it without echoing the credential.
+pub fn sha256_hex(text: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A PKCE pair (RFC 7636): a random `code_verifier` and its S256
 /// `code_challenge`.
 pub fn pkce_pair() -> (String, String) {
@@ -868,12 +900,16 @@ impl AuthEcho {
 
     /// Every `Authorization` value received so far, in order.
     pub async fn seen_authorizations(&self) -> Result<Vec<String>> {
-        Ok(strings(&self.seen().await?["authorization"]))
+        strings(&self.seen().await?, "authorization")
     }
 
-    /// How many requests reached `/mcp`.
+    /// How many requests reached `/mcp`. An answer without the count is an
+    /// error, never 0 (absence checks compare it).
     pub async fn requests(&self) -> Result<u64> {
-        Ok(self.seen().await?["requests"].as_u64().unwrap_or(0))
+        let seen = self.seen().await?;
+        seen["requests"]
+            .as_u64()
+            .with_context(|| format!("auth-echo /seen has no request count: {seen}"))
     }
 
     /// From now on answers every `/mcp` request with `status` and
@@ -895,15 +931,19 @@ impl AuthEcho {
     }
 }
 
-/// The strings of a JSON array (none when it is not one).
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
+/// The strings of the array `seen[field]`; an error when it is missing or
+/// holds anything else (an empty list must mean nothing was seen).
+fn strings(seen: &serde_json::Value, field: &str) -> Result<Vec<String>> {
+    seen[field]
+        .as_array()
+        .with_context(|| format!("/seen has no array {field}: {seen}"))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .with_context(|| format!("/seen {field} holds a non-string: {v}"))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The rmcp upstream that accepts only a downstream OAuth provider's access
@@ -958,7 +998,7 @@ impl OauthMcp {
 
     /// The `sub` of every accepted request, in order.
     pub async fn subjects(&self) -> Result<Vec<String>> {
-        Ok(strings(&self.seen().await?["subjects"]))
+        strings(&self.seen().await?, "subjects")
     }
 
     /// From now on the server refuses `sub`'s tokens issued before this

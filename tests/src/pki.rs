@@ -58,6 +58,23 @@ impl Pki {
         })
     }
 
+    /// A server certificate this CA issued for the DNS name `name` only,
+    /// and its key, written to `<dir>/<name>-cert.pem` and `-key.pem`: a
+    /// certificate as valid as the listener's, for another name.
+    pub fn server_cert_for(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        let cert_path = dir.join(format!("{name}-cert.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert_path, cert.pem())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
+        std::fs::write(&key_path, key.serialize_pem())
+            .with_context(|| format!("writing {}", key_path.display()))?;
+        Ok((cert_path, key_path))
+    }
+
     /// A client certificate whose URI SAN is `spiffe_id`, issued by this CA.
     pub fn client(&self, spiffe_id: &str) -> Result<ClientCert> {
         self.client_by(&self.ca, spiffe_id)

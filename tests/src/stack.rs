@@ -63,6 +63,13 @@ pub struct StackOptions {
     /// and certificates in `Stack::grpc_pki`), and Envoy calls it with a
     /// client certificate naming [`ENVOY_CHECK_CLIENT`], the one allowed.
     pub grpc_mtls: bool,
+    /// `[vault] cache_ttl_secs`: how long a replica keeps what it read from
+    /// Redis (0: every request reads and decrypts its credential).
+    pub credential_cache_secs: u64,
+    /// Every replica at `LATCHKEY_LOG=debug` and Envoy at debug (see
+    /// [`crate::envoy::DEBUG_LOGGING`]), for the log scan: a secret must
+    /// not show at any level an operator may turn on.
+    pub debug_logs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +100,8 @@ impl Default for StackOptions {
             render_args: Vec::new(),
             metrics_listener: false,
             grpc_mtls: false,
+            debug_logs: false,
+            credential_cache_secs: 30,
         }
     }
 }
@@ -202,6 +211,8 @@ pub struct Stack {
     pub everything_secret: String,
     /// Every secret this run created or handed out, for the log scan.
     secrets: Mutex<Vec<String>>,
+    /// `LATCHKEY_LOG` for every replica (also when one restarts).
+    latchkey_log: &'static str,
 }
 
 impl Stack {
@@ -312,7 +323,7 @@ impl Stack {
 [vault]
 key_file = "{key_file}"
 active_key = "{active_key}"
-cache_ttl_secs = 30
+cache_ttl_secs = {cache_ttl_secs}
 
 [admin.roles]
 "platform-admins" = ["identities:manage", "users:manage", "agents:manage", "connections:manage", "keys:manage"]
@@ -382,6 +393,7 @@ scheme = "shared"
 identity = "late-sa"
 "#,
             key_file = key_file.display(),
+            cache_ttl_secs = opts.credential_cache_secs,
             scheme = if opts.mtls { "https" } else { "http" },
             issuer = idp.issuer(),
             echo = echo.url(),
@@ -421,6 +433,7 @@ identity = "late-sa"
         } else {
             (None, None)
         };
+        let latchkey_log = if opts.debug_logs { "debug" } else { "info" };
         let mut replicas = Vec::new();
         for n in 0..opts.replicas.max(1) {
             let config_path = dir.join(if n == 0 {
@@ -470,7 +483,14 @@ identity = "late-sa"
             // (parallel tests, outgoing connections): pick again and retry.
             let mut attempt = 0;
             loop {
-                match start_latchkey(&latchkey_bin, &r.config_path, &dir, r.http_port, n) {
+                match start_latchkey(
+                    &latchkey_bin,
+                    &r.config_path,
+                    &dir,
+                    r.http_port,
+                    n,
+                    latchkey_log,
+                ) {
                     Ok(p) => {
                         r.process = Some(p);
                         break;
@@ -525,7 +545,17 @@ identity = "late-sa"
                 .args(&opts.render_args),
             None,
         )?;
-        let envoy = Envoy::start_with_workers(&dir, "envoy", &bootstrap, opts.envoy_workers)?;
+        let envoy = if opts.debug_logs {
+            Envoy::start_logging(
+                &dir,
+                "envoy",
+                &bootstrap,
+                opts.envoy_workers,
+                crate::envoy::DEBUG_LOGGING,
+            )?
+        } else {
+            Envoy::start_with_workers(&dir, "envoy", &bootstrap, opts.envoy_workers)?
+        };
 
         Ok(Stack {
             dir,
@@ -558,6 +588,7 @@ identity = "late-sa"
             ),
             whoami_secret,
             everything_secret,
+            latchkey_log,
         })
     }
 
@@ -631,6 +662,7 @@ identity = "late-sa"
             &self.dir,
             r.http_port,
             n,
+            self.latchkey_log,
         )?);
         Ok(())
     }
@@ -749,20 +781,29 @@ identity = "late-sa"
         Ok(cmd)
     }
 
-    /// Every lifecycle event in the audit stream, oldest first.
+    /// Every event in the audit stream, oldest first.
+    ///
+    /// No audit stream on any node is an error, never an empty list: the
+    /// stack's set-up already writes lifecycle events, so a missing stream
+    /// means the check reads the wrong place, and an absence check ("no
+    /// event for ...") must not pass because of it.
     pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
+        let mut looked = Vec::new();
         // A Cluster keeps every Latchkey key on the node owning its hash tag.
         for node in std::iter::once(&self.redis).chain(&self.redis_extra) {
             for key in ["latchkey:audit", "{latchkey}:audit"] {
-                // Other nodes answer MOVED for the tagged key.
-                if let Ok(events) = node.stream_json(key, "event")
-                    && !events.is_empty()
-                {
-                    return Ok(events);
+                match node.key_type(key) {
+                    Ok(kind) if kind == "stream" => return node.stream_json(key, "event"),
+                    Ok(kind) => looked.push(format!("port {}: {key} is {kind}", node.port)),
+                    // Other Cluster nodes answer MOVED for the tagged key.
+                    Err(e) if format!("{e:#}").to_ascii_lowercase().contains("moved") => {
+                        looked.push(format!("port {}: {key} MOVED", node.port));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Ok(Vec::new())
+        bail!("no audit stream on any Redis node: {}", looked.join("; "))
     }
 
     /// Fails if any secret of this run is in any log of this run.
@@ -778,11 +819,12 @@ fn start_latchkey(
     dir: &std::path::Path,
     http_port: u16,
     replica: usize,
+    log: &str,
 ) -> Result<Process> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
-        .env("LATCHKEY_LOG", "info");
+        .env("LATCHKEY_LOG", log);
     let base = if replica == 0 {
         "latchkey".to_string()
     } else {

@@ -302,3 +302,41 @@ async fn delegation_chains_unknown_clients_and_agents_acting_for_nobody() -> Res
     }
     Ok(())
 }
+
+/// `[[agents]]` is reloaded with `[policy]`: an agent provisioned in the
+/// config file while the service runs is recognised without a restart, and
+/// refused again once it leaves the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_added_to_or_removed_from_the_config_file_apply_without_restart() -> Result<()> {
+    let stack = Stack::start("agents_reload", StackOptions::default()).await?;
+    let token = stack
+        .token_with(&TokenRequest::new("alice", &stack.gateway_url()).client("late-bot"))
+        .await?;
+    let url = stack.url("whoami");
+    let status = async || -> Result<u16> {
+        Ok(post_json(&url, Some(&token), INITIALIZE, &[]).await?.status)
+    };
+    let pid = stack.latchkey().and_then(|p| p.pid());
+    let r = post_json(&url, Some(&token), INITIALIZE, &[]).await?;
+    assert_eq!(r.status, 403, "an agent not provisioned: {}", r.body);
+    assert!(r.body.contains("late-bot"), "{}", r.body);
+
+    stack.set_policy(Some("[[agents]]\nname = \"late-bot\"\n"))?;
+    eventually("late-bot is recognised", async || {
+        Ok(match status().await? {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        })
+    })
+    .await?;
+    stack.set_policy(None)?;
+    eventually("late-bot is refused again", async || {
+        Ok(match status().await? {
+            403 => Ok(()),
+            s => Err(format!("status {s}")),
+        })
+    })
+    .await?;
+    assert_eq!(stack.latchkey().and_then(|p| p.pid()), pid, "no restart");
+    Ok(())
+}

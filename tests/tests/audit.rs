@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use futures_util::StreamExt;
 use latchkey_e2e::client::{INITIALIZE, post_json};
 use latchkey_e2e::otlp_sink::{self, OtlpSink};
@@ -265,6 +265,101 @@ async fn audit_events_are_exported_over_otlp() -> Result<()> {
     );
     let exported = serde_json::to_string(&sink.records())?;
     assert!(!exported.contains(&token) && !exported.contains(&ops));
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+/// `latchkey_audit_events_dropped_total` on replica 0's `/metrics`; a
+/// missing series is an error, not 0.
+fn dropped(stack: &Stack) -> Result<u64> {
+    let url = format!("{}/metrics", stack.replicas[0].http_url());
+    let (status, text) = latchkey_e2e::http_get(&url).with_context(|| format!("GET {url}"))?;
+    ensure!(status == 200, "GET {url}: {status}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("latchkey_audit_events_dropped_total "))
+        .with_context(|| format!("no latchkey_audit_events_dropped_total in {url}"))?
+        .trim()
+        .parse::<f64>()
+        .map(|v| v as u64)
+        .context("latchkey_audit_events_dropped_total is not a number")
+}
+
+/// The queue in front of the stream is bounded (`[audit] queue_events`):
+/// while Redis hangs, decisions go on (from cached credentials), the events
+/// past the bound are dropped from the stream, and each one is counted on
+/// `/metrics` and logged once as an error; every other event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_queue_drops_events_and_counts_each_one() -> Result<()> {
+    const QUEUE: usize = 4;
+    const DURING: usize = 30;
+    let stack = Stack::start(
+        "audit_queue_full",
+        StackOptions {
+            fast_mcp_page_size: Some(100),
+            extra_config: Some(format!("[audit]\nqueue_events = {QUEUE}")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = stack.token("alice").await?;
+    let url = stack.url("fast");
+    let send = async |id: String| -> Result<()> {
+        let r = post_json(
+            &url,
+            Some(&token),
+            INITIALIZE,
+            &[("x-request-id", id.as_str())],
+        )
+        .await?;
+        ensure!(r.status == 200, "{id}: {} {}", r.status, r.body);
+        Ok(())
+    };
+    // Warm: the credential and the token are cached, and the stream has
+    // the first decision (the positive control: the count reads 0).
+    send("warm".into()).await?;
+    latchkey_e2e::eventually("the warm-up decision in the stream", async || {
+        let n = decision_events(&stack)?.len();
+        Ok(if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} decisions"))
+        })
+    })
+    .await?;
+    ensure!(dropped(&stack)? == 0, "nothing dropped yet");
+
+    stack.redis.process.pause(true);
+    let mut result = Ok(());
+    for i in 0..DURING {
+        result = send(format!("during-{i}")).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    stack.redis.process.pause(false);
+    result?;
+
+    // Some were dropped; at least a queue's worth was kept.
+    let lost = dropped(&stack)?;
+    ensure!(
+        lost >= 1 && lost <= (DURING - QUEUE) as u64,
+        "dropped {lost} of {DURING} with a queue of {QUEUE}"
+    );
+    let events = latchkey_e2e::eventually("the queued decisions in the stream", async || {
+        let events = decision_events(&stack)?;
+        Ok(if events.len() as u64 + lost == 1 + DURING as u64 {
+            Ok(events)
+        } else {
+            Err(format!("{} decisions, {lost} dropped", events.len()))
+        })
+    })
+    .await?;
+    ensure!(events.iter().all(|e| e["decision"] == "allow"));
+    let log = stack.latchkey().context("latchkey")?.log_text();
+    ensure!(
+        log.matches("audit queue full").count() == 1,
+        "one error line for the drops"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result};
 use latchkey_e2e::client::{INITIALIZE, post_json};
-use latchkey_e2e::{Stack, StackOptions, eventually};
+use latchkey_e2e::{Stack, StackOptions, eventually, sha256_hex};
 use serde_json::{Value, json};
 
 /// Where consent links point (the page itself is not needed here).
@@ -72,6 +72,17 @@ fn credential_seen(reply: &Value) -> &str {
         .unwrap_or("<none>")
 }
 
+/// Checks that exactly `Authorization: Bearer <secret>` reached fast-mcp
+/// (it reports the header's SHA-256): "not the service account" alone is
+/// also true of the client's own token passed through.
+fn assert_credential_reached(reply: &Value, secret: &str, what: &str) {
+    assert_eq!(
+        reply["result"]["structuredContent"]["credential_sha256"],
+        json!(sha256_hex(&format!("Bearer {secret}"))),
+        "{what} reached the upstream: {reply}"
+    );
+}
+
 /// The decision event for the request whose `x-request-id` is `id`.
 async fn decision_for(stack: &Stack, id: &str) -> Result<Value> {
     eventually(&format!("the decision event of request {id}"), async || {
@@ -82,13 +93,6 @@ async fn decision_for(stack: &Stack, id: &str) -> Result<Value> {
             .ok_or_else(|| "absent".to_string()))
     })
     .await
-}
-
-fn upstream_requests(stack: &Stack) -> Result<u64> {
-    Ok(stack
-        .envoy
-        .stat("cluster.server_fast.upstream_rq_total")?
-        .unwrap_or(0))
 }
 
 /// POSTs `body` to `endpoint` as `token`, tagged `request_id`; the reply
@@ -131,7 +135,7 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
     let bob = stack.token("bob").await?;
 
     // alice connects an identity of her own for fast.
-    stack
+    let alices_secret = stack
         .connect_own_identity("alice", "fast", "alice-fast")
         .await?;
 
@@ -178,7 +182,7 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
     let (status, reply, e) =
         exchange(&stack, "fast-all", &alice, &call("tool_10"), "a-own").await?;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(credential_seen(&reply), "other", "{reply}");
+    assert_credential_reached(&reply, &alices_secret, "alice's own credential");
     assert_eq!(
         (&e["assignment"], &e["scheme"], &e["identity"], &e["user"]),
         (
@@ -190,7 +194,7 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
     );
 
     // A tool neither assignment shows is unknown, and never reaches fast.
-    let before = upstream_requests(&stack)?;
+    let before = stack.envoy.upstream_requests("fast")?;
     let (status, reply, e) =
         exchange(&stack, "fast-all", &alice, &call("tool_05"), "a-hidden").await?;
     assert_eq!(status, 200, "{reply}");
@@ -204,7 +208,7 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
         (&json!("hidden_by_policy"), &json!("fast-all"))
     );
     assert_eq!(
-        upstream_requests(&stack)?,
+        stack.envoy.upstream_requests("fast")?,
         before,
         "a hidden call reached upstream"
     );
@@ -223,8 +227,12 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
         (&e["user"], &e["identity"]),
         (&json!("bob"), &json!("fast-sa"))
     );
+    assert!(
+        stack.envoy.upstream_requests("fast")? > before,
+        "bob's shared calls reached upstream"
+    );
     // A per-user tool: the consent answer, for the per-user assignment.
-    let before = upstream_requests(&stack)?;
+    let before = stack.envoy.upstream_requests("fast")?;
     let (status, reply, e) = exchange(&stack, "fast-all", &bob, &call("tool_11"), "b-own").await?;
     assert_eq!(status, 200, "{reply}");
     assert!(reply.get("result").is_none(), "{reply}");
@@ -241,7 +249,7 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
         )
     );
     assert_eq!(
-        upstream_requests(&stack)?,
+        stack.envoy.upstream_requests("fast")?,
         before,
         "no credential, no upstream call"
     );
@@ -274,6 +282,10 @@ async fn a_combined_endpoint_lists_the_union_and_calls_with_each_tools_credentia
     .await?;
     assert_eq!(credential_seen(&reply), "expected", "{reply}");
     assert_eq!(e["assignment"], "fast");
+    assert!(
+        stack.envoy.upstream_requests("fast")? > before,
+        "the calls with a credential reached upstream"
+    );
 
     stack.assert_no_secret_in_logs()?;
     Ok(())

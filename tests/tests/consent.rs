@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use latchkey_e2e::client::{HttpReply, assert_jsonrpc_error};
-use latchkey_e2e::{Stack, StackOptions, post_json};
+use latchkey_e2e::{McpClient, Stack, StackOptions, eventually, post_json};
 use serde_json::{Value, json};
 
 /// Where the connect page is published in these scenarios (the page itself
@@ -88,10 +88,44 @@ fn consent_record(stack: &Stack, id: &str) -> Result<Value> {
     Ok(serde_json::from_str(&raw)?)
 }
 
+/// Which replica logged the decision on the request tagged `x-request-id:
+/// id` (exactly one must have).
+async fn replica_that_decided(stack: &Stack, id: &str) -> Result<usize> {
+    let needle = format!("\"request_id\":\"{id}\"");
+    eventually(
+        &format!("the decision on {id} in one replica's log"),
+        async || {
+            let found: Vec<usize> = (0..stack.replicas.len())
+                .filter(|&n| {
+                    stack.replicas[n].process.as_ref().is_some_and(|p| {
+                        p.log_text()
+                            .lines()
+                            .any(|l| l.contains("latchkey::decision") && l.contains(&needle))
+                    })
+                })
+                .collect();
+            Ok(match found[..] {
+                [n] => Ok(n),
+                _ => Err(format!("logged by replicas {found:?}")),
+            })
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_2025_11_25_gets_a_url_elicitation_error_when_the_client_declared_url_mode()
 -> Result<()> {
-    let stack = Stack::start("consent_2025", options()).await?;
+    // Two replicas (Envoy alternates between them): the call right after
+    // `initialize` is decided by the replica that did not see it.
+    let stack = Stack::start(
+        "consent_2025",
+        StackOptions {
+            replicas: 2,
+            ..options()
+        },
+    )
+    .await?;
     let alice = stack.token("alice").await?;
     let v = "2025-11-25";
 
@@ -101,7 +135,7 @@ async fn mcp_2025_11_25_gets_a_url_elicitation_error_when_the_client_declared_ur
         &stack.url("whoami-mine"),
         Some(&alice),
         &initialize(url_mode),
-        &[],
+        &[("x-request-id", "alice-init")],
     )
     .await?;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -114,25 +148,24 @@ async fn mcp_2025_11_25_gets_a_url_elicitation_error_when_the_client_declared_ur
         .context("a link in the message")?;
     request_of(link, "alice");
 
-    // Later in the session, the declared URL mode gets -32042.
+    // Later in the session, the declared URL mode gets -32042: from the
+    // first call on, on whichever replica decides it (the declaration was
+    // stored before `initialize` was answered).
     let call = json!({"jsonrpc":"2.0","id":"c-7","method":"tools/call","params":{"name":"whoami","arguments":{}}}).to_string();
-    let r = latchkey_e2e::wait::eventually("the -32042 answer", async || {
-        let r = post_json(
-            &stack.url("whoami-mine"),
-            Some(&alice),
-            &call,
-            &[("mcp-protocol-version", v)],
-        )
-        .await?;
-        Ok(if r.body.contains("-32042") {
-            Ok(r)
-        } else {
-            Err(r.body)
-        })
-    })
+    let r = post_json(
+        &stack.url("whoami-mine"),
+        Some(&alice),
+        &call,
+        &[("mcp-protocol-version", v), ("x-request-id", "alice-call")],
+    )
     .await?;
     assert_eq!(r.status, 200, "{}", r.body);
     let e = assert_jsonrpc_error(&r.body, &json!("c-7"), -32042);
+    assert_ne!(
+        replica_that_decided(&stack, "alice-init").await?,
+        replica_that_decided(&stack, "alice-call").await?,
+        "the call went to the other replica"
+    );
     let elicitations = e["error"]["data"]["elicitations"]
         .as_array()
         .context("data.elicitations")?;
@@ -226,6 +259,72 @@ async fn mcp_2025_11_25_gets_a_url_elicitation_error_when_the_client_declared_ur
             .iter()
             .all(|e| e["reason"] == "consent_needed" && e["decision"] == "deny"),
         "{decisions:?}"
+    );
+    // The positive control, read the same way: once alice has an identity,
+    // her call reaches the upstream and the count moves.
+    let secret = stack
+        .connect_own_identity("alice", "whoami", "alice-whoami")
+        .await?;
+    let client = McpClient::connect(&stack.url("whoami-mine"), &alice).await?;
+    let r = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&r), format!("Bearer {secret}"));
+    client.close().await?;
+    assert!(
+        stack.echo.requests().await? > 0,
+        "alice's call reached the upstream"
+    );
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+/// The declaration is stored before `initialize` is answered, not after:
+/// with Redis holding every write for 300 ms (reads go on; its
+/// `timeout_ms` is 500), the client's first call, sent the moment
+/// `initialize` is answered and decided by the other replica, still finds
+/// the URL mode it declared. (Stored on a task of its own, the call would
+/// read nothing yet and get the link in an error message, -32003.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_initialize_finds_the_declared_url_mode_on_another_replica_even_while_redis_writes_lag()
+-> Result<()> {
+    let stack = Stack::start(
+        "consent_first_call",
+        StackOptions {
+            replicas: 2,
+            ..options()
+        },
+    )
+    .await?;
+    let alice = stack.token("alice").await?;
+    let url_mode = json!({"elicitation": {"form": {}, "url": {}}});
+    // `initialize` on the shared assignment is allowed (and writes nothing
+    // else on its way); the declaration holds for the whole gateway.
+    stack.redis.command(&["CLIENT", "PAUSE", "300", "WRITE"])?;
+    let r = post_json(
+        &stack.url("whoami"),
+        Some(&alice),
+        &initialize(url_mode),
+        &[("x-request-id", "lag-init")],
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("serverInfo"), "{}", r.body);
+    let call = json!({"jsonrpc":"2.0","id":"c-1","method":"tools/call","params":{"name":"whoami","arguments":{}}}).to_string();
+    let r = post_json(
+        &stack.url("whoami-mine"),
+        Some(&alice),
+        &call,
+        &[
+            ("mcp-protocol-version", "2025-11-25"),
+            ("x-request-id", "lag-call"),
+        ],
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_jsonrpc_error(&r.body, &json!("c-1"), -32042);
+    assert_ne!(
+        replica_that_decided(&stack, "lag-init").await?,
+        replica_that_decided(&stack, "lag-call").await?,
+        "the call went to the other replica"
     );
     stack.assert_no_secret_in_logs()?;
     Ok(())

@@ -42,7 +42,7 @@ static_resources:
     assert_ne!(envoy.admin_port, 9901);
     let (status, body) = http_get(&format!("http://127.0.0.1:{listen}/x")).expect("listener");
     assert_eq!((status, body.as_str()), (200, "hello from envoy"));
-    assert_eq!(envoy.stat("http.hello.downstream_rq_2xx")?, Some(1));
+    assert_eq!(envoy.stat("http.hello.downstream_rq_2xx")?, 1);
     assert!(envoy.admin_get("server_info")?.contains("1.40."));
 
     let admin = envoy.admin_port;

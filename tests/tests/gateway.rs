@@ -273,6 +273,67 @@ async fn bad_tokens_get_401_pointing_at_metadata_that_resolves() -> Result<()> {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert_eq!(kids.len(), 2, "tokens from both keys were tried: {kids:?}");
+    assert_eq!(
+        stack.echo.requests().await?,
+        2,
+        "the authenticated requests, read the same way, reached upstream"
+    );
+
+    // The IdP adds a third key and goes away: a token signed with it cannot
+    // be verified (its key cannot be fetched), which is the gateway's
+    // failure, not the client's: 503, no challenge, nothing upstream. A
+    // token signed with a key fetched before still verifies.
+    let idp = stack.idp.process.as_mut().expect("test-owned IdP");
+    idp.signal(libc::SIGUSR2);
+    idp.wait_for_log("IDP_KEY_ADDED", Duration::from_secs(10))?;
+    let mut unseen = None;
+    let mut known = None;
+    for _ in 0..20 {
+        let t = stack.token("alice").await?;
+        let kid = jwt_header(&t)?["kid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if kids.contains(&kid) {
+            known.get_or_insert(t);
+        } else {
+            unseen.get_or_insert(t);
+        }
+        if unseen.is_some() && known.is_some() {
+            break;
+        }
+    }
+    let (Some(unseen), Some(known)) = (unseen, known) else {
+        anyhow::bail!("the IdP never signed with both its new and an old key");
+    };
+    if let Some(p) = stack.idp.process.as_mut() {
+        p.stop();
+    }
+    let r = post_json(
+        &stack.url("whoami"),
+        Some(&unseen),
+        &call(json!("k-1"), "whoami"),
+        &[],
+    )
+    .await?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.header("www-authenticate").is_none(),
+        "no challenge: the token may be fine"
+    );
+    let v = assert_jsonrpc_error(&r.body, &json!("k-1"), -32603);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signing keys are unavailable"),
+        "{}",
+        r.body
+    );
+    assert_eq!(stack.echo.requests().await?, 2, "nothing went upstream");
+    let r = post_json(&stack.url("whoami"), Some(&known), INIT, &[]).await?;
+    assert_eq!(r.status, 200, "a known key still verifies: {}", r.body);
+    assert_eq!(stack.echo.requests().await?, 3);
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
@@ -364,6 +425,11 @@ async fn bad_input_is_answered_clearly_and_never_forwarded() -> Result<()> {
     // The same gateway still serves a good request afterwards.
     let r = post_json(&url, t, INIT, &[]).await?;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        stack.echo.requests().await?,
+        1,
+        "the good one went upstream"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
@@ -419,6 +485,11 @@ async fn authz_down_or_slow_fails_closed() -> Result<()> {
     stack.restart_latchkey()?;
     let r = post_json(&url, Some(&token), INIT, &[]).await?;
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        stack.echo.requests().await?,
+        before + 1,
+        "the checked request went upstream"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
@@ -429,6 +500,43 @@ async fn redis_down_serves_cached_credentials_and_refuses_the_rest() -> Result<(
     let token = stack.token("alice").await?;
     let warm = McpClient::connect(&stack.url("whoami"), &token).await?;
     let before = stack.echo.requests().await?;
+
+    // A Redis that hangs (stopped, not gone: connections stay open and
+    // nothing answers) costs at most `[redis] timeout_ms` (500 ms here):
+    // Latchkey answers 503 naming the store well before Envoy's Check
+    // timeout (2 s), and the cached credential still serves.
+    stack.redis.process.pause(true);
+    let started = std::time::Instant::now();
+    let hung = post_json(
+        &stack.url("whoami-late"),
+        Some(&token),
+        &call(json!(30), "whoami"),
+        &[],
+    )
+    .await;
+    let waited = started.elapsed();
+    let cached = warm.call_tool("whoami", json!({})).await;
+    stack.redis.process.pause(false);
+    let r = hung?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let v = assert_jsonrpc_error(&r.body, &json!(30), -32603);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Redis"),
+        "Latchkey's answer, not Envoy's timeout: {}",
+        r.body
+    );
+    assert!(
+        waited < Duration::from_millis(1500),
+        "answered within timeout_ms and some slack: {waited:?}"
+    );
+    assert_eq!(
+        McpClient::text(&cached?),
+        format!("Bearer {}", stack.whoami_secret)
+    );
+    let before = before + 1;
 
     stack.redis.process.stop();
     // Cached: the whoami credential was decrypted a moment ago.
@@ -481,6 +589,10 @@ async fn per_user_assignment_without_identity_says_consent_is_needed() -> Result
         "{msg}"
     );
     assert_eq!(stack.echo.requests().await?, 0);
+    // The same user on the shared assignment, read the same way, does.
+    let r = post_json(&stack.url("whoami"), Some(&token), INIT, &[]).await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(stack.echo.requests().await?, 1);
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
@@ -521,5 +633,61 @@ async fn native_ext_authz_gives_the_same_decisions() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     stack.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+/// The log scan at the level an operator turns on to debug: every replica
+/// at `LATCHKEY_LOG=debug`, Envoy at debug (the Wasm filter's and
+/// ext_authz's loggers included), through shared and per-user credentials,
+/// a forged token and the admin CLI. No log of the run, the peers'
+/// included, shows any secret or any 16-character piece of one (of a
+/// token: of its signature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_shows_in_any_log_even_at_debug_level() -> Result<()> {
+    let stack = Stack::start(
+        "debug_logs",
+        StackOptions {
+            debug_logs: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let token = stack.token("alice").await?;
+    let client = McpClient::connect(&stack.url("whoami"), &token).await?;
+    let result = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(
+        McpClient::text(&result),
+        format!("Bearer {}", stack.whoami_secret)
+    );
+    client.close().await?;
+
+    let secret = stack
+        .connect_own_identity("alice", "whoami", "alice-whoami")
+        .await?;
+    let client = McpClient::connect(&stack.url("whoami-mine"), &token).await?;
+    let result = client.call_tool("whoami", json!({})).await?;
+    assert_eq!(McpClient::text(&result), format!("Bearer {secret}"));
+    client.close().await?;
+
+    let forged = tamper_signature(&stack.token("alice").await?);
+    stack.remember_secret(&forged);
+    let r = post_json(&stack.url("whoami"), Some(&forged), INIT, &[]).await?;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // The run did log at debug (else the scan below proves nothing).
+    let latchkey_log = stack.latchkey().map(|p| p.log_text()).unwrap_or_default();
+    assert!(
+        latchkey_log.contains("\"level\":\"DEBUG\""),
+        "latchkey logged at debug"
+    );
+    assert!(
+        stack.envoy.process.log_text().contains("[debug][wasm]"),
+        "Envoy logged the filter at debug"
+    );
+    let files = stack.assert_no_secret_in_logs()?;
+    assert!(
+        files >= 5,
+        "expected logs of every process, scanned {files}"
+    );
     Ok(())
 }

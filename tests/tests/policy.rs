@@ -116,13 +116,6 @@ async fn exchange(
     Ok((reply.status, content_type, answer))
 }
 
-fn upstream_requests(stack: &Stack, server: &str) -> Result<u64> {
-    Ok(stack
-        .envoy
-        .stat(&format!("cluster.server_{server}.upstream_rq_total"))?
-        .unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     let stack = Stack::start(
@@ -199,7 +192,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     // A hidden tool gets exactly what the upstream answers for a tool that
     // does not exist (that one is allowed, so the upstream answers it), and
     // the hidden call never reaches the upstream.
-    let before = upstream_requests(&stack, "everything")?;
+    let before = stack.envoy.upstream_requests("everything")?;
     let (status, _, hidden) = exchange(
         &stack,
         &alice,
@@ -209,7 +202,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     .await?;
     assert_eq!(status, 200);
     assert_eq!(
-        upstream_requests(&stack, "everything")?,
+        stack.envoy.upstream_requests("everything")?,
         before,
         "hidden call reached upstream"
     );
@@ -221,7 +214,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     )
     .await?;
     assert!(
-        upstream_requests(&stack, "everything")? > before,
+        stack.envoy.upstream_requests("everything")? > before,
         "allowed call went upstream"
     );
     assert_eq!(
@@ -233,7 +226,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
 
     // An argument constraint: a failed tool result naming it; upstream not
     // called. Within the constraint, the call goes through.
-    let before = upstream_requests(&stack, "everything")?;
+    let before = stack.envoy.upstream_requests("everything")?;
     let (_, _, refused) = exchange(
         &stack,
         &alice,
@@ -249,7 +242,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         text.contains("argument /a must be a number of at most 100"),
         "{text}"
     );
-    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    assert_eq!(stack.envoy.upstream_requests("everything")?, before);
     let (_, _, summed) = exchange(
         &stack,
         &alice,
@@ -260,6 +253,10 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
     assert!(
         summed["result"]["isError"] != true && summed.to_string().contains("42"),
         "{summed}"
+    );
+    assert!(
+        stack.envoy.upstream_requests("everything")? > before,
+        "the call within the constraint went upstream"
     );
     // Erin's role grants get-sum without the constraint.
     let erin_session = everything_session(&stack, &erin).await?;
@@ -296,16 +293,17 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":id,"method":"completion/complete","params":{
             "ref":{"type":"ref/prompt","name":prompt},"argument":{"name":"department","value":"E"}}})
     };
-    let before = upstream_requests(&stack, "everything")?;
+    let before = stack.envoy.upstream_requests("everything")?;
     let (_, _, hidden) =
         exchange(&stack, &alice, &session, complete(12, "completable-prompt")).await?;
-    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    assert_eq!(stack.envoy.upstream_requests("everything")?, before);
     let (_, _, absent) =
         exchange(&stack, &erin, &erin_session, complete(12, "no-such-prompt")).await?;
     assert_eq!(
         hidden.to_string().replace("completable-prompt", "NAME"),
         absent.to_string().replace("no-such-prompt", "NAME")
     );
+    let before = stack.envoy.upstream_requests("everything")?;
     let (_, _, completed) = exchange(
         &stack,
         &erin,
@@ -313,6 +311,10 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         complete(13, "completable-prompt"),
     )
     .await?;
+    assert!(
+        stack.envoy.upstream_requests("everything")? > before,
+        "the granted completion went upstream"
+    );
     assert!(
         completed["result"]["completion"]["values"].is_array(),
         "{completed}"
@@ -367,7 +369,7 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
             .unwrap()
             .is_empty()
     );
-    let before = upstream_requests(&stack, "everything")?;
+    let before = stack.envoy.upstream_requests("everything")?;
     let (_, _, hidden) = exchange(
         &stack,
         &alice,
@@ -375,8 +377,20 @@ async fn callers_see_and_call_only_what_their_grants_allow() -> Result<()> {
         json!({"jsonrpc":"2.0","id":11,"method":"resources/read","params":{"uri":"demo://resource/dynamic/text/1"}}),
     )
     .await?;
-    assert_eq!(upstream_requests(&stack, "everything")?, before);
+    assert_eq!(stack.envoy.upstream_requests("everything")?, before);
     assert_eq!(hidden["error"]["code"], -32602, "{hidden}");
+    let (_, _, shown) = exchange(
+        &stack,
+        &alice,
+        &session,
+        json!({"jsonrpc":"2.0","id":14,"method":"resources/read","params":{"uri":uris[0]}}),
+    )
+    .await?;
+    assert!(shown["result"]["contents"].is_array(), "{shown}");
+    assert!(
+        stack.envoy.upstream_requests("everything")? > before,
+        "a resource alice may read went upstream"
+    );
 
     // fast-mcp answers application/json and pages its list by 8: the
     // trimmed pages keep their cursors, so paging still reaches the end.
@@ -689,17 +703,22 @@ async fn native_ext_authz_enforces_the_same_policy_on_calls() -> Result<()> {
         json!({"jsonrpc":"2.0","id":"n-1","method":"tools/call","params":{"name":tool,"arguments":{}}})
             .to_string()
     };
-    let before = upstream_requests(&stack, "fast")?;
+    let before = stack.envoy.upstream_requests("fast")?;
     let reply = post_json(&stack.url("fast"), Some(&alice), &call("tool_03"), &[]).await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let v = reply.json()?;
     assert_eq!(v["id"], "n-1");
     assert_eq!(v["error"]["code"], -32602);
     assert_eq!(v["error"]["message"], "Unknown tool: tool_03");
-    assert_eq!(upstream_requests(&stack, "fast")?, before);
+    assert_eq!(stack.envoy.upstream_requests("fast")?, before);
     let reply = post_json(&stack.url("fast"), Some(&alice), &call("tool_00"), &[]).await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()?["result"]["content"][0]["text"], "ok tool_00");
+    assert_eq!(
+        stack.envoy.upstream_requests("fast")?,
+        before + 1,
+        "the granted call went upstream"
+    );
     Ok(())
 }
 
@@ -770,7 +789,7 @@ async fn an_agent_sees_the_intersection_of_its_grants_and_its_users() -> Result<
     assert!(fast_tools(&stack, &erin_via_other).await?.is_empty());
 
     // Calls follow: alice may call tool_05, the bot may not.
-    let before = upstream_requests(&stack, "fast")?;
+    let before = stack.envoy.upstream_requests("fast")?;
     let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tool_05","arguments":{}}});
     let reply = post_json(
         &stack.url("fast"),
@@ -780,7 +799,21 @@ async fn an_agent_sees_the_intersection_of_its_grants_and_its_users() -> Result<
     )
     .await?;
     assert_eq!(reply.json()?["error"]["message"], "Unknown tool: tool_05");
-    assert_eq!(upstream_requests(&stack, "fast")?, before);
+    assert_eq!(stack.envoy.upstream_requests("fast")?, before);
+    let body = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"tool_00","arguments":{}}});
+    let reply = post_json(
+        &stack.url("fast"),
+        Some(&alice_via_bot),
+        &body.to_string(),
+        &[],
+    )
+    .await?;
+    assert_eq!(reply.json()?["result"]["content"][0]["text"], "ok tool_00");
+    assert_eq!(
+        stack.envoy.upstream_requests("fast")?,
+        before + 1,
+        "the call both grant went upstream"
+    );
 
     let out = std::process::Command::new(latchkey_e2e::paths::latchkey_bin()?)
         .args(["policy", "check", "--config"])

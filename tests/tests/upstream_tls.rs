@@ -3,17 +3,22 @@
 //! upstream's chain against the server's `ca_file` and its SANs against the
 //! host in the URL. The upstream is `auth-echo` behind a second Envoy that
 //! terminates TLS with a certificate for `localhost` from the scenario's CA;
-//! a server entry for the same URL that trusts another CA never reaches it.
+//! a server entry for the same URL that trusts another CA never reaches it,
+//! nor does one whose front presents a certificate from the right CA for
+//! another name.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use latchkey_e2e::client::{INITIALIZE, post_json};
+use std::path::Path;
+
 use latchkey_e2e::pki::Pki;
 use latchkey_e2e::{Envoy, McpClient, Stack, StackOptions, free_port, scenario_dir};
 use serde_json::json;
 
 /// A bootstrap for an Envoy that serves `127.0.0.1:<port>` over TLS with
-/// `pki`'s certificate and forwards everything to `127.0.0.1:<upstream>`.
-fn tls_front(pki: &Pki, port: u16, upstream: u16) -> String {
+/// the certificate `cert` (key `key`) and forwards everything to
+/// `127.0.0.1:<upstream>`.
+fn tls_front(cert: &Path, key: &Path, port: u16, upstream: u16) -> String {
     format!(
         r#"
 static_resources:
@@ -59,8 +64,8 @@ static_resources:
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {upstream} }}
 "#,
-        cert = pki.server_cert.display(),
-        key = pki.server_key.display(),
+        cert = cert.display(),
+        key = key.display(),
     )
 }
 
@@ -71,7 +76,7 @@ async fn an_https_upstream_gets_a_credential_only_after_proving_its_name() -> Re
     let elsewhere = certs.join("other");
     std::fs::create_dir_all(&elsewhere)?;
     let other_ca = Pki::create(&elsewhere)?;
-    let port = free_port();
+    let (port, misnamed_port) = (free_port(), free_port());
     let config = format!(
         r#"
 [[gateways.assignments]]
@@ -96,6 +101,18 @@ name = "impostor"
 url = "https://localhost:{port}/mcp"
 ca_file = "{other}"
 auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+
+[[gateways.assignments]]
+name = "misnamed"
+server = "misnamed"
+scheme = "per_user"
+
+# The right CA, but the front presents a certificate for another name.
+[[servers]]
+name = "misnamed"
+url = "https://localhost:{misnamed_port}/mcp"
+ca_file = "{ca}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
 "#,
         ca = pki.ca_pem.display(),
         other = other_ca.ca_pem.display(),
@@ -108,16 +125,31 @@ auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }
         },
     )
     .await?;
-    let _front = Envoy::start_named(&certs, "tls-front", &tls_front(&pki, port, stack.echo.port))?;
+    let _front = Envoy::start_named(
+        &certs,
+        "tls-front",
+        &tls_front(&pki.server_cert, &pki.server_key, port, stack.echo.port),
+    )?;
+    let (other_cert, other_key) = pki.server_cert_for(&certs, "elsewhere.example")?;
+    let _misnamed_front = Envoy::start_named(
+        &certs,
+        "tls-front-misnamed",
+        &tls_front(&other_cert, &other_key, misnamed_port, stack.echo.port),
+    )?;
     let secret = stack
         .connect_own_identity("alice", "secure", "alice-secure")
         .await?;
     let impostor_secret = stack
         .connect_own_identity("alice", "impostor", "alice-impostor")
         .await?;
+    let misnamed_secret = stack
+        .connect_own_identity("alice", "misnamed", "alice-misnamed")
+        .await?;
     let alice = stack.token("alice").await?;
 
-    // Verified: the call goes through TLS with alice's credential.
+    // Verified: the call goes through TLS with alice's credential (the
+    // positive control for the counts below, read the same way).
+    let before = stack.echo.requests().await?;
     let client = McpClient::connect(&stack.url("secure"), &alice).await?;
     let r = client.call_tool("whoami", json!({})).await?;
     ensure!(
@@ -125,6 +157,10 @@ auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }
         "the upstream behind TLS got alice's credential: {r:?}"
     );
     client.close().await?;
+    ensure!(
+        stack.echo.requests().await? > before,
+        "the verified calls reached the upstream"
+    );
 
     // Not verified: Envoy refuses the connection, nothing reaches the
     // upstream, and the credential was never sent.
@@ -147,9 +183,31 @@ auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }
     );
     let failures = stack
         .envoy
-        .stat("cluster.server_impostor.ssl.fail_verify_error")?
-        .context("the TLS verification failure is counted")?;
+        .stat("cluster.server_impostor.ssl.fail_verify_error")?;
     ensure!(failures >= 1, "fail_verify_error = {failures}");
+
+    // The right CA, the wrong name: refused as well, for its SAN.
+    let before = stack.echo.requests().await?;
+    let r = post_json(&stack.url("misnamed"), Some(&alice), INITIALIZE, &[]).await?;
+    ensure!(
+        r.status == 503,
+        "an upstream with another name's certificate: {} {}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        stack.echo.requests().await? == before,
+        "nothing reached the misnamed upstream"
+    );
+    let seen = stack.echo.seen_authorizations().await?;
+    ensure!(
+        !seen.iter().any(|a| a.contains(&misnamed_secret)),
+        "the credential for the misnamed upstream was never sent"
+    );
+    let failures = stack
+        .envoy
+        .stat("cluster.server_misnamed.ssl.fail_verify_san")?;
+    ensure!(failures >= 1, "fail_verify_san = {failures}");
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }

@@ -15,7 +15,10 @@
 //! secret, a `tools/call` answer also says what `Authorization` header
 //! reached it (`structuredContent.credential`): `"expected"` when it equals
 //! `FAST_MCP_EXPECT_AUTHORIZATION` (read from the environment, never a
-//! flag), `"other"`, or `"none"`.
+//! flag), `"other"`, or `"none"`; and the SHA-256 of that header's value, in
+//! hex (`structuredContent.credential_sha256`, absent without one), so a
+//! test can tell exactly which of several credentials arrived ("other" is
+//! also true of the client's own token) without the upstream echoing one.
 //!
 //! Usage: `fast-mcp --port <port> [--page-size N]` (serves `/mcp` on 127.0.0.1).
 
@@ -67,7 +70,15 @@ fn credential_seen(headers: &HeaderMap, expected: Option<&str>) -> &'static str 
     }
 }
 
-fn answer(body: &[u8], credential: &str, page: Option<usize>) -> Response {
+/// The hex SHA-256 of the `Authorization` value that reached the upstream.
+fn credential_digest(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    Some(latchkey_e2e::sha256_hex(&String::from_utf8_lossy(
+        value.as_bytes(),
+    )))
+}
+
+fn answer(body: &[u8], credential: &str, digest: Option<&str>, page: Option<usize>) -> Response {
     let Ok(message) = serde_json::from_slice::<Value>(body) else {
         return json_reply(
             StatusCode::BAD_REQUEST,
@@ -101,7 +112,11 @@ fn answer(body: &[u8], credential: &str, page: Option<usize>) -> Response {
             }
             json!({
                 "content": [{ "type": "text", "text": format!("ok {name}") }],
-                "structuredContent": { "echo": message["params"]["arguments"], "credential": credential },
+                "structuredContent": {
+                    "echo": message["params"]["arguments"],
+                    "credential": credential,
+                    "credential_sha256": digest,
+                },
                 "isError": false
             })
         }
@@ -138,6 +153,7 @@ async fn mcp(State(settings): State<Settings>, headers: HeaderMap, body: Bytes) 
     answer(
         &body,
         credential_seen(&headers, settings.expected.as_deref()),
+        credential_digest(&headers).as_deref(),
         settings.page,
     )
 }
@@ -187,6 +203,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
             "none",
             None,
+            None,
         );
         let v = body_of(r).await;
         assert_eq!(v["id"], 7);
@@ -194,21 +211,28 @@ mod tests {
         let v = body_of(answer(
             br#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"tool_03","arguments":{"text":"hi"}}}"#,
             "expected",
+            Some("d1g3st"),
             None,
         ))
         .await;
         assert_eq!(v["result"]["content"][0]["text"], "ok tool_03");
         assert_eq!(v["result"]["structuredContent"]["echo"]["text"], "hi");
         assert_eq!(v["result"]["structuredContent"]["credential"], "expected");
+        assert_eq!(
+            v["result"]["structuredContent"]["credential_sha256"],
+            "d1g3st"
+        );
         let r = answer(
             br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
             "none",
+            None,
             None,
         );
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let v = body_of(answer(
             br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#,
             "none",
+            None,
             None,
         ))
         .await;
@@ -223,7 +247,7 @@ mod tests {
             } else {
                 json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":cursor}})
             };
-            answer(body.to_string().as_bytes(), "none", Some(8))
+            answer(body.to_string().as_bytes(), "none", None, Some(8))
         };
         let v = body_of(list("")).await;
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 8);
@@ -242,5 +266,11 @@ mod tests {
         assert_eq!(credential_seen(&h, Some("Bearer s")), "expected");
         assert_eq!(credential_seen(&h, Some("Bearer t")), "other");
         assert_eq!(credential_seen(&h, None), "other");
+        assert_eq!(
+            credential_digest(&h).as_deref(),
+            Some("5a6ae6dfeb3b5e48eda330849e2c267cf31a70f8d673ce8eb56db64571e2b74e"),
+            "SHA-256 of `Bearer s`"
+        );
+        assert_eq!(credential_digest(&HeaderMap::new()), None);
     }
 }
