@@ -63,25 +63,6 @@ fn same_id(a: Option<&Value>, b: Option<&Value>) -> bool {
 
 // ---------------------------------------------------------------- classify
 
-/// The same JSON value, except that two readings of one long number may
-/// differ in the last bit: serde_json's float parsing (without its
-/// `float_roundtrip` feature) is not correctly rounded, and in the nightly
-/// fuzz build the filter's strict parser and `serde_json::from_slice` were
-/// seen one ULP apart on a 131-digit integer id (equal on stable).
-fn same_reading(a: Option<&Value>, b: Option<&Value>) -> bool {
-    match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) if x != y => {
-            match (x.as_f64(), y.as_f64()) {
-                (Some(x), Some(y)) if x.is_finite() && x.signum() == y.signum() => {
-                    x.to_bits().abs_diff(y.to_bits()) <= 1
-                }
-                _ => false,
-            }
-        }
-        _ => a == b,
-    }
-}
-
 /// Input: header lines (`name: value`), a blank line, the body. Without a
 /// blank line the whole input is the body of a JSON POST.
 pub fn classify(data: &[u8]) {
@@ -113,10 +94,7 @@ pub fn classify(data: &[u8]) {
             if let Some(id) = &e.id {
                 // The id answered is the one the client sent.
                 let sent = read.as_ref().and_then(|v| v.get("id"));
-                assert!(
-                    same_reading(Some(id), sent),
-                    "error answers {id} for {sent:?}"
-                );
+                assert!(Some(id) == sent, "error answers {id} for {sent:?}");
                 assert_eq!(&answer["id"], id);
             }
         }
@@ -177,7 +155,7 @@ fn check_against_serde(headers: &[(String, String)], m: &McpMessage, read: Optio
     );
     let id = obj.get("id").filter(|v| !v.is_null());
     assert!(
-        same_reading(m.id.as_ref(), id),
+        m.id.as_ref() == id,
         "id {:?} differs from serde_json's {id:?}",
         m.id
     );
