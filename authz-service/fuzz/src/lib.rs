@@ -89,7 +89,6 @@ pub fn context(data: &[u8]) {
                     latchkey_proto::MCP_METADATA_NAMESPACE.to_owned(),
                     m,
                 )]),
-                ..Metadata::default()
             }),
             ..AttributeContext::default()
         }),
