@@ -209,6 +209,8 @@ pub struct EventBoundary {
     in_event: bool,
     /// The last byte was `\r` (a following `\n` belongs to it).
     after_cr: bool,
+    /// Some byte of the stream was seen.
+    started: bool,
 }
 
 impl EventBoundary {
@@ -227,7 +229,13 @@ impl EventBoundary {
     /// Feeds the next chunk; returns the last offset in it (`0..=len`) at
     /// which a new event may start, if there is one.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
-        let mut last = self.at_boundary().then_some(0);
+        // Before the stream's first byte only when that byte cannot start a
+        // byte order mark: clients drop a BOM only at the very start, so one
+        // pushed behind our event would change how the upstream's first
+        // event reads.
+        let start_ok = self.started || chunk.first().is_some_and(|b| *b != 0xEF);
+        let mut last = (self.at_boundary() && start_ok).then_some(0);
+        self.started |= !chunk.is_empty();
         for (i, &b) in chunk.iter().enumerate() {
             match b {
                 b'\r' => {
@@ -484,6 +492,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Found by the `inject` fuzz target: a notification put before a
+    /// stream's byte order mark moved the BOM into the stream, where a
+    /// client no longer drops it and misreads the upstream's first event.
+    #[test]
+    fn no_notification_goes_before_a_byte_order_mark_starting_the_stream() {
+        let mut boundary = EventBoundary::default();
+        assert_eq!(boundary.feed(b""), None, "nothing seen yet");
+        assert_eq!(boundary.feed(b"\xef\xbb\xbfdata: x\n"), None);
+        assert_eq!(boundary.feed(b"\n"), Some(1));
+        let mut boundary = EventBoundary::default();
+        assert_eq!(boundary.feed(b"\xef"), None);
+        assert_eq!(boundary.feed(b"\xbb\xbf: ping\n\n"), Some(10));
     }
 
     #[test]

@@ -743,7 +743,9 @@ mod tests {
             panic!("not replaced");
         };
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("event: message\ndata: "), "{text}");
+        // The rewritten event's data line comes first (see listing.rs).
+        assert!(text.starts_with("data: "), "{text}");
+        assert!(text.ends_with("\nevent: message\n\n"), "{text}");
         assert!(!text.contains("\"add\""));
         assert!(text.contains("\"cacheScope\":\"private\""));
     }

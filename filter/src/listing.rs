@@ -203,6 +203,8 @@ pub struct SseTrimmer {
     /// Largest event held while waiting for its end.
     limit: usize,
     failed: bool,
+    /// No event went out yet: a byte order mark may lead the stream.
+    at_start: bool,
 }
 
 impl SseTrimmer {
@@ -214,6 +216,7 @@ impl SseTrimmer {
             line_start: 0,
             limit,
             failed: false,
+            at_start: true,
         }
     }
 
@@ -244,7 +247,8 @@ impl SseTrimmer {
                     .pending
                     .get(event_start..at + terminator)
                     .unwrap_or(&[]);
-                out.extend(self.event(event));
+                let first = std::mem::take(&mut self.at_start);
+                out.extend(self.event(event, first));
                 event_start = at + terminator;
             }
             pos = at + terminator;
@@ -255,7 +259,8 @@ impl SseTrimmer {
         self.scan_from = pos - event_start;
         if end && !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
-            out.extend(self.event(&rest));
+            let first = std::mem::take(&mut self.at_start);
+            out.extend(self.event(&rest, first));
             self.scan_from = 0;
             self.line_start = 0;
         } else if self.pending.len() > self.limit {
@@ -277,20 +282,27 @@ impl SseTrimmer {
     }
 
     /// One complete event (with its blank line): returned as it is unless
-    /// its data is the list response.
-    fn event(&self, raw: &[u8]) -> Vec<u8> {
+    /// its data is the list response, or data that may hold one and that
+    /// this cannot read (then it becomes the error for the request, as
+    /// [`ListTrim::json_body`] does).
+    ///
+    /// The event is read the way a client's parser reads it (WHATWG event
+    /// stream rules), or a list could pass untrimmed to a client that reads
+    /// it differently: invalid UTF-8 is replaced, not a reason to skip; CR
+    /// alone ends a line like LF and CRLF; a byte order mark starting the
+    /// stream is not part of the first field name.
+    fn event(&self, raw: &[u8], first: bool) -> Vec<u8> {
         if !may_carry_result(raw) {
             return raw.to_vec();
         }
-        let Ok(text) = std::str::from_utf8(raw) else {
-            return self.unreadable_event();
-        };
+        let text = String::from_utf8_lossy(raw);
+        let mut text = text.as_ref();
+        if first {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
         let mut data: Vec<&str> = Vec::new();
         let mut other: Vec<&str> = Vec::new();
-        for line in text
-            .split_terminator(['\n'])
-            .map(|l| l.trim_end_matches('\r'))
-        {
+        for line in text.split(['\n', '\r']) {
             if line.is_empty() {
                 continue;
             }
@@ -308,18 +320,23 @@ impl SseTrimmer {
         let message = match self.trim.trim_text(&data.join("\n")) {
             Ok(Some(message)) => message,
             Ok(None) => return raw.to_vec(),
-            // Data that may hold a result but is no JSON object (an array,
-            // a torn message): a client might still read a list from it.
-            Err(_) => return self.unreadable_event(),
+            // Data that may hold a result but that this cannot read (no
+            // JSON object, an array, a torn message, too deep or odd for
+            // this parser): a client's parser might still read a list from
+            // it, so it never passes on untrimmed.
+            Err(_) => self.trim.unreadable(),
         };
+        // The data line first: the event's other lines, moved to the start
+        // of the stream, could read differently there (a byte order mark).
         let mut out = String::new();
+        out.push_str("data: ");
+        out.push_str(&message);
+        out.push('\n');
         for line in other {
             out.push_str(line);
             out.push('\n');
         }
-        out.push_str("data: ");
-        out.push_str(&message);
-        out.push_str("\n\n");
+        out.push('\n');
         out.into_bytes()
     }
 }
@@ -459,6 +476,44 @@ mod tests {
             jsonrpc::INTERNAL_ERROR
         );
         assert!(t.push(b"\n\n", true).is_empty());
+    }
+
+    /// Found by the `trim_sse` fuzz target: each of these streams carried
+    /// the full list to a client (its SSE parser reads them as the list
+    /// response) while the trimmer passed them untouched.
+    #[test]
+    fn sse_list_is_trimmed_however_a_client_may_read_the_event() {
+        let list = list(json!(7));
+        for stream in [
+            // A lone CR ends a line, as LF and CRLF do.
+            format!("event: message\rid: 3\rdata: {list}\r\r"),
+            // One byte order mark may start the stream.
+            format!("\u{feff}data: {list}\n\n"),
+        ] {
+            // (A CR ending a chunk may be half a CRLF: end the stream.)
+            let out = SseTrimmer::new(trim(false), 1 << 20).push(stream.as_bytes(), true);
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("get-env"), "{stream:?} gave {text:?}");
+            assert_eq!(names(&sse_events(text.as_bytes())[0]), ["echo", "get-sum"]);
+        }
+        // Invalid UTF-8 elsewhere in the event: clients replace it and read on.
+        let mut stream = b": \xff\n".to_vec();
+        stream.extend(format!("data: {list}\n\n").bytes());
+        let out = SseTrimmer::new(trim(false), 1 << 20).push(&stream, false);
+        assert!(!String::from_utf8_lossy(&out).contains("get-env"));
+        // JSON the trimmer cannot read (another parser may): an error for
+        // the request instead, never the event as it was.
+        let odd = "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tools\":[{\"name\":\"get-env\"}]},\"\\ud800\":0}\n\n";
+        let out = SseTrimmer::new(trim(false), 1 << 20).push(odd.as_bytes(), false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("get-env"), "{text}");
+        assert_eq!(
+            sse_events(text.as_bytes())[0]["error"]["code"],
+            jsonrpc::INTERNAL_ERROR
+        );
+        // Data that is not JSON at all is no message: it passes.
+        let out = SseTrimmer::new(trim(false), 1 << 20).push(b"data: ping\n\n", false);
+        assert_eq!(out, b"data: ping\n\n");
     }
 
     #[test]

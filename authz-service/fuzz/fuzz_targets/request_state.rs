@@ -1,0 +1,3 @@
+#![no_main]
+// Body and invariants: `latchkey_authz_fuzz::request_state` (src/lib.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| latchkey_authz_fuzz::request_state(data));
