@@ -277,7 +277,8 @@ impl TrimChoices {
     }
 
     /// The trim for a response whose own id (as serde_json reads it) is
-    /// `response_id`.
+    /// `response_id`. The id only goes into the error that replaces an
+    /// unreadable list: a list result is trimmed whatever id it carries.
     fn trim(&self, response_id: Option<&Value>) -> ListTrim {
         let shape = self.shape();
         let id = match (self.other_id, response_id) {
@@ -287,8 +288,7 @@ impl TrimChoices {
         };
         ListTrim {
             visibility: self.visibility(shape.kind),
-            shape,
-            id,
+            id: Some(id),
             private_cache_scope: self.private,
         }
     }
@@ -302,29 +302,28 @@ fn id_of(text: &[u8]) -> Option<Value> {
         .cloned()
 }
 
-/// The invariant of every trimmed message: if it answers our request with
-/// a list, each entry a client reads has a name the caller may see.
+/// The invariant of every trimmed message: whatever id it carries, each
+/// entry of each list in its result that a client reads has a name the
+/// caller may see.
 fn assert_no_hidden_entry(trim: &ListTrim, message: &Value, at: &str) {
-    if message.get("id") != Some(&trim.id) {
-        return;
-    }
-    let Some(entries) = message
-        .get("result")
-        .and_then(|r| r.get(trim.shape.field))
-        .and_then(Value::as_array)
-    else {
+    let Some(result) = message.get("result").and_then(Value::as_object) else {
         return;
     };
-    for entry in entries {
-        let Some(obj) = entry.as_object() else {
+    for (field, list) in result {
+        let (Some(shape), Some(entries)) = (ListShape::of_field(field), list.as_array()) else {
             continue;
         };
-        let name = obj.get(trim.shape.name_field).and_then(Value::as_str);
-        assert!(
-            name.is_some_and(|n| trim.visibility.permits(trim.shape.kind, n)),
-            "{at}: a {} the caller may not see went out: {entry}",
-            trim.shape.kind.noun()
-        );
+        for entry in entries {
+            let Some(obj) = entry.as_object() else {
+                continue;
+            };
+            let name = obj.get(shape.name_field).and_then(Value::as_str);
+            assert!(
+                name.is_some_and(|n| trim.visibility.permits(shape.kind, n)),
+                "{at}: a {} the caller may not see went out: {entry}",
+                shape.kind.noun()
+            );
+        }
     }
 }
 
@@ -353,7 +352,7 @@ pub fn trim_json(data: &[u8]) {
                 // Everything but the list is the upstream's, as sent.
                 let sent = read.expect("a trimmed body was readable");
                 for (key, value) in result.as_object().into_iter().flatten() {
-                    if key != trim.shape.field && key != "cacheScope" {
+                    if ListShape::of_field(key).is_none() && key != "cacheScope" {
                         assert_eq!(Some(value), sent["result"].get(key), "{key} changed");
                     }
                 }
