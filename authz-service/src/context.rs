@@ -104,7 +104,14 @@ impl RequestContext {
             // The filter already refused out-of-bounds fields; checked again
             // so that nothing unbounded is judged, logged or audited here.
             Some(m) => {
-                mcp::check_bounds(&m).map_err(BadRequest::from)?;
+                if let Err(mut e) = mcp::check_bounds(&m) {
+                    // The id too, unless it is the field that is too long.
+                    e.id = m.id.filter(|id| {
+                        id.as_str()
+                            .is_none_or(|s| s.len() <= mcp::limits::STRING_ID)
+                    });
+                    return Err(e.into());
+                }
                 Some(m)
             }
             None => crate::native::mcp_from_http(&http)?,
