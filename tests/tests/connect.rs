@@ -946,7 +946,8 @@ async fn an_identity_provider_that_does_not_play_along_signs_nobody_in() -> Resu
 
     // Each misbehaviour ends on a page that says what went wrong; no
     // session is stored or handed to the browser.
-    let cases: [(&[(&str, &str)], u16, &str); 4] = [
+    type Switches<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Switches, u16, &str); 4] = [
         (&[("wrong_nonce", "1")], 400, "nonce mismatch"),
         (
             &[("wrong_id_token_aud", "1")],
