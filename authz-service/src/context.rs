@@ -215,7 +215,8 @@ mod tests {
         ] {
             http.headers.insert(k.into(), v.into());
         }
-        let message = filter_metadata.then(|| crate::native::mcp_from_http(&http).unwrap().unwrap());
+        let message =
+            filter_metadata.then(|| crate::native::mcp_from_http(&http).unwrap().unwrap());
         check(http, message.as_ref())
     }
 

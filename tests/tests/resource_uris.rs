@@ -60,10 +60,7 @@ const DOT_SEGMENTS: &str = "demo://resource/static/document/../../dynamic/text/1
 /// `cluster.server_everything.upstream_rq_total`; a missing stat is an
 /// error, not zero, so an absence cannot pass by accident.
 fn upstream_requests(stack: &Stack) -> Result<u64> {
-    stack
-        .envoy
-        .stat("cluster.server_everything.upstream_rq_total")?
-        .context("Envoy has no upstream_rq_total for server_everything")
+    stack.envoy.upstream_requests("everything")
 }
 
 /// A server-everything session through `endpoint`.
