@@ -18,6 +18,9 @@
 //!   upstream's events unchanged, with ours interleaved.
 //! * `round_trip`: stripping removes exactly Latchkey's `requestState` and
 //!   `inputResponses`, and is idempotent.
+//! * `uri`: a canonical URI (or path) is its own canonical form, has no dot
+//!   segment, no lowercase escape and no control character, and a resource
+//!   is visible to an allow-everything view exactly when it has one.
 //!
 //! Inputs are text a person can write: a first line of choices (read with
 //! `arbitrary`, so any bytes mean something) and then the message or stream.
@@ -41,6 +44,7 @@ pub const TARGETS: &[Target] = &[
     ("trim_sse", trim_sse),
     ("inject", inject),
     ("round_trip", round_trip),
+    ("uri", uri),
 ];
 
 /// `data` split at its first newline: (choices, payload).
@@ -596,5 +600,79 @@ pub fn round_trip(data: &[u8]) {
         round_trip::upstream_body(&out),
         None,
         "stripping is not idempotent"
+    );
+}
+
+// --------------------------------------------------------------------- uri
+
+/// Input: one resource URI (or file path), as text. Policy judges the
+/// canonical form, so it must be a fixed point, and everything that makes
+/// a URI ambiguous must be gone from it.
+pub fn uri(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let everything = Visibility::new(
+        Rules::default(),
+        Rules::default(),
+        Rules::new(&["*".to_owned()], &[]),
+    );
+    match latchkey_filter::uri::canonical(text) {
+        Ok(c) => {
+            assert_eq!(
+                latchkey_filter::uri::canonical(&c).as_deref(),
+                Ok(c.as_str()),
+                "the canonical form of {text:?} is not its own"
+            );
+            assert_canonical_shape(&c, text);
+            assert!(
+                everything.permits(ItemKind::Resource, text),
+                "{text:?} has a canonical form but is not visible to `*`"
+            );
+        }
+        Err(_) => assert!(
+            !everything.permits(ItemKind::Resource, text),
+            "{text:?} has no canonical form but is visible"
+        ),
+    }
+    if let Ok(p) = latchkey_filter::uri::canonical_path(text) {
+        assert_eq!(
+            latchkey_filter::uri::canonical_path(&p).as_deref(),
+            Ok(p.as_str()),
+            "the canonical path of {text:?} is not its own"
+        );
+        assert!(
+            !p.split('/').any(|s| s == "." || s == "..") && !p.contains("//"),
+            "{text:?} → {p:?} keeps a dot segment or an empty one"
+        );
+    }
+}
+
+/// What no canonical URI may contain: a dot segment in its path, an escape
+/// in lowercase hex, a control character or a backslash.
+fn assert_canonical_shape(c: &str, from: &str) {
+    let path = c.split(['?', '#']).next().unwrap_or("");
+    let path = match path.split_once("://") {
+        Some((_, after)) => after.find('/').map_or("", |at| &after[at..]),
+        None => path.split_once(':').map_or("", |(_, p)| p),
+    };
+    assert!(
+        !path.split('/').any(|s| s == "." || s == ".."),
+        "{from:?} → {c:?} keeps a dot segment"
+    );
+    let bytes = c.as_bytes();
+    for (at, _) in c.match_indices('%') {
+        let hex = bytes.get(at + 1..at + 3).unwrap_or(&[]);
+        assert!(
+            hex.len() == 2
+                && hex
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+            "{from:?} → {c:?} has an escape that is not two uppercase hex digits"
+        );
+    }
+    assert!(
+        !c.chars().any(|ch| ch.is_control() || ch == '\\'),
+        "{from:?} → {c:?} keeps a control character or a backslash"
     );
 }
