@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 /// the provider's access tokens, as no `resource` is asked for).
 const CLIENT_ID: &str = "latchkey-github";
 const IDENTITY: &str = "github-alice";
+/// The team's global identity behind the shared assignment `github-team`
+/// (the config reserves its id: nobody can take it as a private one).
+const TEAM: &str = "github-team-sa";
 /// `[connect] refresh_margin_secs`: none, so the fifty calls below come
 /// with a token that has really expired, not one about to.
 const MARGIN: u64 = 0;
@@ -59,7 +62,7 @@ scheme = "per_user"
 name = "github-team"
 server = "github"
 scheme = "shared"
-identity = "{IDENTITY}"
+identity = "{TEAM}"
 
 [connect]
 public_url = "https://connect.example.test/latchkey"
@@ -116,6 +119,42 @@ async fn provision_alice(
     let admin = stack.admin_token("alice", &[]).await?;
     store_alices_identity(stack, &admin, &access, &refresh, expires_in.unwrap_or(said))?;
     Ok((access, refresh, said))
+}
+
+/// The team's service account signs in at the provider (as `alice`, the
+/// provider's only user) and an identity manager stores its tokens as the
+/// global identity [`TEAM`] behind `github-team`.
+async fn provision_team(stack: &Stack, provider: &Idp, expires_in: i64) -> Result<String> {
+    let tokens = alice_tokens(provider).await?;
+    let (access, refresh) = (
+        field(&tokens, "access_token")?,
+        field(&tokens, "refresh_token")?,
+    );
+    stack.remember_secret(&access);
+    stack.remember_secret(&refresh);
+    let ops = stack.admin_token("ops", &["platform-admins"]).await?;
+    let created = stack.cli(
+        0,
+        &ops,
+        &[
+            "identity",
+            "create",
+            "--oauth",
+            "--server",
+            "github",
+            "--id",
+            TEAM,
+            "--global",
+            "--expires-in",
+            &expires_in.to_string(),
+        ],
+        Some(&format!("{access}\n{refresh}\n")),
+    )?;
+    ensure!(
+        created[0]["availability"] == "global" && created[0]["version"] == 1,
+        "{created:?}"
+    );
+    Ok(access)
 }
 
 fn field(v: &Value, name: &str) -> Result<String> {
@@ -176,10 +215,15 @@ fn store_alices_identity(
 /// The tokens stored for alice now, opened with the stack's master key the
 /// way a replica opens them (so the test knows every token to look for).
 fn stored_tokens(stack: &Stack) -> Result<(VaultRecord, String, Option<String>)> {
+    stored_tokens_of(stack, IDENTITY)
+}
+
+/// [`stored_tokens`] of identity `id`.
+fn stored_tokens_of(stack: &Stack, id: &str) -> Result<(VaultRecord, String, Option<String>)> {
     let raw = stack
         .redis
-        .get(&format!("latchkey:identity:{IDENTITY}"))?
-        .context("alice's identity is not in Redis")?;
+        .get(&format!("latchkey:identity:{id}"))?
+        .with_context(|| format!("identity {id} is not in Redis"))?;
     let record: VaultRecord = serde_json::from_str(&raw)?;
     let keys = KeyRing::parse(&std::fs::read_to_string(&stack.key_file)?, None)?;
     match keys.open_identity(&record)? {
@@ -535,9 +579,7 @@ async fn a_shared_oauth_identity_is_refreshed_too_and_an_operator_is_told_when_i
     // operator makes its identity global, for the shared assignment.
     provider.set_access_ttl(TTL as i64).await?;
     let issued = Instant::now();
-    let (access0, _, _) = provision_alice(&stack, &provider, Some(TTL as i64)).await?;
-    let ops = stack.admin_token("ops", &["platform-admins"]).await?;
-    stack.cli(0, &ops, &["identity", "make-global", IDENTITY], None)?;
+    let access0 = provision_team(&stack, &provider, TTL as i64).await?;
 
     // Bob calls through the shared assignment: the team's token goes up.
     let bob = stack.token("bob").await?;
@@ -551,7 +593,7 @@ async fn a_shared_oauth_identity_is_refreshed_too_and_an_operator_is_told_when_i
     let after = client.call_tool("whoami", json!({})).await?;
     ensure!(McpClient::text(&after) == "alice", "{after:?}");
     ensure!(provider.stats().await?.refresh_token == 1);
-    let (record, access1, refresh1) = stored_tokens(&stack)?;
+    let (record, access1, refresh1) = stored_tokens_of(&stack, TEAM)?;
     ensure!(record.version == 2 && access1 != access0, "{record:?}");
     ensure!(refresh1.is_some());
     let refreshed = Instant::now();
@@ -677,14 +719,14 @@ async fn a_clients_refused_credential_report_refreshes_nothing_only_an_upstream_
         )
         .await?;
         // The team's account, an hour-long token: nothing asks for a refresh.
+        provision_team(&stack, &provider, 3600).await?;
+        // Alice's own, for the positive control below (signing in is no refresh).
         provision_alice(&stack, &provider, Some(3600)).await?;
-        let ops = stack.admin_token("ops", &["platform-admins"]).await?;
-        stack.cli(0, &ops, &["identity", "make-global", IDENTITY], None)?;
         let before = provider.stats().await?.refresh_token;
 
         // Bob names the team's identity, at its stored version, as refused.
         let bob = stack.token("bob").await?;
-        let forged = format!("{IDENTITY}@1");
+        let forged = format!("{TEAM}@1");
         for _ in 0..3 {
             let reply = post_json(
                 &stack.url("github-team"),
@@ -705,7 +747,7 @@ async fn a_clients_refused_credential_report_refreshes_nothing_only_an_upstream_
             stats.refresh_token == before,
             "{mode:?}: a client's report refreshed the team's token: {stats:?}"
         );
-        let (record, _, _) = stored_tokens(&stack)?;
+        let (record, _, _) = stored_tokens_of(&stack, TEAM)?;
         ensure!(record.version == 1, "{mode:?}: version {}", record.version);
         ensure!(refreshes(&stack, "rotated")? == 0.0, "{mode:?}");
 
