@@ -80,6 +80,8 @@
 //     require_pkce=1        /authorize refuses (error=invalid_request) a request without
 //                           an S256 code_challenge
 //     iss=omit|<value>      authorization responses carry no `iss`, or this one
+//     revoke_fails=1        POST /revoke answers 503 temporarily_unavailable and
+//                           revokes nothing (counted in `revocations` all the same)
 //
 // SIGUSR2 adds a signing key (key rotation).
 
@@ -115,7 +117,13 @@ const nowSecs = () => Math.floor(Date.now() / 1000);
 
 let accessTtl = 3600;
 let refreshDelayMs = 0;
-const behave = () => ({ wrong_nonce: false, wrong_id_token_aud: false, require_pkce: false, iss: undefined });
+const behave = () => ({
+  wrong_nonce: false,
+  wrong_id_token_aud: false,
+  require_pkce: false,
+  iss: undefined,
+  revoke_fails: false,
+});
 let misbehave = behave();
 
 // RFC 9207: the issuer named in an authorization response (or none).
@@ -314,8 +322,13 @@ app.post('/token', ...bodies, (req, res, next) => {
 });
 
 // RFC 7009: the token is revoked if it is one of our refresh tokens; 200 in every case.
-app.post('/revoke', ...bodies, (req, _res, next) => {
+app.post('/revoke', ...bodies, (req, res, next) => {
   stats.revocations += 1;
+  if (misbehave.revoke_fails) {
+    res.set({ 'Cache-Control': 'no-store' });
+    res.status(503).json({ error: 'temporarily_unavailable', error_description: 'revocation is down' });
+    return;
+  }
   const rec = refreshTokens.get(str(req.body?.token) ?? '');
   if (rec !== undefined) rec.active = false;
   next();
@@ -350,6 +363,7 @@ app.post('/control/misbehave', ...bodies, (req, res) => {
     wrong_id_token_aud: on(body.wrong_id_token_aud),
     require_pkce: on(body.require_pkce),
     iss,
+    revoke_fails: on(body.revoke_fails),
   };
   res.json(misbehave);
 });

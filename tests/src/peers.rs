@@ -666,7 +666,7 @@ impl Idp {
 
     /// Makes the provider stop playing along (`POST /control/misbehave`):
     /// `wrong_nonce`, `wrong_id_token_aud`, `require_pkce` (each `"1"`),
-    /// `iss` (`"omit"` or the value to send). Replaces what was set before;
+    /// `iss` (`"omit"` or the value to send), `revoke_fails`. Replaces what was set before;
     /// no switches: it behaves again.
     pub async fn misbehave(&self, switches: &[(&str, &str)]) -> Result<()> {
         self.control("misbehave", switches).await?;

@@ -1019,3 +1019,94 @@ async fn an_identity_provider_that_does_not_play_along_signs_nobody_in() -> Resu
     s.assert_no_secret_anywhere(&secrets, "connect_idp_misbehaves")?;
     Ok(())
 }
+
+/// Disconnecting while the provider's revocation endpoint is down: the
+/// tokens are deleted here all the same (they are never used again), and
+/// the page says the revocation failed and where to revoke by hand. The
+/// provider's refresh grant still honouring the token shows the revocation
+/// really failed; the page's wording and the missing identity show what
+/// Latchkey did about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_whose_revocation_fails_still_deletes_the_tokens_here_and_says_so()
+-> Result<()> {
+    let s = Scenario::start("connect_revocation_fails").await?;
+    let c = raw_client()?;
+    let http = s.http();
+    let session = sign_in(&c, &format!("{http}/connect/e2e"), "alice").await?;
+    let (callback, flow) = authorise(&c, &http, &session, "crm", "alice").await?;
+    let (status, body) = get(&c, &callback, &both(&session, &flow)).await?;
+    assert_eq!(status, 303, "{body}");
+    let connection = s.connection("alice")?.context("alice's connection")?;
+    let crm_id = connection["identities"]["crm"]
+        .as_str()
+        .context("an identity for crm")?
+        .to_string();
+    assert!(s.identities_of("alice")?.contains(&crm_id));
+    let (access, refresh) = s.open_identity(&crm_id).await?;
+    let refresh = refresh.context("the provider issued a refresh token")?;
+    s.stack.remember_secret(&access);
+    s.stack.remember_secret(&refresh);
+
+    s.provider.misbehave(&[("revoke_fails", "1")]).await?;
+    let before = s.provider.stats().await?.revocations;
+    let page = c
+        .get(format!("{http}/connect/e2e"))
+        .header("cookie", &session)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let csrf = csrf_in(&page)?;
+    let r = c
+        .post(format!("{http}/connect/e2e/disconnect"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str()), ("server", "crm")])
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Disconnected (revocation failed)"), "{body}");
+    assert!(body.contains("Latchkey deleted them anyway"), "{body}");
+    assert!(
+        body.contains("revoke Latchkey&#39;s access in your account settings"),
+        "{body}"
+    );
+    // Both tokens were offered to the provider, which refused both.
+    assert!(
+        s.provider.stats().await?.revocations >= before + 2,
+        "the provider was asked to revoke"
+    );
+    s.provider.misbehave(&[]).await?;
+
+    // Deleted here: no identity, nothing on the connection.
+    assert!(!s.identities_of("alice")?.contains(&crm_id));
+    let connection = s.connection("alice")?.context("alice's connection")?;
+    assert!(
+        connection["identities"].get("crm").is_none(),
+        "{connection}"
+    );
+    // Not revoked there: the refresh token still works at the provider,
+    // which is why the page tells the person to revoke it by hand.
+    let (status, answer) = s
+        .provider
+        .post_token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", "latchkey"),
+        ])
+        .await?;
+    assert_eq!(status, 200, "the revocation failed: {answer}");
+    if let Some(rotated) = answer["refresh_token"].as_str() {
+        s.stack.remember_secret(rotated);
+    }
+    if let Some(issued) = answer["access_token"].as_str() {
+        s.stack.remember_secret(issued);
+    }
+    let value = session.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    s.assert_no_secret_anywhere(
+        &[access, refresh, value.to_string()],
+        "connect_revocation_fails",
+    )?;
+    Ok(())
+}
