@@ -10,16 +10,22 @@
 //! deployment for one scenario), [`pki`] (mTLS certificates), [`otlp_sink`]
 //! (an OTLP logs receiver), [`wait`] (polling instead of sleeping),
 //! [`browser`] (headless Chromium through a plan of steps), [`sdk_client`]
-//! (the official TypeScript MCP SDK as a client process).
+//! (the official TypeScript MCP SDK as a client process), [`scrape`] (a
+//! replica's `/metrics`), [`attacker`] (an attacker's own moves: a direct
+//! Check, a forged `kid`, what Redis kept), [`connect_client`] (the connect
+//! page driven without a browser).
 
+pub mod attacker;
 pub mod browser;
 pub mod client;
+pub mod connect_client;
 pub mod envoy;
 pub mod otlp_sink;
 pub mod paths;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod scrape;
 pub mod sdk_client;
 pub mod secrets;
 pub mod stack;

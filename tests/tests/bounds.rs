@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use latchkey_authz::audit::{FIELD_MAX, MAX_EVENT_BYTES, bound};
+use latchkey_e2e::attacker::audit_stream_size;
 use latchkey_e2e::client::{assert_jsonrpc_error, send, tools_call};
 use latchkey_e2e::stack::AuthzMode;
 use latchkey_e2e::{Stack, StackOptions, post_json};
@@ -17,7 +18,6 @@ use latchkey_filter::mcp::limits;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const AUDIT: &str = "latchkey:audit";
 /// gRPC calls Envoy made to the authorization service (Checks).
 const CHECKS: &str = "cluster.latchkey_authz.upstream_rq_total";
 /// Requests Envoy sent to the `whoami` upstream.
@@ -27,23 +27,6 @@ const UPSTREAM: &str = "cluster.server_whoami.upstream_rq_total";
 /// (`Envoy::stat` fails on a counter Envoy does not report).
 fn stat(stack: &Stack, name: &str) -> Result<u64> {
     stack.envoy.stat(name)
-}
-
-/// An integer reply from Redis (`:N`); `$-1` (no such key) is an error.
-fn redis_int(stack: &Stack, args: &[&str]) -> Result<u64> {
-    let reply = stack.redis.command(args)?;
-    reply
-        .strip_prefix(':')
-        .and_then(|r| r.trim_end().parse().ok())
-        .with_context(|| format!("{args:?} answered {reply:?}"))
-}
-
-/// Entries and bytes of the audit stream, as Redis counts them.
-fn stream_size(stack: &Stack) -> Result<(u64, u64)> {
-    Ok((
-        redis_int(stack, &["XLEN", AUDIT])?,
-        redis_int(stack, &["MEMORY", "USAGE", AUDIT, "SAMPLES", "0"])?,
-    ))
 }
 
 /// The decision events in the stream, waiting until there are `at_least`.
@@ -254,7 +237,7 @@ async fn absurd_fields_are_refused_before_any_check_and_leave_redis_untouched() 
     assert_eq!(events.last().unwrap()["name"], "whoami");
 
     let (checks, upstream) = (stat(&stack, CHECKS)?, stat(&stack, UPSTREAM)?);
-    let before = stream_size(&stack)?;
+    let before = audit_stream_size(&stack)?;
     for a in attacks(1_000_000) {
         for t in [None, Some(token.as_str())] {
             send_attack(&url, t, &a).await?;
@@ -295,7 +278,7 @@ async fn absurd_fields_are_refused_before_any_check_and_leave_redis_untouched() 
         "a refused request reached upstream"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stream_size(&stack)?, before, "the audit stream grew");
+    assert_eq!(audit_stream_size(&stack)?, before, "the audit stream grew");
 
     // The same counters move for a good request afterwards, and for a GET
     // with no body (the upstream answers it; the filter let it through).
@@ -311,7 +294,7 @@ async fn absurd_fields_are_refused_before_any_check_and_leave_redis_untouched() 
     assert!(!r.body.contains("must not carry a body"), "{}", r.body);
     assert_eq!(stat(&stack, CHECKS)?, checks + 2);
     assert!(stat(&stack, UPSTREAM)? >= upstream + 2);
-    assert!(stream_size(&stack)?.0 > before.0);
+    assert!(audit_stream_size(&stack)?.0 > before.0);
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }

@@ -18,105 +18,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use latchkey_e2e::client::tools_call;
-use latchkey_e2e::pki::ClientCert;
+use latchkey_e2e::attacker::{Caller, direct_check, whoami_check};
 use latchkey_e2e::stack::{AuthzMode, ENVOY_CHECK_CLIENT};
 use latchkey_e2e::{McpClient, Process, Stack, StackOptions, free_port, paths};
-use latchkey_proto::auth::attribute_context::{HttpRequest, Request};
-use latchkey_proto::auth::authorization_client::AuthorizationClient;
-use latchkey_proto::auth::check_response::HttpResponse;
-use latchkey_proto::auth::{AttributeContext, CheckRequest};
 use serde_json::json;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// How the attacker's process talks to the Check listener.
-enum Caller<'a> {
-    /// Plain HTTP/2, no TLS at all.
-    Plaintext,
-    /// TLS trusting the listener's CA, presenting `cert` (or none).
-    Tls(Option<&'a ClientCert>),
-}
-
-/// A `tools/call` Check for `/mcp/whoami` with alice's valid token, as
-/// Envoy's native ext_authz would send it: allowed, its answer carries the
-/// service account's secret.
-fn whoami_check(stack: &Stack, token: &str) -> CheckRequest {
-    let mut http = HttpRequest {
-        id: "direct-check".into(),
-        method: "POST".into(),
-        host: format!("127.0.0.1:{}", stack.envoy_port),
-        path: "/mcp/whoami".into(),
-        raw_body: tools_call(json!(1), "whoami").into_bytes(),
-        ..Default::default()
-    };
-    for (k, v) in [
-        ("authorization", format!("Bearer {token}")),
-        ("content-type", "application/json".into()),
-        ("accept", "application/json, text/event-stream".into()),
-        ("mcp-protocol-version", "2025-11-25".into()),
-    ] {
-        http.headers.insert(k.into(), v);
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(http),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// Sends `request` to replica 0's gRPC listener as `caller`: the headers
-/// an allowed answer sets (where the credential rides), or why there was
-/// no answer.
-async fn direct_check(
-    stack: &Stack,
-    caller: Caller<'_>,
-    request: CheckRequest,
-) -> Result<Vec<(String, String)>, String> {
-    let port = stack.replicas[0].grpc_port;
-    let endpoint = match &caller {
-        Caller::Plaintext => Endpoint::from_shared(format!("http://127.0.0.1:{port}")),
-        Caller::Tls(_) => Endpoint::from_shared(format!("https://127.0.0.1:{port}")),
-    }
-    .map_err(|e| e.to_string())?
-    .connect_timeout(Duration::from_secs(3))
-    .timeout(Duration::from_secs(5));
-    let endpoint = match caller {
-        Caller::Plaintext => endpoint,
-        Caller::Tls(cert) => {
-            let pki = stack.grpc_pki.as_ref().expect("an mTLS stack");
-            let mut tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pki.ca_pem_text()))
-                .domain_name("localhost");
-            if let Some(c) = cert {
-                // One PEM with both: each side takes the section it needs.
-                tls = tls.identity(Identity::from_pem(&c.identity_pem, &c.identity_pem));
-            }
-            endpoint.tls_config(tls).map_err(|e| e.to_string())?
-        }
-    };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    let reply = AuthorizationClient::new(channel)
-        .check(request)
-        .await
-        .map_err(|s| format!("status {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    match reply.http_response {
-        Some(HttpResponse::OkResponse(ok)) => Ok(ok
-            .headers
-            .into_iter()
-            .filter_map(|h| h.header)
-            .map(|h| (h.key, h.value))
-            .collect()),
-        other => Err(format!("answered, but not allowed: {other:?}")),
-    }
-}
 
 async fn mtls_check_listener(mode: AuthzMode, scenario: &str) -> Result<()> {
     let stack = Stack::start(

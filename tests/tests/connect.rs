@@ -12,6 +12,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::INITIALIZE;
+use latchkey_e2e::connect_client::{
+    authorise, both, clears, csrf_in, flow_cookie, get, query_param, raw_client, set_cookie,
+    sign_in, start_sign_in, with_param,
+};
 use latchkey_e2e::peers::{Idp, OauthMcp, code_in, jwt_claims, start_provider_and_upstream};
 use latchkey_e2e::stack::LATCHKEY_HTTP;
 use latchkey_e2e::{Browser, McpClient, Stack, StackOptions, post_json, scenario_dir};
@@ -337,162 +341,6 @@ async fn a_person_connects_on_the_page_and_their_own_token_goes_upstream() -> Re
 }
 
 /// A client that follows no redirect and keeps cookies by hand.
-fn raw_client() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
-}
-
-fn location(r: &reqwest::Response) -> Result<String> {
-    Ok(r.headers()
-        .get("location")
-        .context("a Location header")?
-        .to_str()?
-        .to_string())
-}
-
-/// The `name=value` of cookie `name` set by `r`.
-fn set_cookie(r: &reqwest::Response, name: &str) -> Result<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(str::to_string)
-        .with_context(|| format!("no {name} cookie set"))
-}
-
-/// The `name=value` of the flow cookie `r` sets (its sealed state).
-fn flow_cookie(r: &reqwest::Response) -> Result<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.split(';').next())
-        .find(|v| v.starts_with("latchkey_flow_") && !v.ends_with('='))
-        .map(str::to_string)
-        .context("no flow cookie set")
-}
-
-/// Whether `r` removes the flow cookie `flow` (`name=value`).
-fn clears(r: &reqwest::Response, flow: &str) -> bool {
-    let name = flow.split('=').next().unwrap_or_default();
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.starts_with(&format!("{name}=;")) && v.contains("Max-Age=0"))
-}
-
-/// Starts signing in on the connect page without a browser: the identity
-/// provider's redirect back after `login` signed in there, and the flow
-/// cookie the page set.
-async fn start_sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<(String, String)> {
-    let r = c.get(page).send().await?;
-    assert_eq!(r.status(), 303);
-    let flow = flow_cookie(&r)?;
-    let r = c
-        .get(format!("{}&login={login}", location(&r)?))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 302);
-    Ok((location(&r)?, flow))
-}
-
-/// Signs `login` in on the connect page without a browser; the session cookie.
-async fn sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<String> {
-    let (callback, flow) = start_sign_in(c, page, login).await?;
-    let r = c.get(callback).header("cookie", &flow).send().await?;
-    assert_eq!(r.status(), 303);
-    assert!(clears(&r, &flow), "the flow cookie is removed");
-    set_cookie(&r, "latchkey_connect")
-}
-
-/// Starts authorising `server` with `session`; the provider's redirect back
-/// (with a code and the state) after `login` signed in there, and the flow
-/// cookie the page set.
-async fn authorise(
-    c: &reqwest::Client,
-    http: &str,
-    session: &str,
-    server: &str,
-    login: &str,
-) -> Result<(String, String)> {
-    let page = c
-        .get(format!("{http}/connect/e2e"))
-        .header("cookie", session)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let csrf = csrf_in(&page)?;
-    let r = c
-        .post(format!("{http}/connect/e2e/authorise"))
-        .header("cookie", session)
-        .form(&[("csrf", csrf.as_str()), ("server", server)])
-        .send()
-        .await?;
-    assert_eq!(r.status(), 303);
-    let flow = flow_cookie(&r)?;
-    let r = c
-        .get(format!("{}&login={login}", location(&r)?))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 302);
-    Ok((location(&r)?, flow))
-}
-
-/// Query parameter `name` of `url`, decoded.
-fn query_param(url: &str, name: &str) -> Option<String> {
-    reqwest::Url::parse(url)
-        .ok()?
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// `url` with query parameter `name` set to `value` (`None`: removed).
-fn with_param(url: &str, name: &str, value: Option<&str>) -> Result<String> {
-    let mut u = reqwest::Url::parse(url)?;
-    let pairs: Vec<(String, String)> = u
-        .query_pairs()
-        .filter(|(k, _)| k != name)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    {
-        let mut q = u.query_pairs_mut();
-        q.clear();
-        for (k, v) in &pairs {
-            q.append_pair(k, v);
-        }
-        if let Some(v) = value {
-            q.append_pair(name, v);
-        }
-    }
-    Ok(u.to_string())
-}
-
-/// `a` and `b` as one Cookie header.
-fn both(a: &str, b: &str) -> String {
-    format!("{a}; {b}")
-}
-
-/// The CSRF token of the connect page's forms.
-fn csrf_in(page: &str) -> Result<String> {
-    Ok(page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .context("a CSRF token in the page")?
-        .to_string())
-}
-
-async fn get(c: &reqwest::Client, url: &str, cookie: &str) -> Result<(u16, String)> {
-    let r = c.get(url).header("cookie", cookie).send().await?;
-    Ok((r.status().as_u16(), r.text().await?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn someone_else_declined_reused_and_tampered_end_on_a_page_and_store_nothing() -> Result<()> {
     let s = Scenario::start("connect_errors").await?;

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use latchkey_e2e::attacker::{listed_names as names, reply_shape as shape};
 use latchkey_e2e::client::{HttpReply, INITIALIZE, open_sse, parse_sse, post_json, tools_call};
 use latchkey_e2e::{Stack, StackOptions};
 use serde_json::{Value, json};
@@ -41,17 +42,6 @@ tools = { allow = ["echo", "get-sum", "no-such-*", "tool_0?"], deny = ["tool_05"
 prompts = { allow = ["simple-prompt", "no-such-*"] }
 resources = { allow = ["demo://resource/static/document/*", "demo://no-such/*"] }
 "#;
-
-fn names(message: &Value, list: &str, field: &str) -> Vec<String> {
-    message["result"][list]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t[field].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Initializes a session with server-everything; returns its id and the
 /// SSE event id of the `initialize` answer (the event store's first).
@@ -188,33 +178,6 @@ async fn a_list_reaches_a_caller_only_trimmed_whatever_the_id_spelling_or_the_st
     let scanned = stack.assert_no_secret_in_logs()?;
     assert!(scanned > 0);
     Ok(())
-}
-
-/// What a reply looks like to someone comparing two of them: status,
-/// content type, session header, and the messages with `name` replaced
-/// (as JSON values: member order and spacing are each serialiser's own,
-/// see the README).
-fn shape(reply: &HttpReply, name: &str) -> Result<(u16, String, Option<String>, Vec<String>)> {
-    let content_type = reply.header("content-type").unwrap_or("").to_owned();
-    let body = if content_type.starts_with("text/event-stream") {
-        // The SSE framing of each message (its `event` type and data). An
-        // upstream with an event store also numbers its events and opens
-        // the stream with a priming event (an id, empty data), which
-        // Latchkey's answer cannot (see the README): those are left out.
-        parse_sse(&reply.body)?
-            .into_iter()
-            .filter(|e| !e.data.trim().is_empty())
-            .map(|e| Ok(format!("event={:?} data={}", e.event, e.json()?)))
-            .collect::<Result<_>>()?
-    } else {
-        vec![reply.json()?.to_string()]
-    };
-    Ok((
-        reply.status,
-        content_type,
-        reply.header("mcp-session-id").map(str::to_owned),
-        body.into_iter().map(|b| b.replace(name, "NAME")).collect(),
-    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

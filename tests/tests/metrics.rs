@@ -4,83 +4,14 @@
 //! one; the caches and the audit writer show their work; a policy reload is
 //! counted, taken or refused; and no token ever appears.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
 use anyhow::{Context, Result, bail, ensure};
+use latchkey_e2e::attacker::forged_with_unknown_kid;
 use latchkey_e2e::client::{INITIALIZE, post_json};
-use latchkey_e2e::{Stack, StackOptions, TokenRequest, send};
+use latchkey_e2e::scrape::{Scrape, scrape, scrape_until};
+use latchkey_e2e::{Stack, StackOptions, TokenRequest};
 
 const ALLOWED: u64 = 20;
 const DENIED: u64 = 5;
-
-/// One scrape: each sample line as `name{labels}` → value, and the text.
-struct Scrape {
-    samples: BTreeMap<String, f64>,
-    text: String,
-}
-
-impl Scrape {
-    /// The value of one series, written exactly as the text has it.
-    fn value(&self, series: &str) -> Option<f64> {
-        self.samples.get(series).copied()
-    }
-
-    /// The sum over every series of `name` that carries all of `labels`
-    /// (`key="value"` each).
-    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|(series, _)| {
-                series
-                    .strip_prefix(name)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
-                    && labels.iter().all(|l| series.contains(l))
-            })
-            .map(|(_, v)| v)
-            .sum()
-    }
-}
-
-async fn scrape(stack: &Stack) -> Result<Scrape> {
-    let url = format!("http://127.0.0.1:{}/metrics", stack.replicas[0].http_port);
-    let reply = send("GET", &url, &[], Vec::new()).await?;
-    ensure!(reply.status == 200, "GET {url}: {}", reply.status);
-    let kind = reply.header("content-type").unwrap_or_default();
-    ensure!(
-        kind.starts_with("text/plain; version=0.0.4"),
-        "content-type {kind}"
-    );
-    let mut samples = BTreeMap::new();
-    for line in reply.body.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .with_context(|| format!("not a sample line: {line}"))?;
-        let value: f64 = value
-            .parse()
-            .with_context(|| format!("not a number: {line}"))?;
-        ensure!(
-            samples.insert(series.to_string(), value).is_none(),
-            "series twice: {series}"
-        );
-    }
-    Ok(Scrape {
-        samples,
-        text: reply.body,
-    })
-}
-
-/// Scrapes until `done` holds, for at most 20 s; the last scrape either way.
-async fn scrape_until(stack: &Stack, done: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = scrape(stack).await?;
-        if done(&s) || Instant::now() > deadline {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_decision_cache_lookup_audit_write_and_reload() -> Result<()> {
@@ -300,23 +231,6 @@ async fn a_metrics_listener_takes_metrics_off_the_http_side() -> Result<()> {
     ensure!(status == 200, "health stays on the HTTP side: {status}");
     stack.assert_no_secret_in_logs()?;
     Ok(())
-}
-
-/// A token whose header names a `kid` the identity provider never issued
-/// (its signature is junk: it is refused either way). Each one makes the
-/// verifier fetch the provider's keys again.
-fn forged_with_unknown_kid(sub: &str, audience: &str) -> String {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let kid = latchkey_e2e::stack::random_hex();
-    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid});
-    let claims = serde_json::json!({"iss": "http://nowhere.test", "sub": sub, "aud": audience, "exp": 4_000_000_000u64});
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        URL_SAFE_NO_PAD.encode([7u8; 256])
-    )
 }
 
 /// Finding: a stream of tokens with made-up `kid`s refetched the keys and
