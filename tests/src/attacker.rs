@@ -1,5 +1,5 @@
 //! What an attacker does and reads in the adversarial scenarios, kept
-//! in one place so the scenario of every finding (`tests/attacker.rs`) and
+//! in one place so the scenario of every finding (`tests/e2e/attacker.rs`) and
 //! the finding's own detailed test use the same moves: a `CheckRequest`
 //! sent straight to the gRPC listener, a token with a made-up `kid`,
 //! Redis read the way an operator would read it to see what an attack

@@ -1,0 +1,33 @@
+//! Latchkey's end-to-end scenarios, one module per area, linked into one
+//! test binary: the harness (`latchkey_e2e`), the service's library and
+//! the test peers are linked once instead of once per file. Each scenario
+//! starts its own real processes on free loopback ports (see the harness),
+//! so scenarios of different modules run side by side like those of one.
+//!
+//! Run one area with `cargo test -p latchkey-e2e --test e2e -- attacker::`,
+//! one scenario by (part of) its name.
+
+mod agents;
+mod attacker;
+mod audit;
+mod audit_cli;
+mod bench_smoke;
+mod bounds;
+mod check_mtls;
+mod combined;
+mod connect;
+mod consent;
+mod elicitation_complete;
+mod envoy_start;
+mod gateway;
+mod harness;
+mod identities;
+mod istio;
+mod leaks;
+mod metrics;
+mod peers_oauth;
+mod policy;
+mod refresh;
+mod refresh_lock;
+mod resource_uris;
+mod upstream_tls;
