@@ -26,8 +26,8 @@ pub enum AuthnError {
     Missing,
     #[error("the bearer token is not a well-formed JWT")]
     Malformed,
-    #[error("the token is signed with key '{0}', which the identity provider does not publish")]
-    UnknownKey(String),
+    #[error("the token is signed with {0}, which the identity provider does not publish")]
+    UnknownKey(ShownKeyId),
     #[error("the token's signature is not valid")]
     BadSignature,
     #[error("the token has expired; get a new one from your identity provider")]
@@ -46,6 +46,39 @@ pub enum AuthnError {
     DelegationTooDeep,
     #[error("the identity provider's signing keys are unavailable: {0}")]
     KeysUnavailable(String),
+}
+
+/// A token's `kid` as an error may show it. The `kid` is the client's to
+/// choose (any JSON string), and the message travels in the 401's
+/// `WWW-Authenticate` header, the JSON-RPC error, the log and the audit
+/// event: a short, plain one is named so an operator can tell which key
+/// the client used; anything else (long, control characters, quotes) only
+/// by its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownKeyId(String);
+
+impl ShownKeyId {
+    /// The longest `kid` named back as sent.
+    pub const MAX: usize = 64;
+
+    pub fn of(kid: &str) -> ShownKeyId {
+        let plain = !kid.is_empty()
+            && kid.len() <= Self::MAX
+            && kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:+/=-".contains(&b));
+        ShownKeyId(if plain {
+            format!("key '{kid}'")
+        } else {
+            format!("a key id of {} bytes", kid.len())
+        })
+    }
+}
+
+impl std::fmt::Display for ShownKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl AuthnError {
@@ -318,7 +351,7 @@ impl TokenVerifier {
             .await
             .get(kid)
             .map(|k| (k.key.clone(), k.alg))
-            .ok_or_else(|| AuthnError::UnknownKey(kid.to_string()))
+            .ok_or_else(|| AuthnError::UnknownKey(ShownKeyId::of(kid)))
     }
 
     /// Verifies `token` for a gateway whose public URL is `audience`.
@@ -489,6 +522,34 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kid_is_named_back_only_when_short_and_plain() {
+        let shown = |kid: &str| AuthnError::UnknownKey(ShownKeyId::of(kid)).to_string();
+        assert_eq!(
+            shown("rotated-2026_11"),
+            "the token is signed with key 'rotated-2026_11', which the identity provider does not publish"
+        );
+        let long = "k".repeat(ShownKeyId::MAX + 1);
+        for kid in [
+            "",
+            "a\r\nx-injected: 1",
+            "quote'\"",
+            "caf\u{e9}",
+            long.as_str(),
+        ] {
+            let text = shown(kid);
+            assert!(
+                text.contains(&format!("a key id of {} bytes", kid.len())),
+                "{text}"
+            );
+            assert!(
+                !text.chars().any(char::is_control) && !text.contains('"'),
+                "{text}"
+            );
+        }
+        assert!(shown(&"k".repeat(ShownKeyId::MAX)).contains("key 'kkk"));
+    }
 
     #[test]
     fn bearer_parsing() {

@@ -133,9 +133,14 @@ pub fn audit_stream_size(stack: &Stack) -> Result<(u64, u64)> {
 /// (its signature is junk: it is refused either way). Each one makes the
 /// verifier fetch the provider's keys again.
 pub fn forged_with_unknown_kid(sub: &str, audience: &str) -> String {
+    forged_with_kid(sub, audience, &crate::stack::random_hex())
+}
+
+/// A token with junk signature whose header names `kid`, whatever it holds
+/// (the JSON header carries any string: CR, LF, kilobytes).
+pub fn forged_with_kid(sub: &str, audience: &str, kid: &str) -> String {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let kid = crate::stack::random_hex();
     let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": kid});
     let claims = serde_json::json!({"iss": "http://nowhere.test", "sub": sub, "aud": audience, "exp": 4_000_000_000u64});
     format!(

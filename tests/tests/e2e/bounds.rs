@@ -405,3 +405,78 @@ async fn native_ext_authz_refuses_absurd_fields_and_bodies_on_get_and_delete() -
     assert!(stat(&stack, UPSTREAM)? >= upstream + 2);
     Ok(())
 }
+
+/// A token's `kid` is the attacker's: a made-up one is named back only
+/// when it is short and plain, never as sent when it is long or carries
+/// CR/LF (it would land in the `WWW-Authenticate` header, the JSON-RPC
+/// message, the log and the audit event). Both modes; the control is a
+/// plain unknown `kid`, named back the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_kid_is_named_back_only_when_short_and_plain() -> Result<()> {
+    use latchkey_e2e::attacker::forged_with_kid;
+    for mode in [AuthzMode::Wasm, AuthzMode::Native] {
+        let stack = Stack::start(
+            &format!("bounds_kid_{mode:?}").to_lowercase(),
+            StackOptions {
+                mode,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let url = stack.url("whoami");
+        let ping = message(json!(5), "ping", json!({}));
+        let refused = async |kid: &str| -> Result<(String, String)> {
+            let token = forged_with_kid("mallory", &stack.gateway_url(), kid);
+            let r = post_json(&url, Some(&token), &ping, &[]).await?;
+            ensure!(r.status == 401, "{mode:?}: {} {:.300}", r.status, r.body);
+            ensure!(
+                r.header("x-injected").is_none(),
+                "{mode:?}: a header was injected"
+            );
+            let challenge = r
+                .header("www-authenticate")
+                .with_context(|| {
+                    format!("a 401 carries its challenge: {:?} {}", r.headers, r.body)
+                })?
+                .to_owned();
+            let v = assert_jsonrpc_error(&r.body, &json!(5), -32001);
+            Ok((
+                challenge,
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ))
+        };
+
+        // The control: a plain unknown kid is named, so an operator can
+        // tell which key the client used.
+        let (challenge, text) = refused("rotated-2026-11").await?;
+        ensure!(challenge.contains("rotated-2026-11"), "{challenge}");
+        ensure!(text.contains("rotated-2026-11"), "{text}");
+
+        let long = format!("k\r\nx-injected: 1\r\n{}", "a".repeat(8000));
+        for kid in [long.as_str(), "k\u{7}bell", &"b".repeat(200)] {
+            let (challenge, text) = refused(kid).await?;
+            for shown in [&challenge, &text] {
+                ensure!(
+                    shown.len() < 600
+                        && !shown.contains("aaaaaaaaaa")
+                        && !shown.contains("bbbbbbbbbb"),
+                    "{mode:?}: the kid came back: {shown:.300}"
+                );
+                ensure!(!shown.chars().any(char::is_control), "{mode:?}: {shown:?}");
+            }
+            ensure!(text.contains("bytes"), "{mode:?}: {text}");
+        }
+        let events = stack.audit_events()?;
+        let text = serde_json::to_string(&events)?;
+        ensure!(
+            !text.contains("aaaaaaaaaa"),
+            "{mode:?}: the kid was audited"
+        );
+        let log = stack.latchkey().context("replica 0")?.log_text();
+        ensure!(!log.contains("aaaaaaaaaa"), "{mode:?}: the kid was logged");
+    }
+    Ok(())
+}
