@@ -7,9 +7,9 @@
 //! builds its resources from the same fragments (the filter's config, the
 //! endpoints and their rewrites).
 
-use std::fmt::Write;
 use std::net::SocketAddr;
 
+use serde_json::{Value, json};
 use url::Url;
 
 use crate::config::Config;
@@ -93,119 +93,122 @@ pub struct DownstreamTls {
     pub client_ca: Option<String>,
 }
 
+/// The bootstrap as YAML: one serde value (as `istio` renders its
+/// resources), so a name or path from the config is always a quoted YAML
+/// string and never changes the document's structure.
 pub fn render(config: &Config, opts: &RenderOptions) -> String {
-    let mut y = String::new();
-    let authz = loopback_if_unspecified(config.listen.grpc);
-    let http = loopback_if_unspecified(config.listen.http);
+    let yaml = serde_yaml_ng::to_string(&bootstrap(config, opts)).unwrap_or_default();
+    format!(
+        "# Rendered by `latchkey envoy render`; edit the Latchkey config and render again.\n{yaml}"
+    )
+}
+
+/// The bootstrap: Envoy's admin listener, the MCP listener and the clusters.
+pub fn bootstrap(config: &Config, opts: &RenderOptions) -> Value {
+    json!({
+        "admin": { "address": socket_address(&opts.admin.ip().to_string(), opts.admin.port()) },
+        "static_resources": {
+            "listeners": [listener(config, opts)],
+            "clusters": clusters(config, opts),
+        },
+    })
+}
+
+fn socket_address(host: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": host, "port_value": port } })
+}
+
+fn typed(type_name: &str, mut fields: Value) -> Value {
+    fields["@type"] = format!("type.googleapis.com/{type_name}").into();
+    fields
+}
+
+fn file(path: &str) -> Value {
+    json!({ "filename": path })
+}
+
+fn listener(config: &Config, opts: &RenderOptions) -> Value {
     // Envoy buffers the whole request body for the Check: leave room above
     // the filter's own limit so the filter, not Envoy, answers an oversize body.
     let buffer_limit = opts.max_body_bytes.saturating_mul(2).max(1 << 20);
+    let manager = typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        json!({
+            "stat_prefix": "mcp",
+            "codec_type": "AUTO",
+            // SSE streams stay open: no overall request timeout, a long idle timeout.
+            "request_timeout": "0s",
+            "stream_idle_timeout": "3600s",
+            "route_config": {
+                "name": "mcp",
+                "virtual_hosts": config.gateways.iter().map(|g| virtual_host(config, g, opts)).collect::<Vec<_>>(),
+            },
+            "http_filters": http_filters(opts),
+        }),
+    );
+    let mut chain = json!({
+        "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": manager }],
+    });
+    if let Some(tls) = &opts.tls {
+        let mut context = json!({
+            "common_tls_context": {
+                "tls_certificates": [{ "certificate_chain": file(&tls.cert), "private_key": file(&tls.key) }],
+            },
+        });
+        if let Some(ca) = &tls.client_ca {
+            context["require_client_certificate"] = true.into();
+            context["common_tls_context"]["validation_context"] = json!({ "trusted_ca": file(ca) });
+        }
+        chain["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": typed("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", context),
+        });
+    }
+    json!({
+        "name": "mcp",
+        "address": socket_address(&opts.listen.ip().to_string(), opts.listen.port()),
+        "per_connection_buffer_limit_bytes": buffer_limit,
+        "filter_chains": [chain],
+    })
+}
 
-    let _ = writeln!(
-        y,
-        "# Rendered by `latchkey envoy render`; edit the Latchkey config and render again."
-    );
-    let _ = writeln!(
-        y,
-        "admin:\n  address:\n    socket_address: {{ address: {}, port_value: {} }}",
-        opts.admin.ip(),
-        opts.admin.port()
-    );
-    let _ = writeln!(y, "static_resources:\n  listeners:\n  - name: mcp");
-    let _ = writeln!(
-        y,
-        "    address:\n      socket_address: {{ address: {}, port_value: {} }}",
-        opts.listen.ip(),
-        opts.listen.port()
-    );
-    let _ = writeln!(y, "    per_connection_buffer_limit_bytes: {buffer_limit}");
-    let _ = writeln!(y, "    filter_chains:");
-    match &opts.tls {
-        Some(tls) => {
-            let _ = writeln!(
-                y,
-                "    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
-            );
-            if tls.client_ca.is_some() {
-                let _ = writeln!(y, "          require_client_certificate: true");
-            }
-            let _ = writeln!(
-                y,
-                "          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{ filename: \"{}\" }}\n              private_key: {{ filename: \"{}\" }}",
-                tls.cert, tls.key
-            );
-            if let Some(ca) = &tls.client_ca {
-                let _ = writeln!(
-                    y,
-                    "            validation_context:\n              trusted_ca: {{ filename: \"{ca}\" }}"
-                );
-            }
-            let _ = writeln!(y, "      filters:");
-        }
-        None => {
-            let _ = writeln!(y, "    - filters:");
-        }
+/// A gateway's host: its RFC 9728 metadata (no filter: token-less clients
+/// read it), then a route per published endpoint to its server's cluster.
+fn virtual_host(config: &Config, g: &crate::config::Gateway, opts: &RenderOptions) -> Value {
+    let mut domains = vec![g.authority()];
+    if let Some(h) = g.public_url.host_str()
+        && !domains.iter().any(|d| d == h)
+    {
+        domains.push(h.to_string());
     }
-    let _ = writeln!(
-        y,
-        "      - name: envoy.filters.network.http_connection_manager\n        typed_config:"
-    );
-    let _ = writeln!(
-        y,
-        "          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-    );
-    let _ = writeln!(y, "          stat_prefix: mcp\n          codec_type: AUTO");
-    let _ = writeln!(
-        y,
-        "          # SSE streams stay open: no overall request timeout, a long idle timeout."
-    );
-    let _ = writeln!(
-        y,
-        "          request_timeout: 0s\n          stream_idle_timeout: 3600s"
-    );
-    let _ = writeln!(
-        y,
-        "          route_config:\n            name: mcp\n            virtual_hosts:"
-    );
-    for g in &config.gateways {
-        let mut domains = vec![g.authority()];
-        if let Some(h) = g.public_url.host_str()
-            && !domains.iter().any(|d| d == h)
-        {
-            domains.push(h.to_string());
-        }
-        domains.extend(g.extra_hosts.iter().cloned());
-        let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
-        let _ = writeln!(
-            y,
-            "            - name: gateway_{}\n              domains: [{}]\n              routes:",
-            g.name,
-            domains.join(", ")
-        );
-        let _ = writeln!(
-            y,
-            "              - match: {{ prefix: \"/.well-known/oauth-protected-resource\" }}\n                route: {{ cluster: latchkey_http }}"
-        );
-        if opts.mode != AuthzMode::None {
-            let _ = writeln!(
-                y,
-                "                typed_per_filter_config:\n                  latchkey:\n                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig\n                    disabled: true"
-            );
-        }
-        for Endpoint { path, server, .. } in endpoints(config, g) {
-            let upstream_path = upstream_path(&server.url);
-            let _ = writeln!(y, "              - match: {{ path: \"{path}\" }}");
-            let _ = writeln!(
-                y,
-                "                route:\n                  cluster: server_{}\n                  prefix_rewrite: \"{upstream_path}\"\n                  timeout: 0s\n                  idle_timeout: 3600s",
-                server.name
-            );
-            if let Some(host) = host_header(&server.url) {
-                let _ = writeln!(y, "                  host_rewrite_literal: \"{host}\"");
-            }
-        }
+    domains.extend(g.extra_hosts.iter().cloned());
+    let mut metadata = json!({
+        "match": { "prefix": "/.well-known/oauth-protected-resource" },
+        "route": { "cluster": "latchkey_http" },
+    });
+    if opts.mode != AuthzMode::None {
+        metadata["typed_per_filter_config"] = json!({
+            "latchkey": typed("envoy.config.route.v3.FilterConfig", json!({ "disabled": true })),
+        });
     }
-    let _ = writeln!(y, "          http_filters:");
+    let mut routes = vec![metadata];
+    for Endpoint { path, server, .. } in endpoints(config, g) {
+        let mut route = json!({
+            "cluster": format!("server_{}", server.name),
+            "prefix_rewrite": upstream_path(&server.url),
+            "timeout": "0s",
+            "idle_timeout": "3600s",
+        });
+        if let Some(host) = host_header(&server.url) {
+            route["host_rewrite_literal"] = host.into();
+        }
+        routes.push(json!({ "match": { "path": path }, "route": route }));
+    }
+    json!({ "name": format!("gateway_{}", g.name), "domains": domains, "routes": routes })
+}
+
+fn http_filters(opts: &RenderOptions) -> Vec<Value> {
+    let mut filters = Vec::new();
     match opts.mode {
         AuthzMode::Wasm => {
             let plugin = plugin_configuration(
@@ -214,61 +217,65 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
                 opts.authz_timeout_ms,
                 opts.max_body_bytes,
             );
-            let filter = wasm_filter_config(
-                &plugin,
-                &WasmCode::Local {
-                    filename: &opts.wasm_path,
-                },
+            let code = WasmCode::Local {
+                filename: &opts.wasm_path,
+            };
+            filters.push(
+                json!({ "name": "latchkey", "typed_config": wasm_filter_config(&plugin, &code) }),
             );
-            let _ = writeln!(
-                y,
-                "          # allow_on_headers_stop_iteration: the filter holds the headers while it\n          # reads the body, and still changes them afterwards (Envoy >= 1.35).\n          - name: latchkey\n            typed_config:"
-            );
-            y.push_str(&indented_yaml(&filter, 14));
         }
         AuthzMode::Native => {
             // The refused-credential report is the Latchkey filter's; a
             // client's copy goes before ext_authz sees the request (the
             // service also ignores it without the filter's metadata).
-            let _ = writeln!(
-                y,
-                "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations:\n                request_mutations:\n                - remove: \"{}\"",
-                latchkey_filter::stale::REJECTED_HEADER
-            );
+            filters.push(json!({
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": typed(
+                    "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    json!({ "mutations": { "request_mutations": [{ "remove": latchkey_filter::stale::REJECTED_HEADER }] } }),
+                ),
+            }));
             // Envoy's own MCP parser first, as a native MCP deployment has it;
             // the service still reads the forwarded body for the decision.
-            let _ = writeln!(
-                y,
-                "          - name: envoy.filters.http.mcp\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp"
-            );
-            let _ = writeln!(
-                y,
-                "          - name: latchkey\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n              transport_api_version: V3"
-            );
-            let _ = writeln!(
-                y,
-                "              grpc_service:\n                envoy_grpc: {{ cluster_name: \"{}\", authority: \"{}\" }}\n                timeout: {}s",
-                opts.authz_cluster,
-                opts.authz_authority,
-                opts.authz_timeout_ms as f64 / 1000.0
-            );
-            let _ = writeln!(
-                y,
-                "              failure_mode_allow: false\n              status_on_error: {{ code: ServiceUnavailable }}"
-            );
-            let _ = writeln!(
-                y,
-                "              with_request_body: {{ max_request_bytes: {}, allow_partial_message: false, pack_as_bytes: true }}",
-                opts.max_body_bytes
-            );
+            filters.push(json!({
+                "name": "envoy.filters.http.mcp",
+                "typed_config": typed("envoy.extensions.filters.http.mcp.v3.Mcp", json!({})),
+            }));
+            filters.push(json!({
+                "name": "latchkey",
+                "typed_config": typed(
+                    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    json!({
+                        "transport_api_version": "V3",
+                        "grpc_service": {
+                            "envoy_grpc": { "cluster_name": opts.authz_cluster, "authority": opts.authz_authority },
+                            "timeout": format!("{}s", opts.authz_timeout_ms as f64 / 1000.0),
+                        },
+                        "failure_mode_allow": false,
+                        "status_on_error": { "code": "ServiceUnavailable" },
+                        "with_request_body": {
+                            "max_request_bytes": opts.max_body_bytes,
+                            "allow_partial_message": false,
+                            "pack_as_bytes": true,
+                        },
+                    }),
+                ),
+            }));
         }
         AuthzMode::None => {}
     }
-    let _ = writeln!(
-        y,
-        "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-    );
-    let _ = writeln!(y, "  clusters:");
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": typed("envoy.extensions.filters.http.router.v3.Router", json!({})),
+    }));
+    filters
+}
+
+/// The authorization service's gRPC replicas, its HTTP side, and every
+/// upstream server.
+fn clusters(config: &Config, opts: &RenderOptions) -> Vec<Value> {
+    let authz = loopback_if_unspecified(config.listen.grpc);
+    let http = loopback_if_unspecified(config.listen.http);
     let replicas: Vec<(String, u16)> = if opts.authz_endpoints.is_empty() {
         vec![(authz.ip().to_string(), authz.port())]
     } else {
@@ -285,14 +292,15 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
         ca: &t.ca,
         client: Some((&t.cert, &t.key)),
     });
-    cluster(&mut y, &opts.authz_cluster, &replicas, true, authz_tls);
-    cluster(
-        &mut y,
-        "latchkey_http",
-        &[(http.ip().to_string(), http.port())],
-        false,
-        None,
-    );
+    let mut all = vec![
+        cluster(&opts.authz_cluster, &replicas, true, authz_tls),
+        cluster(
+            "latchkey_http",
+            &[(http.ip().to_string(), http.port())],
+            false,
+            None,
+        ),
+    ];
     for s in &config.servers {
         // `host_str` keeps an IPv6 literal's brackets; Envoy wants it bare.
         let host = s
@@ -307,15 +315,14 @@ pub fn render(config: &Config, opts: &RenderOptions) -> String {
             client: None,
         });
         let port = s.url.port_or_known_default().unwrap_or(80);
-        cluster(
-            &mut y,
+        all.push(cluster(
             &format!("server_{}", s.name),
             &[(host.to_string(), port)],
             false,
             tls,
-        );
+        ));
     }
-    y
+    all
 }
 
 /// One published MCP endpoint and the server behind it: every assignment,
@@ -423,80 +430,69 @@ pub fn wasm_filter_config(plugin: &serde_json::Value, code: &WasmCode<'_>) -> se
     })
 }
 
-/// `value` as block YAML, each line indented by `spaces`.
-pub fn indented_yaml(value: &serde_json::Value, spaces: usize) -> String {
-    let text = serde_yaml_ng::to_string(value).unwrap_or_default();
-    let pad = " ".repeat(spaces);
-    text.lines()
-        .filter(|l| *l != "---")
-        .map(|l| format!("{pad}{l}\n"))
-        .collect()
-}
-
 /// A cluster of `endpoints` (host, port); several are balanced round-robin.
 fn cluster(
-    y: &mut String,
     name: &str,
     endpoints: &[(String, u16)],
     http2: bool,
     tls: Option<UpstreamTls<'_>>,
-) {
+) -> Value {
     let all_ips = endpoints
         .iter()
         .all(|(h, _)| h.parse::<std::net::IpAddr>().is_ok());
-    let kind = if all_ips { "STATIC" } else { "STRICT_DNS" };
-    let _ = writeln!(
-        y,
-        "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s\n    lb_policy: ROUND_ROBIN"
-    );
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(host, port)| json!({ "endpoint": { "address": socket_address(host, *port) } }))
+        .collect();
+    let mut c = json!({
+        "name": name,
+        "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": lb_endpoints }] },
+    });
     if !all_ips {
         // `localhost` and friends often resolve to ::1 as well: prefer v4.
-        let _ = writeln!(y, "    dns_lookup_family: V4_PREFERRED");
-    }
-    let _ = writeln!(
-        y,
-        "    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:"
-    );
-    for (host, port) in endpoints {
-        let _ = writeln!(
-            y,
-            "        - endpoint:\n            address:\n              socket_address: {{ address: \"{host}\", port_value: {port} }}"
-        );
+        c["dns_lookup_family"] = "V4_PREFERRED".into();
     }
     if http2 {
-        let _ = writeln!(
-            y,
-            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{}}"
-        );
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                json!({ "explicit_http_config": { "http2_protocol_options": {} } }),
+            ),
+        });
     }
     if let Some(tls) = tls {
         // The upstream proves who it is before a credential is sent: its
         // chain must reach `ca` and its SANs name the host it was asked for.
         let ip = tls.host.parse::<std::net::IpAddr>().is_ok();
-        let _ = writeln!(
-            y,
-            "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-        );
-        if !ip {
-            // SNI carries host names only (RFC 6066).
-            let _ = writeln!(y, "        sni: \"{}\"", tls.host);
-        }
-        let _ = writeln!(y, "        common_tls_context:");
+        let mut common = json!({
+            "validation_context": {
+                "trusted_ca": file(tls.ca),
+                "match_typed_subject_alt_names": [{
+                    "san_type": if ip { "IP_ADDRESS" } else { "DNS" },
+                    "matcher": { "exact": tls.host },
+                }],
+            },
+        });
         if let Some((cert, key)) = tls.client {
             // gRPC over TLS negotiates HTTP/2 by ALPN.
-            let _ = writeln!(
-                y,
-                "          alpn_protocols: [\"h2\"]\n          tls_certificates:\n          - certificate_chain: {{ filename: \"{cert}\" }}\n            private_key: {{ filename: \"{key}\" }}"
-            );
+            common["alpn_protocols"] = json!(["h2"]);
+            common["tls_certificates"] =
+                json!([{ "certificate_chain": file(cert), "private_key": file(key) }]);
         }
-        let _ = writeln!(
-            y,
-            "          validation_context:\n            trusted_ca: {{ filename: \"{}\" }}\n            match_typed_subject_alt_names:\n            - san_type: {}\n              matcher: {{ exact: \"{}\" }}",
-            tls.ca,
-            if ip { "IP_ADDRESS" } else { "DNS" },
-            tls.host
-        );
+        let mut context = json!({ "common_tls_context": common });
+        if !ip {
+            // SNI carries host names only (RFC 6066).
+            context["sni"] = tls.host.into();
+        }
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": typed("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", context),
+        });
     }
+    c
 }
 
 /// The `Host` an upstream expects, when it differs from what clients sent.
@@ -548,16 +544,87 @@ mod tests {
         );
     }
 
+    /// A rendered bootstrap read back as Envoy reads it (YAML as JSON values).
+    fn parsed(y: &str) -> Value {
+        serde_yaml_ng::from_str(y).unwrap()
+    }
+
+    fn manager(b: &Value) -> &Value {
+        &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    }
+
+    /// The route whose match is `path`, on the first virtual host.
+    fn route<'b>(b: &'b Value, path: &str) -> &'b Value {
+        manager(b)["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["match"]["path"] == path)
+            .unwrap_or_else(|| panic!("no route for {path}"))
+    }
+
+    /// The cluster `name` of a rendered bootstrap.
+    fn cluster_of<'b>(b: &'b Value, name: &str) -> &'b Value {
+        b["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    /// The filters of the listener, by name, in order.
+    fn http_filters(b: &Value) -> Vec<String> {
+        manager(b)["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     #[test]
     fn routes_each_assignment_and_holds_headers_for_the_body() {
-        let y = render(&local(), &defaults(AuthzMode::Wasm));
-        assert!(y.contains("match: { path: \"/mcp/everything\" }"));
-        assert!(y.contains("prefix_rewrite: \"/mcp\""));
-        assert!(y.contains("allow_on_headers_stop_iteration: true"));
-        assert!(y.contains("envoy.wasm.runtime.v8"));
-        assert!(y.contains("fail_open: false"));
+        let b = parsed(&render(&local(), &defaults(AuthzMode::Wasm)));
+        assert_eq!(
+            route(&b, "/mcp/everything")["route"]["prefix_rewrite"],
+            "/mcp"
+        );
+        let wasm = &manager(&b)["http_filters"][0]["typed_config"]["config"];
+        assert_eq!(wasm["allow_on_headers_stop_iteration"], true);
+        assert_eq!(wasm["fail_open"], false);
+        assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8");
         // The metadata route bypasses the filter so token-less clients can read it.
-        assert!(y.contains("disabled: true"));
+        let metadata = &manager(&b)["route_config"]["virtual_hosts"][0]["routes"][0];
+        assert_eq!(
+            metadata["match"]["prefix"],
+            "/.well-known/oauth-protected-resource"
+        );
+        assert_eq!(
+            metadata["typed_per_filter_config"]["latchkey"]["disabled"],
+            true
+        );
+    }
+
+    #[test]
+    fn config_values_read_back_as_the_config_has_them() {
+        // A server URL path with YAML's own syntax in it (`: `, quotes,
+        // flow braces): one string, the document's structure unchanged.
+        let text = include_str!("../../envoy/latchkey.local.toml").replace(
+            "url = \"http://127.0.0.1:3002/mcp\"",
+            "url = \"http://127.0.0.1:3002/mcp: 'x'/{y}, [z]\"",
+        );
+        let config = Config::parse(&text).unwrap();
+        let whoami = config.server("whoami").unwrap().url.clone();
+        let b = parsed(&render(&config, &defaults(AuthzMode::Wasm)));
+        assert_eq!(
+            route(&b, "/mcp/whoami")["route"]["prefix_rewrite"],
+            upstream_path(&whoami)
+        );
+        assert_eq!(
+            b["static_resources"]["clusters"].as_array().unwrap().len(),
+            2 + config.servers.len()
+        );
     }
 
     #[test]
@@ -566,16 +633,13 @@ mod tests {
             "{}\n[[gateways.combined]]\nname = \"whoami-both\"\nassignments = [\"whoami\", \"whoami-mine\"]\n",
             include_str!("../../envoy/latchkey.local.toml")
         );
-        let y = render(&Config::parse(&text).unwrap(), &defaults(AuthzMode::Wasm));
-        let at = y
-            .find("match: { path: \"/mcp/whoami-both\" }")
-            .expect("combined route");
-        let route = &y[at..];
-        let next = route[1..].find("- match").map_or(route.len(), |n| n + 1);
-        assert!(
-            route[..next].contains("cluster: server_whoami"),
-            "{}",
-            &route[..next]
+        let b = parsed(&render(
+            &Config::parse(&text).unwrap(),
+            &defaults(AuthzMode::Wasm),
+        ));
+        assert_eq!(
+            route(&b, "/mcp/whoami-both")["route"]["cluster"],
+            "server_whoami"
         );
     }
 
@@ -587,56 +651,71 @@ mod tests {
             key: "/certs/envoy.key".into(),
             client_ca: Some("/certs/ca.pem".into()),
         });
-        let y = render(&local(), &opts);
-        assert!(y.contains("DownstreamTlsContext"));
-        assert!(y.contains("require_client_certificate: true"));
-        assert!(y.contains("trusted_ca: { filename: \"/certs/ca.pem\" }"));
+        let b = parsed(&render(&local(), &opts));
+        let chain = &b["static_resources"]["listeners"][0]["filter_chains"][0];
+        let tls = &chain["transport_socket"]["typed_config"];
+        assert!(
+            tls["@type"]
+                .as_str()
+                .unwrap()
+                .ends_with("DownstreamTlsContext")
+        );
+        assert_eq!(tls["require_client_certificate"], true);
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            "/certs/ca.pem"
+        );
         // The HTTP connection manager is still the chain's filter.
-        let chain = y.split("filter_chains:").nth(1).unwrap();
-        assert!(chain.find("transport_socket").unwrap() < chain.find("filters:").unwrap());
+        assert_eq!(
+            chain["filters"][0]["name"],
+            "envoy.filters.network.http_connection_manager"
+        );
         // Server TLS only: no client certificate asked for.
         opts.tls.as_mut().unwrap().client_ca = None;
-        let y = render(&local(), &opts);
-        assert!(y.contains("DownstreamTlsContext") && !y.contains("require_client_certificate"));
+        let b = parsed(&render(&local(), &opts));
+        let tls = &b["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"];
+        assert!(tls.is_object() && tls.get("require_client_certificate").is_none());
     }
 
     #[test]
     fn native_mode_fails_closed_and_forwards_the_body() {
-        let y = render(&local(), &defaults(AuthzMode::Native));
-        assert!(y.contains("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"));
-        assert!(y.contains("failure_mode_allow: false"));
-        assert!(y.contains("pack_as_bytes: true"));
-        assert!(!y.contains("envoy.wasm.runtime.v8"));
-    }
-
-    /// The filters of the listener, by name, in order.
-    fn http_filters(y: &str) -> Vec<String> {
-        let bootstrap: serde_json::Value = serde_yaml_ng::from_str(y).unwrap();
-        bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"]["http_filters"]
+        let b = parsed(&render(&local(), &defaults(AuthzMode::Native)));
+        let authz = manager(&b)["http_filters"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| f["name"].as_str().unwrap().to_string())
-            .collect()
+            .find(|f| f["name"] == "latchkey")
+            .unwrap();
+        let config = &authz["typed_config"];
+        assert!(
+            config["@type"]
+                .as_str()
+                .unwrap()
+                .ends_with("ext_authz.v3.ExtAuthz")
+        );
+        assert_eq!(config["failure_mode_allow"], false);
+        assert_eq!(config["with_request_body"]["pack_as_bytes"], true);
+        assert!(!http_filters(&b).is_empty());
+        assert!(!render(&local(), &defaults(AuthzMode::Native)).contains("envoy.wasm.runtime.v8"));
     }
 
     #[test]
     fn native_mode_drops_a_clients_refused_credential_report_before_ext_authz() {
-        let y = render(&local(), &defaults(AuthzMode::Native));
-        let filters = http_filters(&y);
+        let b = parsed(&render(&local(), &defaults(AuthzMode::Native)));
+        let filters = http_filters(&b);
         let strip = filters
             .iter()
             .position(|f| f == "envoy.filters.http.header_mutation")
             .expect("a header mutation filter");
         let authz = filters.iter().position(|f| f == "latchkey").unwrap();
         assert!(strip < authz, "{filters:?}");
-        assert!(y.contains(&format!(
-            "- remove: \"{}\"",
+        assert_eq!(
+            manager(&b)["http_filters"][strip]["typed_config"]["mutations"]["request_mutations"][0]
+                ["remove"],
             latchkey_filter::stale::REJECTED_HEADER
-        )));
+        );
         // The Wasm filter drops it itself.
-        let wasm = render(&local(), &defaults(AuthzMode::Wasm));
+        let wasm = parsed(&render(&local(), &defaults(AuthzMode::Wasm)));
         assert!(!http_filters(&wasm).contains(&"envoy.filters.http.header_mutation".into()));
     }
 
@@ -650,44 +729,51 @@ mod tests {
                 cert: "/certs/envoy-client.pem".into(),
                 key: "/certs/envoy-client.key".into(),
             });
-            let y = render(&local(), &opts);
-            let authz = cluster_of(&y, DEFAULT_AUTHZ_CLUSTER);
-            assert!(authz.contains("UpstreamTlsContext"), "{authz}");
-            assert!(authz.contains("sni: \"latchkey.internal\""), "{authz}");
-            assert!(authz.contains("alpn_protocols: [\"h2\"]"), "{authz}");
+            let b = parsed(&render(&local(), &opts));
+            let tls = &cluster_of(&b, DEFAULT_AUTHZ_CLUSTER)["transport_socket"]["typed_config"];
             assert!(
-                authz.contains("certificate_chain: { filename: \"/certs/envoy-client.pem\" }"),
-                "{authz}"
+                tls["@type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("UpstreamTlsContext")
             );
-            assert!(
-                authz.contains("private_key: { filename: \"/certs/envoy-client.key\" }"),
-                "{authz}"
+            assert_eq!(tls["sni"], "latchkey.internal");
+            let common = &tls["common_tls_context"];
+            assert_eq!(common["alpn_protocols"][0], "h2");
+            assert_eq!(
+                common["tls_certificates"][0]["certificate_chain"]["filename"],
+                "/certs/envoy-client.pem"
             );
-            assert!(
-                authz.contains("trusted_ca: { filename: \"/certs/latchkey-ca.pem\" }"),
-                "{authz}"
+            assert_eq!(
+                common["tls_certificates"][0]["private_key"]["filename"],
+                "/certs/envoy-client.key"
             );
-            assert!(authz.contains("san_type: DNS"), "{authz}");
-            assert!(
-                authz.contains("matcher: { exact: \"latchkey.internal\" }"),
-                "{authz}"
+            let validation = &common["validation_context"];
+            assert_eq!(
+                validation["trusted_ca"]["filename"],
+                "/certs/latchkey-ca.pem"
             );
+            let san = &validation["match_typed_subject_alt_names"][0];
+            assert_eq!(san["san_type"], "DNS");
+            assert_eq!(san["matcher"]["exact"], "latchkey.internal");
             // An IP address: its SAN, no SNI.
             opts.authz_tls.as_mut().unwrap().name = "10.0.0.9".into();
-            let y = render(&local(), &opts);
-            let authz = cluster_of(&y, DEFAULT_AUTHZ_CLUSTER);
-            assert!(authz.contains("san_type: IP_ADDRESS") && !authz.contains("sni:"));
+            let b = parsed(&render(&local(), &opts));
+            let tls = &cluster_of(&b, DEFAULT_AUTHZ_CLUSTER)["transport_socket"]["typed_config"];
+            assert_eq!(
+                tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+                    ["san_type"],
+                "IP_ADDRESS"
+            );
+            assert!(tls.get("sni").is_none());
             // Without it the cluster is plaintext, as before.
-            let y = render(&local(), &defaults(mode));
-            assert!(!cluster_of(&y, DEFAULT_AUTHZ_CLUSTER).contains("transport_socket"));
+            let b = parsed(&render(&local(), &defaults(mode)));
+            assert!(
+                cluster_of(&b, DEFAULT_AUTHZ_CLUSTER)
+                    .get("transport_socket")
+                    .is_none()
+            );
         }
-    }
-
-    /// The cluster block of `name` in a rendered bootstrap.
-    fn cluster_of<'y>(y: &'y str, name: &str) -> &'y str {
-        let at = y.find(&format!("  - name: {name}\n")).expect("cluster");
-        let rest = &y[at + 1..];
-        &y[at..at + 1 + rest.find("\n  - name: ").unwrap_or(rest.len())]
     }
 
     #[test]
@@ -710,45 +796,55 @@ name = "v6"
 url = "https://[fd00::7]/mcp"
 "#
         );
-        let y = render(&Config::parse(&text).unwrap(), &defaults(AuthzMode::Wasm));
-        let github = cluster_of(&y, "server_github");
-        assert!(github.contains("UpstreamTlsContext"), "{github}");
-        assert!(github.contains("sni: \"api.github.example\""), "{github}");
-        assert!(
-            github.contains(&format!(
-                "trusted_ca: {{ filename: \"{DEFAULT_UPSTREAM_CA}\" }}"
-            )),
-            "{github}"
-        );
-        assert!(github.contains("san_type: DNS"), "{github}");
-        assert!(
-            github.contains("matcher: { exact: \"api.github.example\" }"),
-            "{github}"
-        );
-        assert!(
-            github.contains("dns_lookup_family: V4_PREFERRED"),
-            "{github}"
-        );
-        assert!(github.contains("port_value: 443"), "{github}");
+        let b = parsed(&render(
+            &Config::parse(&text).unwrap(),
+            &defaults(AuthzMode::Wasm),
+        ));
+        let tls_of = |c: &Value| c["transport_socket"]["typed_config"].clone();
+        let san_of = |c: &Value| {
+            tls_of(c)["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+                [0]
+            .clone()
+        };
+        let ca_of = |c: &Value| {
+            tls_of(c)["common_tls_context"]["validation_context"]["trusted_ca"]["filename"].clone()
+        };
+        let port_of = |c: &Value| {
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"]
+                .clone()
+        };
 
-        let internal = cluster_of(&y, "server_internal");
+        let github = cluster_of(&b, "server_github");
         assert!(
-            internal.contains("trusted_ca: { filename: \"/etc/corp/ca.pem\" }"),
-            "{internal}"
+            tls_of(github)["@type"]
+                .as_str()
+                .unwrap()
+                .ends_with("UpstreamTlsContext")
         );
-        assert!(internal.contains("san_type: IP_ADDRESS"), "{internal}");
-        assert!(
-            internal.contains("matcher: { exact: \"10.0.0.7\" }"),
-            "{internal}"
-        );
-        assert!(!internal.contains("sni:"), "no SNI for an IP: {internal}");
-        assert!(internal.contains("type: STATIC"), "{internal}");
+        assert_eq!(tls_of(github)["sni"], "api.github.example");
+        assert_eq!(ca_of(github), DEFAULT_UPSTREAM_CA);
+        assert_eq!(san_of(github)["san_type"], "DNS");
+        assert_eq!(san_of(github)["matcher"]["exact"], "api.github.example");
+        assert_eq!(github["dns_lookup_family"], "V4_PREFERRED");
+        assert_eq!(port_of(github)["port_value"], 443);
 
-        let v6 = cluster_of(&y, "server_v6");
-        assert!(v6.contains("address: \"fd00::7\""), "{v6}");
-        assert!(v6.contains("matcher: { exact: \"fd00::7\" }"), "{v6}");
+        let internal = cluster_of(&b, "server_internal");
+        assert_eq!(ca_of(internal), "/etc/corp/ca.pem");
+        assert_eq!(san_of(internal)["san_type"], "IP_ADDRESS");
+        assert_eq!(san_of(internal)["matcher"]["exact"], "10.0.0.7");
+        assert!(tls_of(internal).get("sni").is_none(), "no SNI for an IP");
+        assert_eq!(internal["type"], "STATIC");
+
+        let v6 = cluster_of(&b, "server_v6");
+        assert_eq!(port_of(v6)["address"], "fd00::7");
+        assert_eq!(san_of(v6)["matcher"]["exact"], "fd00::7");
 
         // Plain http upstreams have no TLS at all.
-        assert!(!cluster_of(&y, "server_whoami").contains("transport_socket"));
+        assert!(
+            cluster_of(&b, "server_whoami")
+                .get("transport_socket")
+                .is_none()
+        );
     }
 }
