@@ -809,3 +809,124 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+/// The command line as an operator types it: what parses, and what is
+/// refused before anything runs (naming the flag that is missing).
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("latchkey").chain(line.split_whitespace()))
+    }
+
+    fn refused(line: &str) -> String {
+        match parse(line) {
+            Ok(_) => panic!("accepted: latchkey {line}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn envoy_render_takes_the_authz_mtls_flags_all_together_or_not_at_all() {
+        let all = "envoy render --config c.toml --authz-ca ca.pem --authz-cert envoy.pem --authz-key envoy.key --authz-name latchkey.internal";
+        let Command::Envoy(EnvoyCommand::Render {
+            authz_ca,
+            authz_name,
+            mode,
+            ..
+        }) = parse(all).unwrap().command
+        else {
+            panic!("not envoy render");
+        };
+        assert_eq!(authz_ca.as_deref(), Some("ca.pem"));
+        assert_eq!(authz_name.as_deref(), Some("latchkey.internal"));
+        assert_eq!(mode, AuthzMode::Wasm);
+        for missing in [
+            "--authz-cert envoy.pem",
+            "--authz-key envoy.key",
+            "--authz-name latchkey.internal",
+        ] {
+            let line = all.replace(missing, "");
+            let error = refused(&line);
+            let flag = missing.split(' ').next().unwrap();
+            assert!(error.contains(flag), "{line}: {error}");
+        }
+        // A client certificate without the CA that checks the service.
+        let error = refused("envoy render --config c.toml --authz-cert envoy.pem");
+        assert!(error.contains("--authz-ca"), "{error}");
+    }
+
+    #[test]
+    fn envoy_render_takes_a_listener_key_only_with_its_certificate() {
+        assert!(refused("envoy render --config c.toml --tls-key k.pem").contains("--tls-cert"));
+        assert!(refused("envoy render --config c.toml --client-ca ca.pem").contains("--tls-cert"));
+        assert!(parse("envoy render --config c.toml --tls-cert c.pem --tls-key k.pem").is_ok());
+        let error = refused("envoy render --config c.toml --mode grpc");
+        assert!(
+            error.contains("wasm") && error.contains("native"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn envoy_istio_needs_a_wasm_url_only_for_the_filter() {
+        let error = refused("envoy istio --config c.toml --mode wasm");
+        assert!(error.contains("--wasm-url"), "{error}");
+        assert!(parse("envoy istio --config c.toml --mode native").is_ok());
+        let Command::Envoy(EnvoyCommand::Istio { selector, .. }) = parse(
+            "envoy istio --config c.toml --mode native --selector app=gw --selector tier=edge",
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not envoy istio");
+        };
+        assert_eq!(
+            selector,
+            [("app".into(), "gw".into()), ("tier".into(), "edge".into())]
+        );
+        let error = refused("envoy istio --config c.toml --mode native --selector appgw");
+        assert!(
+            error.contains("'appgw' is not a label: write key=value"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn labels_are_key_equals_value_with_a_key() {
+        assert_eq!(label("a=b"), Ok(("a".into(), "b".into())));
+        assert_eq!(label("a="), Ok(("a".into(), String::new())));
+        assert!(label("=b").is_err());
+        assert!(label("ab").is_err());
+    }
+
+    #[test]
+    fn policy_check_judges_one_item_at_a_time() {
+        let base = "policy check --config c.toml --user alice --gateway g --server s";
+        assert!(parse(&format!("{base} --tool echo --role dev --role ops")).is_ok());
+        let e = parse(&format!("{base} --tool echo --prompt p"))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{e}");
+        // `--assignment` is the same flag as `--server`.
+        assert!(parse("policy check --config c.toml --user a --gateway g --assignment s").is_ok());
+        assert!(refused("policy check --config c.toml --gateway g --server s").contains("--user"));
+    }
+
+    #[test]
+    fn an_unknown_command_or_flag_is_refused_with_a_suggestion() {
+        let error = refused("identty list");
+        assert!(error.contains("identity"), "{error}");
+        let error = refused("serve --confg c.toml");
+        assert!(error.contains("--config"), "{error}");
+    }
+}
