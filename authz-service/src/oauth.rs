@@ -372,12 +372,16 @@ impl Provider {
         }
         // An RFC 7009 error answer names the error; anything else is the
         // provider failing (503 included: "try again later").
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let body: serde_json::Value = read_bounded(response)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         match body["error"].as_str() {
             Some(error) if status.is_client_error() => Err(OauthError::Refused {
                 provider: self.name.clone(),
-                error: error.to_string(),
-                description: body["error_description"].as_str().map(str::to_string),
+                error: provider_text(error),
+                description: body["error_description"].as_str().map(provider_text),
             }),
             _ => Err(unreachable(format!(
                 "the revocation endpoint answered {status}"
@@ -428,8 +432,8 @@ impl Provider {
             RequestTokenError::ServerResponse(r) => {
                 // Both error response types serialise to RFC 6749's shape.
                 let value = serde_json::to_value(&r).unwrap_or_default();
-                let error = value["error"].as_str().unwrap_or("unknown").to_string();
-                let description = value["error_description"].as_str().map(str::to_string);
+                let error = provider_text(value["error"].as_str().unwrap_or("unknown"));
+                let description = value["error_description"].as_str().map(provider_text);
                 if error == BasicErrorResponseType::InvalidGrant.as_ref() {
                     OauthError::InvalidGrant {
                         provider,
@@ -550,14 +554,65 @@ async fn send(
         .map_err(|e| HttpError(format!("{}", e.without_url())))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| HttpError(format!("reading the answer: {}", e.without_url())))?;
-    let mut out = http::Response::new(body.to_vec());
+    let body = read_bounded(response).await?;
+    let mut out = http::Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// The most of a provider's answer Latchkey reads (a token response or an
+/// OAuth error is a few KiB). A provider is not trusted with the service's
+/// memory: a longer answer is refused, however it is sent.
+pub const MAX_PROVIDER_ANSWER: usize = 256 * 1024;
+
+/// Longest OAuth `error` / `error_description` kept from a provider's
+/// answer: they reach the connect page and the log.
+const MAX_PROVIDER_TEXT: usize = 300;
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
+    let too_long = || {
+        HttpError(format!(
+            "the answer is longer than {MAX_PROVIDER_ANSWER} bytes"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_PROVIDER_ANSWER as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| HttpError(format!("reading the answer: {}", e.without_url())))?
+    {
+        if body.len() + chunk.len() > MAX_PROVIDER_ANSWER {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A provider's OAuth error text as Latchkey keeps it: at most
+/// [`MAX_PROVIDER_TEXT`] characters, control characters removed.
+fn provider_text(text: &str) -> String {
+    let mut kept: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_PROVIDER_TEXT)
+        .collect();
+    if text
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_PROVIDER_TEXT)
+        .is_some()
+    {
+        kept.push('…');
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -606,6 +661,101 @@ mod tests {
         // The challenge is derived from the verifier, which never leaves.
         assert!(!a.url.as_str().contains(&a.pkce_verifier));
         assert!(!p.can_revoke());
+    }
+
+    /// A loopback provider whose token endpoint answers with `answer`.
+    async fn provider_answering(
+        answer: impl Fn() -> axum::response::Response + Clone + Send + Sync + 'static,
+    ) -> Provider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(move || {
+                let answer = answer.clone();
+                async move { answer() }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let token = Url::parse(&format!("http://{addr}/token")).unwrap();
+        Provider::new(ProviderSettings {
+            name: "crm",
+            authorization_endpoint: &token,
+            token_endpoint: &token,
+            revocation_endpoint: None,
+            client_id: "latchkey",
+            client_secret_env: None,
+            redirect_uri: token.clone(),
+            scopes: &[],
+            resource: None,
+            timeout: Duration::from_secs(5),
+            issuer: None,
+            require_iss: false,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_provider_cannot_make_latchkey_read_an_endless_answer() {
+        use axum::response::IntoResponse;
+        let json = |body: String| {
+            ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        };
+        // Announced as long, and streamed without a length.
+        let announced = provider_answering(move || json(" ".repeat(MAX_PROVIDER_ANSWER + 1))).await;
+        let streamed = provider_answering(|| {
+            let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 8 * 1024]));
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks)).into_response()
+        })
+        .await;
+        for p in [announced, streamed] {
+            match p.refresh(&Secret::new("rt-1")).await {
+                Err(OauthError::Unreachable { message, .. }) => {
+                    assert!(message.contains("longer than"), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The control: an answer of ordinary size is read (and its
+        // OAuth error reported as the provider's).
+        let small = provider_answering(move || {
+            let mut r = json(r#"{"error":"invalid_grant"}"#.into());
+            *r.status_mut() = http::StatusCode::BAD_REQUEST;
+            r
+        })
+        .await;
+        assert!(matches!(
+            small.refresh(&Secret::new("rt-1")).await,
+            Err(OauthError::InvalidGrant { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_providers_error_text_is_kept_short_and_on_one_line() {
+        use axum::response::IntoResponse;
+        let p = provider_answering(|| {
+            let body = serde_json::json!({
+                "error": format!("invalid_scope\r\nX-Injected: 1{}", "e".repeat(5000)),
+                "error_description": format!("line one\nline two{}", "d".repeat(5000)),
+            });
+            (
+                http::StatusCode::BAD_REQUEST,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        })
+        .await;
+        let error = p.refresh(&Secret::new("rt-1")).await.unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("invalid_scope"), "{text}");
+        assert!(text.contains("line oneline two"), "{text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(
+            text.chars().count() < 2 * MAX_PROVIDER_TEXT + 200,
+            "{}",
+            text.len()
+        );
     }
 
     #[tokio::test]
