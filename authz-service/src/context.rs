@@ -26,6 +26,9 @@ pub struct RequestContext {
     pub rejected_credentials: Vec<String>,
     /// The request's `Accept`, to answer in a content type it takes.
     pub accept: Option<String>,
+    /// The request's `Cookie`: a browser on the gateway's host sends the
+    /// connect page's cookies here too, and they must not go upstream.
+    pub cookie: Option<String>,
 }
 
 /// A request the service cannot judge because it is malformed; answered
@@ -64,6 +67,7 @@ impl std::fmt::Debug for RequestContext {
             .field("mcp", &self.mcp)
             .field("body_bytes", &self.body.len())
             .field("rejected_credentials", &self.rejected_credentials)
+            .field("cookie_bytes", &self.cookie.as_ref().map(String::len))
             .finish()
     }
 }
@@ -139,6 +143,7 @@ impl RequestContext {
             method: http.method.clone(),
             authorization: header("authorization"),
             accept: header("accept"),
+            cookie: header("cookie"),
             host,
             path: http.path.clone(),
             peer_principal,

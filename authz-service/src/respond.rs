@@ -24,6 +24,55 @@ mod grpc_code {
     pub const UNAUTHENTICATED: i32 = 16;
 }
 
+/// Cookies named so are Latchkey's own (the connect page's session and
+/// flows, with or without the `__Host-` prefix).
+const LATCHKEY_COOKIES: [&str; 2] = ["latchkey_", "__Host-latchkey_"];
+
+/// `cookie` without Latchkey's own cookies, when it had any: `Some("")`
+/// when none is left. `None`: nothing to change.
+pub fn cookie_for_upstream(cookie: &str) -> Option<String> {
+    let name = |pair: &str| pair.split('=').next().unwrap_or_default().trim().to_owned();
+    let ours = |pair: &&str| LATCHKEY_COOKIES.iter().any(|p| name(pair).starts_with(p));
+    // Envoy joins repeated headers with `,`; browsers separate with `;`.
+    let pairs: Vec<&str> = cookie
+        .split([';', ','])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !pairs.iter().any(ours) {
+        return None;
+    }
+    Some(
+        pairs
+            .into_iter()
+            .filter(|p| !ours(p))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+/// An allowed request goes upstream without the connect page's cookies: a
+/// browser-based client on the gateway's host sends them with every
+/// request (`Path=/`), and an upstream holding one could act on the
+/// person's connect page. The client's other cookies go on as they were.
+pub fn keep_latchkey_cookies_home(response: &mut CheckResponse, cookie: Option<&str>) {
+    let Some(kept) = cookie.and_then(cookie_for_upstream) else {
+        return;
+    };
+    let Some(check_response::HttpResponse::OkResponse(ok)) = response.http_response.as_mut() else {
+        return;
+    };
+    if kept.is_empty() {
+        ok.headers_to_remove.push("cookie".to_string());
+    } else {
+        ok.headers.push(header(
+            "cookie",
+            &kept,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+}
+
 pub fn to_check_response(decision: &Decision) -> CheckResponse {
     match decision {
         Decision::Allow(a) => allow(a),
@@ -263,6 +312,52 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latchkeys_cookies_are_taken_out_and_the_clients_kept() {
+        assert_eq!(cookie_for_upstream("theme=dark; lang=en"), None);
+        assert_eq!(
+            cookie_for_upstream("__Host-latchkey_connect=s; theme=dark; latchkey_flow_ab=f"),
+            Some("theme=dark".to_string())
+        );
+        assert_eq!(
+            cookie_for_upstream("latchkey_connect=s"),
+            Some(String::new())
+        );
+        // Joined by Envoy with `,`, spaced oddly, or named in a prefix of ours.
+        assert_eq!(
+            cookie_for_upstream(" a=1 ,latchkey_connect=s;  b=2"),
+            Some("a=1; b=2".to_string())
+        );
+        assert_eq!(cookie_for_upstream("latchkey=1"), None);
+    }
+
+    fn allowed_with(cookie: Option<&str>) -> OkHttpResponse {
+        let mut response = CheckResponse {
+            http_response: Some(check_response::HttpResponse::OkResponse(
+                OkHttpResponse::default(),
+            )),
+            ..Default::default()
+        };
+        keep_latchkey_cookies_home(&mut response, cookie);
+        match response.http_response {
+            Some(check_response::HttpResponse::OkResponse(ok)) => ok,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_allowed_request_goes_upstream_without_latchkeys_cookies() {
+        let ok = allowed_with(Some("latchkey_connect=s; theme=dark"));
+        assert_eq!(ok.headers.len(), 1);
+        let h = ok.headers[0].header.as_ref().unwrap();
+        assert_eq!((h.key.as_str(), h.value.as_str()), ("cookie", "theme=dark"));
+        let ok = allowed_with(Some("__Host-latchkey_connect=s"));
+        assert_eq!(ok.headers_to_remove, ["cookie"]);
+        // The control: other cookies, or none, are left alone.
+        assert_eq!(allowed_with(Some("theme=dark")), OkHttpResponse::default());
+        assert_eq!(allowed_with(None), OkHttpResponse::default());
+    }
     use latchkey_filter::decision::{UrlElicitation, decide_grpc};
     use prost::Message;
 

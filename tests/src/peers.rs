@@ -903,6 +903,11 @@ impl AuthEcho {
         strings(&self.seen().await?, "authorization")
     }
 
+    /// The name of every cookie received so far (it keeps no value).
+    pub async fn seen_cookie_names(&self) -> Result<Vec<String>> {
+        strings(&self.seen().await?, "cookie_names")
+    }
+
     /// How many requests reached `/mcp`. An answer without the count is an
     /// error, never 0 (absence checks compare it).
     pub async fn requests(&self) -> Result<u64> {

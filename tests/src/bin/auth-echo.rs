@@ -7,8 +7,9 @@
 //! * `GET /seen`: every `Authorization` value and every header name this
 //!   server received on any request (but `/seen` itself), and how many
 //!   requests reached `/mcp`, as JSON:
-//!   `{"authorization": [...], "header_names": [...], "requests": n,
-//!   "round_trip_fields": n}` (the last counts bodies carrying an MCP
+//!   `{"authorization": [...], "header_names": [...], "cookie_names": [...],
+//!   "requests": n, "round_trip_fields": n}` (the names of the cookies it
+//!   was sent, never their values; the last counts bodies carrying an MCP
 //!   `requestState` or `inputResponses`).
 //!
 //! * `POST /challenge` with `{"status": 401, "www_authenticate": "..."}`:
@@ -41,6 +42,8 @@ use serde_json::json;
 struct Seen {
     authorization: Vec<String>,
     header_names: std::collections::BTreeSet<String>,
+    /// The name of every cookie received (values are never kept).
+    cookie_names: std::collections::BTreeSet<String>,
     requests: u64,
     /// Bodies that carried a `requestState` or `inputResponses`: the
     /// gateway's own consent round trip must never reach this server.
@@ -94,6 +97,17 @@ async fn record(State(seen): State<SharedSeen>, request: Request, next: Next) ->
                 s.authorization
                     .push(value.to_str().unwrap_or("<non-ascii>").to_string());
             }
+            if name == http::header::COOKIE {
+                let names: Vec<String> = value
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(';')
+                    .filter_map(|pair| pair.split('=').next())
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                s.cookie_names.extend(names);
+            }
         }
     }
     let challenge = if request.uri().path().starts_with("/mcp") {
@@ -142,6 +156,7 @@ async fn seen(State(seen): State<SharedSeen>) -> Json<serde_json::Value> {
         json!({
             "authorization": s.authorization,
             "header_names": s.header_names,
+            "cookie_names": s.cookie_names,
             "requests": s.requests,
             "round_trip_fields": s.round_trip_fields,
         })

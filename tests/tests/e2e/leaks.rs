@@ -388,3 +388,50 @@ async fn no_upstream_auth_challenge_reaches_the_client() -> Result<()> {
     assert!(scanned > 0);
     Ok(())
 }
+
+/// The connect page's cookies are Latchkey's (a browser on the gateway's
+/// host sends them with every request, `Path=/`); an upstream holding one
+/// could act on the person's connect page. They never reach the upstream,
+/// through the Wasm filter or native ext_authz; the client's own cookies
+/// do (the positive control, read from the same record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_pages_cookies_never_reach_an_upstream() -> Result<()> {
+    use latchkey_e2e::stack::AuthzMode;
+    for mode in [AuthzMode::Wasm, AuthzMode::Native] {
+        let stack = Stack::start(
+            &format!("leaks_cookies_{mode:?}").to_lowercase(),
+            StackOptions {
+                mode,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let alice = stack.token("alice").await?;
+        let session = "0123456789abcdef0123456789abcdef";
+        stack.remember_secret(session);
+        for cookie in [
+            format!("__Host-latchkey_connect={session}; theme=dark; latchkey_flow_0a1b=sealed"),
+            format!("latchkey_connect={session}"),
+            "lang=en".to_string(),
+        ] {
+            let before = stack.echo.requests().await?;
+            let r = post_json(
+                &stack.url("whoami"),
+                Some(&alice),
+                INITIALIZE,
+                &[("cookie", cookie.as_str())],
+            )
+            .await?;
+            assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
+            assert!(
+                stack.echo.requests().await? > before,
+                "{mode:?}: went upstream"
+            );
+        }
+        let names = stack.echo.seen_cookie_names().await?;
+        assert_eq!(names, ["lang", "theme"], "{mode:?}");
+        let scanned = stack.assert_no_secret_in_logs()?;
+        assert!(scanned > 0);
+    }
+    Ok(())
+}
