@@ -240,8 +240,27 @@ mod tests {
     }
 
     #[test]
+    fn a_check_without_a_method_is_refused_like_any_method_the_endpoint_does_not_serve() {
+        let http = |method: &str| HttpRequest {
+            method: method.into(),
+            path: "/mcp/crm".into(),
+            ..Default::default()
+        };
+        for method in ["", "PUT"] {
+            let refused = RequestContext::from_check(&check(http(method), None)).unwrap_err();
+            assert_eq!(refused.http_status, 405, "{method:?}");
+        }
+        // The control: a bodiless GET is read (a stream, no message).
+        let ctx = RequestContext::from_check(&check(http("GET"), None)).unwrap();
+        assert!(ctx.mcp.is_some_and(|m| m.method.is_none()));
+    }
+
+    #[test]
     fn debug_never_shows_the_bearer_token() {
-        let mut http = HttpRequest::default();
+        let mut http = HttpRequest {
+            method: "GET".into(),
+            ..Default::default()
+        };
         http.headers
             .insert("authorization".into(), "Bearer eyJ.secret.sig".into());
         let ctx = RequestContext::from_check(&check(http, None)).unwrap();

@@ -8,9 +8,9 @@ use latchkey_proto::auth::attribute_context::HttpRequest;
 use crate::context::BadRequest;
 
 pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadRequest> {
-    if http.method.is_empty() {
-        return Ok(None);
-    }
+    // A Check without a method (no Envoy sends one) is judged by the same
+    // rules as any other method the endpoint does not serve: refused,
+    // never read as a request without a message.
     let mut headers: Vec<(String, String)> = http
         .headers
         .iter()

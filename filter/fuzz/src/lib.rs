@@ -479,12 +479,19 @@ pub fn trim_sse(data: &[u8]) {
             match serde_json::from_str::<Value>(&data) {
                 Ok(message) => assert_no_hidden_entry(&trim, &message, "SSE event"),
                 // JSON a client may read but the trimmer could not (too
-                // deep, say) must not have gone out as it was.
+                // deep, say) must not have gone out as it was. What no JSON
+                // reader takes (a raw control character in a string) may,
+                // when no reader, however lenient, could find a `result` in
+                // it: neither the word nor an escape that could spell it.
                 Err(_) if data.trim_start().starts_with('{') => {
                     let readable = serde_json::from_str::<
                         std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>,
                     >(&data);
-                    assert!(readable.is_ok(), "an unreadable event went out: {data}");
+                    let no_result = !data.contains("result") && !data.contains("\\u");
+                    assert!(
+                        readable.is_ok() || no_result,
+                        "an unreadable event went out: {data}"
+                    );
                 }
                 Err(_) => {}
             }
