@@ -85,6 +85,31 @@ pub async fn sign_in(c: &reqwest::Client, page: &str, login: &str) -> Result<Str
     set_cookie(&r, "latchkey_connect")
 }
 
+/// Presses a button of gateway `e2e`'s connect page for `server` as
+/// `session`: reads the page for its CSRF token, then POSTs
+/// `/connect/e2e/<action>` (`authorise`, `use`, `disconnect`).
+pub async fn press(
+    c: &reqwest::Client,
+    http: &str,
+    session: &str,
+    action: &str,
+    server: &str,
+) -> Result<reqwest::Response> {
+    let page = c
+        .get(format!("{http}/connect/e2e"))
+        .header("cookie", session)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let csrf = csrf_in(&page)?;
+    Ok(c.post(format!("{http}/connect/e2e/{action}"))
+        .header("cookie", session)
+        .form(&[("csrf", csrf.as_str()), ("server", server)])
+        .send()
+        .await?)
+}
+
 /// Starts authorising `server` with `session`; the provider's redirect back
 /// (with a code and the state) after `login` signed in there, and the flow
 /// cookie the page set.
@@ -95,20 +120,7 @@ pub async fn authorise(
     server: &str,
     login: &str,
 ) -> Result<(String, String)> {
-    let page = c
-        .get(format!("{http}/connect/e2e"))
-        .header("cookie", session)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let csrf = csrf_in(&page)?;
-    let r = c
-        .post(format!("{http}/connect/e2e/authorise"))
-        .header("cookie", session)
-        .form(&[("csrf", csrf.as_str()), ("server", server)])
-        .send()
-        .await?;
+    let r = press(c, http, session, "authorise", server).await?;
     assert_eq!(r.status(), 303);
     let flow = flow_cookie(&r)?;
     let r = c

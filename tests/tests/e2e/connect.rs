@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::connect_client::{
-    authorise, both, clears, csrf_in, flow_cookie, get, query_param, raw_client, set_cookie,
+    authorise, both, clears, csrf_in, flow_cookie, get, press, query_param, raw_client, set_cookie,
     sign_in, start_sign_in, with_param,
 };
 use latchkey_e2e::peers::{Idp, OauthMcp, code_in, jwt_claims, start_provider_and_upstream};
@@ -897,20 +897,7 @@ async fn a_disconnect_whose_revocation_fails_still_deletes_the_tokens_here_and_s
 
     s.provider.misbehave(&[("revoke_fails", "1")]).await?;
     let before = s.provider.stats().await?.revocations;
-    let page = c
-        .get(format!("{http}/connect/e2e"))
-        .header("cookie", &session)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let csrf = csrf_in(&page)?;
-    let r = c
-        .post(format!("{http}/connect/e2e/disconnect"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf.as_str()), ("server", "crm")])
-        .send()
-        .await?;
+    let r = press(&c, &http, &session, "disconnect", "crm").await?;
     let status = r.status().as_u16();
     let body = r.text().await?;
     assert_eq!(status, 200, "{body}");
