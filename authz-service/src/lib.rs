@@ -44,6 +44,7 @@ pub mod oauth;
 pub mod otlp;
 pub mod policy;
 pub mod policy_tool;
+pub mod principal;
 pub mod redis_backend;
 pub mod refresh;
 pub mod reload;
