@@ -158,7 +158,7 @@ impl AdminService {
         }
         Ok(Operator {
             subject: caller.subject,
-            capabilities: Capabilities::from_claims(&claims, admin),
+            capabilities: Capabilities::from_claims(&claims, &admin.claim_grants()),
         })
     }
 

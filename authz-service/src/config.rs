@@ -350,6 +350,17 @@ fn default_role_claims() -> Vec<String> {
     vec!["groups".into(), "roles".into()]
 }
 
+impl AdminConfig {
+    /// The claim settings `Capabilities::from_claims` reads.
+    pub fn claim_grants(&self) -> crate::capability::ClaimGrants<'_> {
+        crate::capability::ClaimGrants {
+            capabilities_claim: &self.capabilities_claim,
+            role_claims: &self.role_claims,
+            roles: &self.roles,
+        }
+    }
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
