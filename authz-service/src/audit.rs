@@ -105,23 +105,6 @@ impl LifecycleEvent {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-
-    /// Echoes the event to the structured log (target `latchkey::audit`)
-    /// and to the OpenTelemetry collector, if one is configured.
-    pub fn log(&self) {
-        let json = self.to_json();
-        let summary = |v: &Option<Value>| v.as_ref().map(Value::to_string);
-        tracing::info!(
-            target: "latchkey::audit",
-            action = %self.action,
-            actor = %self.actor,
-            target_kind = self.target_kind,
-            target = %self.target,
-            before = summary(&self.before).as_deref(),
-            after = summary(&self.after).as_deref(),
-        );
-        crate::otlp::export(&json);
-    }
 }
 
 /// One authorization decision: who, through which agent, asked what, and
