@@ -1701,7 +1701,7 @@ async fn revoke(c: &Connect, record: &VaultRecord) -> Revocation {
     if !provider.can_revoke() {
         return Revocation::NoEndpoint;
     }
-    let secret = match c.app.credentials.keys.open_identity(record) {
+    let secret = match record.open(&c.app.credentials.keys) {
         Ok(s) => s,
         Err(e) => return Revocation::Failed(format!("its tokens could not be opened: {e}")),
     };

@@ -109,7 +109,7 @@ impl Credentials {
             let Some(record) = self.store.get::<VaultRecord>(&key).await? else {
                 return Ok::<_, CredentialError>(Entry::Identity(None));
             };
-            let secret = self.keys.open_identity(&record)?;
+            let secret = record.open(&self.keys)?;
             Ok(Entry::Identity(Some(Arc::new(OpenIdentity {
                 record,
                 secret,
@@ -149,9 +149,7 @@ impl Credentials {
         secret: &IdentitySecret,
     ) -> Result<Sealed, CredentialError> {
         let key_id = self.sealing_key().await?;
-        Ok(self
-            .keys
-            .seal_identity(&key_id, id, server, version, secret)?)
+        Ok(secret.seal(&self.keys, &key_id, id, server, version)?)
     }
 
     /// Stores `secret` as identity `id`: a new record, or (when `replace`) a
@@ -437,14 +435,9 @@ impl Credentials {
                     out.already_current += 1;
                     break;
                 }
-                let secret = self.keys.open_identity(&record)?;
-                record.sealed = self.keys.seal_identity(
-                    to,
-                    &record.id,
-                    &record.server,
-                    record.version,
-                    &secret,
-                )?;
+                let secret = record.open(&self.keys)?;
+                record.sealed =
+                    secret.seal(&self.keys, to, &record.id, &record.server, record.version)?;
                 let new = serde_json::to_string(&record).unwrap_or_default();
                 if self.store.replace_if_unchanged(&key, &raw, &new).await? {
                     out.re_encrypted += 1;

@@ -564,7 +564,7 @@ async fn load(
     let Some(record) = credentials.store.get::<VaultRecord>(&key).await? else {
         return Ok(None);
     };
-    let secret = credentials.keys.open_identity(&record)?;
+    let secret = record.open(&credentials.keys)?;
     Ok(Some(Arc::new(OpenIdentity { record, secret })))
 }
 

@@ -137,7 +137,7 @@ scheme = "per_user"
             .arg(format!("latchkey:identity:{id}"))
             .query(&mut self.redis()?)?;
         let record: VaultRecord = serde_json::from_str(&raw)?;
-        match keys.open_identity(&record)? {
+        match record.open(&keys)? {
             IdentitySecret::Oauth {
                 access_token,
                 refresh_token,

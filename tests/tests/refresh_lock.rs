@@ -276,7 +276,7 @@ async fn stored(replica: &Replica) -> Result<(VaultRecord, IdentitySecret)> {
         .get(&store.identity_key(ID))
         .await?
         .context("identity gone")?;
-    let secret = replica.credentials.keys.open_identity(&record)?;
+    let secret = record.open(&replica.credentials.keys)?;
     Ok((record, secret))
 }
 
