@@ -2,12 +2,13 @@
 //! the Latchkey filter: the message is classified from the forwarded headers
 //! and body (`with_request_body`) with the same code the filter runs.
 
-use latchkey_filter::mcp::{self, McpMessage};
+use latchkey_filter::mcp::{self, McpMessage, RequestError};
 use latchkey_proto::auth::attribute_context::HttpRequest;
 
-use crate::context::BadRequest;
-
-pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadRequest> {
+/// The message Envoy forwarded, or `None` for a request without an HTTP
+/// method; the error is the filter's own, which `context` turns into its
+/// `BadRequest` (this module knows nothing of `context`).
+pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, RequestError> {
     if http.method.is_empty() {
         return Ok(None);
     }
@@ -24,9 +25,7 @@ pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadReques
     } else {
         http.raw_body.as_slice()
     };
-    mcp::classify(&headers, body)
-        .map(Some)
-        .map_err(BadRequest::from)
+    mcp::classify(&headers, body).map(Some)
 }
 
 #[cfg(test)]
