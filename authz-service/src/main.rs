@@ -28,7 +28,7 @@ use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
-use latchkey_authz::{admin, admin_client, authn, check, http, policy_tool, routing, state};
+use latchkey_authz::{admin, admin_client, authn, http, policy_tool, routing, state};
 use latchkey_filter::visibility::ItemKind;
 
 #[derive(Parser)]
@@ -671,13 +671,13 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         client_capabilities: Default::default(),
         refresher,
         announced: Default::default(),
-        config,
-        routes,
-        verifier,
+        config: Arc::new(config),
+        routes: Arc::new(routes),
+        verifier: Arc::new(verifier),
         credentials,
         policy,
         audit,
-        metrics,
+        metrics: Arc::new(metrics),
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 
@@ -691,14 +691,12 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     grpc_security.log(grpc_addr);
     let grpc = grpc
         .add_service(AuthorizationServer::with_interceptor(
-            check::CheckService {
-                state: state.clone(),
-            },
+            state.check_service(),
             callers.clone(),
         ))
         .add_service(ElicitationsServer::with_interceptor(
             latchkey_authz::elicitation::ElicitationService {
-                state: state.clone(),
+                store: state.credentials.store.clone(),
             },
             callers,
         ))
