@@ -321,7 +321,7 @@ impl Admin for AdminService {
             op.require(Capability::IdentitiesManage, "creating a global identity")?;
         }
         let id = if req.id.is_empty() {
-            format!("{}-{}", req.server, short_random())
+            format!("{}-{}", req.server, crate::hex::random(6))
         } else {
             req.id.clone()
         };
@@ -746,12 +746,6 @@ fn identity_secret_from(
             ))
         }
     }
-}
-
-fn short_random() -> String {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    format!("{:012x}", n & 0xffff_ffff_ffff)
 }
 
 pub fn identity_pb(r: &VaultRecord) -> pb::Identity {

@@ -14,7 +14,6 @@
 //! the stream whatever its fields held.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -43,12 +42,12 @@ pub fn bound(value: &str) -> Cow<'_, str> {
     if value.len() <= FIELD_MAX {
         return Cow::Borrowed(value);
     }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
-    let mut marker = format!("…[truncated: {} bytes, sha256 ", value.len());
-    for b in &digest.as_ref()[..8] {
-        let _ = write!(marker, "{b:02x}");
-    }
-    marker.push(']');
+    let digest = crate::hex::sha256(value.as_bytes());
+    let marker = format!(
+        "…[truncated: {} bytes, sha256 {}]",
+        value.len(),
+        &digest[..16]
+    );
     let mut keep = FIELD_MAX - marker.len();
     while !value.is_char_boundary(keep) {
         keep -= 1;

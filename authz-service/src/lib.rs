@@ -43,6 +43,7 @@ pub mod decision;
 pub mod elicitation;
 pub mod envoy_config;
 pub mod grpc_tls;
+pub mod hex;
 pub mod http;
 pub mod identity;
 pub mod istio;

@@ -621,7 +621,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     // unauthenticated callers is refused, not started.
     let grpc_security = ListenerSecurity::from_listen(&config.listen)?;
     let credentials = open_credentials(&config).await?;
-    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
+    let replica_id = format!("{}-{}", std::process::id(), latchkey_authz::hex::random(4));
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
     tokio::spawn(
@@ -783,11 +783,6 @@ async fn announce(state: Arc<state::AppState>, replica_id: String) {
         }
         tokio::time::sleep(every).await;
     }
-}
-
-fn short_random_hex() -> String {
-    use rand::Rng;
-    format!("{:08x}", rand::rng().random::<u32>())
 }
 
 async fn shutdown_signal() {

@@ -657,12 +657,7 @@ async fn release(credentials: &Credentials, id: &str, lock: &str, token: &str) {
 }
 
 fn lock_token() -> String {
-    use rand::Rng;
-    format!(
-        "{}-{:032x}",
-        std::process::id(),
-        rand::rng().random::<u128>()
-    )
+    format!("{}-{}", std::process::id(), crate::hex::random(16))
 }
 
 #[cfg(test)]

@@ -21,13 +21,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         // Pure types and logic: the config model, who calls (principal,
         // agents), identities and the vault's ciphers, routing,
-        // capabilities, policy, audit event types, the metrics registry.
+        // capabilities, policy, audit event types, the metrics registry,
+        // random ids and digests in hex.
         "core",
         &[
             "agents",
             "audit",
             "capability",
             "config",
+            "hex",
             "identity",
             "metrics",
             "policy",
