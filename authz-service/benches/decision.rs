@@ -22,7 +22,7 @@ use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::authn::TokenVerifier;
 use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
-use latchkey_authz::credentials::Credentials;
+use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
 use latchkey_authz::identity::{Availability, IdentitySecret};
 use latchkey_authz::metrics::Metrics;
 use latchkey_authz::policy::Policy;
@@ -220,15 +220,16 @@ fn bench(c: &mut Criterion) {
             value: Secret::new("sa-secret"),
         };
         credentials
-            .put_identity(
-                "bench",
-                "crm-sa",
-                "crm",
-                "bench",
-                Availability::Global,
-                &secret,
-                true,
-            )
+            .put_identity(NewIdentity {
+                actor: "bench",
+                id: "crm-sa",
+                server: "crm",
+                owner: "bench",
+                availability: Availability::Global,
+                secret: &secret,
+                replace: true,
+                meta: TokenMeta::default(),
+            })
             .await
             .expect("store");
         let verifier = TokenVerifier::new(&config.identity_provider);

@@ -14,7 +14,9 @@ use crate::audit::{LifecycleEvent, identity_summary, principal_summary};
 use crate::authn::bearer_token;
 use crate::capability::{Capabilities, Capability};
 use crate::config::IdentityScheme;
-use crate::credentials::{ChangeError, CredentialError, PutError, RotateError, TokenMeta};
+use crate::credentials::{
+    ChangeError, CredentialError, NewIdentity, PutError, RotateError, TokenMeta,
+};
 use crate::identity::{
     Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
     UseError, VaultRecord, now_rfc3339,
@@ -342,16 +344,16 @@ impl Admin for AdminService {
         let record = self
             .state
             .credentials
-            .put_identity_with(
-                &op.subject,
-                &id,
-                &req.server,
-                &owner,
+            .put_identity(NewIdentity {
+                actor: &op.subject,
+                id: &id,
+                server: &req.server,
+                owner: &owner,
                 availability,
-                &secret,
-                false,
+                secret: &secret,
+                replace: false,
                 meta,
-            )
+            })
             .await
             .map_err(|e| match e {
                 PutError::Exists(_) => RpcStatus::already_exists(e.to_string()),

@@ -47,7 +47,7 @@ use url::Url;
 use crate::config::{ConnectConfig, Gateway, IdentityScheme};
 use crate::connect_page::{Candidate, Page, Row, View, connect_page};
 use crate::consent::ConsentRecord;
-use crate::credentials::{ChangeError, PutError, TokenMeta};
+use crate::credentials::{ChangeError, NewIdentity, PutError, TokenMeta};
 use crate::hex;
 use crate::identity::{
     Availability, ConnectionRecord, CredentialKind, IdentitySecret, PrincipalKind, Status,
@@ -1394,16 +1394,16 @@ async fn store_tokens(
     };
     c.app
         .credentials
-        .put_identity_with(
-            f.user,
-            &id,
-            f.server,
-            f.user,
-            Availability::Private,
-            &secret,
+        .put_identity(NewIdentity {
+            actor: f.user,
+            id: &id,
+            server: f.server,
+            owner: f.user,
+            availability: Availability::Private,
+            secret: &secret,
             replace,
             meta,
-        )
+        })
         .await
         .map_err(|e| match e {
             PutError::Credential(crate::credentials::CredentialError::Store(s)) => store_down(&s),

@@ -18,7 +18,7 @@ use latchkey_authz::admin_client::{
 use latchkey_authz::audit_read::{self, AuditCommand, AuditReader};
 use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
-use latchkey_authz::credentials::Credentials;
+use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
 use latchkey_authz::envoy_config::{self, AuthzMode, DownstreamTls, RenderOptions};
 use latchkey_authz::grpc_tls::ListenerSecurity;
 use latchkey_authz::identity::{Availability, IdentitySecret};
@@ -308,15 +308,16 @@ fn main() -> Result<()> {
                 .block_on(async {
                     let credentials = open_credentials(&config).await?;
                     let record = credentials
-                        .put_identity(
-                            &format!("{owner} (offline put-shared)"),
-                            &id,
-                            &server,
-                            &owner,
-                            Availability::Global,
-                            &secret,
-                            true,
-                        )
+                        .put_identity(NewIdentity {
+                            actor: &format!("{owner} (offline put-shared)"),
+                            id: &id,
+                            server: &server,
+                            owner: &owner,
+                            availability: Availability::Global,
+                            secret: &secret,
+                            replace: true,
+                            meta: TokenMeta::default(),
+                        })
                         .await?;
                     println!(
                         "stored identity '{}' for server '{}' (version {}, key {})",
