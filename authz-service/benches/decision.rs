@@ -22,14 +22,13 @@ use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::authn::TokenVerifier;
 use latchkey_authz::check::CheckService;
 use latchkey_authz::config::Config;
-use latchkey_authz::credentials::Credentials;
+use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
 use latchkey_authz::identity::{Availability, IdentitySecret};
 use latchkey_authz::metrics::Metrics;
 use latchkey_authz::policy::Policy;
 use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
 use latchkey_authz::routing::RouteTable;
-use latchkey_authz::state::AppState;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
 use latchkey_proto::auth::authorization_server::Authorization;
@@ -204,7 +203,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let state = rt.block_on(async {
+    let service = rt.block_on(async {
         let keys = KeyRing::from_config(&config.vault).expect("keys");
         let store = Store::connect(
             &Topology::Single {
@@ -221,15 +220,16 @@ fn bench(c: &mut Criterion) {
             value: Secret::new("sa-secret"),
         };
         credentials
-            .put_identity(
-                "bench",
-                "crm-sa",
-                "crm",
-                "bench",
-                Availability::Global,
-                &secret,
-                true,
-            )
+            .put_identity(NewIdentity {
+                actor: "bench",
+                id: "crm-sa",
+                server: "crm",
+                owner: "bench",
+                availability: Availability::Global,
+                secret: &secret,
+                replace: true,
+                meta: TokenMeta::default(),
+            })
             .await
             .expect("store");
         let verifier = TokenVerifier::new(&config.identity_provider);
@@ -239,21 +239,18 @@ fn bench(c: &mut Criterion) {
         let policy = Arc::new(PolicySource::fixed(
             Policy::compile(&config, "").expect("policy"),
         ));
-        Arc::new(AppState {
-            routes: RouteTable::build(&config),
-            config,
-            verifier,
+        CheckService {
+            routes: Arc::new(RouteTable::build(&config)),
+            config: Arc::new(config),
+            verifier: Arc::new(verifier),
             credentials,
             policy,
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
-            metrics: Metrics::new(),
-            providers: Default::default(),
+            metrics: Arc::new(Metrics::new()),
             client_capabilities: Default::default(),
             refresher: Default::default(),
-            announced: Default::default(),
-        })
+        }
     });
-    let service = CheckService { state };
     let request = check_request(&token);
     // Warm the credential cache, and prove the path allows.
     let warm = rt

@@ -9,9 +9,9 @@
 //! * `policy_visibility`: building the caller's view for a list request.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use latchkey_authz::authn::Caller;
 use latchkey_authz::config::Config;
 use latchkey_authz::policy::Policy;
+use latchkey_authz::principal::Caller;
 use latchkey_filter::visibility::ItemKind;
 use serde_json::json;
 use std::fmt::Write;

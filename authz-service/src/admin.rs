@@ -14,7 +14,9 @@ use crate::audit::{LifecycleEvent, identity_summary, principal_summary};
 use crate::authn::bearer_token;
 use crate::capability::{Capabilities, Capability};
 use crate::config::IdentityScheme;
-use crate::credentials::{ChangeError, CredentialError, PutError, RotateError, TokenMeta};
+use crate::credentials::{
+    ChangeError, CredentialError, NewIdentity, PutError, RotateError, TokenMeta,
+};
 use crate::identity::{
     Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
     UseError, VaultRecord, now_rfc3339,
@@ -158,7 +160,7 @@ impl AdminService {
         }
         Ok(Operator {
             subject: caller.subject,
-            capabilities: Capabilities::from_claims(&claims, admin),
+            capabilities: Capabilities::from_claims(&claims, &admin.claim_grants()),
         })
     }
 
@@ -321,7 +323,7 @@ impl Admin for AdminService {
             op.require(Capability::IdentitiesManage, "creating a global identity")?;
         }
         let id = if req.id.is_empty() {
-            format!("{}-{}", req.server, short_random())
+            format!("{}-{}", req.server, crate::hex::random(6))
         } else {
             req.id.clone()
         };
@@ -342,16 +344,16 @@ impl Admin for AdminService {
         let record = self
             .state
             .credentials
-            .put_identity_with(
-                &op.subject,
-                &id,
-                &req.server,
-                &owner,
+            .put_identity(NewIdentity {
+                actor: &op.subject,
+                id: &id,
+                server: &req.server,
+                owner: &owner,
                 availability,
-                &secret,
-                false,
+                secret: &secret,
+                replace: false,
                 meta,
-            )
+            })
             .await
             .map_err(|e| match e {
                 PutError::Exists(_) => RpcStatus::already_exists(e.to_string()),
@@ -746,12 +748,6 @@ fn identity_secret_from(
             ))
         }
     }
-}
-
-fn short_random() -> String {
-    use rand::Rng;
-    let n: u64 = rand::rng().random();
-    format!("{:012x}", n & 0xffff_ffff_ffff)
 }
 
 pub fn identity_pb(r: &VaultRecord) -> pb::Identity {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::authn::Caller;
+use crate::principal::{AgentSource, Caller};
 
 /// `[[agents]]`: one provisioned agent.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,33 +40,6 @@ pub enum UnknownAgents {
     Deny,
     /// Let through under the raw id it presented (grants may name that id).
     Allow,
-}
-
-/// Where an agent was recognised from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentSource {
-    Mtls,
-    ClientId,
-    Actor,
-}
-
-impl AgentSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            AgentSource::Mtls => "mtls",
-            AgentSource::ClientId => "client_id",
-            AgentSource::Actor => "act",
-        }
-    }
-
-    /// For messages: "mTLS peer identity", ...
-    pub fn describe(self) -> &'static str {
-        match self {
-            AgentSource::Mtls => "mTLS peer identity",
-            AgentSource::ClientId => "token's client_id",
-            AgentSource::Actor => "token's act claim",
-        }
-    }
 }
 
 /// The agent behind one request.

@@ -14,7 +14,6 @@
 //! the stream whatever its fields held.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -43,12 +42,12 @@ pub fn bound(value: &str) -> Cow<'_, str> {
     if value.len() <= FIELD_MAX {
         return Cow::Borrowed(value);
     }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
-    let mut marker = format!("…[truncated: {} bytes, sha256 ", value.len());
-    for b in &digest.as_ref()[..8] {
-        let _ = write!(marker, "{b:02x}");
-    }
-    marker.push(']');
+    let digest = crate::hex::sha256(value.as_bytes());
+    let marker = format!(
+        "…[truncated: {} bytes, sha256 {}]",
+        value.len(),
+        &digest[..16]
+    );
     let mut keep = FIELD_MAX - marker.len();
     while !value.is_char_boundary(keep) {
         keep -= 1;
@@ -104,23 +103,6 @@ impl LifecycleEvent {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Echoes the event to the structured log (target `latchkey::audit`)
-    /// and to the OpenTelemetry collector, if one is configured.
-    pub fn log(&self) {
-        let json = self.to_json();
-        let summary = |v: &Option<Value>| v.as_ref().map(Value::to_string);
-        tracing::info!(
-            target: "latchkey::audit",
-            action = %self.action,
-            actor = %self.actor,
-            target_kind = self.target_kind,
-            target = %self.target,
-            before = summary(&self.before).as_deref(),
-            after = summary(&self.after).as_deref(),
-        );
-        crate::otlp::export(&json);
     }
 }
 

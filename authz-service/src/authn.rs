@@ -16,9 +16,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::agents::AgentSource;
 use crate::config::IdentityProvider;
 use crate::metrics::{LookupCounts, Lookups};
+use crate::principal::Caller;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthnError {
@@ -96,25 +96,6 @@ impl AuthnError {
             _ => Some("invalid_token"),
         }
     }
-}
-
-/// The caller, as established from a verified token (and, once
-/// `agents` has looked, the agent behind it).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
-    pub subject: String,
-    /// The OAuth client the token was issued to (`client_id`, else `azp`).
-    pub client_id: Option<String>,
-    /// Values of the token's `groups` and `roles` claims (for policy).
-    pub roles: Vec<String>,
-    /// The RFC 8693 delegation chain: the `sub` (else `client_id`) of the
-    /// token's `act` claim, then of each nested `act`, current actor first.
-    pub actors: Vec<String>,
-    /// The agent acting, by its provisioned name (set by `agents`).
-    pub agent: Option<String>,
-    pub agent_source: Option<AgentSource>,
-    /// The agent acts for nobody: `subject` is the agent itself.
-    pub headless: bool,
 }
 
 /// The deepest delegation chain accepted; a longer one is refused rather

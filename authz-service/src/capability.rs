@@ -3,12 +3,10 @@
 //! groups and roles it lists, mapped in `[admin.roles]`. Managing your own
 //! identities and connections needs no capability at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
-
-use crate::config::AdminConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
@@ -62,6 +60,19 @@ impl fmt::Display for Capability {
     }
 }
 
+/// Where a token's claims grant capabilities: `[admin]`'s claim settings,
+/// borrowed (`AdminConfig::claim_grants`), so this vocabulary does not
+/// depend on the config model that validates names against it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimGrants<'a> {
+    /// The claim listing capabilities directly.
+    pub capabilities_claim: &'a str,
+    /// Claims whose values are group or role names, looked up in `roles`.
+    pub role_claims: &'a [String],
+    /// Group or role name → the capabilities it grants.
+    pub roles: &'a BTreeMap<String, Vec<String>>,
+}
+
 /// The capabilities one caller holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities(BTreeSet<Capability>);
@@ -69,16 +80,16 @@ pub struct Capabilities(BTreeSet<Capability>);
 impl Capabilities {
     /// Reads capabilities from verified token claims. Unknown names are
     /// ignored: an identity provider may carry capabilities of other systems.
-    pub fn from_claims(claims: &Map<String, Value>, admin: &AdminConfig) -> Self {
+    pub fn from_claims(claims: &Map<String, Value>, grants: &ClaimGrants<'_>) -> Self {
         let mut held = BTreeSet::new();
-        for name in strings(claims.get(&admin.capabilities_claim)) {
+        for name in strings(claims.get(grants.capabilities_claim)) {
             if let Some(c) = Capability::parse(name) {
                 held.insert(c);
             }
         }
-        for claim in &admin.role_claims {
+        for claim in grants.role_claims {
             for role in strings(claims.get(claim)) {
-                for name in admin.roles.get(role).into_iter().flatten() {
+                for name in grants.roles.get(role).into_iter().flatten() {
                     if let Some(c) = Capability::parse(name) {
                         held.insert(c);
                     }
@@ -112,13 +123,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn admin() -> AdminConfig {
-        let mut a = AdminConfig::default();
-        a.roles.insert(
-            "secops".into(),
-            vec!["identities:manage".into(), "keys:manage".into()],
-        );
-        a
+    /// `[admin]`'s defaults (`latchkey_capabilities`; `groups`, `roles`)
+    /// with one role mapped (leaked: a test's few bytes).
+    fn admin() -> ClaimGrants<'static> {
+        let roles = BTreeMap::from([(
+            "secops".to_string(),
+            vec!["identities:manage".to_string(), "keys:manage".to_string()],
+        )]);
+        ClaimGrants {
+            capabilities_claim: "latchkey_capabilities",
+            role_claims: Vec::leak(vec!["groups".to_string(), "roles".to_string()]),
+            roles: Box::leak(Box::new(roles)),
+        }
     }
 
     fn claims(v: Value) -> Map<String, Value> {

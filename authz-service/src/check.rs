@@ -1,6 +1,11 @@
 //! The gRPC `envoy.service.auth.v3.Authorization` service: parse the
 //! CheckRequest into a context, decide, answer, and log, audit and count the
 //! decision (one event for all three).
+//!
+//! The service holds only what a Check reads (routes, policy, verifier,
+//! credentials, refresher, consent memory, and the recorder: metrics and the
+//! audit writer), never the admin API's, the connect page's or the HTTP
+//! side's state: the request path cannot reach the control plane.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,16 +15,34 @@ use latchkey_proto::auth::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
 use crate::audit::DecisionEvent;
-use crate::config::ResponseFormat;
-use crate::consent;
+use crate::audit_writer::AuditWriter;
+use crate::authn::TokenVerifier;
+use crate::config::{Config, ResponseFormat};
+use crate::consent::{self, CapabilityMemory};
 use crate::context::RequestContext;
+use crate::credentials::Credentials;
 use crate::decision::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny, HIDDEN_BY_POLICY};
 use crate::identity::now_rfc3339;
+use crate::metrics::Metrics;
+use crate::refresh::Refresher;
+use crate::reload::PolicySource;
 use crate::respond;
-use crate::state::AppState;
+use crate::routing::RouteTable;
 
+/// Every part is shared with the rest of the replica (`Arc`s and cheap
+/// clones of shared handles), so a change one side makes the other sees.
 pub struct CheckService {
-    pub state: Arc<AppState>,
+    /// Read for `[connect]` and each server's response format.
+    pub config: Arc<Config>,
+    pub routes: Arc<RouteTable>,
+    pub policy: Arc<PolicySource>,
+    pub verifier: Arc<TokenVerifier>,
+    pub credentials: Credentials,
+    pub refresher: Refresher,
+    /// Client capabilities this replica already wrote to Redis.
+    pub client_capabilities: CapabilityMemory,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditWriter>,
 }
 
 #[tonic::async_trait]
@@ -54,13 +77,13 @@ impl Authorization for CheckService {
                 return Ok(Response::new(denied));
             }
         };
-        let policy = self.state.policy.current();
+        let policy = self.policy.current();
         let decider = Decider {
-            routes: &self.state.routes,
+            routes: &self.routes,
             policy: &policy,
-            verifier: &self.state.verifier,
-            credentials: &self.state.credentials,
-            refresher: &self.state.refresher,
+            verifier: &self.verifier,
+            credentials: &self.credentials,
+            refresher: &self.refresher,
         };
         let decision = decider.decide(&ctx).await;
         let decision = self.consent(&ctx, decision).await;
@@ -79,7 +102,7 @@ impl CheckService {
     /// at `initialize`, refuse a `requestState` that is not this call's,
     /// and turn "needs an identity" into the in-band consent answer.
     async fn consent(&self, ctx: &RequestContext, decision: Decision) -> Decision {
-        let state = &self.state;
+        let state = self;
         let method = ctx.mcp.as_ref().and_then(|m| m.method.as_deref());
         let needs_consent = matches!(&decision, Decision::Deny(d) if d.reason == CONSENT_NEEDED);
         let remember = method == Some("initialize") && state.config.connect.is_some();
@@ -139,7 +162,7 @@ impl CheckService {
         }
         let server = deny.attribution.as_ref().map(|a| a.server.as_str());
         let sse = server
-            .and_then(|s| self.state.config.server(s))
+            .and_then(|s| self.config.server(s))
             .is_some_and(|s| s.responses == ResponseFormat::Sse);
         let session = ctx.mcp.as_ref().and_then(|m| m.session_id.as_deref());
         Some(respond::UpstreamFraming::new(
@@ -154,8 +177,8 @@ impl CheckService {
     /// the audit stream. Neither waits.
     fn record(&self, mut event: DecisionEvent) {
         event.bound_fields();
-        self.state.metrics.record_decision(&event);
-        self.state.audit.record(&event);
+        self.metrics.record_decision(&event);
+        self.audit.record(&event);
     }
 }
 

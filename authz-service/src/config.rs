@@ -3,7 +3,7 @@
 //! publish them. Loading validates cross references so a mistake is reported
 //! with the name that is wrong, before anything starts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -350,6 +350,17 @@ fn default_role_claims() -> Vec<String> {
     vec!["groups".into(), "roles".into()]
 }
 
+impl AdminConfig {
+    /// The claim settings `Capabilities::from_claims` reads.
+    pub fn claim_grants(&self) -> crate::capability::ClaimGrants<'_> {
+        crate::capability::ClaimGrants {
+            capabilities_claim: &self.capabilities_claim,
+            role_claims: &self.role_claims,
+            roles: &self.roles,
+        }
+    }
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
@@ -379,7 +390,7 @@ pub struct AuditConfig {
     #[serde(default = "default_audit_queue")]
     pub queue_events: usize,
     /// Also export events to an OpenTelemetry collector.
-    pub otlp: Option<crate::otlp::OtlpConfig>,
+    pub otlp: Option<OtlpConfig>,
 }
 
 fn default_audit_max_len() -> usize {
@@ -398,6 +409,40 @@ impl Default for AuditConfig {
             queue_events: default_audit_queue(),
             otlp: None,
         }
+    }
+}
+
+/// `[audit.otlp]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP logs endpoint, e.g.
+    /// `http://otel-collector:4318/v1/logs`.
+    pub endpoint: String,
+    /// Extra request headers (an API key for a hosted collector, say).
+    /// Never logged.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    #[serde(default = "default_otlp_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_otlp_timeout_ms() -> u64 {
+    5000
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for OtlpConfig {
+    /// The endpoint and header names only: header values may be secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        write!(f, "{} (headers: {})", self.endpoint, names.join(", "))
     }
 }
 

@@ -47,7 +47,8 @@ use url::Url;
 use crate::config::{ConnectConfig, Gateway, IdentityScheme};
 use crate::connect_page::{Candidate, Page, Row, View, connect_page};
 use crate::consent::ConsentRecord;
-use crate::credentials::{ChangeError, PutError, TokenMeta};
+use crate::credentials::{ChangeError, NewIdentity, PutError, TokenMeta};
+use crate::hex;
 use crate::identity::{
     Availability, ConnectionRecord, CredentialKind, IdentitySecret, PrincipalKind, Status,
     VaultRecord, now_rfc3339,
@@ -152,12 +153,6 @@ pub fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// What Redis keys are named by: the SHA-256 of a cookie or state, in hex.
-pub fn digest(value: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Whether two secrets are equal, in time independent of where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
@@ -234,11 +229,7 @@ pub fn new_identity_id(server: &str, user: &str) -> String {
             .take(max)
             .collect()
     };
-    let suffix = {
-        use rand::Rng;
-        let n: u64 = rand::rng().random();
-        format!("{:012x}", n & 0xffff_ffff_ffff)
-    };
+    let suffix = hex::random(6);
     format!("{}-{}-{suffix}", clean(server, 48), clean(user, 64))
 }
 
@@ -450,7 +441,7 @@ impl Connect {
 
     /// The name of the cookie that carries the flow issued under `state`.
     fn flow_cookie(state: &str) -> String {
-        format!("{FLOW_COOKIE}{}", &digest(state)[..16])
+        format!("{FLOW_COOKIE}{}", &hex::sha256(state.as_bytes())[..16])
     }
 
     /// Seals `flow`, issued under `state`, into the `Set-Cookie` of its own
@@ -642,7 +633,7 @@ impl Connect {
         let name = self.cookie_name(SESSION_COOKIE);
         let store = self.store();
         for id in cookies(headers, &name).filter(|v| well_formed_token(v)) {
-            let hash = digest(id);
+            let hash = hex::sha256(id.as_bytes());
             match store
                 .get::<Session>(&store.connect_session_key(&hash))
                 .await
@@ -1270,7 +1261,11 @@ async fn finish_sign_in(
     };
     let ttl = Duration::from_secs(c.settings.session_ttl_secs.max(1));
     store
-        .put_expiring(&store.connect_session_key(&digest(&id)), &session, ttl)
+        .put_expiring(
+            &store.connect_session_key(&hex::sha256(id.as_bytes())),
+            &session,
+            ttl,
+        )
         .await
         .map_err(|e| store_down(&e))?;
     tracing::info!(target: "latchkey::connect", user = %caller.subject, "signed in to the connect page");
@@ -1399,16 +1394,16 @@ async fn store_tokens(
     };
     c.app
         .credentials
-        .put_identity_with(
-            f.user,
-            &id,
-            f.server,
-            f.user,
-            Availability::Private,
-            &secret,
+        .put_identity(NewIdentity {
+            actor: f.user,
+            id: &id,
+            server: f.server,
+            owner: f.user,
+            availability: Availability::Private,
+            secret: &secret,
             replace,
             meta,
-        )
+        })
         .await
         .map_err(|e| match e {
             PutError::Credential(crate::credentials::CredentialError::Store(s)) => store_down(&s),
@@ -1701,7 +1696,7 @@ async fn revoke(c: &Connect, record: &VaultRecord) -> Revocation {
     if !provider.can_revoke() {
         return Revocation::NoEndpoint;
     }
-    let secret = match c.app.credentials.keys.open_identity(record) {
+    let secret = match record.open(&c.app.credentials.keys) {
         Ok(s) => s,
         Err(e) => return Revocation::Failed(format!("its tokens could not be opened: {e}")),
     };
@@ -1795,11 +1790,11 @@ mod tests {
     #[test]
     fn keys_are_named_by_a_digest_not_the_value() {
         let v = random_token();
-        let d = digest(&v);
+        let d = hex::sha256(v.as_bytes());
         assert_eq!(d.len(), 64);
         assert!(!d.contains(&v));
-        assert_eq!(d, digest(&v));
-        assert_ne!(d, digest(&random_token()));
+        assert_eq!(d, hex::sha256(v.as_bytes()));
+        assert_ne!(d, hex::sha256(random_token().as_bytes()));
     }
 
     #[test]
@@ -1889,7 +1884,7 @@ mod tests {
             state: state.clone(),
             exp: 0,
             flow: Flow::Server {
-                session: digest("s"),
+                session: hex::sha256(b"s"),
                 user: "alice".into(),
                 gateway: "corp".into(),
                 server: "crm".into(),

@@ -234,13 +234,6 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn random_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Who a consent answer is for, from the refusal's attribution.
 struct Asker<'a> {
     user: &'a str,
@@ -285,7 +278,7 @@ pub async fn ask(
     let ttl = Duration::from_secs(connect.consent_ttl_secs.max(1));
     let expires = time::OffsetDateTime::now_utc() + ttl;
     let record = ConsentRecord {
-        id: random_id(),
+        id: crate::hex::random(16),
         user: user.to_string(),
         gateway: at.gateway.clone(),
         server: at.server.clone(),

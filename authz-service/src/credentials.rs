@@ -39,6 +39,25 @@ pub struct Credentials {
     pub cache: Arc<ReplicaCache>,
 }
 
+/// One identity to store (`Credentials::put_identity`), by name: several
+/// of these are strings, and the actor and the owner are often the same.
+pub struct NewIdentity<'a> {
+    /// Who stores it (the lifecycle event's actor).
+    pub actor: &'a str,
+    pub id: &'a str,
+    pub server: &'a str,
+    /// The user it belongs to.
+    pub owner: &'a str,
+    pub availability: Availability,
+    pub secret: &'a IdentitySecret,
+    /// Store a new version of an existing identity (same server and owner);
+    /// otherwise an existing id is refused.
+    pub replace: bool,
+    /// What is known about an OAuth token (expiry, scopes); the default for
+    /// a static secret.
+    pub meta: TokenMeta,
+}
+
 /// The outcome of moving every record onto one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rotation {
@@ -109,7 +128,7 @@ impl Credentials {
             let Some(record) = self.store.get::<VaultRecord>(&key).await? else {
                 return Ok::<_, CredentialError>(Entry::Identity(None));
             };
-            let secret = self.keys.open_identity(&record)?;
+            let secret = record.open(&self.keys)?;
             Ok(Entry::Identity(Some(Arc::new(OpenIdentity {
                 record,
                 secret,
@@ -149,26 +168,15 @@ impl Credentials {
         secret: &IdentitySecret,
     ) -> Result<Sealed, CredentialError> {
         let key_id = self.sealing_key().await?;
-        Ok(self
-            .keys
-            .seal_identity(&key_id, id, server, version, secret)?)
+        Ok(secret.seal(&self.keys, &key_id, id, server, version)?)
     }
 
-    /// Stores `secret` as identity `id`: a new record, or (when `replace`) a
-    /// new version of an existing one for the same server. The record, its
-    /// indexes and the lifecycle event are written atomically.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn put_identity(
-        &self,
-        actor: &str,
-        id: &str,
-        server: &str,
-        owner: &str,
-        availability: Availability,
-        secret: &IdentitySecret,
-        replace: bool,
-    ) -> Result<VaultRecord, PutError> {
-        self.put_identity_with(
+    /// Stores an identity: a new record, or (when `replace`) a new version
+    /// of an existing one for the same server. The record, its indexes and
+    /// the lifecycle event are written atomically. Storing a secret clears
+    /// `consent_required`.
+    pub async fn put_identity(&self, new: NewIdentity<'_>) -> Result<VaultRecord, PutError> {
+        let NewIdentity {
             actor,
             id,
             server,
@@ -176,25 +184,8 @@ impl Credentials {
             availability,
             secret,
             replace,
-            TokenMeta::default(),
-        )
-        .await
-    }
-
-    /// [`Self::put_identity`] with what is known about OAuth tokens (expiry,
-    /// scopes). Storing a secret clears `consent_required`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn put_identity_with(
-        &self,
-        actor: &str,
-        id: &str,
-        server: &str,
-        owner: &str,
-        availability: Availability,
-        secret: &IdentitySecret,
-        replace: bool,
-        meta: TokenMeta,
-    ) -> Result<VaultRecord, PutError> {
+            meta,
+        } = new;
         if !crate::identity::valid_identity_id(id) {
             return Err(PutError::BadId(id.to_string()));
         }
@@ -437,14 +428,9 @@ impl Credentials {
                     out.already_current += 1;
                     break;
                 }
-                let secret = self.keys.open_identity(&record)?;
-                record.sealed = self.keys.seal_identity(
-                    to,
-                    &record.id,
-                    &record.server,
-                    record.version,
-                    &secret,
-                )?;
+                let secret = record.open(&self.keys)?;
+                record.sealed =
+                    secret.seal(&self.keys, to, &record.id, &record.server, record.version)?;
                 let new = serde_json::to_string(&record).unwrap_or_default();
                 if self.store.replace_if_unchanged(&key, &raw, &new).await? {
                     out.re_encrypted += 1;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::authn::{AuthnError, Caller, TokenVerifier, bearer_token};
+use crate::authn::{AuthnError, TokenVerifier, bearer_token};
 use crate::cache::OpenIdentity;
 use crate::config::{HiddenAnswer, HiddenStyle};
 use crate::config::{IdentityScheme, ServerAuth};
@@ -14,6 +14,7 @@ use crate::context::RequestContext;
 use crate::credentials::{CredentialError, Credentials};
 use crate::identity::{CredentialKind, PrincipalKind, Status, UseError};
 use crate::policy::{self, Policy};
+use crate::principal::Caller;
 use crate::refresh::{RefreshError, Refresher};
 use crate::routing::{Route, RouteTable};
 use crate::store::StoreError;

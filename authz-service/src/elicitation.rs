@@ -7,20 +7,19 @@
 //! `completed_at`), so any replica answers the same. It grants nothing: an
 //! id is reported completed only to the user it was issued to.
 
-use std::sync::Arc;
-
 use latchkey_proto::elicitation::elicitations_server::Elicitations;
 use latchkey_proto::elicitation::{CompletedRequest, CompletedResponse};
 use tonic::{Request, Response, Status};
 
 use crate::consent::ConsentRecord;
-use crate::state::AppState;
+use crate::store::Store;
 
 /// Most ids one question may carry (the filter keeps at most as many).
 pub const MAX_IDS: usize = latchkey_filter::completion::MAX_PENDING;
 
+/// Reads the consent requests in Redis; holds nothing else.
 pub struct ElicitationService {
-    pub state: Arc<AppState>,
+    pub store: Store,
 }
 
 /// The ids of `asked` whose consent request in `records` was completed by
@@ -51,7 +50,7 @@ impl Elicitations for ElicitationService {
                 asked.elicitations.len()
             )));
         }
-        let store = &self.state.credentials.store;
+        let store = &self.store;
         let keys: Vec<String> = asked
             .elicitations
             .iter()

@@ -77,7 +77,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// Every metric, in the Prometheus text format.
 async fn scrape(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(&Readings::of(&state));
+    let text = state.metrics.render(&readings(&state));
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -120,4 +120,19 @@ fn not_found(path: &str) -> Response {
         })),
     )
         .into_response()
+}
+
+/// What the other parts of this replica count, read at scrape time (the
+/// registry in `metrics` knows none of them).
+fn readings(state: &AppState) -> Readings {
+    let reloads = state.policy.reloads();
+    Readings {
+        credential_cache: state.credentials.cache.lookups(),
+        token_cache: state.verifier.cache_lookups(),
+        audit_backlog: state.audit.backlog(),
+        audit_written: state.audit.written(),
+        audit_dropped: state.audit.dropped(),
+        policy_reloads_ok: reloads.ok,
+        policy_reloads_refused: reloads.refused,
+    }
 }

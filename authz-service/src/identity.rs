@@ -1,14 +1,16 @@
 //! The identity model: identities (credentials scoped to one server), the
 //! users and agents who use them, and connections (which identity a user
 //! uses for each per-user server of a gateway). Plain data and the rules
-//! about who may use what; storage is `store`'s job, sealing `vault`'s.
+//! about who may use what; storage is `store`'s job; the
+//! ciphers are `vault`'s, and a record's secret is sealed and opened here,
+//! bound to that record (`identity_aad`), so the vault knows no identity.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vault::{Sealed, Secret};
+use crate::vault::{KeyRing, Sealed, Secret, VaultError};
 
 /// Who may select an identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +120,24 @@ impl IdentitySecret {
         }
     }
 
-    pub(crate) fn to_plaintext(&self) -> Vec<u8> {
+    /// Seals this secret with `key_id`, bound to the id, server and version
+    /// of the record that will hold it.
+    pub fn seal(
+        &self,
+        keys: &KeyRing,
+        key_id: &str,
+        id: &str,
+        server: &str,
+        version: u64,
+    ) -> Result<Sealed, VaultError> {
+        keys.seal_with(
+            key_id,
+            &identity_aad(id, server, version),
+            &self.to_plaintext(),
+        )
+    }
+
+    fn to_plaintext(&self) -> Vec<u8> {
         let payload = match self {
             IdentitySecret::Static { value } => SecretPayload::Static {
                 value: value.expose().to_string(),
@@ -134,7 +153,7 @@ impl IdentitySecret {
         serde_json::to_vec(&payload).unwrap_or_default()
     }
 
-    pub(crate) fn from_plaintext(bytes: &[u8]) -> Option<Self> {
+    fn from_plaintext(bytes: &[u8]) -> Option<Self> {
         Some(match serde_json::from_slice(bytes).ok()? {
             SecretPayload::Static { value } => IdentitySecret::Static {
                 value: Secret::new(value),
@@ -197,6 +216,17 @@ pub enum UseError {
 }
 
 impl VaultRecord {
+    /// Opens this identity's secret; fails if the ciphertext was altered or
+    /// belongs to another record.
+    pub fn open(&self, keys: &KeyRing) -> Result<IdentitySecret, VaultError> {
+        let plain = keys.open(
+            &self.id,
+            &identity_aad(&self.id, &self.server, self.version),
+            &self.sealed,
+        )?;
+        IdentitySecret::from_plaintext(&plain).ok_or_else(|| VaultError::Tampered(self.id.clone()))
+    }
+
     /// Whether `user` may have this identity's credential injected for `server`.
     pub fn usable_by(&self, user: &str, server: &str) -> Result<(), UseError> {
         self.check_server(server)?;
@@ -285,6 +315,12 @@ pub fn valid_identity_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Additional authenticated data of an identity's ciphertext: moving it onto
+/// another record (other id, server or version) makes it fail to decrypt.
+pub fn identity_aad(id: &str, server: &str, version: u64) -> Vec<u8> {
+    format!("latchkey/v1/identity\0{id}\0{server}\0{version}").into_bytes()
+}
+
 /// Now, as RFC 3339 UTC, the timestamp format of every record and event.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -317,6 +353,36 @@ mod tests {
                 nonce: String::new(),
                 ciphertext: String::new(),
             },
+        }
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_on_its_own_record_only() {
+        let keys = KeyRing::parse(&KeyRing::generate_line("k1"), None).unwrap();
+        let secret = IdentitySecret::Static {
+            value: Secret::new("s3cret"),
+        };
+        let mut own = record(Availability::Private, Status::Enabled);
+        own.sealed = secret.seal(&keys, "k1", "id1", "github", 1).unwrap();
+        match own.open(&keys).unwrap() {
+            IdentitySecret::Static { value } => assert_eq!(value.expose(), "s3cret"),
+            other => panic!("sealed a static secret, opened {other:?}"),
+        }
+        for moved in [
+            VaultRecord {
+                id: "id2".into(),
+                ..own.clone()
+            },
+            VaultRecord {
+                server: "gitlab".into(),
+                ..own.clone()
+            },
+            VaultRecord {
+                version: 2,
+                ..own.clone()
+            },
+        ] {
+            assert!(matches!(moved.open(&keys), Err(VaultError::Tampered(_))));
         }
     }
 

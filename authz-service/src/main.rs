@@ -18,7 +18,7 @@ use latchkey_authz::admin_client::{
 use latchkey_authz::audit_read::{self, AuditCommand, AuditReader};
 use latchkey_authz::audit_writer::AuditWriter;
 use latchkey_authz::config::Config;
-use latchkey_authz::credentials::Credentials;
+use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
 use latchkey_authz::envoy_config::{self, AuthzMode, DownstreamTls, RenderOptions};
 use latchkey_authz::grpc_tls::ListenerSecurity;
 use latchkey_authz::identity::{Availability, IdentitySecret};
@@ -28,7 +28,7 @@ use latchkey_authz::redis_backend::Topology;
 use latchkey_authz::reload::PolicySource;
 use latchkey_authz::store::Store;
 use latchkey_authz::vault::{KeyRing, Secret};
-use latchkey_authz::{admin, admin_client, authn, check, http, policy_tool, routing, state};
+use latchkey_authz::{admin, admin_client, authn, http, policy_tool, routing, state};
 use latchkey_filter::visibility::ItemKind;
 
 #[derive(Parser)]
@@ -308,15 +308,16 @@ fn main() -> Result<()> {
                 .block_on(async {
                     let credentials = open_credentials(&config).await?;
                     let record = credentials
-                        .put_identity(
-                            &format!("{owner} (offline put-shared)"),
-                            &id,
-                            &server,
-                            &owner,
-                            Availability::Global,
-                            &secret,
-                            true,
-                        )
+                        .put_identity(NewIdentity {
+                            actor: &format!("{owner} (offline put-shared)"),
+                            id: &id,
+                            server: &server,
+                            owner: &owner,
+                            availability: Availability::Global,
+                            secret: &secret,
+                            replace: true,
+                            meta: TokenMeta::default(),
+                        })
                         .await?;
                     println!(
                         "stored identity '{}' for server '{}' (version {}, key {})",
@@ -621,7 +622,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     // unauthenticated callers is refused, not started.
     let grpc_security = ListenerSecurity::from_listen(&config.listen)?;
     let credentials = open_credentials(&config).await?;
-    let replica_id = format!("{}-{}", std::process::id(), short_random_hex());
+    let replica_id = format!("{}-{}", std::process::id(), latchkey_authz::hex::random(4));
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
     tokio::spawn(
@@ -671,13 +672,13 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         client_capabilities: Default::default(),
         refresher,
         announced: Default::default(),
-        config,
-        routes,
-        verifier,
+        config: Arc::new(config),
+        routes: Arc::new(routes),
+        verifier: Arc::new(verifier),
         credentials,
         policy,
         audit,
-        metrics,
+        metrics: Arc::new(metrics),
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 
@@ -691,14 +692,12 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     grpc_security.log(grpc_addr);
     let grpc = grpc
         .add_service(AuthorizationServer::with_interceptor(
-            check::CheckService {
-                state: state.clone(),
-            },
+            state.check_service(),
             callers.clone(),
         ))
         .add_service(ElicitationsServer::with_interceptor(
             latchkey_authz::elicitation::ElicitationService {
-                state: state.clone(),
+                store: state.credentials.store.clone(),
             },
             callers,
         ))
@@ -785,11 +784,6 @@ async fn announce(state: Arc<state::AppState>, replica_id: String) {
         }
         tokio::time::sleep(every).await;
     }
-}
-
-fn short_random_hex() -> String {
-    use rand::Rng;
-    format!("{:08x}", rand::rng().random::<u32>())
 }
 
 async fn shutdown_signal() {

@@ -23,7 +23,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::audit::DecisionEvent;
-use crate::state::AppState;
 
 /// The `Content-Type` of `GET /metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -288,21 +287,6 @@ pub struct Readings {
     pub audit_dropped: u64,
     pub policy_reloads_ok: u64,
     pub policy_reloads_refused: u64,
-}
-
-impl Readings {
-    pub fn of(state: &AppState) -> Readings {
-        let reloads = state.policy.reloads();
-        Readings {
-            credential_cache: state.credentials.cache.lookups(),
-            token_cache: state.verifier.cache_lookups(),
-            audit_backlog: state.audit.backlog(),
-            audit_written: state.audit.written(),
-            audit_dropped: state.audit.dropped(),
-            policy_reloads_ok: reloads.ok,
-            policy_reloads_refused: reloads.refused,
-        }
-    }
 }
 
 #[cfg(test)]

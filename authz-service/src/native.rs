@@ -2,15 +2,15 @@
 //! the Latchkey filter: the message is classified from the forwarded headers
 //! and body (`with_request_body`) with the same code the filter runs.
 
-use latchkey_filter::mcp::{self, McpMessage};
+use latchkey_filter::mcp::{self, McpMessage, RequestError};
 use latchkey_proto::auth::attribute_context::HttpRequest;
 
-use crate::context::BadRequest;
-
-pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadRequest> {
-    // A Check without a method (no Envoy sends one) is judged by the same
-    // rules as any other method the endpoint does not serve: refused,
-    // never read as a request without a message.
+/// The message Envoy forwarded; the error is the filter's own, which
+/// `context` turns into its `BadRequest` (this module knows nothing of
+/// `context`). A Check without a method (no Envoy sends one) is judged by
+/// the same rules as any other method the endpoint does not serve:
+/// refused, never read as a request without a message.
+pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, RequestError> {
     let mut headers: Vec<(String, String)> = http
         .headers
         .iter()
@@ -24,9 +24,7 @@ pub fn mcp_from_http(http: &HttpRequest) -> Result<Option<McpMessage>, BadReques
     } else {
         http.raw_body.as_slice()
     };
-    mcp::classify(&headers, body)
-        .map(Some)
-        .map_err(BadRequest::from)
+    mcp::classify(&headers, body).map(Some)
 }
 
 #[cfg(test)]

@@ -13,49 +13,15 @@
 //! waits on the decision path, and a collector that is away costs dropped
 //! records (reported by the SDK), not latency.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry::logs::{AnyValue, LogRecord, Logger, LoggerProvider, Severity};
 use opentelemetry_otlp::{LogExporter, Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
-use serde::Deserialize;
 use serde_json::Value;
 
-/// `[audit.otlp]`.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// The collector's OTLP/HTTP logs endpoint, e.g.
-    /// `http://otel-collector:4318/v1/logs`.
-    pub endpoint: String,
-    /// Extra request headers (an API key for a hosted collector, say).
-    /// Never logged.
-    #[serde(default)]
-    pub headers: HashMap<String, String>,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_timeout_ms() -> u64 {
-    5000
-}
-
-impl std::fmt::Debug for OtlpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::fmt::Display for OtlpConfig {
-    /// The endpoint and header names only: header values may be secrets.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        write!(f, "{} (headers: {})", self.endpoint, names.join(", "))
-    }
-}
+use crate::config::OtlpConfig;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the OTLP audit exporter for {endpoint}: {message}")]
@@ -173,6 +139,7 @@ fn any_value(v: Value) -> AnyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn json_values_become_typed_attributes() {

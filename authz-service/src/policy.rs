@@ -32,10 +32,10 @@ use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
 use serde_json::Value;
 
 use crate::agents::AgentDirectory;
-use crate::authn::Caller;
 use crate::config::{
     CanonicalForm, Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig,
 };
+use crate::principal::Caller;
 
 /// A policy that cannot be used; names the line of the grant at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

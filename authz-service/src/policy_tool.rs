@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use latchkey_filter::visibility::{ItemKind, pattern_matches};
 use serde_json::{Value, json};
 
-use crate::authn::Caller;
 use crate::config::Config;
 use crate::policy::{Policy, Verdict};
+use crate::principal::Caller;
 
 /// What one `policy check` decided.
 #[derive(Debug, Clone, PartialEq)]

@@ -564,7 +564,7 @@ async fn load(
     let Some(record) = credentials.store.get::<VaultRecord>(&key).await? else {
         return Ok(None);
     };
-    let secret = credentials.keys.open_identity(&record)?;
+    let secret = record.open(&credentials.keys)?;
     Ok(Some(Arc::new(OpenIdentity { record, secret })))
 }
 
@@ -657,12 +657,7 @@ async fn release(credentials: &Credentials, id: &str, lock: &str, token: &str) {
 }
 
 fn lock_token() -> String {
-    use rand::Rng;
-    format!(
-        "{}-{:032x}",
-        std::process::id(),
-        rand::rng().random::<u128>()
-    )
+    format!("{}-{}", std::process::id(), crate::hex::random(16))
 }
 
 #[cfg(test)]

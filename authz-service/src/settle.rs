@@ -70,7 +70,7 @@ pub async fn settle(store: &Store, within: Duration) -> Result<Settled, StoreErr
     if live.is_empty() {
         return Ok(Settled::Everywhere);
     }
-    let token = marker_token();
+    let token = crate::hex::random(16);
     store.publish_settle_marker(&token).await?;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -122,9 +122,4 @@ pub fn confirm_if_marker(store: &Store, replica: &str, payload: &str) -> bool {
         }
     });
     true
-}
-
-fn marker_token() -> String {
-    use rand::Rng;
-    format!("{:032x}", rand::rng().random::<u128>())
 }

@@ -1,19 +1,24 @@
-//! What the running service shares between its gRPC and HTTP sides.
+//! What the running service shares between its control-plane sides (the
+//! admin API, the connect page, the HTTP side). The request path does not
+//! hold it: `check_service` hands the gRPC Check the parts it reads.
+
+use std::sync::Arc;
 
 use crate::authn::TokenVerifier;
+use crate::check::CheckService;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::reload::PolicySource;
 use crate::routing::RouteTable;
 
 pub struct AppState {
-    pub config: Config,
-    pub routes: RouteTable,
-    pub verifier: TokenVerifier,
+    pub config: Arc<Config>,
+    pub routes: Arc<RouteTable>,
+    pub verifier: Arc<TokenVerifier>,
     pub credentials: Credentials,
-    pub policy: std::sync::Arc<PolicySource>,
-    pub audit: std::sync::Arc<crate::audit_writer::AuditWriter>,
-    pub metrics: crate::metrics::Metrics,
+    pub policy: Arc<PolicySource>,
+    pub audit: Arc<crate::audit_writer::AuditWriter>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// OAuth clients of the per-user servers' providers.
     pub providers: crate::oauth::Providers,
     /// Client capabilities this replica already wrote to Redis.
@@ -23,4 +28,21 @@ pub struct AppState {
     /// This replica is in the registry: key rotation checks it holds the
     /// key, and changes wait for its confirmation (`/readyz` waits for it).
     pub announced: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    /// The gRPC Check service over the same parts (shared, not copied).
+    pub fn check_service(&self) -> CheckService {
+        CheckService {
+            config: self.config.clone(),
+            routes: self.routes.clone(),
+            policy: self.policy.clone(),
+            verifier: self.verifier.clone(),
+            credentials: self.credentials.clone(),
+            refresher: self.refresher.clone(),
+            client_capabilities: self.client_capabilities.clone(),
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::audit::LifecycleEvent;
 use crate::config::Config;
@@ -433,7 +434,7 @@ impl Store {
                 )
                 .await?;
             if applied {
-                event.log();
+                log_lifecycle(&event);
                 return Ok(new);
             }
         }
@@ -521,7 +522,7 @@ impl Store {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
-        event.log();
+        log_lifecycle(event);
         Ok(())
     }
 
@@ -574,7 +575,7 @@ impl Store {
             .arg(event.to_json())
             .query_async::<String>(&mut conn)
             .await?;
-        event.log();
+        log_lifecycle(event);
         Ok(())
     }
 
@@ -763,4 +764,22 @@ fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Echoes a lifecycle event, once it is in the stream, to the structured
+/// log (target `latchkey::audit`) and to the OpenTelemetry collector, if
+/// one is configured. The event type (`audit`) stays pure data; writing it
+/// anywhere is this layer's job.
+fn log_lifecycle(event: &LifecycleEvent) {
+    let summary = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+    tracing::info!(
+        target: "latchkey::audit",
+        action = %event.action,
+        actor = %event.actor,
+        target_kind = event.target_kind,
+        target = %event.target,
+        before = summary(&event.before).as_deref(),
+        after = summary(&event.after).as_deref(),
+    );
+    crate::otlp::export(&event.to_json());
 }

@@ -19,7 +19,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VaultConfig;
-use crate::identity::{IdentitySecret, VaultRecord};
 
 const NONCE_LEN: usize = 12;
 
@@ -302,45 +301,17 @@ impl KeyRing {
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
     }
-
-    /// Seals an identity's secret with `key_id`, bound to its id, server and version.
-    pub fn seal_identity(
-        &self,
-        key_id: &str,
-        id: &str,
-        server: &str,
-        version: u64,
-        secret: &IdentitySecret,
-    ) -> Result<Sealed, VaultError> {
-        self.seal_with(
-            key_id,
-            &identity_aad(id, server, version),
-            &secret.to_plaintext(),
-        )
-    }
-
-    /// Opens the secret of a stored identity; fails if the ciphertext was
-    /// altered or belongs to another record.
-    pub fn open_identity(&self, record: &VaultRecord) -> Result<IdentitySecret, VaultError> {
-        let plain = self.open(
-            &record.id,
-            &identity_aad(&record.id, &record.server, record.version),
-            &record.sealed,
-        )?;
-        IdentitySecret::from_plaintext(&plain)
-            .ok_or_else(|| VaultError::Tampered(record.id.clone()))
-    }
-}
-
-/// Additional authenticated data of an identity's ciphertext: moving it onto
-/// another record (other id, server or version) makes it fail to decrypt.
-pub fn identity_aad(id: &str, server: &str, version: u64) -> Vec<u8> {
-    format!("latchkey/v1/identity\0{id}\0{server}\0{version}").into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Additional authenticated data shaped like a record's (`identity`
+    /// binds the real one).
+    fn aad(id: &str, server: &str, version: u64) -> Vec<u8> {
+        format!("test\0{id}\0{server}\0{version}").into_bytes()
+    }
 
     fn ring(lines: &str) -> KeyRing {
         KeyRing::parse(lines, None).unwrap()
@@ -349,7 +320,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip_with_fresh_nonces() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let aad = identity_aad("id1", "srv", 1);
+        let aad = aad("id1", "srv", 1);
         let a = k.seal(&aad, b"s3cret").unwrap();
         let b = k.seal(&aad, b"s3cret").unwrap();
         assert_ne!(a.nonce, b.nonce, "every write needs its own nonce");
@@ -361,11 +332,11 @@ mod tests {
     #[test]
     fn ciphertext_bound_to_its_record() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let sealed = k.seal(&identity_aad("id1", "srv", 1), b"x").unwrap();
+        let sealed = k.seal(&aad("id1", "srv", 1), b"x").unwrap();
         for other in [
-            identity_aad("id2", "srv", 1),
-            identity_aad("id1", "other", 1),
-            identity_aad("id1", "srv", 2),
+            aad("id2", "srv", 1),
+            aad("id1", "other", 1),
+            aad("id1", "srv", 2),
         ] {
             assert!(matches!(
                 k.open("id1", &other, &sealed),
@@ -377,7 +348,7 @@ mod tests {
     #[test]
     fn flipped_byte_is_rejected() {
         let k = ring(&KeyRing::generate_line("k1"));
-        let aad = identity_aad("id1", "srv", 1);
+        let aad = aad("id1", "srv", 1);
         let mut sealed = k.seal(&aad, b"secret-value").unwrap();
         let mut raw = B64.decode(&sealed.ciphertext).unwrap();
         raw[0] ^= 1;
@@ -393,7 +364,7 @@ mod tests {
         let l1 = KeyRing::generate_line("k1");
         let l2 = KeyRing::generate_line("k2");
         let old = ring(&l1);
-        let aad = identity_aad("id", "s", 1);
+        let aad = aad("id", "s", 1);
         let sealed = old.seal(&aad, b"v").unwrap();
         let both = ring(&format!("{l1}\n{l2}"));
         assert_eq!(both.active_id(), "k2");

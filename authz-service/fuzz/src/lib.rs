@@ -20,11 +20,11 @@
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
-use latchkey_authz::authn::Caller;
 use latchkey_authz::config::{Config, ServerAuth};
 use latchkey_authz::consent::{self, StateClaims, StateError};
 use latchkey_authz::context::RequestContext;
 use latchkey_authz::policy::{Policy, Verdict};
+use latchkey_authz::principal::Caller;
 use latchkey_authz::vault::KeyRing;
 use latchkey_filter::mcp;
 use latchkey_filter::visibility::{ItemKind, Visibility};

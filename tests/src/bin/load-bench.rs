@@ -934,7 +934,7 @@ fn loadavg() -> String {
 /// storing them costs a replica (it loads only what requests touch).
 async fn memory_with_identities(bench: &Bench) -> Result<Value> {
     use latchkey_authz::config::Config;
-    use latchkey_authz::credentials::Credentials;
+    use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
     use latchkey_authz::identity::{Availability, IdentitySecret};
     use latchkey_authz::redis_backend::Topology;
     use latchkey_authz::store::Store;
@@ -966,15 +966,16 @@ async fn memory_with_identities(bench: &Bench) -> Result<Value> {
                         let secret = IdentitySecret::Static {
                             value: Secret::new(format!("bench-secret-{i}")),
                         };
-                        c.put_identity(
-                            "bench",
-                            &format!("bench-{i}"),
-                            "fast",
-                            &format!("user-{i}"),
-                            Availability::Private,
-                            &secret,
-                            true,
-                        )
+                        c.put_identity(NewIdentity {
+                            actor: "bench",
+                            id: &format!("bench-{i}"),
+                            server: "fast",
+                            owner: &format!("user-{i}"),
+                            availability: Availability::Private,
+                            secret: &secret,
+                            replace: true,
+                            meta: TokenMeta::default(),
+                        })
                         .await
                     })
                 })

@@ -141,7 +141,7 @@ scheme = "per_user"
             .arg(format!("latchkey:identity:{id}"))
             .query(&mut self.redis()?)?;
         let record: VaultRecord = serde_json::from_str(&raw)?;
-        match keys.open_identity(&record)? {
+        match record.open(&keys)? {
             IdentitySecret::Oauth {
                 access_token,
                 refresh_token,
@@ -678,7 +678,7 @@ async fn anonymous_visits_store_nothing_and_a_planted_session_cookie_is_replaced
         .last()
         .and_then(|r| r.text.clone())
         .context("the session cookies' digests")?;
-    let digest = latchkey_authz::connect::digest;
+    let digest = |v: &str| latchkey_authz::hex::sha256(v.as_bytes());
     let planted_digest = digest(&planted);
     let minted: Vec<&str> = digests
         .split(',')

@@ -615,7 +615,7 @@ fn base64_encode(b: &[u8]) -> String {
 /// service's own library, 200 at a time rather than one CLI process each.
 async fn seed_identities(stack: &Stack, n: usize) -> Result<()> {
     use latchkey_authz::config::Config;
-    use latchkey_authz::credentials::Credentials;
+    use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
     use latchkey_authz::identity::{Availability, IdentitySecret};
     use latchkey_authz::redis_backend::Topology;
     use latchkey_authz::store::Store;
@@ -647,15 +647,16 @@ async fn seed_identities(stack: &Stack, n: usize) -> Result<()> {
                     };
                     let id = format!("seeded-{i}");
                     let owner = format!("user-{i}");
-                    c.put_identity(
-                        "seed",
-                        &id,
-                        "whoami",
-                        &owner,
-                        Availability::Private,
-                        &secret,
-                        true,
-                    )
+                    c.put_identity(NewIdentity {
+                        actor: "seed",
+                        id: &id,
+                        server: "whoami",
+                        owner: &owner,
+                        availability: Availability::Private,
+                        secret: &secret,
+                        replace: true,
+                        meta: TokenMeta::default(),
+                    })
                     .await
                 })
             })

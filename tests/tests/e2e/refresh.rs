@@ -226,7 +226,7 @@ fn stored_tokens_of(stack: &Stack, id: &str) -> Result<(VaultRecord, String, Opt
         .with_context(|| format!("identity {id} is not in Redis"))?;
     let record: VaultRecord = serde_json::from_str(&raw)?;
     let keys = KeyRing::parse(&std::fs::read_to_string(&stack.key_file)?, None)?;
-    match keys.open_identity(&record)? {
+    match record.open(&keys)? {
         IdentitySecret::Oauth {
             access_token,
             refresh_token,

@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use latchkey_authz::cache::OpenIdentity;
 use latchkey_authz::config::Config;
-use latchkey_authz::credentials::{Credentials, TokenMeta};
+use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
 use latchkey_authz::identity::{Availability, IdentitySecret, VaultRecord};
 use latchkey_authz::metrics::{Metrics, Readings};
 use latchkey_authz::oauth::Providers;
@@ -250,22 +250,22 @@ async fn store_identity(
     let expires_at = latchkey_authz::refresh::expires_at_after(expires_in).context("range")?;
     Ok(replica
         .credentials
-        .put_identity_with(
-            "alice",
-            ID,
-            SERVER,
-            "alice",
-            Availability::Private,
-            &IdentitySecret::Oauth {
+        .put_identity(NewIdentity {
+            actor: "alice",
+            id: ID,
+            server: SERVER,
+            owner: "alice",
+            availability: Availability::Private,
+            secret: &IdentitySecret::Oauth {
                 access_token: Secret::new(access),
                 refresh_token: refresh.map(Secret::new),
             },
-            false,
-            TokenMeta {
+            replace: false,
+            meta: TokenMeta {
                 expires_at: Some(expires_at),
                 scopes: vec![],
             },
-        )
+        })
         .await?)
 }
 
@@ -276,7 +276,7 @@ async fn stored(replica: &Replica) -> Result<(VaultRecord, IdentitySecret)> {
         .get(&store.identity_key(ID))
         .await?
         .context("identity gone")?;
-    let secret = replica.credentials.keys.open_identity(&record)?;
+    let secret = record.open(&replica.credentials.keys)?;
     Ok((record, secret))
 }
 
@@ -629,22 +629,22 @@ async fn a_provider_that_is_down_is_survived_while_the_token_is_valid() -> Resul
     let b = Replica::start(&s.redis, &s.key_line, &down).await?;
     let store = &b.credentials.store;
     b.credentials
-        .put_identity_with(
-            "alice",
-            "gh-alice-2",
-            SERVER,
-            "alice",
-            Availability::Private,
-            &IdentitySecret::Oauth {
+        .put_identity(NewIdentity {
+            actor: "alice",
+            id: "gh-alice-2",
+            server: SERVER,
+            owner: "alice",
+            availability: Availability::Private,
+            secret: &IdentitySecret::Oauth {
                 access_token: Secret::new("at-9"),
                 refresh_token: Some(Secret::new("rt-9")),
             },
-            false,
-            TokenMeta {
+            replace: false,
+            meta: TokenMeta {
                 expires_at: Some("2020-01-01T00:00:00Z".into()),
                 scopes: vec![],
             },
-        )
+        })
         .await?;
     let open = b
         .credentials
