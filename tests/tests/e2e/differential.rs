@@ -823,6 +823,42 @@ macro_rules! same {
     }};
 }
 
+/// What policy judged (the audit event's name) is what the upstream
+/// parsed, and every bounded argument the tool acted on lies within the
+/// bounds policy checked.
+fn agrees(sdk: Sdk, p: &Probe, judged: Option<&str>, at: &str) -> Result<()> {
+    use anyhow::ensure;
+    let judged = judged.with_context(|| format!("{at}: no audit name for a call that went on"))?;
+    let (parsed, acted) = upstream_parsed(sdk, p);
+    let parsed = parsed.with_context(|| {
+        format!(
+            "{at}: the upstream said nothing of what it parsed: {:?} {:?}",
+            p.answer, p.recorded
+        )
+    })?;
+    if judged.contains("://") {
+        same!(
+            canonical(&parsed),
+            canonical(judged),
+            "{at}: the upstream read {parsed}"
+        );
+    } else {
+        same!(
+            parsed.as_str(),
+            judged,
+            "{at}: the upstream parsed another name than policy judged"
+        );
+    }
+    if let (Some((arg, lo, hi)), Some(acted)) = (bounds(judged), &acted) {
+        ensure!(
+            exactly_within(&acted[arg], lo, hi),
+            "{at}: policy allowed it, but the tool acted on {arg} = {}",
+            acted[arg]
+        );
+    }
+    Ok(())
+}
+
 /// Runs `c` against `peer` and checks it came to what it must.
 async fn check(stack: &Stack, peer: &Peer<'_>, s: &Session, c: &Case) -> Result<()> {
     use anyhow::ensure;
@@ -840,6 +876,13 @@ async fn check(stack: &Stack, peer: &Peer<'_>, s: &Session, c: &Case) -> Result<
         .as_ref()
         .map(|e| e["decision"].clone())
         .unwrap_or(Value::Null);
+    // The differential invariant, whatever was expected: a named call that
+    // reached the upstream was judged by the name its SDK parsed, and an
+    // argument a constraint let through is what the tool acted on, within
+    // the bounds.
+    if p.reached && !matches!(c.expect, Expect::NotNamed) {
+        agrees(peer.sdk, &p, event_name.as_deref(), &at)?;
+    }
     match &c.expect {
         Expect::Refused(status, code, id) => {
             ensure!(!p.reached, "{at}: reached the upstream");
@@ -889,34 +932,6 @@ async fn check(stack: &Stack, peer: &Peer<'_>, s: &Session, c: &Case) -> Result<
             same!(decision, "allow", "{at}: {:?}", p.event);
             let judged = event_name.with_context(|| format!("{at}: no audit name"))?;
             same!(judged.as_str(), *name, "{at}: policy judged another name");
-            let (parsed, acted) = upstream_parsed(peer.sdk, &p);
-            let parsed = parsed.with_context(|| {
-                format!(
-                    "{at}: the upstream said nothing of what it parsed: {answer} {:?}",
-                    p.recorded
-                )
-            })?;
-            if name.contains("://") {
-                same!(
-                    canonical(&parsed),
-                    canonical(&judged),
-                    "{at}: the upstream read {parsed}"
-                );
-            } else {
-                same!(
-                    parsed,
-                    judged,
-                    "{at}: the upstream parsed another name than policy judged"
-                );
-            }
-            // Whatever a constraint allowed, the tool acted on within it.
-            if let (Some((arg, lo, hi)), Some(acted)) = (bounds(name), &acted) {
-                ensure!(
-                    exactly_within(&acted[arg], lo, hi),
-                    "{at}: policy allowed it, but the tool acted on {arg} = {}",
-                    acted[arg]
-                );
-            }
             if c.what.contains("nested") && peer.sdk != Sdk::TypeScript {
                 let sent: Value = serde_json::from_str(&c.body)?;
                 let recorded = p
