@@ -122,9 +122,7 @@ impl Constraint {
                 .as_str()
                 .and_then(|s| canonical_as(*form, s).ok())
                 .is_some_and(|s| pattern_matches(p, &s)),
-            (Check::Range { min, max }, Some(v)) => v
-                .as_f64()
-                .is_some_and(|n| min.is_none_or(|lo| n >= lo) && max.is_none_or(|hi| n <= hi)),
+            (Check::Range { min, max }, Some(v)) => in_range(v, *min, *max),
             (Check::MaxLength(n), Some(v)) => match v {
                 Value::String(s) => s.chars().count() <= *n,
                 Value::Array(a) => a.len() <= *n,
@@ -134,11 +132,46 @@ impl Constraint {
         (!ok).then(|| {
             if value.is_none() && !matches!(self.check, Check::Forbidden) {
                 format!("argument {} is required: {self}", self.pointer)
+            } else if matches!(self.check, Check::Range { .. })
+                && value.and_then(Value::as_f64).is_some_and(|f| f.abs() > EXACT_DOUBLE)
+                && value.is_some_and(|v| v.as_i64().is_none() && v.as_u64().is_none())
+            {
+                format!(
+                    "{self} (beyond ±9007199254740992 a number is judged only when written as an integer of at most 64 bits)"
+                )
             } else {
                 self.to_string()
             }
         })
     }
+}
+
+/// The largest magnitude at which every JSON reader agrees on a number
+/// that is not written as a 64-bit integer (2^53, as for ids:
+/// [`latchkey_filter::jsonrpc::MAX_EXACT_ID`]).
+const EXACT_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
+/// Whether `v` is a number within `min..=max` as the upstream reads it.
+///
+/// Python and rmcp read an integer literal exactly (`9007199254740993` is
+/// not the double 2^53 it rounds to), so an integer serde_json holds as a
+/// 64-bit integer is compared with the bounds exactly. A number serde_json
+/// could only hold as a double is judged as that double up to ±2^53, where
+/// every reader agrees; beyond, an integer literal of more than 64 bits
+/// (which Python reads exactly) cannot be told from the double it rounds to,
+/// so it breaks the constraint rather than be judged as another value.
+fn in_range(v: &Value, min: Option<f64>, max: Option<f64>) -> bool {
+    let Value::Number(n) = v else {
+        return false;
+    };
+    if let Some(i) = n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+        // `as` saturates: a bound beyond ±2^127 stays beyond every i128.
+        return min.is_none_or(|lo| i >= lo.ceil() as i128)
+            && max.is_none_or(|hi| i <= hi.floor() as i128);
+    }
+    n.as_f64().is_some_and(|f| {
+        f.abs() <= EXACT_DOUBLE && min.is_none_or(|lo| f >= lo) && max.is_none_or(|hi| f <= hi)
+    })
 }
 
 /// `value` as a constraint of `form` judges it.
@@ -319,6 +352,12 @@ fn compile_constraint(c: &ConstraintConfig, at: &str) -> Result<Constraint, Poli
         )));
     }
     if c.min.is_some() || c.max.is_some() {
+        if c.min.is_some_and(f64::is_nan) || c.max.is_some_and(f64::is_nan) {
+            return Err(PolicyError(format!(
+                "{at}: constraint on {} has a bound that is not a number (nan); write a number",
+                c.argument
+            )));
+        }
         if let (Some(lo), Some(hi)) = (c.min, c.max)
             && lo > hi
         {
@@ -1322,6 +1361,71 @@ max_length = 10
         let pattern = c("argument = \"/repo\"\npattern = \"acme/*\"");
         assert!(pattern.violation(&json!({"repo": ["acme/x"]})).is_some());
         assert!(pattern.violation(&json!({"repo": "ACME/x"})).is_some());
+    }
+
+    #[test]
+    fn a_range_judges_a_number_as_the_upstream_reads_it() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here").unwrap()
+        };
+        let parse =
+            |text: &str| -> Value { serde_json::from_str(&format!("{{\"n\":{text}}}")).unwrap() };
+        // Python and rmcp read 2^53 + 1 exactly; as a double it would be
+        // 2^53 and pass max = 2^53.
+        let big = c("argument = \"/n\"\nmin = 0\nmax = 9007199254740992");
+        assert!(big.violation(&parse("9007199254740992")).is_none());
+        assert!(big.violation(&parse("9007199254740993")).is_some());
+        assert!(big.violation(&parse("18446744073709551615")).is_some());
+        // Beyond 64 bits an integer literal reaches us as a double that
+        // may have rounded down: it cannot be judged exactly.
+        let unbounded = c("argument = \"/n\"\nmin = 0");
+        let e = unbounded
+            .violation(&parse("100000000000000000000001"))
+            .unwrap();
+        assert!(e.contains("at most 64 bits"), "{e}");
+        assert!(
+            unbounded
+                .violation(&parse("18446744073709551615"))
+                .is_none()
+        );
+        // Spellings every reader reads alike are judged by value.
+        let small = c("argument = \"/n\"\nmin = 0\nmax = 100");
+        for ok in [
+            "100",
+            "1e2",
+            "100.0",
+            "1E+2",
+            "-0",
+            "0.0",
+            "100.0000000000000001",
+        ] {
+            assert!(small.violation(&parse(ok)).is_none(), "{ok}");
+        }
+        for bad in [
+            "101",
+            "-1",
+            "100.00000000000003",
+            "1e3",
+            "-1e-300",
+            "\"50\"",
+        ] {
+            assert!(small.violation(&parse(bad)).is_some(), "{bad}");
+        }
+        // Bounds that are not whole numbers still compare exactly.
+        let frac = c("argument = \"/n\"\nmin = -0.5\nmax = 2.5");
+        for (v, ok) in [
+            ("0", true),
+            ("2", true),
+            ("3", false),
+            ("-1", false),
+            ("2.5", true),
+        ] {
+            assert_eq!(frac.violation(&parse(v)).is_none(), ok, "{v}");
+        }
+        let nan: ConstraintConfig =
+            toml::from_str("tool = \"t\"\nargument = \"/n\"\nmax = nan").unwrap();
+        assert!(compile_constraint(&nan, "here").is_err());
     }
 
     const RESOURCES: &str = r#"

@@ -36,9 +36,9 @@ pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, 
 pub use envoy::Envoy;
 pub use paths::scenario_dir;
 pub use peers::{
-    AuthEcho, Everything, Idp, IdpOptions, IdpStats, OauthMcp, Redis, TokenRequest, code_in,
-    jwt_claims, jwt_header, pkce_pair, sha256_hex, sign_in_directly, start_provider_and_upstream,
-    tamper_signature,
+    AuthEcho, Everything, Idp, IdpOptions, IdpStats, OauthMcp, Recorder, Redis, TokenRequest,
+    code_in, jwt_claims, jwt_header, pkce_pair, sha256_hex, sign_in_directly,
+    start_provider_and_upstream, tamper_signature,
 };
 pub use process::{Process, free_port, http_get};
 pub use secrets::secrets_scan;

@@ -119,7 +119,16 @@ pub fn envoy() -> Result<PathBuf> {
     )
 }
 
-/// `tests/peers`: the npm peers and `idp.mjs`.
+/// Python from the repo-local virtualenv, where scripts/setup installs the
+/// official MCP SDK (PyPI `mcp`) that `tests/peers/record_server.py` runs on.
+pub fn venv_python() -> Result<PathBuf> {
+    must_exist(
+        workspace_root().join(".venv/bin/python"),
+        "run scripts/setup (creates .venv with PyPI mcp)",
+    )
+}
+
+/// `tests/peers`: the npm peers, `idp.mjs` and the Python peer.
 pub fn peers_dir() -> PathBuf {
     workspace_root().join("tests/peers")
 }

@@ -2,8 +2,9 @@
 //! loopback port: Redis, OAuth providers (`idp.mjs` on oauth2-mock-server:
 //! the organisation's identity provider and downstream providers people
 //! sign in to), and upstream MCP servers
-//! (`@modelcontextprotocol/server-everything`, and the rmcp-based
-//! `auth-echo` and `oauth-mcp`).
+//! (`@modelcontextprotocol/server-everything`, the rmcp-based
+//! `auth-echo` and `oauth-mcp`, and the recording peers of the
+//! differential tests on rmcp and on the Python SDK).
 
 use std::path::Path;
 use std::process::Command;
@@ -949,6 +950,86 @@ fn strings(seen: &serde_json::Value, field: &str) -> Result<Vec<String>> {
                 .with_context(|| format!("/seen {field} holds a non-string: {v}"))
         })
         .collect()
+}
+
+/// An upstream that records what its SDK parsed of every request:
+/// `record-mcp` (rmcp) or `tests/peers/record_server.py` (the official
+/// Python SDK). Both answer `GET /seen` with `{"requests": n, "calls":
+/// [...]}`, where a call is what the SDK handed the server
+/// (`{"method", "name" | "uri", "arguments", "id"}`, the Python one as
+/// `{"method", "params", "id"}`) or what a tool acted on (`{"tool",
+/// "acted"}`, the typed arguments after the SDK's validation).
+pub struct Recorder {
+    pub port: u16,
+    pub process: Process,
+}
+
+impl Recorder {
+    /// The rmcp recorder (`record-mcp`).
+    pub fn start_rmcp(dir: &Path) -> Result<Recorder> {
+        let port = free_port();
+        let mut cmd = Command::new(paths::workspace_bin("record-mcp")?);
+        cmd.args(["--port", &port.to_string()]);
+        let mut process = Process::spawn("record-mcp", cmd, dir)?;
+        process.wait_for_log("RECORD_MCP_READY", Duration::from_secs(10))?;
+        Ok(Recorder { port, process })
+    }
+
+    /// The Python SDK recorder (`record_server.py` on `.venv`'s Python).
+    pub fn start_python(dir: &Path) -> Result<Recorder> {
+        let port = free_port();
+        let mut cmd = Command::new(paths::venv_python()?);
+        cmd.arg(paths::peers_dir().join("record_server.py"))
+            .args(["--port", &port.to_string()]);
+        let mut process = Process::spawn("record-py", cmd, dir)
+            .context("the Python recorder could not start: run scripts/setup")?;
+        // Importing the SDK takes seconds; the port answers once uvicorn runs.
+        process
+            .wait_for_port(port, Duration::from_secs(30))
+            .context("record_server.py did not listen: is PyPI mcp in .venv (scripts/setup)?")?;
+        Ok(Recorder { port, process })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// Its report, read without serde_json's nesting limit: it holds
+    /// arguments nested as deep as the gateway lets through, a few levels
+    /// down.
+    pub async fn seen(&self) -> Result<serde_json::Value> {
+        use serde::Deserialize;
+        let url = format!("http://127.0.0.1:{}/seen", self.port);
+        let text = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .text()
+            .await?;
+        let mut de = serde_json::Deserializer::from_str(&text);
+        de.disable_recursion_limit();
+        serde_json::Value::deserialize(&mut de).with_context(|| format!("GET {url}: not JSON"))
+    }
+
+    /// How many requests reached `/mcp`. An answer without the count is an
+    /// error, never 0 (absence checks compare it).
+    pub async fn requests(&self) -> Result<u64> {
+        let seen = self.seen().await?;
+        seen["requests"]
+            .as_u64()
+            .with_context(|| format!("the recorder's /seen has no request count: {seen}"))
+    }
+
+    /// Everything recorded so far, oldest first.
+    pub async fn calls(&self) -> Result<Vec<serde_json::Value>> {
+        let seen = self.seen().await?;
+        seen["calls"]
+            .as_array()
+            .cloned()
+            .with_context(|| format!("the recorder's /seen has no calls: {seen}"))
+    }
 }
 
 /// The rmcp upstream that accepts only a downstream OAuth provider's access

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::envoy::Envoy;
 use crate::paths;
-use crate::peers::{AuthEcho, Everything, FastMcp, Idp, Redis, TokenRequest};
+use crate::peers::{AuthEcho, Everything, FastMcp, Idp, Recorder, Redis, TokenRequest};
 use crate::pki::Pki;
 use crate::process::{Process, free_port};
 
@@ -34,6 +34,10 @@ pub struct StackOptions {
     pub mode: AuthzMode,
     /// Also start server-everything (slower to start; not every scenario needs it).
     pub everything: bool,
+    /// Also start the recording upstreams of the differential tests:
+    /// `record-mcp` (rmcp; assignment `record-rmcp`) and the Python SDK's
+    /// `record_server.py` (assignment `record-py`, seconds to start).
+    pub recorders: bool,
     pub authz_timeout_ms: u64,
     pub max_body_bytes: u64,
     /// How many `latchkey serve` replicas share Redis behind Envoy (round-robin).
@@ -85,6 +89,7 @@ impl Default for StackOptions {
         Self {
             mode: AuthzMode::Wasm,
             everything: false,
+            recorders: false,
             authz_timeout_ms: 2000,
             max_body_bytes: 64 * 1024,
             replicas: 1,
@@ -193,6 +198,9 @@ pub struct Stack {
     pub echo: AuthEcho,
     pub everything: Option<Everything>,
     pub fast: Option<FastMcp>,
+    /// Under `recorders`: the rmcp and the Python SDK recorders.
+    pub record_rmcp: Option<Recorder>,
+    pub record_py: Option<Recorder>,
     pub replicas: Vec<Replica>,
     /// The config every replica shares, without `[policy]`.
     shared_config: String,
@@ -273,6 +281,14 @@ impl Stack {
             Some(Everything::start(&dir)?)
         } else {
             None
+        };
+        let (record_rmcp, record_py) = if opts.recorders {
+            (
+                Some(Recorder::start_rmcp(&dir)?),
+                Some(Recorder::start_python(&dir)?),
+            )
+        } else {
+            (None, None)
         };
         // fast-mcp reports whether a call came with this service account's
         // credential (`structuredContent.credential` is "expected").
@@ -398,6 +414,29 @@ identity = "late-sa"
             issuer = idp.issuer(),
             echo = echo.url(),
         );
+        // The recorders' servers and assignments (gateway `e2e`, before any
+        // extra config opens another gateway), only when they run.
+        let mut shared = shared;
+        for (name, r) in [("record-rmcp", &record_rmcp), ("record-py", &record_py)] {
+            let Some(r) = r else { continue };
+            shared.push_str(&format!(
+                r#"
+[[servers]]
+name = "{name}"
+url = "{url}"
+auth = {{ type = "static_header", header = "authorization", prefix = "Bearer " }}
+# Both SDKs answer requests over SSE; hidden names are answered so too.
+responses = "sse"
+
+[[gateways.assignments]]
+name = "{name}"
+server = "{name}"
+scheme = "shared"
+identity = "{name}-sa"
+"#,
+                url = r.url()
+            ));
+        }
         let shared_config = match &opts.extra_config {
             Some(extra) => format!("{shared}\n{extra}\n"),
             None => shared,
@@ -458,12 +497,24 @@ identity = "late-sa"
         let whoami_secret = format!("sa-whoami-{}", random_hex());
         let everything_secret = format!("sa-everything-{}", random_hex());
         let late_secret = format!("sa-late-{}", random_hex());
-        for (id, server, secret) in [
+        let record_secret = format!("sa-record-{}", random_hex());
+        let recorded: &[(&str, &str, &String)] = if opts.recorders {
+            &[
+                ("record-rmcp-sa", "record-rmcp", &record_secret),
+                ("record-py-sa", "record-py", &record_secret),
+            ]
+        } else {
+            &[]
+        };
+        for &(id, server, secret) in [
             ("whoami-sa", "whoami", &whoami_secret),
             ("everything-sa", "everything", &everything_secret),
             ("late-sa", "whoami", &late_secret),
             ("fast-sa", "fast", &fast_secret),
-        ] {
+        ]
+        .iter()
+        .chain(recorded)
+        {
             let out = run(
                 Command::new(&latchkey_bin)
                     .args(["identity", "put-shared", "--config"])
@@ -567,6 +618,8 @@ identity = "late-sa"
             echo,
             everything,
             fast,
+            record_rmcp,
+            record_py,
             replicas,
             shared_config,
             envoy,
@@ -581,6 +634,7 @@ identity = "late-sa"
                         everything_secret.clone(),
                         late_secret,
                         fast_secret,
+                        record_secret,
                     ],
                     key_material,
                 ]

@@ -17,6 +17,7 @@ mod check_mtls;
 mod combined;
 mod connect;
 mod consent;
+mod differential;
 mod elicitation_complete;
 mod envoy_start;
 mod gateway;
