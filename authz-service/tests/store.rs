@@ -6,69 +6,16 @@
 //! released only by their holder; short-lived records expire. Every
 //! refusal is paired with the same operation succeeding.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::Redis;
 use latchkey_authz::audit::LifecycleEvent;
-use latchkey_authz::redis_backend::Topology;
-use latchkey_authz::store::{Mutation, Store, StoreError};
+use latchkey_authz::store::{Mutation, StoreError};
 use redis::AsyncCommands;
-
-/// A `redis-server` of this test's own, stopped when dropped.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/setup installs it)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, url }
-    }
-
-    async fn store(&self) -> Store {
-        let topology = Topology::Single {
-            url: self.url.clone(),
-        };
-        Store::connect(&topology, "t", Duration::from_secs(2), 100)
-            .await
-            .expect("the store connects")
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn event(action: &str, target: &str) -> LifecycleEvent {
     LifecycleEvent::new(action, "tester", "identity", target, None, None)
