@@ -1,6 +1,6 @@
 //! Replaying a fuzz crate's committed corpus on stable, for `cargo test`
 //! (included by `filter/tests/fuzz_corpus.rs` and
-//! `authz-service/tests/fuzz_corpus.rs`; libFuzzer needs nightly, the
+//! `authz-service/check/tests/fuzz_corpus.rs`; libFuzzer needs nightly, the
 //! replay does not).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -20,12 +20,12 @@
 use std::collections::HashMap;
 
 use arbitrary::{Arbitrary, Unstructured};
-use latchkey_authz::config::{Config, ServerAuth};
-use latchkey_authz::consent::{self, StateClaims, StateError};
-use latchkey_authz::context::RequestContext;
-use latchkey_authz::policy::{Policy, Verdict};
-use latchkey_authz::principal::Caller;
-use latchkey_authz::vault::KeyRing;
+use latchkey_check::consent::{self, StateClaims, StateError};
+use latchkey_check::context::RequestContext;
+use latchkey_core::config::{Config, ServerAuth};
+use latchkey_core::policy::{Policy, Verdict};
+use latchkey_core::principal::Caller;
+use latchkey_core::vault::KeyRing;
 use latchkey_filter::mcp;
 use latchkey_filter::visibility::{ItemKind, Visibility};
 use latchkey_proto::auth::attribute_context::{HttpRequest, Peer, Request};
@@ -251,17 +251,9 @@ struct CallerCase {
     x_len: Option<u8>,
 }
 
-const POLICY_BASE: &str = r#"
-[vault]
-key_env = "K"
-[identity_provider]
-issuer = "http://idp"
-[[servers]]
-name = "gh"
-url = "http://127.0.0.1:1/mcp"
-[[gateways]]
-name = "g"
-public_url = "http://gw/mcp"
+const POLICY_BASE: &str = concat!(
+    include_str!("../../testdata/gateway.toml"),
+    r#"
 [[gateways.assignments]]
 name = "gh"
 server = "gh"
@@ -273,7 +265,8 @@ scheme = "shared"
 identity = "svc"
 [[agents]]
 name = "bot"
-"#;
+"#
+);
 
 impl PolicyCase {
     fn config_text(&self) -> String {

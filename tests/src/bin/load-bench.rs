@@ -933,12 +933,12 @@ fn loadavg() -> String {
 /// process per identity. No request uses them: the numbers show what merely
 /// storing them costs a replica (it loads only what requests touch).
 async fn memory_with_identities(bench: &Bench) -> Result<Value> {
-    use latchkey_authz::config::Config;
-    use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
-    use latchkey_authz::identity::{Availability, IdentitySecret};
-    use latchkey_authz::redis_backend::Topology;
-    use latchkey_authz::store::Store;
-    use latchkey_authz::vault::{KeyRing, Secret};
+    use latchkey_core::config::Config;
+    use latchkey_core::identity::{Availability, IdentitySecret};
+    use latchkey_core::vault::{KeyRing, Secret};
+    use latchkey_store::credentials::{Credentials, NewIdentity, TokenMeta};
+    use latchkey_store::redis_backend::Topology;
+    use latchkey_store::store::Store;
 
     let config = Config::load(&bench.dir.join("latchkey.toml"))?;
     let store = Store::connect(

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use latchkey_authz::audit::{FIELD_MAX, MAX_EVENT_BYTES, bound};
+use latchkey_core::audit::{FIELD_MAX, MAX_EVENT_BYTES, bound};
 use latchkey_e2e::attacker::audit_stream_size;
 use latchkey_e2e::client::{assert_jsonrpc_error, send, tools_call};
 use latchkey_e2e::stack::AuthzMode;

@@ -133,9 +133,9 @@ scheme = "per_user"
     /// Opens identity `id` with the stack's master key: its access and
     /// refresh tokens (remembered as secrets for the log scan).
     async fn open_identity(&self, id: &str) -> Result<(String, Option<String>)> {
-        use latchkey_authz::identity::{IdentitySecret, VaultRecord};
-        use latchkey_authz::vault::KeyRing;
-        let config = latchkey_authz::config::Config::load(&self.stack.config_path)?;
+        use latchkey_core::identity::{IdentitySecret, VaultRecord};
+        use latchkey_core::vault::KeyRing;
+        let config = latchkey_core::config::Config::load(&self.stack.config_path)?;
         let keys = KeyRing::from_config(&config.vault)?;
         let raw: String = redis::cmd("GET")
             .arg(format!("latchkey:identity:{id}"))
@@ -620,7 +620,7 @@ async fn anonymous_visits_store_nothing_and_a_planted_session_cookie_is_replaced
     // Visits without a session: plain, with a consent request id, with a
     // made-up session cookie; each is sent to sign in with a flow cookie of
     // bounded size, and none leaves anything on the server.
-    let planted = latchkey_authz::connect::random_token();
+    let planted = latchkey_control::connect::random_token();
     for i in 0..150 {
         let (url, cookie) = match i % 3 {
             0 => (page.clone(), String::new()),
@@ -678,7 +678,7 @@ async fn anonymous_visits_store_nothing_and_a_planted_session_cookie_is_replaced
         .last()
         .and_then(|r| r.text.clone())
         .context("the session cookies' digests")?;
-    let digest = |v: &str| latchkey_authz::hex::sha256(v.as_bytes());
+    let digest = |v: &str| latchkey_core::hex::sha256(v.as_bytes());
     let planted_digest = digest(&planted);
     let minted: Vec<&str> = digests
         .split(',')

@@ -614,12 +614,12 @@ fn base64_encode(b: &[u8]) -> String {
 /// remembered for the log scan) the way `identity create` does, through the
 /// service's own library, 200 at a time rather than one CLI process each.
 async fn seed_identities(stack: &Stack, n: usize) -> Result<()> {
-    use latchkey_authz::config::Config;
-    use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
-    use latchkey_authz::identity::{Availability, IdentitySecret};
-    use latchkey_authz::redis_backend::Topology;
-    use latchkey_authz::store::Store;
-    use latchkey_authz::vault::{KeyRing, Secret};
+    use latchkey_core::config::Config;
+    use latchkey_core::identity::{Availability, IdentitySecret};
+    use latchkey_core::vault::{KeyRing, Secret};
+    use latchkey_store::credentials::{Credentials, NewIdentity, TokenMeta};
+    use latchkey_store::redis_backend::Topology;
+    use latchkey_store::store::Store;
 
     let config = Config::load(&stack.config_path)?;
     let store = Store::connect(

@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use latchkey_authz::identity::{IdentitySecret, VaultRecord};
-use latchkey_authz::vault::KeyRing;
+use latchkey_core::identity::{IdentitySecret, VaultRecord};
+use latchkey_core::vault::KeyRing;
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::{
     Idp, McpClient, OauthMcp, Stack, StackOptions, eventually, http_get, post_json, scenario_dir,

@@ -1,4 +1,4 @@
-//! The token refresh of `latchkey_authz::refresh` against a real Redis: the
+//! The token refresh of `latchkey_check::refresh` against a real Redis: the
 //! refresh lock, fencing by record version, one refresh across replicas and
 //! within one, rotation, `invalid_grant`, and a provider that is down. Each
 //! "replica" is a `Credentials` (its own cache) plus a `Refresher` over the
@@ -14,17 +14,17 @@ use anyhow::{Context, Result, ensure};
 use axum::extract::{Form, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use latchkey_authz::cache::OpenIdentity;
-use latchkey_authz::config::Config;
-use latchkey_authz::credentials::{Credentials, NewIdentity, TokenMeta};
-use latchkey_authz::identity::{Availability, IdentitySecret, VaultRecord};
-use latchkey_authz::metrics::{Metrics, Readings};
-use latchkey_authz::oauth::Providers;
-use latchkey_authz::redis_backend::Topology;
-use latchkey_authz::refresh::{RefreshError, Refresher};
-use latchkey_authz::store::Store;
-use latchkey_authz::vault::{KeyRing, Secret};
+use latchkey_check::oauth::Providers;
+use latchkey_check::refresh::{RefreshError, Refresher};
+use latchkey_core::config::Config;
+use latchkey_core::identity::{Availability, IdentitySecret, VaultRecord};
+use latchkey_core::metrics::{Metrics, Readings};
+use latchkey_core::vault::{KeyRing, Secret};
 use latchkey_e2e::{Redis, free_port, scenario_dir};
+use latchkey_store::cache::OpenIdentity;
+use latchkey_store::credentials::{Credentials, NewIdentity, TokenMeta};
+use latchkey_store::redis_backend::Topology;
+use latchkey_store::store::Store;
 use serde_json::{Value, json};
 
 const ID: &str = "gh-alice";
@@ -247,7 +247,7 @@ async fn store_identity(
     refresh: Option<&str>,
     expires_in: i64,
 ) -> Result<VaultRecord> {
-    let expires_at = latchkey_authz::refresh::expires_at_after(expires_in).context("range")?;
+    let expires_at = latchkey_check::refresh::expires_at_after(expires_in).context("range")?;
     Ok(replica
         .credentials
         .put_identity(NewIdentity {
@@ -423,7 +423,7 @@ async fn fifty_concurrent_requests_on_two_replicas_refresh_once_and_store_the_ro
         .collect();
     ensure!(refreshes.len() == 1, "{refreshes:?}");
     let e = &refreshes[0];
-    ensure!(e["actor"] == latchkey_authz::refresh::ACTOR);
+    ensure!(e["actor"] == latchkey_check::refresh::ACTOR);
     ensure!(e["before"]["version"] == json!(before.version));
     ensure!(e["after"]["version"] == json!(before.version + 1));
     ensure!(e["after"]["refresh_token_rotated"] == json!(true));

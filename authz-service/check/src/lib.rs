@@ -1,0 +1,27 @@
+//! Latchkey's request path: one ext_authz `Check`, from the filter's
+//! request to Envoy's answer. It flows one way: `context` (what is asked,
+//! from the filter's metadata or, behind native ext_authz, the forwarded
+//! body read by `native`) → `decision` (`authn`, routing, policy, the
+//! credential) → `respond` (the Envoy answer). `check` is the gRPC service
+//! that runs it, holding only what a decision needs.
+//!
+//! `refresh` keeps per-user OAuth tokens fresh (once across replicas) over
+//! the `oauth` client; `consent` answers in band when a person must connect
+//! an identity, and `elicitation` tells the filter which of those answers
+//! are done. `reload` swaps the compiled policy in place when the config
+//! file changes.
+//!
+//! This crate does not depend on `latchkey-control` or on axum: the request
+//! path cannot reach the admin API, the connect page or the HTTP side.
+
+pub mod authn;
+pub mod check;
+pub mod consent;
+pub mod context;
+pub mod decision;
+pub mod elicitation;
+pub mod native;
+pub mod oauth;
+pub mod refresh;
+pub mod reload;
+pub mod respond;

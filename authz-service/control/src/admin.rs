@@ -1,0 +1,847 @@
+//! The operator API (`latchkey.admin.v1.Admin`): who is asking (a token from
+//! the organisation's identity provider, audience `[admin] audience`), what
+//! they may do (their own identities and connections always; everything
+//! else by capability), and doing it through `credentials` and `store`, one
+//! audited atomic change at a time. Secrets go in, never out.
+
+use std::sync::Arc;
+
+use latchkey_proto::admin as pb;
+use latchkey_proto::admin::admin_server::Admin;
+use tonic::{Request, Response, Status as RpcStatus};
+
+use crate::state::AppState;
+use latchkey_check::authn::bearer_token;
+use latchkey_core::audit::{LifecycleEvent, identity_summary, principal_summary};
+use latchkey_core::capability::{Capabilities, Capability};
+use latchkey_core::config::IdentityScheme;
+use latchkey_core::identity::{
+    Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
+    UseError, VaultRecord, now_rfc3339,
+};
+use latchkey_core::vault::Secret;
+use latchkey_store::credentials::{
+    ChangeError, CredentialError, NewIdentity, PutError, RotateError, TokenMeta,
+};
+use latchkey_store::store::{Mutation, StoreError};
+
+pub struct AdminService {
+    pub state: Arc<AppState>,
+}
+
+/// The authenticated caller of one admin request.
+struct Operator {
+    subject: String,
+    capabilities: Capabilities,
+}
+
+impl Operator {
+    fn require(&self, capability: Capability, to: &str) -> Result<(), RpcStatus> {
+        if self.capabilities.has(capability) {
+            return Ok(());
+        }
+        Err(RpcStatus::permission_denied(format!(
+            "{to} needs the '{capability}' capability, which your token does not carry"
+        )))
+    }
+
+    /// Acting on someone else's things needs `capability`; your own never does.
+    fn require_unless_self(
+        &self,
+        owner: &str,
+        capability: Capability,
+        to: &str,
+    ) -> Result<(), RpcStatus> {
+        if owner == self.subject {
+            Ok(())
+        } else {
+            self.require(capability, to)
+        }
+    }
+}
+
+/// Whose things a list asks for: the caller's (empty), everyone's (`*`),
+/// or one named person's.
+enum Whose {
+    Mine,
+    Everyone,
+    Of(String),
+}
+
+impl Operator {
+    /// Reads a list's owner argument, checking `capability` unless it is the caller's own.
+    fn whose(&self, owner: &str, capability: Capability, what: &str) -> Result<Whose, RpcStatus> {
+        match owner {
+            "" => Ok(Whose::Mine),
+            "*" => {
+                self.require(capability, &format!("listing everyone's {what}"))?;
+                Ok(Whose::Everyone)
+            }
+            other => {
+                self.require_unless_self(
+                    other,
+                    capability,
+                    &format!("listing another user's {what}"),
+                )?;
+                Ok(Whose::Of(other.to_string()))
+            }
+        }
+    }
+
+    /// The user a change is for (the caller when empty), checking
+    /// `capability` when it is someone else.
+    fn acting_for(
+        &self,
+        user: &str,
+        capability: Capability,
+        to: &str,
+    ) -> Result<String, RpcStatus> {
+        let user = if user.is_empty() { &self.subject } else { user };
+        self.require_unless_self(user, capability, to)?;
+        Ok(user.to_string())
+    }
+}
+
+type Reply<T> = Result<Response<T>, RpcStatus>;
+
+/// Response metadata carrying what the caller should know about a change
+/// that was made but may not be seen everywhere yet (`settle`).
+pub const WARNING_METADATA: &str = "latchkey-warning";
+
+impl AdminService {
+    /// The answer to a change, sent once every replica has applied it (or the
+    /// wait ran out, which the answer then says).
+    async fn settled<T>(&self, message: T) -> Reply<T> {
+        let settled = latchkey_store::settle::after_change(
+            &self.state.credentials.store,
+            &self.state.metrics,
+        )
+        .await;
+        let mut response = Response::new(message);
+        if let Some(warning) = settled.warning() {
+            // Metadata values are visible ASCII; the warning is built from ids and fixed text.
+            if let Ok(value) = warning.parse() {
+                response.metadata_mut().insert(WARNING_METADATA, value);
+            }
+        }
+        Ok(response)
+    }
+
+    async fn operator<T>(&self, request: &Request<T>) -> Result<Operator, RpcStatus> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let token = bearer_token(header).map_err(|e| RpcStatus::unauthenticated(e.to_string()))?;
+        let admin = &self.state.config.admin;
+        let (caller, claims) = self
+            .state
+            .verifier
+            .verify_with_claims(token, &admin.audience)
+            .await
+            .map_err(|e| {
+                if e.is_client_error() {
+                    RpcStatus::unauthenticated(format!(
+                        "{e} (admin tokens need audience '{}')",
+                        admin.audience
+                    ))
+                } else {
+                    RpcStatus::unavailable(e.to_string())
+                }
+            })?;
+        let status = self
+            .state
+            .credentials
+            .principal_status(PrincipalKind::User, &caller.subject)
+            .await
+            .map_err(credential_status)?;
+        if status == Status::Disabled {
+            return Err(RpcStatus::permission_denied(format!(
+                "user '{}' is deactivated",
+                caller.subject
+            )));
+        }
+        Ok(Operator {
+            subject: caller.subject,
+            capabilities: Capabilities::from_claims(&claims, &admin.claim_grants()),
+        })
+    }
+
+    async fn identity_record(&self, id: &str) -> Result<VaultRecord, RpcStatus> {
+        let store = &self.state.credentials.store;
+        store
+            .get::<VaultRecord>(&store.identity_key(id))
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| RpcStatus::not_found(format!("there is no identity '{id}'")))
+    }
+
+    /// Who may change an identity: its owner while it is private; a global
+    /// identity belongs to the organisation, so only identity managers.
+    fn may_manage(op: &Operator, record: &VaultRecord, to: &str) -> Result<(), RpcStatus> {
+        match record.availability {
+            Availability::Private => {
+                op.require_unless_self(&record.owner, Capability::IdentitiesManage, to)
+            }
+            Availability::Global => op.require(Capability::IdentitiesManage, to),
+        }
+    }
+
+    /// Applies `change` to identity `id` (metadata only; the secret and its
+    /// version are untouched) as one audited change.
+    async fn change_identity(
+        &self,
+        op: &Operator,
+        id: &str,
+        action: &'static str,
+        change: impl Fn(&mut VaultRecord),
+    ) -> Result<VaultRecord, RpcStatus> {
+        let store = &self.state.credentials.store;
+        let key = store.identity_key(id);
+        let updated = store
+            .mutate(&key, &[], id, |current: Option<VaultRecord>| {
+                let Some(before) = current else {
+                    return Err(ChangeError::NotFound(format!(
+                        "there is no identity '{id}'"
+                    )));
+                };
+                let mut after = before.clone();
+                change(&mut after);
+                after.updated_by = op.subject.clone();
+                after.updated_at = now_rfc3339();
+                Ok(Mutation {
+                    event: LifecycleEvent::new(
+                        action,
+                        &op.subject,
+                        "identity",
+                        id,
+                        Some(identity_summary(&before)),
+                        Some(identity_summary(&after)),
+                    ),
+                    new: Some(after),
+                })
+            })
+            .await
+            .map_err(change_status)?;
+        updated.ok_or_else(|| RpcStatus::not_found(format!("there is no identity '{id}'")))
+    }
+
+    async fn set_principal_status(
+        &self,
+        op: &Operator,
+        kind: PrincipalKind,
+        id: &str,
+        status: Status,
+    ) -> Result<PrincipalRecord, RpcStatus> {
+        if id.is_empty() {
+            return Err(RpcStatus::invalid_argument(format!(
+                "name the {} to change",
+                kind.as_str()
+            )));
+        }
+        let action = match (kind, status) {
+            (PrincipalKind::User, Status::Disabled) => "user.deactivate",
+            (PrincipalKind::User, Status::Enabled) => "user.reactivate",
+            (PrincipalKind::Agent, Status::Disabled) => "agent.disable",
+            (PrincipalKind::Agent, Status::Enabled) => "agent.enable",
+        };
+        let store = &self.state.credentials.store;
+        let written = store
+            .mutate(
+                &store.principal_key(kind, id),
+                &[],
+                id,
+                |current: Option<PrincipalRecord>| {
+                    let after = PrincipalRecord {
+                        id: id.to_string(),
+                        kind,
+                        status,
+                        updated_by: op.subject.clone(),
+                        updated_at: now_rfc3339(),
+                    };
+                    Ok::<_, StoreError>(Mutation {
+                        event: LifecycleEvent::new(
+                            action,
+                            &op.subject,
+                            kind.as_str(),
+                            id,
+                            // No record means it was enabled.
+                            Some(current.as_ref().map(principal_summary).unwrap_or_else(
+                                || serde_json::json!({ "kind": kind, "status": Status::Enabled }),
+                            )),
+                            Some(principal_summary(&after)),
+                        ),
+                        new: Some(after),
+                    })
+                },
+            )
+            .await
+            .map_err(store_status)?;
+        written.ok_or_else(|| RpcStatus::internal("the change was not written"))
+    }
+
+    async fn change_connection(
+        &self,
+        op: &Operator,
+        user: &str,
+        gateway: &str,
+        action: &'static str,
+        create: bool,
+        change: impl Fn(&mut ConnectionRecord),
+    ) -> Result<ConnectionRecord, RpcStatus> {
+        self.state
+            .credentials
+            .change_connection(&op.subject, user, gateway, action, create, change)
+            .await
+            .map_err(change_status)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Reply<pb::WhoAmIResponse> {
+        let op = self.operator(&request).await?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            subject: op.subject,
+            capabilities: op.capabilities.names(),
+        }))
+    }
+
+    async fn create_identity(
+        &self,
+        request: Request<pb::CreateIdentityRequest>,
+    ) -> Reply<pb::Identity> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        if self.state.config.server(&req.server).is_none() {
+            return Err(RpcStatus::invalid_argument(format!(
+                "unknown server '{}'; servers are declared under [[servers]] in the config",
+                req.server
+            )));
+        }
+        let (secret, meta) = identity_secret_from(req.secret, req.oauth)?;
+        let owner = op.acting_for(
+            &req.owner,
+            Capability::IdentitiesManage,
+            "creating an identity for someone else",
+        )?;
+        let availability = availability_from(req.availability)?.unwrap_or(Availability::Private);
+        if availability == Availability::Global {
+            op.require(Capability::IdentitiesManage, "creating a global identity")?;
+        }
+        let id = if req.id.is_empty() {
+            format!("{}-{}", req.server, latchkey_core::hex::random(6))
+        } else {
+            req.id.clone()
+        };
+        // Ids the config names for shared assignments belong to the
+        // organisation: only a global identity for that server, created by
+        // someone who manages identities, may take one.
+        if let Some((place, server)) = self.state.config.reserved_identity(&id) {
+            op.require(
+                Capability::IdentitiesManage,
+                &format!("creating identity '{id}', reserved for the shared identity of {place}"),
+            )?;
+            if availability != Availability::Global || server != req.server {
+                return Err(RpcStatus::invalid_argument(format!(
+                    "identity id '{id}' is reserved for the shared identity of {place}: create it with --global for server '{server}', or choose another id"
+                )));
+            }
+        }
+        let record = self
+            .state
+            .credentials
+            .put_identity(NewIdentity {
+                actor: &op.subject,
+                id: &id,
+                server: &req.server,
+                owner: &owner,
+                availability,
+                secret: &secret,
+                replace: false,
+                meta,
+            })
+            .await
+            .map_err(|e| match e {
+                PutError::Exists(_) => RpcStatus::already_exists(e.to_string()),
+                PutError::Mismatch(_) => RpcStatus::already_exists(e.to_string()),
+                PutError::Raced(_) => RpcStatus::aborted(e.to_string()),
+                PutError::BadId(_) => RpcStatus::invalid_argument(e.to_string()),
+                PutError::Credential(c) => credential_status(c),
+            })?;
+        self.settled(identity_pb(&record)).await
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Reply<pb::ListIdentitiesResponse> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let store = &self.state.credentials.store;
+        let index = match op.whose(&req.owner, Capability::IdentitiesManage, "identities")? {
+            Whose::Mine => store.owner_index(&op.subject),
+            Whose::Everyone => store.identities_index(),
+            Whose::Of(owner) => store.owner_index(&owner),
+        };
+        let ids = store.members(&index).await.map_err(store_status)?;
+        let keys: Vec<String> = ids.iter().map(|id| store.identity_key(id)).collect();
+        let records: Vec<VaultRecord> = store.get_many(&keys).await.map_err(store_status)?;
+        Ok(Response::new(pb::ListIdentitiesResponse {
+            identities: records
+                .iter()
+                .filter(|r| req.server.is_empty() || r.server == req.server)
+                .map(identity_pb)
+                .collect(),
+        }))
+    }
+
+    async fn get_identity(&self, request: Request<pb::GetIdentityRequest>) -> Reply<pb::Identity> {
+        let op = self.operator(&request).await?;
+        let record = self.identity_record(&request.get_ref().id).await?;
+        // Global identities are selectable by anyone, so anyone may see them.
+        if record.availability == Availability::Private {
+            op.require_unless_self(
+                &record.owner,
+                Capability::IdentitiesManage,
+                "showing another user's identity",
+            )?;
+        }
+        Ok(Response::new(identity_pb(&record)))
+    }
+
+    async fn set_identity_status(
+        &self,
+        request: Request<pb::SetIdentityStatusRequest>,
+    ) -> Reply<pb::Identity> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let status = status_from(req.status)?;
+        let record = self.identity_record(&req.id).await?;
+        Self::may_manage(&op, &record, "changing this identity")?;
+        let action = match status {
+            Status::Enabled => "identity.enable",
+            Status::Disabled => "identity.disable",
+        };
+        let updated = self
+            .change_identity(&op, &req.id, action, |r| r.status = status)
+            .await?;
+        self.settled(identity_pb(&updated)).await
+    }
+
+    async fn set_identity_availability(
+        &self,
+        request: Request<pb::SetIdentityAvailabilityRequest>,
+    ) -> Reply<pb::Identity> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let availability = availability_from(req.availability)?.ok_or_else(|| {
+            RpcStatus::invalid_argument("say which availability: PRIVATE or GLOBAL")
+        })?;
+        let record = self.identity_record(&req.id).await?;
+        // Either direction moves ownership between a person and the organisation.
+        op.require(
+            Capability::IdentitiesManage,
+            "making an identity global or private",
+        )?;
+        if availability == Availability::Private
+            && let Some((place, _)) = self.state.config.reserved_identity(&record.id)
+        {
+            return Err(RpcStatus::failed_precondition(format!(
+                "identity '{}' is the shared identity of {place} and must stay global",
+                record.id
+            )));
+        }
+        let action = match availability {
+            Availability::Global => "identity.make_global",
+            Availability::Private => "identity.make_private",
+        };
+        let updated = self
+            .change_identity(&op, &record.id, action, |r| r.availability = availability)
+            .await?;
+        self.settled(identity_pb(&updated)).await
+    }
+
+    async fn delete_identity(
+        &self,
+        request: Request<pb::DeleteIdentityRequest>,
+    ) -> Reply<pb::DeleteIdentityResponse> {
+        let op = self.operator(&request).await?;
+        let id = request.into_inner().id;
+        let record = self.identity_record(&id).await?;
+        Self::may_manage(&op, &record, "deleting this identity")?;
+        self.state
+            .credentials
+            .delete_identity(&op.subject, &record.id)
+            .await
+            .map_err(change_status)?;
+        self.settled(pb::DeleteIdentityResponse {}).await
+    }
+
+    async fn set_user_status(
+        &self,
+        request: Request<pb::SetPrincipalStatusRequest>,
+    ) -> Reply<pb::Principal> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        op.require(
+            Capability::UsersManage,
+            "deactivating or reactivating users",
+        )?;
+        let status = status_from(req.status)?;
+        if req.id == op.subject && status == Status::Disabled {
+            return Err(RpcStatus::failed_precondition(
+                "you cannot deactivate yourself; ask another user manager",
+            ));
+        }
+        let record = self
+            .set_principal_status(&op, PrincipalKind::User, &req.id, status)
+            .await?;
+        self.settled(principal_pb(&record)).await
+    }
+
+    async fn set_agent_status(
+        &self,
+        request: Request<pb::SetPrincipalStatusRequest>,
+    ) -> Reply<pb::Principal> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        op.require(Capability::AgentsManage, "disabling or enabling agents")?;
+        let status = status_from(req.status)?;
+        let record = self
+            .set_principal_status(&op, PrincipalKind::Agent, &req.id, status)
+            .await?;
+        self.settled(principal_pb(&record)).await
+    }
+
+    async fn use_identity(
+        &self,
+        request: Request<pb::UseIdentityRequest>,
+    ) -> Reply<pb::Connection> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let user = op.acting_for(
+            &req.user,
+            Capability::ConnectionsManage,
+            "changing another user's connection",
+        )?;
+        let gateway = self.state.config.gateway(&req.gateway).ok_or_else(|| {
+            RpcStatus::invalid_argument(format!("unknown gateway '{}'", req.gateway))
+        })?;
+        let per_user = gateway
+            .assignments
+            .iter()
+            .any(|a| a.server == req.server && a.scheme == IdentityScheme::PerUser);
+        if !per_user {
+            return Err(RpcStatus::invalid_argument(format!(
+                "gateway '{}' has no per-user assignment of server '{}'",
+                req.gateway, req.server
+            )));
+        }
+        let record = self.identity_record(&req.identity_id).await?;
+        // Private means private: no capability lets anyone use another's.
+        record.usable_by(&user, &req.server).map_err(|e| match e {
+            UseError::PrivateToOwner(_) => RpcStatus::permission_denied(e.to_string()),
+            _ => RpcStatus::failed_precondition(e.to_string()),
+        })?;
+        let server = req.server.clone();
+        let identity_id = req.identity_id.clone();
+        let connection = self
+            .change_connection(
+                &op,
+                &user,
+                &req.gateway,
+                "connection.use_identity",
+                true,
+                |c| {
+                    c.identities.insert(server.clone(), identity_id.clone());
+                },
+            )
+            .await?;
+        self.settled(connection_pb(&connection)).await
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Reply<pb::ListConnectionsResponse> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let store = &self.state.credentials.store;
+        let index = match op.whose(&req.user, Capability::ConnectionsManage, "connections")? {
+            Whose::Mine => store.user_connections_index(&op.subject),
+            Whose::Everyone => store.connections_index(),
+            Whose::Of(user) => store.user_connections_index(&user),
+        };
+        let keys = store.members(&index).await.map_err(store_status)?;
+        let records: Vec<ConnectionRecord> = store.get_many(&keys).await.map_err(store_status)?;
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections: records.iter().map(connection_pb).collect(),
+        }))
+    }
+
+    async fn set_connection_status(
+        &self,
+        request: Request<pb::SetConnectionStatusRequest>,
+    ) -> Reply<pb::Connection> {
+        let op = self.operator(&request).await?;
+        let req = request.into_inner();
+        let user = op.acting_for(
+            &req.user,
+            Capability::ConnectionsManage,
+            "changing another user's connection",
+        )?;
+        let status = status_from(req.status)?;
+        let action = match status {
+            Status::Enabled => "connection.enable",
+            Status::Disabled => "connection.disable",
+        };
+        let connection = self
+            .change_connection(&op, &user, &req.gateway, action, false, |c| {
+                c.status = status
+            })
+            .await?;
+        self.settled(connection_pb(&connection)).await
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Reply<pb::ListKeysResponse> {
+        let op = self.operator(&request).await?;
+        op.require(Capability::KeysManage, "listing master keys")?;
+        let credentials = &self.state.credentials;
+        let active = credentials
+            .store
+            .active_key()
+            .await
+            .map_err(store_status)?
+            .unwrap_or_else(|| credentials.keys.active_id().to_string());
+        let counts = credentials
+            .records_per_key()
+            .await
+            .map_err(credential_status)?;
+        let mut ids: Vec<String> = credentials.keys.key_ids().map(str::to_string).collect();
+        ids.extend(counts.keys().cloned());
+        ids.push(active.clone());
+        ids.sort();
+        ids.dedup();
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: ids
+                .into_iter()
+                .map(|id| pb::KeyInfo {
+                    loaded: credentials.keys.has(&id),
+                    active: id == active,
+                    records: counts.get(&id).copied().unwrap_or(0),
+                    id,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<pb::RotateKeysRequest>,
+    ) -> Reply<pb::RotateKeysResponse> {
+        let op = self.operator(&request).await?;
+        op.require(Capability::KeysManage, "rotating master keys")?;
+        let to = request.into_inner().key_id;
+        let done = self
+            .state
+            .credentials
+            .rotate(&op.subject, &to)
+            .await
+            .map_err(|e| match e {
+                RotateError::Credential(c) => credential_status(c),
+                other => RpcStatus::failed_precondition(other.to_string()),
+            })?;
+        self.settled(pb::RotateKeysResponse {
+            active_key: to,
+            re_encrypted: done.re_encrypted,
+            already_current: done.already_current,
+        })
+        .await
+    }
+}
+
+fn store_status(e: StoreError) -> RpcStatus {
+    match e {
+        StoreError::Unavailable(_) => RpcStatus::unavailable(e.to_string()),
+        StoreError::Contended(_) => RpcStatus::aborted(e.to_string()),
+        StoreError::Corrupt { .. } => RpcStatus::data_loss(e.to_string()),
+    }
+}
+
+fn change_status(e: ChangeError) -> RpcStatus {
+    match e {
+        ChangeError::Store(s) => store_status(s),
+        ChangeError::NotFound(m) => RpcStatus::not_found(m),
+    }
+}
+
+fn credential_status(e: CredentialError) -> RpcStatus {
+    match e {
+        CredentialError::Store(s) => store_status(s),
+        CredentialError::Vault(v) => RpcStatus::failed_precondition(v.to_string()),
+    }
+}
+
+fn status_from(value: i32) -> Result<Status, RpcStatus> {
+    match pb::Status::try_from(value) {
+        Ok(pb::Status::Enabled) => Ok(Status::Enabled),
+        Ok(pb::Status::Disabled) => Ok(Status::Disabled),
+        _ => Err(RpcStatus::invalid_argument(
+            "say which status: ENABLED or DISABLED",
+        )),
+    }
+}
+
+fn availability_from(value: i32) -> Result<Option<Availability>, RpcStatus> {
+    match pb::Availability::try_from(value) {
+        Ok(pb::Availability::Unspecified) => Ok(None),
+        Ok(pb::Availability::Private) => Ok(Some(Availability::Private)),
+        Ok(pb::Availability::Global) => Ok(Some(Availability::Global)),
+        Err(_) => Err(RpcStatus::invalid_argument(
+            "availability is PRIVATE or GLOBAL",
+        )),
+    }
+}
+
+/// The secret of a new identity: a static value, or OAuth tokens with what
+/// is known about them. Exactly one of the two.
+fn identity_secret_from(
+    secret: String,
+    oauth: Option<pb::OauthTokens>,
+) -> Result<(IdentitySecret, TokenMeta), RpcStatus> {
+    match oauth {
+        None if secret.is_empty() => Err(RpcStatus::invalid_argument(
+            "the identity needs a secret (the header value the server expects) or OAuth tokens",
+        )),
+        None => Ok((
+            IdentitySecret::Static {
+                value: Secret::new(secret),
+            },
+            TokenMeta::default(),
+        )),
+        Some(_) if !secret.is_empty() => Err(RpcStatus::invalid_argument(
+            "give either a static secret or OAuth tokens, not both",
+        )),
+        Some(t) if t.access_token.is_empty() => Err(RpcStatus::invalid_argument(
+            "OAuth tokens need at least an access token",
+        )),
+        Some(t) => {
+            let expires_at = match t.expires_in {
+                Some(secs) => Some(latchkey_check::refresh::expires_at_after(secs).ok_or_else(
+                    || RpcStatus::invalid_argument(format!("expires_in {secs} is out of range")),
+                )?),
+                None => None,
+            };
+            Ok((
+                IdentitySecret::Oauth {
+                    access_token: Secret::new(t.access_token),
+                    refresh_token: (!t.refresh_token.is_empty())
+                        .then(|| Secret::new(t.refresh_token)),
+                },
+                TokenMeta {
+                    expires_at,
+                    scopes: t.scopes,
+                },
+            ))
+        }
+    }
+}
+
+pub fn identity_pb(r: &VaultRecord) -> pb::Identity {
+    pb::Identity {
+        id: r.id.clone(),
+        server: r.server.clone(),
+        owner: r.owner.clone(),
+        availability: match r.availability {
+            Availability::Private => pb::Availability::Private,
+            Availability::Global => pb::Availability::Global,
+        } as i32,
+        status: status_pb(r.status) as i32,
+        kind: r.kind.as_str().to_string(),
+        version: r.version,
+        created_by: r.created_by.clone(),
+        created_at: r.created_at.clone(),
+        updated_by: r.updated_by.clone(),
+        updated_at: r.updated_at.clone(),
+        key_id: r.sealed.key_id.clone(),
+        expires_at: r.expires_at.clone().unwrap_or_default(),
+        scopes: r.scopes.clone(),
+        consent_required: r.consent_required,
+    }
+}
+
+fn status_pb(s: Status) -> pb::Status {
+    match s {
+        Status::Enabled => pb::Status::Enabled,
+        Status::Disabled => pb::Status::Disabled,
+    }
+}
+
+fn principal_pb(r: &PrincipalRecord) -> pb::Principal {
+    pb::Principal {
+        id: r.id.clone(),
+        kind: r.kind.as_str().to_string(),
+        status: status_pb(r.status) as i32,
+        updated_by: r.updated_by.clone(),
+        updated_at: r.updated_at.clone(),
+    }
+}
+
+fn connection_pb(r: &ConnectionRecord) -> pb::Connection {
+    pb::Connection {
+        user: r.user.clone(),
+        gateway: r.gateway.clone(),
+        status: status_pb(r.status) as i32,
+        identities: r
+            .identities
+            .iter()
+            .map(|(server, id)| pb::ServerIdentity {
+                server: server.clone(),
+                identity_id: id.clone(),
+            })
+            .collect(),
+        updated_by: r.updated_by.clone(),
+        updated_at: r.updated_at.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capability_is_named() {
+        let op = Operator {
+            subject: "alice".into(),
+            capabilities: Capabilities::default(),
+        };
+        let err = op
+            .require(Capability::UsersManage, "deactivating users")
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(
+            err.message().contains("'users:manage'"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            op.require_unless_self("alice", Capability::IdentitiesManage, "x")
+                .is_ok()
+        );
+        assert!(
+            op.require_unless_self("bob", Capability::IdentitiesManage, "x")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unspecified_status_is_refused() {
+        assert!(status_from(0).is_err());
+        assert_eq!(status_from(2).unwrap(), Status::Disabled);
+        assert_eq!(availability_from(0).unwrap(), None);
+    }
+}

@@ -1,0 +1,29 @@
+//! Latchkey's pure core: types and logic with no runtime and no I/O, which
+//! every other layer of the service builds on.
+//!
+//! * `config`: the config file's model and its validation;
+//! * `principal`: who calls (the caller and the agent behind it), plain
+//!   data that the request path's authn, `agents` and `policy` share;
+//! * `identity` (the model of a stored credential) and `vault` (keys and
+//!   sealing with AES-256-GCM);
+//! * `routing` (which upstream a path is), `capability` (what an admin
+//!   token may do), `policy` (who may call what, and what each caller sees);
+//! * `audit`: the audit event schema and its bounds; `metrics`: the
+//!   registry every decision is counted in; `hex`: random ids and SHA-256
+//!   digests as hex.
+//!
+//! Above it: `latchkey-store` (Redis) ← `latchkey-check` (the request path)
+//! ← `latchkey-control` (admin API, connect page, HTTP side) ← the
+//! `latchkey` binary.
+
+pub mod agents;
+pub mod audit;
+pub mod capability;
+pub mod config;
+pub mod hex;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod principal;
+pub mod routing;
+pub mod vault;

@@ -1,0 +1,1736 @@
+//! Tool-level policy: which tools, prompts and resources of a server
+//! assignment a caller may see and call, and with which arguments.
+//!
+//! `[policy]` is compiled once per load into per-assignment grants with
+//! their patterns already built (see `latchkey_filter::visibility`, which
+//! the filter uses to trim lists, so lists and calls always agree). A
+//! decision is a few set lookups and glob matches: no I/O, no allocation on
+//! the allowed path beyond the list of grants that apply.
+//!
+//! Semantics: a grant applies to a caller named in its `users` (or `"*"`)
+//! or holding one of its `roles`. Something is visible when an applying
+//! grant allows it and none denies it (deny wins, default deny). A tool
+//! call must also satisfy the argument constraints of at least one
+//! applying grant that allows the tool. Grants may instead name `agents`:
+//! on an assignment that has any, the acting agent (the token's client) is
+//! judged the same way by its own grants, and the caller gets the
+//! intersection, so an agent never gains more than the person it acts for.
+//!
+//! Policy judges what the upstream will act on: a resource URI, and a
+//! `pattern` constraint's argument when it is a URI or a path, is matched
+//! in its canonical form (`latchkey_filter::uri`), and one with no
+//! unambiguous canonical form is refused ([`Verdict::Ambiguous`]) or
+//! breaks the constraint. Patterns must be written in canonical form; a
+//! policy whose patterns are not is refused at load with the spelling to
+//! use.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use latchkey_filter::uri::{self, UriError};
+use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
+use serde_json::Value;
+
+use crate::agents::AgentDirectory;
+use crate::config::{
+    CanonicalForm, Config, ConstraintConfig, GrantConfig, HiddenAnswers, PatternsConfig,
+};
+use crate::principal::Caller;
+
+/// A policy that cannot be used; names the line of the grant at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+/// One check on one argument.
+#[derive(Debug, Clone)]
+enum Check {
+    Equals(Value),
+    OneOf(Vec<Value>),
+    /// A glob over the string, judged in the canonical form given.
+    Pattern(String, CanonicalForm),
+    Range {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    MaxLength(usize),
+    Forbidden,
+}
+
+#[derive(Debug, Clone)]
+struct Constraint {
+    tool: String,
+    pointer: String,
+    optional: bool,
+    check: Check,
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let arg = &self.pointer;
+        match &self.check {
+            Check::Equals(v) => write!(f, "argument {arg} must equal {v}"),
+            Check::OneOf(vs) => {
+                let list: Vec<String> = vs.iter().map(Value::to_string).collect();
+                write!(f, "argument {arg} must be one of {}", list.join(", "))
+            }
+            Check::Pattern(p, CanonicalForm::None) => {
+                write!(f, "argument {arg} must be a string matching \"{p}\"")
+            }
+            Check::Pattern(p, CanonicalForm::Path) => {
+                write!(f, "argument {arg} must be a path matching \"{p}\"")
+            }
+            Check::Pattern(p, CanonicalForm::Uri) => {
+                write!(f, "argument {arg} must be a URI matching \"{p}\"")
+            }
+            Check::Range { min, max } => match (min, max) {
+                (Some(lo), Some(hi)) => {
+                    write!(f, "argument {arg} must be a number from {lo} to {hi}")
+                }
+                (Some(lo), None) => write!(f, "argument {arg} must be a number of at least {lo}"),
+                (None, Some(hi)) => write!(f, "argument {arg} must be a number of at most {hi}"),
+                (None, None) => write!(f, "argument {arg} must be a number"),
+            },
+            Check::MaxLength(n) => {
+                write!(
+                    f,
+                    "argument {arg} must be at most {n} characters (or items)"
+                )
+            }
+            Check::Forbidden => write!(f, "argument {arg} must not be given"),
+        }
+    }
+}
+
+impl Constraint {
+    /// `None` when `arguments` satisfy it, else why not.
+    fn violation(&self, arguments: &Value) -> Option<String> {
+        let value = arguments.pointer(&self.pointer);
+        // A path or URI with no single meaning breaks the constraint,
+        // whatever the pattern: say why, so the caller can respell it.
+        if let (Check::Pattern(_, form), Some(Value::String(s))) = (&self.check, value)
+            && let Err(e) = canonical_as(*form, s)
+        {
+            return Some(format!("{self} (the value cannot be judged: {e})"));
+        }
+        let ok = match (&self.check, value) {
+            (Check::Forbidden, v) => v.is_none(),
+            (_, None) => self.optional,
+            (Check::Equals(want), Some(v)) => v == want,
+            (Check::OneOf(set), Some(v)) => set.contains(v),
+            (Check::Pattern(p, form), Some(v)) => v
+                .as_str()
+                .and_then(|s| canonical_as(*form, s).ok())
+                .is_some_and(|s| pattern_matches(p, &s)),
+            (Check::Range { min, max }, Some(v)) => in_range(v, *min, *max),
+            (Check::MaxLength(n), Some(v)) => match v {
+                Value::String(s) => s.chars().count() <= *n,
+                Value::Array(a) => a.len() <= *n,
+                _ => false,
+            },
+        };
+        (!ok).then(|| {
+            if value.is_none() && !matches!(self.check, Check::Forbidden) {
+                format!("argument {} is required: {self}", self.pointer)
+            } else if matches!(self.check, Check::Range { .. })
+                && value.and_then(Value::as_f64).is_some_and(|f| f.abs() > EXACT_DOUBLE)
+                && value.is_some_and(|v| v.as_i64().is_none() && v.as_u64().is_none())
+            {
+                format!(
+                    "{self} (beyond ±9007199254740992 a number is judged only when written as an integer of at most 64 bits)"
+                )
+            } else {
+                self.to_string()
+            }
+        })
+    }
+}
+
+/// The largest magnitude at which every JSON reader agrees on a number
+/// that is not written as a 64-bit integer (2^53, as for ids:
+/// [`latchkey_filter::jsonrpc::MAX_EXACT_ID`]).
+const EXACT_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
+/// Whether `v` is a number within `min..=max` as the upstream reads it.
+///
+/// Python and rmcp read an integer literal exactly (`9007199254740993` is
+/// not the double 2^53 it rounds to), so an integer serde_json holds as a
+/// 64-bit integer is compared with the bounds exactly. A number serde_json
+/// could only hold as a double is judged as that double up to ±2^53, where
+/// every reader agrees; beyond, an integer literal of more than 64 bits
+/// (which Python reads exactly) cannot be told from the double it rounds to,
+/// so it breaks the constraint rather than be judged as another value.
+fn in_range(v: &Value, min: Option<f64>, max: Option<f64>) -> bool {
+    let Value::Number(n) = v else {
+        return false;
+    };
+    if let Some(i) = n.as_i64().map(i128::from).or(n.as_u64().map(i128::from)) {
+        // `as` saturates: a bound beyond ±2^127 stays beyond every i128.
+        return min.is_none_or(|lo| i >= lo.ceil() as i128)
+            && max.is_none_or(|hi| i <= hi.floor() as i128);
+    }
+    n.as_f64().is_some_and(|f| {
+        f.abs() <= EXACT_DOUBLE && min.is_none_or(|lo| f >= lo) && max.is_none_or(|hi| f <= hi)
+    })
+}
+
+/// `value` as a constraint of `form` judges it.
+fn canonical_as(form: CanonicalForm, value: &str) -> Result<std::borrow::Cow<'_, str>, UriError> {
+    Ok(match form {
+        CanonicalForm::None => value.into(),
+        CanonicalForm::Path => uri::canonical_path(value)?.into(),
+        CanonicalForm::Uri => uri::canonical(value)?.into(),
+    })
+}
+
+/// The form a `pattern` constraint judges its argument in when the config
+/// does not say: a pattern that looks like an absolute path or a URL is
+/// one, so `path = "/srv/data/*"` is safe without the operator knowing
+/// about `..`; `canonical = "none"` compares the string as sent.
+fn default_form(pattern: &str) -> CanonicalForm {
+    let scheme_end = pattern.find("://").unwrap_or(0);
+    let scheme = pattern.get(..scheme_end).unwrap_or_default();
+    if pattern.starts_with('/') {
+        CanonicalForm::Path
+    } else if scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        CanonicalForm::Uri
+    } else {
+        CanonicalForm::None
+    }
+}
+
+/// One compiled `[[policy.grants]]` entry, for one assignment.
+#[derive(Debug)]
+struct Grant {
+    name: String,
+    line: usize,
+    any_user: bool,
+    users: HashSet<String>,
+    agents: HashSet<String>,
+    roles: HashSet<String>,
+    tools: Rules,
+    prompts: Rules,
+    resources: Rules,
+    constraints: Vec<Constraint>,
+}
+
+impl Grant {
+    fn rules(&self, kind: ItemKind) -> &Rules {
+        match kind {
+            ItemKind::Tool => &self.tools,
+            ItemKind::Prompt => &self.prompts,
+            ItemKind::Resource => &self.resources,
+        }
+    }
+}
+
+/// The grants of one assignment, indexed by who they name, so finding the
+/// ones that apply costs a lookup per role rather than a scan.
+#[derive(Debug, Default)]
+struct AssignmentGrants {
+    grants: Vec<Grant>,
+    everyone: Vec<usize>,
+    by_user: HashMap<String, Vec<usize>>,
+    by_role: HashMap<String, Vec<usize>>,
+    by_agent: HashMap<String, Vec<usize>>,
+}
+
+impl AssignmentGrants {
+    fn push(&mut self, grant: Grant) {
+        let at = self.grants.len();
+        if grant.any_user {
+            self.everyone.push(at);
+        }
+        for u in &grant.users {
+            self.by_user.entry(u.clone()).or_default().push(at);
+        }
+        for r in &grant.roles {
+            self.by_role.entry(r.clone()).or_default().push(at);
+        }
+        for a in &grant.agents {
+            self.by_agent.entry(a.clone()).or_default().push(at);
+        }
+        self.grants.push(grant);
+    }
+}
+
+/// What the policy says about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go ahead.
+    Allowed,
+    /// The caller may not see the tool, prompt or resource named: answer
+    /// as if it did not exist.
+    Hidden { kind: ItemKind, name: String },
+    /// A visible tool called with arguments that break a constraint.
+    Violation { tool: String, message: String },
+    /// A resource URI with no unambiguous canonical form: policy cannot
+    /// know what the upstream would act on, so it is refused whatever the
+    /// grants say (`problem` names the ambiguous part).
+    Ambiguous {
+        kind: ItemKind,
+        name: String,
+        problem: UriError,
+    },
+}
+
+/// Why a name is or is not visible, for `latchkey policy check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub visible: bool,
+    pub reason: String,
+}
+
+/// The compiled policy of a whole config.
+#[derive(Debug)]
+pub struct Policy {
+    /// `None`: no `[policy]`, everything is visible.
+    /// gateway → assignment → grants.
+    grants: Option<HashMap<String, HashMap<String, AssignmentGrants>>>,
+    /// Claim value → role names it gives.
+    roles_by_claim: HashMap<String, Vec<String>>,
+    pub hidden: HiddenAnswers,
+    /// The provisioned agents (`[[agents]]`), reloaded with the grants.
+    pub agents: AgentDirectory,
+}
+
+/// 1-based line of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
+        + 1
+}
+
+fn compile_patterns(p: &PatternsConfig) -> Rules {
+    Rules::new(&p.allow, &p.deny)
+}
+
+fn compile_constraint(c: &ConstraintConfig, at: &str) -> Result<Constraint, PolicyError> {
+    if !(c.argument.is_empty() || c.argument.starts_with('/')) {
+        return Err(PolicyError(format!(
+            "{at}: constraint argument '{}' is not a JSON Pointer (write it like /repo or /filters/0/schema)",
+            c.argument
+        )));
+    }
+    let mut checks = Vec::new();
+    if let Some(v) = &c.equals {
+        checks.push(Check::Equals(v.clone()));
+    }
+    if let Some(v) = &c.one_of {
+        checks.push(Check::OneOf(v.clone()));
+    }
+    if let Some(p) = &c.pattern {
+        let form = c.canonical.unwrap_or_else(|| default_form(p));
+        let problem = match form {
+            CanonicalForm::None => None,
+            CanonicalForm::Path => uri::path_pattern_problem(p),
+            CanonicalForm::Uri => uri::pattern_problem(p),
+        };
+        if let Some(problem) = problem {
+            return Err(PolicyError(format!(
+                "{at}: the pattern \"{p}\" on {} judges {} in canonical form, but {problem} (or set canonical = \"none\" to compare the string as sent)",
+                c.argument,
+                match form {
+                    CanonicalForm::Path => "a path",
+                    _ => "a URI",
+                },
+            )));
+        }
+        checks.push(Check::Pattern(p.clone(), form));
+    } else if let Some(form) = c.canonical {
+        return Err(PolicyError(format!(
+            "{at}: the constraint on {} sets canonical = \"{}\" without a pattern; canonical says how a pattern judges its argument",
+            c.argument,
+            form.name()
+        )));
+    }
+    if c.min.is_some() || c.max.is_some() {
+        if c.min.is_some_and(f64::is_nan) || c.max.is_some_and(f64::is_nan) {
+            return Err(PolicyError(format!(
+                "{at}: constraint on {} has a bound that is not a number (nan); write a number",
+                c.argument
+            )));
+        }
+        if let (Some(lo), Some(hi)) = (c.min, c.max)
+            && lo > hi
+        {
+            return Err(PolicyError(format!(
+                "{at}: constraint on {} has min {lo} above max {hi}; no value could pass",
+                c.argument
+            )));
+        }
+        checks.push(Check::Range {
+            min: c.min,
+            max: c.max,
+        });
+    }
+    if let Some(n) = c.max_length {
+        checks.push(Check::MaxLength(n));
+    }
+    if c.forbidden {
+        checks.push(Check::Forbidden);
+    }
+    if checks.len() != 1 {
+        return Err(PolicyError(format!(
+            "{at}: a constraint on {} needs exactly one of equals, one_of, pattern, min/max, max_length, forbidden (found {})",
+            c.argument,
+            checks.len()
+        )));
+    }
+    Ok(Constraint {
+        tool: c.tool.clone(),
+        pointer: c.argument.clone(),
+        optional: c.optional,
+        check: checks.remove(0),
+    })
+}
+
+impl Policy {
+    /// No policy: every caller sees everything.
+    pub fn unrestricted() -> Policy {
+        Policy {
+            grants: None,
+            roles_by_claim: HashMap::new(),
+            hidden: HiddenAnswers::default(),
+            agents: AgentDirectory::default(),
+        }
+    }
+
+    /// Compiles `config.policy`, checking that every grant names a gateway
+    /// and assignments that exist. `text` is the config file's text, for
+    /// line numbers in errors.
+    pub fn compile(config: &Config, text: &str) -> Result<Policy, PolicyError> {
+        let agents = AgentDirectory::compile(&config.agents).map_err(|e| PolicyError(e.0))?;
+        let Some(pc) = &config.policy else {
+            return Ok(Policy {
+                agents,
+                ..Policy::unrestricted()
+            });
+        };
+        let mut roles_by_claim: HashMap<String, Vec<String>> = HashMap::new();
+        for (role, values) in &pc.roles {
+            for v in values {
+                roles_by_claim
+                    .entry(v.clone())
+                    .or_default()
+                    .push(role.clone());
+            }
+        }
+        let mut grants: HashMap<String, HashMap<String, AssignmentGrants>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for g in &pc.grants {
+            let line = line_of(text, g.name.span().start);
+            let name = g.name.get_ref().clone();
+            let at = format!("[[policy.grants]] '{name}' (line {line})");
+            if !seen.insert(name.clone()) {
+                return Err(PolicyError(format!(
+                    "{at}: another grant has the same name"
+                )));
+            }
+            Self::check_grant(config, g, &at)?;
+            let constraints = g
+                .constraints
+                .iter()
+                .map(|c| compile_constraint(c, &at))
+                .collect::<Result<Vec<_>, _>>()?;
+            for assignment in &g.assignments {
+                grants
+                    .entry(g.gateway.clone())
+                    .or_default()
+                    .entry(assignment.clone())
+                    .or_default()
+                    .push(Grant {
+                        name: name.clone(),
+                        line,
+                        any_user: g.users.iter().any(|u| u == "*"),
+                        users: g.users.iter().filter(|u| *u != "*").cloned().collect(),
+                        agents: g.agents.iter().cloned().collect(),
+                        roles: g.roles.iter().cloned().collect(),
+                        tools: compile_patterns(&g.tools),
+                        prompts: compile_patterns(&g.prompts),
+                        resources: compile_patterns(&g.resources),
+                        constraints: constraints.clone(),
+                    });
+            }
+        }
+        Ok(Policy {
+            grants: Some(grants),
+            roles_by_claim,
+            hidden: pc.hidden.clone(),
+            agents,
+        })
+    }
+
+    fn check_grant(config: &Config, g: &GrantConfig, at: &str) -> Result<(), PolicyError> {
+        let Some(gateway) = config.gateway(&g.gateway) else {
+            return Err(PolicyError(format!(
+                "{at}: unknown gateway '{}' (declared gateways: {})",
+                g.gateway,
+                config
+                    .gateways
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if g.assignments.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: names no assignments; list the server assignments it covers"
+            )));
+        }
+        for a in &g.assignments {
+            if !gateway.assignments.iter().any(|x| x.name == *a) {
+                return Err(PolicyError(format!(
+                    "{at}: gateway '{}' has no assignment '{a}'",
+                    g.gateway
+                )));
+            }
+        }
+        let people = !(g.users.is_empty() && g.roles.is_empty());
+        if !people && g.agents.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: grants nobody; give it users (\"*\" for everyone), roles or agents"
+            )));
+        }
+        if people && !g.agents.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: names both people (users/roles) and agents; write one grant for each, as an agent gets the intersection of its grants and its user's"
+            )));
+        }
+        for (kind, p) in [
+            ("tools", &g.tools),
+            ("prompts", &g.prompts),
+            ("resources", &g.resources),
+        ] {
+            if let Some(bad) = p.allow.iter().chain(&p.deny).find(|s| s.is_empty()) {
+                return Err(PolicyError(format!(
+                    "{at}: {kind} has an empty pattern {bad:?}; it would match nothing"
+                )));
+            }
+        }
+        // Resource URIs are matched in canonical form only.
+        for p in g.resources.allow.iter().chain(&g.resources.deny) {
+            if let Some(problem) = uri::pattern_problem(p) {
+                return Err(PolicyError(format!(
+                    "{at}: resources pattern \"{p}\" is matched against canonical URIs, but {problem}"
+                )));
+            }
+        }
+        for c in &g.constraints {
+            if !g
+                .tools
+                .allow
+                .iter()
+                .any(|p| pattern_matches(p, &c.tool) || pattern_matches(&c.tool, p) || p == &c.tool)
+            {
+                return Err(PolicyError(format!(
+                    "{at}: a constraint names tool '{}', which this grant does not allow",
+                    c.tool
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a `[policy]` is in force.
+    pub fn is_enforced(&self) -> bool {
+        self.grants.is_some()
+    }
+
+    /// The caller's roles: claim values and the roles mapped from them.
+    fn roles_of<'a>(&'a self, caller: &'a Caller) -> Vec<&'a str> {
+        let mut roles: Vec<&str> = caller.roles.iter().map(String::as_str).collect();
+        for v in &caller.roles {
+            if let Some(mapped) = self.roles_by_claim.get(v) {
+                roles.extend(mapped.iter().map(String::as_str));
+            }
+        }
+        roles
+    }
+
+    fn assignment(&self, gateway: &str, assignment: &str) -> Option<&AssignmentGrants> {
+        self.grants.as_ref()?.get(gateway)?.get(assignment)
+    }
+
+    /// The grants of one assignment that apply to `caller`, in config order.
+    fn applying<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &'a Caller,
+    ) -> Vec<&'a Grant> {
+        let Some(a) = self.assignment(gateway, assignment) else {
+            return Vec::new();
+        };
+        let mut at: Vec<usize> = a.everyone.clone();
+        if let Some(v) = a.by_user.get(&caller.subject) {
+            at.extend_from_slice(v);
+        }
+        for v in &caller.roles {
+            if let Some(v) = a.by_role.get(v) {
+                at.extend_from_slice(v);
+            }
+            for mapped in self.roles_by_claim.get(v).into_iter().flatten() {
+                if let Some(v) = a.by_role.get(mapped) {
+                    at.extend_from_slice(v);
+                }
+            }
+        }
+        at.sort_unstable();
+        at.dedup();
+        at.into_iter().filter_map(|i| a.grants.get(i)).collect()
+    }
+
+    /// The acting agent's grants on one assignment: `None` when no agent
+    /// acts or no grant there names agents (the agent is not restricted
+    /// beyond its user), else those naming this agent (none: it sees
+    /// nothing).
+    fn applying_agent<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+    ) -> Option<Vec<&'a Grant>> {
+        let a = self.assignment(gateway, assignment)?;
+        let agent = caller.agent.as_ref()?;
+        if a.by_agent.is_empty() {
+            return None;
+        }
+        let at = a.by_agent.get(agent).map_or(&[][..], Vec::as_slice);
+        Some(at.iter().filter_map(|i| a.grants.get(*i)).collect())
+    }
+
+    /// The grants that decide for `caller`, and the agent's on top of them
+    /// (the intersection). An agent acting for nobody has no user whose
+    /// grants could apply: its own are the only ones, and it needs some.
+    fn effective<'a>(
+        &'a self,
+        gateway: &str,
+        assignment: &str,
+        caller: &'a Caller,
+    ) -> (Vec<&'a Grant>, Option<Vec<&'a Grant>>) {
+        if caller.headless {
+            let own = self
+                .applying_agent(gateway, assignment, caller)
+                .unwrap_or_default();
+            return (own, None);
+        }
+        (
+            self.applying(gateway, assignment, caller),
+            self.applying_agent(gateway, assignment, caller),
+        )
+    }
+
+    /// The first constraint broken in every grant that allows `tool`, or
+    /// `None` when one of them is satisfied.
+    fn violation(grants: &[&Grant], tool: &str, arguments: &Value) -> Option<String> {
+        let mut first = None;
+        for g in grants.iter().filter(|g| g.tools.allows(tool)) {
+            let broken = g
+                .constraints
+                .iter()
+                .filter(|c| pattern_matches(&c.tool, tool))
+                .find_map(|c| c.violation(arguments));
+            match broken {
+                None => return None,
+                Some(m) => {
+                    first.get_or_insert(m);
+                }
+            }
+        }
+        Some(first.unwrap_or_default())
+    }
+
+    fn permits(grants: &[&Grant], kind: ItemKind, name: &str) -> bool {
+        Visibility::name_allowed(kind, name)
+            && grants.iter().any(|g| g.rules(kind).allows(name))
+            && !grants.iter().any(|g| g.rules(kind).denies(name))
+    }
+
+    /// Decides a request naming `name` of `kind` (`tools/call`,
+    /// `prompts/get`, `resources/*`); `arguments` are the tool call's.
+    pub fn decide(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+        kind: ItemKind,
+        name: &str,
+        arguments: Option<&Value>,
+    ) -> Verdict {
+        if !self.is_enforced() {
+            return Verdict::Allowed;
+        }
+        let canonical;
+        let judged = if kind == ItemKind::Resource {
+            match uri::canonical(name) {
+                Ok(c) => {
+                    canonical = c;
+                    canonical.as_str()
+                }
+                Err(problem) => {
+                    return Verdict::Ambiguous {
+                        kind,
+                        name: name.to_owned(),
+                        problem,
+                    };
+                }
+            }
+        } else {
+            name
+        };
+        let (grants, agent) = self.effective(gateway, assignment, caller);
+        if !Self::permits(&grants, kind, judged)
+            || agent
+                .as_ref()
+                .is_some_and(|a| !Self::permits(a, kind, judged))
+        {
+            // Named as the upstream would name it in its "not found" (it
+            // parses the URI first), so hidden and absent read alike.
+            return Verdict::Hidden {
+                kind,
+                name: judged.to_owned(),
+            };
+        }
+        if kind != ItemKind::Tool {
+            return Verdict::Allowed;
+        }
+        let empty = Value::Object(serde_json::Map::new());
+        let arguments = arguments.unwrap_or(&empty);
+        let broken = Self::violation(&grants, name, arguments).or_else(|| {
+            agent
+                .as_ref()
+                .and_then(|a| Self::violation(a, name, arguments))
+                .map(|m| format!("{m} (a constraint on the agent)"))
+        });
+        match broken {
+            None => Verdict::Allowed,
+            Some(message) => Verdict::Violation {
+                tool: name.to_owned(),
+                message,
+            },
+        }
+    }
+
+    /// Whether a tool call must have its arguments read: some applying
+    /// grant has a constraint on it. Lets the common path skip parsing.
+    pub fn needs_arguments(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
+        self.assignment(gateway, assignment).is_some_and(|a| {
+            a.grants
+                .iter()
+                .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
+        })
+    }
+
+    /// What `caller` may see on one assignment, as the filter gets it:
+    /// every applying grant's allows and denies, merged (deny wins across
+    /// grants, as in [`Policy::decide`]). `None` when no policy is in force.
+    pub fn visibility(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+    ) -> Option<Visibility> {
+        if !self.is_enforced() {
+            return None;
+        }
+        let (grants, agent) = self.effective(gateway, assignment, caller);
+        let view = Self::merged_view(&grants);
+        Some(match agent {
+            Some(agent) => view.and_agent(Self::merged_view(&agent)),
+            None => view,
+        })
+    }
+
+    /// Every grant's allows and denies, merged.
+    fn merged_view(grants: &[&Grant]) -> Visibility {
+        let merged = |kind: ItemKind| {
+            let mut allow = Vec::new();
+            let mut deny = Vec::new();
+            for g in grants {
+                allow.extend_from_slice(g.rules(kind).allow_patterns());
+                deny.extend_from_slice(g.rules(kind).deny_patterns());
+            }
+            allow.sort();
+            allow.dedup();
+            deny.sort();
+            deny.dedup();
+            Rules::new(&allow, &deny)
+        };
+        Visibility::new(
+            merged(ItemKind::Tool),
+            merged(ItemKind::Prompt),
+            merged(ItemKind::Resource),
+        )
+    }
+
+    /// Which grant and pattern make `name` visible or not, for operators.
+    pub fn explain(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+        kind: ItemKind,
+        name: &str,
+    ) -> Explanation {
+        if !self.is_enforced() {
+            return Explanation {
+                visible: true,
+                reason: "no [policy] is configured: everything is visible".into(),
+            };
+        }
+        if kind == ItemKind::Resource {
+            match uri::canonical(name) {
+                Err(e) => {
+                    return Explanation {
+                        visible: false,
+                        reason: format!("'{name}' is refused before any grant is read: {e}"),
+                    };
+                }
+                Ok(c) if c != name => {
+                    let mut e = self.explain(gateway, assignment, caller, kind, &c);
+                    e.reason = format!("judged as its canonical form '{c}': {}", e.reason);
+                    return e;
+                }
+                Ok(_) => {}
+            }
+        }
+        if !Visibility::name_allowed(kind, name) {
+            return Explanation {
+                visible: false,
+                reason: format!(
+                    "'{name}' is not a valid {} name (tool names are 1-128 of A-Z a-z 0-9 _ - . /); such names are never visible",
+                    kind.noun()
+                ),
+            };
+        }
+        let (user, agent) = self.effective(gateway, assignment, caller);
+        let who = if caller.headless {
+            format!(
+                "agent '{}' acting for nobody",
+                caller.agent.as_deref().unwrap_or_default()
+            )
+        } else {
+            format!(
+                "user '{}' (roles: {})",
+                caller.subject,
+                self.roles_of(caller).join(", ")
+            )
+        };
+        let mine = Self::explain_grants(&user, &who, gateway, assignment, kind, name);
+        let Some(agent) = agent else {
+            return mine;
+        };
+        let who = format!("agent '{}'", caller.agent.as_deref().unwrap_or("(none)"));
+        let theirs = Self::explain_grants(&agent, &who, gateway, assignment, kind, name);
+        Explanation {
+            visible: mine.visible && theirs.visible,
+            reason: format!(
+                "{}; and for the acting {who}: {}",
+                mine.reason, theirs.reason
+            ),
+        }
+    }
+
+    fn explain_grants(
+        grants: &[&Grant],
+        who: &str,
+        gateway: &str,
+        assignment: &str,
+        kind: ItemKind,
+        name: &str,
+    ) -> Explanation {
+        if grants.is_empty() {
+            return Explanation {
+                visible: false,
+                reason: format!(
+                    "no grant on {gateway}/{assignment} applies to {who}; nothing is visible by default"
+                ),
+            };
+        }
+        for g in grants {
+            if let Some(p) = g
+                .rules(kind)
+                .deny_patterns()
+                .iter()
+                .find(|p| Rules::new(&[], std::slice::from_ref(*p)).denies(name))
+            {
+                return Explanation {
+                    visible: false,
+                    reason: format!(
+                        "denied by grant '{}' (line {}): {} deny \"{p}\"",
+                        g.name,
+                        g.line,
+                        kind.key()
+                    ),
+                };
+            }
+        }
+        for g in grants {
+            if let Some(p) = g
+                .rules(kind)
+                .allow_patterns()
+                .iter()
+                .find(|p| pattern_matches(p, name))
+            {
+                return Explanation {
+                    visible: true,
+                    reason: format!(
+                        "allowed by grant '{}' (line {}): {} allow \"{p}\"",
+                        g.name,
+                        g.line,
+                        kind.key()
+                    ),
+                };
+            }
+        }
+        let names: Vec<&str> = grants.iter().map(|g| g.name.as_str()).collect();
+        Explanation {
+            visible: false,
+            reason: format!(
+                "no allow pattern matches in the grants that apply ({}); nothing is visible by default",
+                names.join(", ")
+            ),
+        }
+    }
+
+    /// Findings for `latchkey policy lint`: patterns that can never match,
+    /// allows hidden by a deny, and grants to agents nobody provisioned.
+    pub fn lint(&self) -> Vec<String> {
+        let Some(all) = &self.grants else {
+            return vec!["no [policy]: every authenticated caller sees every tool".into()];
+        };
+        let mut findings = BTreeMap::new();
+        let each = all
+            .iter()
+            .flat_map(|(g, m)| m.iter().map(move |(a, grants)| (g, a, &grants.grants)));
+        for (gateway, assignment, grants) in each {
+            for g in grants {
+                let at = format!(
+                    "grant '{}' (line {}) on {gateway}/{assignment}",
+                    g.name, g.line
+                );
+                for p in g
+                    .tools
+                    .allow_patterns()
+                    .iter()
+                    .chain(g.tools.deny_patterns())
+                {
+                    let literal = p.replace(['*', '?'], "");
+                    if !literal.is_empty()
+                        && !literal
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b))
+                    {
+                        findings.insert(
+                            format!("{at}: tools pattern \"{p}\" has characters no valid tool name has; it can never match"),
+                            (),
+                        );
+                    }
+                }
+                let mut unknown: Vec<&String> = g
+                    .agents
+                    .iter()
+                    .filter(|a| !self.agents.is_provisioned(a))
+                    .collect();
+                unknown.sort();
+                for agent in unknown {
+                    findings.insert(
+                        format!("{at}: names agent '{agent}', which is not in [[agents]]; unless its gateway has unknown_agents = \"allow\", the grant never applies"),
+                        (),
+                    );
+                }
+                for kind in ItemKind::ALL {
+                    for allow in g.rules(kind).allow_patterns() {
+                        for other in grants.iter() {
+                            for deny in other.rules(kind).deny_patterns() {
+                                let covered = deny == "*"
+                                    || (!allow.contains(['*', '?'])
+                                        && Rules::new(&[], std::slice::from_ref(deny))
+                                            .denies(allow))
+                                    || (allow.ends_with('*')
+                                        && deny.ends_with('*')
+                                        && allow.to_lowercase().starts_with(
+                                            deny.trim_end_matches('*').to_lowercase().as_str(),
+                                        ));
+                                if covered {
+                                    findings.insert(
+                                        format!(
+                                            "{at}: {} allow \"{allow}\" is hidden by deny \"{deny}\" in grant '{}' (line {}); deny wins",
+                                            kind.key(),
+                                            other.name,
+                                            other.line
+                                        ),
+                                        (),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        findings.into_keys().collect()
+    }
+
+    /// Every tool name or pattern the policy names for one assignment, for
+    /// comparing with what the upstream lists.
+    pub fn tool_names(&self, gateway: &str, assignment: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .assignment(gateway, assignment)
+            .into_iter()
+            .flat_map(|a| &a.grants)
+            .flat_map(|g| {
+                g.tools
+                    .allow_patterns()
+                    .iter()
+                    .chain(g.tools.deny_patterns())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = concat!(
+        include_str!("../../testdata/gateway.toml"),
+        r#"
+[[gateways.assignments]]
+name = "gh"
+server = "gh"
+scheme = "per_user"
+"#
+    );
+
+    fn policy(extra: &str) -> Result<Policy, PolicyError> {
+        let text = format!("{BASE}{extra}");
+        let config = Config::parse(&text).map_err(|e| PolicyError(e.to_string()))?;
+        Policy::compile(&config, &text)
+    }
+
+    fn caller(sub: &str, roles: &[&str]) -> Caller {
+        Caller {
+            subject: sub.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Caller::default()
+        }
+    }
+
+    const GRANTS: &str = r#"
+[policy.roles]
+engineers = ["eng", "platform"]
+[[policy.grants]]
+name = "everyone-reads"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["get_*", "list_*"], deny = ["get_secret*"] }
+[[policy.grants]]
+name = "engineers-write"
+gateway = "g"
+assignments = ["gh"]
+roles = ["engineers"]
+tools = { allow = ["create_issue", "delete_*"] }
+prompts = { allow = ["review"] }
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/repo"
+pattern = "acme/*"
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/labels"
+max_length = 3
+optional = true
+[[policy.grants]]
+name = "no-deletes"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { deny = ["delete_repo"] }
+"#;
+
+    fn tool(p: &Policy, who: &Caller, name: &str, args: Value) -> Verdict {
+        p.decide("g", "gh", who, ItemKind::Tool, name, Some(&args))
+    }
+
+    #[test]
+    fn roles_from_claims_and_mapping_union_with_user_grants() {
+        let p = policy(GRANTS).unwrap();
+        let bob = caller("bob", &[]);
+        let eve = caller("eve", &["eng"]);
+        assert_eq!(tool(&p, &bob, "get_issue", json!({})), Verdict::Allowed);
+        assert!(matches!(
+            tool(&p, &bob, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            tool(&p, &eve, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &bob, "get_secret_key", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        // Deny in another grant wins.
+        assert!(matches!(
+            tool(&p, &eve, "delete_repo", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(tool(&p, &eve, "delete_branch", json!({})), Verdict::Allowed);
+        // Direct claim value as role works too.
+        let direct = Policy::compile(
+            &Config::parse(&format!(
+                "{BASE}{}",
+                GRANTS.replace("roles = [\"engineers\"]", "roles = [\"eng\"]")
+            ))
+            .unwrap(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            tool(&direct, &eve, "create_issue", json!({"repo":"acme/x"})),
+            Verdict::Allowed
+        );
+        // Other assignments and prompts.
+        assert!(matches!(
+            p.decide("g", "other", &eve, ItemKind::Tool, "get_issue", None),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            p.decide("g", "gh", &eve, ItemKind::Prompt, "review", None),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            p.decide("g", "gh", &bob, ItemKind::Prompt, "review", None),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    const AGENT_GRANTS: &str = r#"
+[[policy.grants]]
+name = "ci-bot"
+gateway = "g"
+assignments = ["gh"]
+agents = ["ci-bot"]
+tools = { allow = ["get_*", "create_issue"], deny = ["get_secret*"] }
+[[policy.grants.constraints]]
+tool = "create_issue"
+argument = "/title"
+max_length = 10
+"#;
+
+    fn acting(sub: &str, roles: &[&str], agent: &str) -> Caller {
+        Caller {
+            client_id: Some(agent.into()),
+            agent: Some(agent.into()),
+            ..caller(sub, roles)
+        }
+    }
+
+    #[test]
+    fn an_agent_acting_for_nobody_has_only_its_own_grants() {
+        let p = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        let headless = Caller {
+            headless: true,
+            ..acting("ci-bot", &["eng"], "ci-bot")
+        };
+        // Its own grant allows create_issue; a role claim in its token adds nothing.
+        assert_eq!(
+            tool(&p, &headless, "create_issue", json!({"title": "t"})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &headless, "delete_branch", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        // "users = ['*']" is for people: an agent without grants sees nothing.
+        let nobody = Caller {
+            headless: true,
+            ..acting("other", &[], "other")
+        };
+        assert!(matches!(
+            tool(&p, &nobody, "get_issue", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        let e = p.explain("g", "gh", &nobody, ItemKind::Tool, "get_issue");
+        assert!(
+            !e.visible && e.reason.contains("acting for nobody"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn an_agent_gets_the_intersection_of_its_grants_and_its_users() {
+        let p = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        let bot_for_bob = acting("bob", &[], "ci-bot");
+        let bot_for_eve = acting("eve", &["eng"], "ci-bot");
+        // Bob may get_issue, and so may the bot: allowed.
+        assert_eq!(
+            tool(&p, &bot_for_bob, "get_issue", json!({})),
+            Verdict::Allowed
+        );
+        // The bot may create_issue, bob may not: hidden.
+        assert!(matches!(
+            tool(
+                &p,
+                &bot_for_bob,
+                "create_issue",
+                json!({"repo":"acme/a","title":"t"})
+            ),
+            Verdict::Hidden { .. }
+        ));
+        // Eve may create_issue and so may the bot; both sides' constraints hold.
+        assert_eq!(
+            tool(
+                &p,
+                &bot_for_eve,
+                "create_issue",
+                json!({"repo":"acme/a","title":"short"})
+            ),
+            Verdict::Allowed
+        );
+        let Verdict::Violation { message, .. } = tool(
+            &p,
+            &bot_for_eve,
+            "create_issue",
+            json!({"repo":"acme/a","title":"much too long"}),
+        ) else {
+            panic!()
+        };
+        assert!(
+            message.contains("/title") && message.contains("agent"),
+            "{message}"
+        );
+        // Eve may delete_branch; the bot has no grant for it.
+        assert!(matches!(
+            tool(&p, &bot_for_eve, "delete_branch", json!({})),
+            Verdict::Hidden { .. }
+        ));
+        assert_eq!(
+            tool(&p, &caller("eve", &["eng"]), "delete_branch", json!({})),
+            Verdict::Allowed
+        );
+        // Another agent on an assignment with agent grants sees nothing.
+        assert!(matches!(
+            tool(
+                &p,
+                &acting("eve", &["eng"], "other"),
+                "get_issue",
+                json!({})
+            ),
+            Verdict::Hidden { .. }
+        ));
+        // The merged view for lists agrees.
+        let v = p.visibility("g", "gh", &bot_for_eve).unwrap();
+        assert!(
+            v.permits(ItemKind::Tool, "get_issue") && v.permits(ItemKind::Tool, "create_issue")
+        );
+        assert!(!v.permits(ItemKind::Tool, "delete_branch"));
+        let e = p.explain("g", "gh", &bot_for_eve, ItemKind::Tool, "delete_branch");
+        assert!(
+            !e.visible && e.reason.contains("agent 'ci-bot'"),
+            "{}",
+            e.reason
+        );
+        // Without agent grants on the assignment, agents are not restricted.
+        let open = policy(GRANTS).unwrap();
+        assert_eq!(
+            tool(
+                &open,
+                &acting("eve", &["eng"], "any"),
+                "delete_branch",
+                json!({})
+            ),
+            Verdict::Allowed
+        );
+        // A grant cannot name both people and agents.
+        let e = policy(&AGENT_GRANTS.replace(
+            "agents = [\"ci-bot\"]",
+            "agents = [\"ci-bot\"]\nusers = [\"bob\"]",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("both people"), "{e}");
+    }
+
+    #[test]
+    fn constraints_name_what_was_broken() {
+        let p = policy(GRANTS).unwrap();
+        let eve = caller("eve", &["platform"]);
+        let Verdict::Violation { message, .. } =
+            tool(&p, &eve, "create_issue", json!({"repo":"evil/x"}))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            message,
+            "argument /repo must be a string matching \"acme/*\""
+        );
+        let Verdict::Violation { message, .. } = tool(&p, &eve, "create_issue", json!({})) else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("argument /repo is required"),
+            "{message}"
+        );
+        let Verdict::Violation { message, .. } = tool(
+            &p,
+            &eve,
+            "create_issue",
+            json!({"repo":"acme/x","labels":["a","b","c","d"]}),
+        ) else {
+            panic!()
+        };
+        assert!(message.contains("/labels must be at most 3"), "{message}");
+        assert_eq!(
+            tool(
+                &p,
+                &eve,
+                "create_issue",
+                json!({"repo":"acme/x","labels":["a"]})
+            ),
+            Verdict::Allowed
+        );
+        assert!(p.needs_arguments("g", "gh", "create_issue"));
+        assert!(!p.needs_arguments("g", "gh", "get_issue"));
+    }
+
+    #[test]
+    fn each_constraint_kind() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here").unwrap()
+        };
+        let eq = c("argument = \"/schema\"\nequals = \"analytics\"");
+        assert!(eq.violation(&json!({"schema":"analytics"})).is_none());
+        assert!(eq.violation(&json!({"schema":"public"})).is_some());
+        let one = c("argument = \"/env\"\none_of = [\"dev\", \"test\"]");
+        assert!(one.violation(&json!({"env":"test"})).is_none());
+        assert!(
+            one.violation(&json!({"env":"prod"}))
+                .unwrap()
+                .contains("\"dev\", \"test\"")
+        );
+        let range = c("argument = \"/n\"\nmin = 1\nmax = 10");
+        assert!(range.violation(&json!({"n": 10})).is_none());
+        assert!(range.violation(&json!({"n": 10.5})).is_some());
+        assert!(
+            range.violation(&json!({"n": "5"})).is_some(),
+            "a string is not a number"
+        );
+        let len = c("argument = \"/q\"\nmax_length = 3");
+        assert!(
+            len.violation(&json!({"q":"héé"})).is_none(),
+            "characters, not bytes"
+        );
+        assert!(len.violation(&json!({"q":"four"})).is_some());
+        assert!(len.violation(&json!({"q": 5})).is_some());
+        let forbidden = c("argument = \"/force\"\nforbidden = true");
+        assert!(forbidden.violation(&json!({})).is_none());
+        assert!(forbidden.violation(&json!({"force": false})).is_some());
+        let nested = c("argument = \"/filters/0/schema\"\nequals = \"a\"");
+        assert!(
+            nested
+                .violation(&json!({"filters":[{"schema":"a"}]}))
+                .is_none()
+        );
+        let pattern = c("argument = \"/repo\"\npattern = \"acme/*\"");
+        assert!(pattern.violation(&json!({"repo": ["acme/x"]})).is_some());
+        assert!(pattern.violation(&json!({"repo": "ACME/x"})).is_some());
+    }
+
+    #[test]
+    fn a_range_judges_a_number_as_the_upstream_reads_it() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here").unwrap()
+        };
+        let parse =
+            |text: &str| -> Value { serde_json::from_str(&format!("{{\"n\":{text}}}")).unwrap() };
+        // Python and rmcp read 2^53 + 1 exactly; as a double it would be
+        // 2^53 and pass max = 2^53.
+        let big = c("argument = \"/n\"\nmin = 0\nmax = 9007199254740992");
+        assert!(big.violation(&parse("9007199254740992")).is_none());
+        assert!(big.violation(&parse("9007199254740993")).is_some());
+        assert!(big.violation(&parse("18446744073709551615")).is_some());
+        // Beyond 64 bits an integer literal reaches us as a double that
+        // may have rounded down: it cannot be judged exactly.
+        let unbounded = c("argument = \"/n\"\nmin = 0");
+        let e = unbounded
+            .violation(&parse("100000000000000000000001"))
+            .unwrap();
+        assert!(e.contains("at most 64 bits"), "{e}");
+        assert!(
+            unbounded
+                .violation(&parse("18446744073709551615"))
+                .is_none()
+        );
+        // Spellings every reader reads alike are judged by value.
+        let small = c("argument = \"/n\"\nmin = 0\nmax = 100");
+        for ok in [
+            "100",
+            "1e2",
+            "100.0",
+            "1E+2",
+            "-0",
+            "0.0",
+            "100.0000000000000001",
+        ] {
+            assert!(small.violation(&parse(ok)).is_none(), "{ok}");
+        }
+        for bad in [
+            "101",
+            "-1",
+            "100.00000000000003",
+            "1e3",
+            "-1e-300",
+            "\"50\"",
+        ] {
+            assert!(small.violation(&parse(bad)).is_some(), "{bad}");
+        }
+        // Bounds that are not whole numbers still compare exactly.
+        let frac = c("argument = \"/n\"\nmin = -0.5\nmax = 2.5");
+        for (v, ok) in [
+            ("0", true),
+            ("2", true),
+            ("3", false),
+            ("-1", false),
+            ("2.5", true),
+        ] {
+            assert_eq!(frac.violation(&parse(v)).is_none(), ok, "{v}");
+        }
+        let nan: ConstraintConfig =
+            toml::from_str("tool = \"t\"\nargument = \"/n\"\nmax = nan").unwrap();
+        assert!(compile_constraint(&nan, "here").is_err());
+    }
+
+    const RESOURCES: &str = r#"
+[[policy.grants]]
+name = "docs"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
+"#;
+
+    #[test]
+    fn resources_are_decided_by_canonical_uri_and_agree_with_the_list() {
+        let p = policy(RESOURCES).unwrap();
+        let bob = caller("bob", &[]);
+        let v = p.visibility("g", "gh", &bob).unwrap();
+        let decide = |uri: &str| p.decide("g", "gh", &bob, ItemKind::Resource, uri, None);
+        for (uri, visible) in [
+            ("demo://r/static/a.md", true),
+            ("DEMO://R/static/x/../a.md", true),
+            ("demo://r/static/../dynamic/1", false),
+            ("demo://r/static/./secret.md", false),
+            ("demo://r/static/%73ecret.md", false),
+            ("demo://r/static/a/../../static/SECRET", false),
+        ] {
+            let verdict = decide(uri);
+            assert_eq!(verdict == Verdict::Allowed, visible, "{uri}: {verdict:?}");
+            assert_eq!(v.permits(ItemKind::Resource, uri), visible, "{uri}");
+        }
+        // Hidden names what the upstream would have looked up.
+        assert_eq!(
+            decide("demo://r/static/../dynamic/1"),
+            Verdict::Hidden {
+                kind: ItemKind::Resource,
+                name: "demo://r/dynamic/1".into()
+            }
+        );
+        // No single meaning: refused, naming why; never listed either.
+        for uri in [
+            "demo://r/static/%2e%2e/dynamic/1",
+            "demo://r/static/a%2Fb",
+            "demo://r/static//a.md",
+            "demo://r/static/a\\b",
+        ] {
+            assert!(
+                matches!(decide(uri), Verdict::Ambiguous { .. }),
+                "{uri}: {:?}",
+                decide(uri)
+            );
+            assert!(!v.permits(ItemKind::Resource, uri), "{uri}");
+        }
+        let e = p.explain("g", "gh", &bob, ItemKind::Resource, "demo://r/static/../x");
+        assert!(
+            !e.visible && e.reason.contains("canonical form 'demo://r/x'"),
+            "{e:?}"
+        );
+        // Tools are names, not URIs: no canonical form applies.
+        assert!(matches!(
+            p.decide("g", "gh", &bob, ItemKind::Tool, "a/../b", None),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    #[test]
+    fn resource_patterns_must_be_canonical() {
+        for (pattern, says) in [
+            ("DEMO://r/*", "write \"demo://r/*\""),
+            ("demo://r/a/../b/*", "write \"demo://r/b/*\""),
+            ("demo://r/%7e*", "write \"demo://r/~*\""),
+            ("demo://r/%2e%2e/*", "no URI can match it"),
+        ] {
+            let e = policy(&RESOURCES.replace("demo://r/static/*", pattern))
+                .unwrap_err()
+                .0;
+            assert!(
+                e.contains("'docs' (line") && e.contains(says),
+                "{pattern}: {e}"
+            );
+        }
+        assert!(policy(&RESOURCES.replace("*/static/secret*", "*/static/./x")).is_err());
+        assert!(policy(&RESOURCES.replace("demo://r/static/*", "https://*.example.com/*")).is_ok());
+    }
+
+    #[test]
+    fn path_and_uri_constraints_judge_the_canonical_argument() {
+        let c = |toml: &str| {
+            let cc: ConstraintConfig = toml::from_str(&format!("tool = \"t\"\n{toml}")).unwrap();
+            compile_constraint(&cc, "here")
+        };
+        // A pattern that looks like a path is judged as one by default.
+        let path = c("argument = \"/path\"\npattern = \"/srv/data/*\"").unwrap();
+        assert!(
+            path.violation(&json!({"path": "/srv/data/a.txt"}))
+                .is_none()
+        );
+        assert!(
+            path.violation(&json!({"path": "/srv//data/./a.txt"}))
+                .is_none()
+        );
+        for bad in [
+            "/srv/data/../../etc/passwd",
+            "/srv/data/x/../../../etc",
+            "/srv/data/%2e%2e/x",
+            "/srv/data\\..\\x",
+            "/srv/data/x\u{0}",
+        ] {
+            let m = path.violation(&json!({ "path": bad })).unwrap_or_default();
+            assert!(m.contains("must be a path matching"), "{bad}: {m}");
+        }
+        assert!(
+            path.violation(&json!({"path": "/srv/data/../x"}))
+                .unwrap()
+                .contains("'..' segment")
+        );
+        let url = c("argument = \"/url\"\npattern = \"https://api.example.com/v1/*\"").unwrap();
+        assert!(
+            url.violation(&json!({"url": "HTTPS://API.example.com:443/v1/x"}))
+                .is_none()
+        );
+        for bad in [
+            "https://api.example.com/v1/../admin",
+            "https://api.example.com/v1/%2e%2e/admin",
+            "https://api.example.com@evil.example/v1/x",
+            "https://api.example.com/v1\\..\\admin",
+        ] {
+            assert!(url.violation(&json!({ "url": bad })).is_some(), "{bad}");
+        }
+        // Said explicitly, and opted out of.
+        let uri = c("argument = \"/u\"\npattern = \"demo://r/a/*\"\ncanonical = \"uri\"").unwrap();
+        assert!(uri.violation(&json!({"u": "demo://r/a/../../x"})).is_some());
+        let raw = c("argument = \"/p\"\npattern = \"/a/*\"\ncanonical = \"none\"").unwrap();
+        assert!(raw.violation(&json!({"p": "/a/../b"})).is_none());
+        let plain = c("argument = \"/repo\"\npattern = \"acme/*\"").unwrap();
+        assert!(plain.violation(&json!({"repo": "acme/../x"})).is_none());
+        // Refused at load: a pattern not in its canonical form, canonical
+        // without a pattern, an unknown form.
+        let e = c("argument = \"/p\"\npattern = \"/srv/./data/*\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("write \"/srv/data/*\""), "{e}");
+        let e = c("argument = \"/p\"\nmax_length = 3\ncanonical = \"path\"")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("without a pattern"), "{e}");
+        let e = toml::from_str::<ConstraintConfig>(
+            "tool = \"t\"\nargument = \"/p\"\npattern = \"x\"\ncanonical = \"file\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("uri") && e.contains("path"), "{e}");
+    }
+
+    #[test]
+    fn bad_grants_are_refused_with_their_line() {
+        let e = policy(&GRANTS.replace(
+            "assignments = [\"gh\"]\nroles",
+            "assignments = [\"nope\"]\nroles",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("'engineers-write'")
+                && e.contains("line 26")
+                && e.contains("no assignment 'nope'"),
+            "{e}"
+        );
+        let e =
+            policy("[[policy.grants]]\nname = \"x\"\ngateway = \"g\"\nassignments = [\"gh\"]\n")
+                .unwrap_err()
+                .0;
+        assert!(e.contains("grants nobody"), "{e}");
+        let e = policy("[[policy.grants]]\nname = \"x\"\ngateway = \"h\"\nassignments = [\"gh\"]\nusers=[\"*\"]\n").unwrap_err().0;
+        assert!(e.contains("unknown gateway 'h'"), "{e}");
+        let e = policy(&GRANTS.replace("pattern = \"acme/*\"", "pattern = \"acme/*\"\nequals = 1"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("exactly one of"), "{e}");
+        let e = policy(&GRANTS.replace("argument = \"/repo\"", "argument = \"repo\""))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("JSON Pointer"), "{e}");
+        let e = policy(&GRANTS.replace(
+            "tool = \"create_issue\"\nargument = \"/labels\"",
+            "tool = \"merge\"\nargument = \"/labels\"",
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("names tool 'merge', which this grant does not allow"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_policy_is_unrestricted_and_empty_policy_denies() {
+        let p = policy("").unwrap();
+        assert!(!p.is_enforced());
+        assert_eq!(
+            tool(&p, &caller("a", &[]), "anything", json!({})),
+            Verdict::Allowed
+        );
+        assert!(p.visibility("g", "gh", &caller("a", &[])).is_none());
+        let p = policy("[policy]\n").unwrap();
+        assert!(matches!(
+            tool(&p, &caller("a", &[]), "anything", json!({})),
+            Verdict::Hidden { .. }
+        ));
+    }
+
+    #[test]
+    fn visibility_agrees_with_decide() {
+        let p = policy(GRANTS).unwrap();
+        for who in [caller("bob", &[]), caller("eve", &["eng"])] {
+            let v = p.visibility("g", "gh", &who).unwrap();
+            for name in [
+                "get_issue",
+                "get_secret",
+                "GET_SECRET",
+                "create_issue",
+                "delete_repo",
+                "delete_x",
+                "list_a",
+                "other",
+                "g\u{0435}t_issue",
+            ] {
+                let decided = !matches!(
+                    p.decide(
+                        "g",
+                        "gh",
+                        &who,
+                        ItemKind::Tool,
+                        name,
+                        Some(&json!({"repo":"acme/a"}))
+                    ),
+                    Verdict::Hidden { .. }
+                );
+                assert_eq!(
+                    v.permits(ItemKind::Tool, name),
+                    decided,
+                    "{} {name}",
+                    who.subject
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn explain_and_lint_name_the_rule() {
+        let p = policy(GRANTS).unwrap();
+        let eve = caller("eve", &["eng"]);
+        let e = p.explain("g", "gh", &eve, ItemKind::Tool, "delete_repo");
+        assert!(!e.visible);
+        assert!(
+            e.reason.contains("grant 'no-deletes'") && e.reason.contains("deny \"delete_repo\""),
+            "{}",
+            e.reason
+        );
+        let e = p.explain("g", "gh", &eve, ItemKind::Tool, "get_issue");
+        assert!(
+            e.visible && e.reason.contains("allow \"get_*\""),
+            "{}",
+            e.reason
+        );
+        let e = p.explain("g", "gh", &caller("bob", &[]), ItemKind::Prompt, "review");
+        assert!(
+            !e.visible && e.reason.contains("no allow pattern"),
+            "{}",
+            e.reason
+        );
+        let lint = p.lint();
+        // A deny of one name under an allowed prefix is normal, not a finding.
+        assert!(
+            !lint.iter().any(|l| l.contains("allow \"delete_*\"")),
+            "{lint:?}"
+        );
+        let p = policy(&GRANTS.replace(
+            "deny = [\"get_secret*\"]",
+            "deny = [\"get_*\", \"bad name\"]",
+        ))
+        .unwrap();
+        let lint = p.lint();
+        assert!(
+            lint.iter()
+                .any(|l| l.contains("allow \"get_*\" is hidden by deny \"get_*\"")),
+            "{lint:?}"
+        );
+        assert!(
+            lint.iter()
+                .any(|l| l.contains("\"bad name\" has characters")),
+            "{lint:?}"
+        );
+    }
+
+    #[test]
+    fn lint_names_grants_to_agents_nobody_provisioned() {
+        let without = policy(&format!("{GRANTS}{AGENT_GRANTS}")).unwrap();
+        assert!(
+            without
+                .lint()
+                .iter()
+                .any(|l| l.contains("names agent 'ci-bot', which is not in [[agents]]")),
+            "{:?}",
+            without.lint()
+        );
+        let with = policy(&format!(
+            "{GRANTS}{AGENT_GRANTS}\n[[agents]]\nname = \"ci-bot\"\n"
+        ))
+        .unwrap();
+        assert!(
+            !with.lint().iter().any(|l| l.contains("names agent")),
+            "{:?}",
+            with.lint()
+        );
+    }
+}

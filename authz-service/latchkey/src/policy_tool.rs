@@ -1,0 +1,342 @@
+//! `latchkey policy check` and `latchkey policy lint`: the operator's view
+//! of the policy in a config file, without a running service. `check`
+//! judges one call as the gateway would and names the rule that decided;
+//! `lint` reports rules that cannot do what they seem to, and (with
+//! `--probe`) policy tool names that an upstream does not list.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use latchkey_filter::visibility::{ItemKind, pattern_matches};
+use serde_json::{Value, json};
+
+use latchkey_core::config::Config;
+use latchkey_core::policy::{Policy, Verdict};
+use latchkey_core::principal::Caller;
+
+/// What one `policy check` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckOutcome {
+    /// `allowed`, `hidden` or `refused` (a constraint).
+    pub decision: &'static str,
+    /// The rule that decided, in words.
+    pub reason: String,
+}
+
+/// Loads a config file and compiles its policy, as `latchkey serve` does.
+pub fn load(path: &Path) -> Result<(Config, Policy)> {
+    let config = Config::load(path)?;
+    let text = std::fs::read_to_string(path)?;
+    let policy = Policy::compile(&config, &text)
+        .with_context(|| format!("config file {}", path.display()))?;
+    Ok((config, policy))
+}
+
+/// One request to judge.
+#[derive(Debug, Clone)]
+pub struct CheckQuery<'a> {
+    /// The user (`sub`).
+    pub user: &'a str,
+    /// Values of the user's `groups`/`roles` claims.
+    pub roles: &'a [String],
+    /// The agent acting for the user (the token's client).
+    pub agent: Option<&'a str>,
+    pub gateway: &'a str,
+    pub assignment: &'a str,
+    pub kind: ItemKind,
+    pub name: &'a str,
+    /// A tool call's arguments.
+    pub arguments: Option<&'a Value>,
+}
+
+/// Judges one request as the gateway would.
+pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<CheckOutcome> {
+    let CheckQuery {
+        user,
+        roles,
+        agent,
+        gateway,
+        assignment,
+        kind,
+        name,
+        arguments,
+    } = *q;
+    let Some(g) = config.gateway(gateway) else {
+        bail!("unknown gateway '{gateway}'");
+    };
+    let caller = Caller {
+        subject: user.to_owned(),
+        client_id: agent.map(str::to_owned),
+        agent: agent.map(str::to_owned),
+        headless: agent == Some(user),
+        roles: roles.to_vec(),
+        ..Caller::default()
+    };
+    if g.assignments.iter().any(|a| a.name == assignment) {
+        return Ok(judge(
+            policy, gateway, assignment, &caller, kind, name, arguments,
+        ));
+    }
+    let Some(combined) = g.combined.iter().find(|c| c.name == assignment) else {
+        bail!("gateway '{gateway}' has no server assignment or combined endpoint '{assignment}'");
+    };
+    // As the gateway routes it: the first assignment whose policy shows the
+    // name decides; when none does, the name is hidden.
+    let shows = |a: &&String| {
+        !matches!(
+            policy.decide(gateway, a, &caller, kind, name, None),
+            Verdict::Hidden { .. }
+        )
+    };
+    Ok(match combined.assignments.iter().find(shows) {
+        Some(member) => {
+            let mut outcome = judge(policy, gateway, member, &caller, kind, name, arguments);
+            outcome.reason = format!(
+                "via '{member}', the first assignment of '{assignment}' that shows it: {}",
+                outcome.reason
+            );
+            outcome
+        }
+        None => CheckOutcome {
+            decision: "hidden",
+            reason: format!(
+                "none of the assignments of '{assignment}' ({}) shows it",
+                combined.assignments.join(", ")
+            ),
+        },
+    })
+}
+
+/// One assignment's verdict, with the rule that decided it.
+fn judge(
+    policy: &Policy,
+    gateway: &str,
+    assignment: &str,
+    caller: &Caller,
+    kind: ItemKind,
+    name: &str,
+    arguments: Option<&Value>,
+) -> CheckOutcome {
+    let explained = policy.explain(gateway, assignment, caller, kind, name);
+    match policy.decide(gateway, assignment, caller, kind, name, arguments) {
+        Verdict::Allowed => CheckOutcome {
+            decision: "allowed",
+            reason: explained.reason,
+        },
+        Verdict::Hidden { .. } => CheckOutcome {
+            decision: "hidden",
+            reason: explained.reason,
+        },
+        Verdict::Ambiguous { problem, .. } => CheckOutcome {
+            decision: "refused",
+            reason: format!("the URI has no single meaning: {problem}"),
+        },
+        Verdict::Violation { message, .. } => CheckOutcome {
+            decision: "refused",
+            reason: format!(
+                "{}; but the arguments break a constraint: {message}",
+                explained.reason
+            ),
+        },
+    }
+}
+
+/// `policy lint`: the policy's own findings and, with `probe`, tool names
+/// and patterns that match nothing the upstream lists.
+pub async fn lint(config: &Config, policy: &Policy, probe: bool) -> Vec<String> {
+    let mut findings = policy.lint();
+    if !probe || !policy.is_enforced() {
+        return findings;
+    }
+    for g in &config.gateways {
+        for a in &g.assignments {
+            let named = policy.tool_names(&g.name, &a.name);
+            if named.is_empty() {
+                continue;
+            }
+            let Some(server) = config.server(&a.server) else {
+                continue;
+            };
+            match list_upstream_tools(server.url.as_str()).await {
+                Ok(tools) => {
+                    for pattern in named {
+                        if !tools.iter().any(|t| pattern_matches(&pattern, t)) {
+                            findings.push(format!(
+                                "{}/{}: tools pattern \"{pattern}\" matches no tool server '{}' lists ({} tools)",
+                                g.name,
+                                a.name,
+                                server.name,
+                                tools.len()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => findings.push(format!(
+                    "{}/{}: could not list the tools of server '{}' to compare ({e:#}); skipped",
+                    g.name, a.name, server.name
+                )),
+            }
+        }
+    }
+    findings
+}
+
+/// The JSON-RPC messages of a response body: one JSON object, or the
+/// `data:` of each SSE event.
+fn messages(content_type: &str, body: &str) -> Vec<Value> {
+    if content_type.starts_with("text/event-stream") {
+        let mut out = Vec::new();
+        for event in body.split("\n\n") {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if let Ok(v) = serde_json::from_str(&data.join("\n")) {
+                out.push(v);
+            }
+        }
+        out
+    } else {
+        serde_json::from_str(body).into_iter().collect()
+    }
+}
+
+/// Lists an upstream's tools over Streamable HTTP, following cursors.
+/// Sends no credential: an upstream that needs one is reported, not probed.
+pub async fn list_upstream_tools(url: &str) -> Result<Vec<String>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut session: Option<String> = None;
+    let mut post = async |body: Value| -> Result<Vec<Value>> {
+        let mut req = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(s) = &session {
+            req = req.header("mcp-session-id", s);
+        }
+        let resp = req.body(body.to_string()).send().await?;
+        let status = resp.status();
+        if let Some(s) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            session = Some(s.to_owned());
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("HTTP {status}");
+        }
+        Ok(messages(&content_type, &text))
+    };
+    post(
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},
+        "clientInfo":{"name":"latchkey-policy-lint","version":env!("CARGO_PKG_VERSION")}}}),
+    )
+    .await?;
+    post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await?;
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 0..100 {
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let answers =
+            post(json!({"jsonrpc":"2.0","id":page + 2,"method":"tools/list","params":params}))
+                .await?;
+        let result = answers
+            .iter()
+            .find_map(|m| m.get("result"))
+            .context("no tools/list result")?;
+        for t in result["tools"].as_array().into_iter().flatten() {
+            if let Some(n) = t["name"].as_str() {
+                names.push(n.to_owned());
+            }
+        }
+        cursor = result["nextCursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_and_json_bodies_give_their_messages() {
+        let sse = "event: message\ndata: {\"id\":1}\n\ndata: {\"id\":\ndata: 2}\n\n";
+        assert_eq!(
+            messages("text/event-stream", sse),
+            vec![json!({"id":1}), json!({"id":2})]
+        );
+        assert_eq!(
+            messages("application/json", "{\"id\":3}"),
+            vec![json!({"id":3})]
+        );
+        assert!(messages("application/json", "nope").is_empty());
+    }
+
+    #[test]
+    fn a_combined_endpoint_is_judged_as_the_gateway_routes_it() {
+        // `gh` = gh-read (shared: get_*, create_draft) then gh-write (per
+        // user: create_*, get_private).
+        let text = concat!(
+            include_str!("../../testdata/gateway.toml"),
+            include_str!("../../testdata/combined.toml")
+        );
+        let config = Config::parse(text).unwrap();
+        let policy = Policy::compile(&config, text).unwrap();
+        let ask = |assignment: &'static str, tool: &'static str| {
+            check(
+                &config,
+                &policy,
+                &CheckQuery {
+                    user: "alice",
+                    roles: &[],
+                    agent: None,
+                    gateway: "g",
+                    assignment,
+                    kind: ItemKind::Tool,
+                    name: tool,
+                    arguments: None,
+                },
+            )
+        };
+        // Only the shared assignment shows get_issue.
+        let o = ask("gh", "get_issue").unwrap();
+        assert_eq!(o.decision, "allowed");
+        assert!(o.reason.starts_with("via 'gh-read'"), "{}", o.reason);
+        assert!(o.reason.contains("reads"), "{}", o.reason);
+        // Only the per-user one shows create_issue.
+        let o = ask("gh", "create_issue").unwrap();
+        assert_eq!(o.decision, "allowed");
+        assert!(o.reason.starts_with("via 'gh-write'"), "{}", o.reason);
+        // Both show create_draft: the first listed decides.
+        let o = ask("gh", "create_draft").unwrap();
+        assert!(o.reason.starts_with("via 'gh-read'"), "{}", o.reason);
+        // Neither shows delete_repo.
+        let o = ask("gh", "delete_repo").unwrap();
+        assert_eq!(o.decision, "hidden");
+        assert!(o.reason.contains("gh-read, gh-write"), "{}", o.reason);
+        // A member is still judged on its own.
+        assert_eq!(ask("gh-read", "create_issue").unwrap().decision, "hidden");
+        let e = ask("gh-nope", "get_issue").unwrap_err().to_string();
+        assert!(
+            e.contains("no server assignment or combined endpoint 'gh-nope'"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Latchkey's Redis layer: what the service keeps in Redis or beside it.
+//!
+//! Credentials flow `identity` (the model, in `latchkey-core`) → `vault`
+//! (sealing) → `store` (Redis, over `redis_backend`'s topologies) →
+//! `cache` (this replica's memory, invalidated from the store's change
+//! stream) → `credentials` (what the request path and the admin API call).
+//! `settle` waits until every replica applied a change. `audit_writer`
+//! queues audit events into the stream (and `otlp` exports them);
+//! `audit_read` reads the stream back for `latchkey audit`.
+
+pub mod audit_read;
+pub mod audit_writer;
+pub mod cache;
+pub mod credentials;
+pub mod otlp;
+pub mod redis_backend;
+pub mod settle;
+pub mod store;
