@@ -1573,6 +1573,12 @@ resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
 
     #[test]
     fn bad_grants_are_refused_with_their_line() {
+        // The line of the grant's `name` in the whole file, fixture included.
+        let line = format!("{BASE}{GRANTS}")
+            .lines()
+            .position(|l| l == "name = \"engineers-write\"")
+            .unwrap()
+            + 1;
         let e = policy(&GRANTS.replace(
             "assignments = [\"gh\"]\nroles",
             "assignments = [\"nope\"]\nroles",
@@ -1581,7 +1587,7 @@ resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
         .0;
         assert!(
             e.contains("'engineers-write'")
-                && e.contains("line 26")
+                && e.contains(&format!("(line {line})"))
                 && e.contains("no assignment 'nope'"),
             "{e}"
         );

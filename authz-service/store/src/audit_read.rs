@@ -7,10 +7,9 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 use crate::redis_backend::Topology;
@@ -23,47 +22,6 @@ pub const PAGE: usize = 500;
 pub const BLOCK: Duration = Duration::from_secs(2);
 /// Pause before reading again after Redis failed during `tail`.
 const RETRY: Duration = Duration::from_secs(1);
-
-#[derive(Subcommand, Debug)]
-pub enum AuditCommand {
-    /// Print the events kept in the audit stream that match, newest last.
-    Query {
-        /// The service config: its `[redis]` says where the stream is.
-        #[arg(long, env = "LATCHKEY_CONFIG")]
-        config: PathBuf,
-        #[command(flatten)]
-        filter: Filter,
-        /// From when: an RFC 3339 time (2025-06-01T09:30:00Z) or a duration
-        /// back from now (90s, 15m, 2h, 7d, 2w). Default: the oldest kept.
-        #[arg(long)]
-        since: Option<String>,
-        /// Only the newest N events that match.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
-    /// Print events that match as they arrive, until interrupted.
-    Tail {
-        /// The service config: its `[redis]` says where the stream is.
-        #[arg(long, env = "LATCHKEY_CONFIG")]
-        config: PathBuf,
-        #[command(flatten)]
-        filter: Filter,
-        /// Start with the oldest event kept instead of the next new one.
-        #[arg(long)]
-        from_start: bool,
-        /// Exit after printing N events.
-        #[arg(long)]
-        count: Option<usize>,
-    },
-}
-
-impl AuditCommand {
-    pub fn config(&self) -> &PathBuf {
-        match self {
-            AuditCommand::Query { config, .. } | AuditCommand::Tail { config, .. } => config,
-        }
-    }
-}
 
 /// Which events to print; every filter given must match.
 #[derive(Args, Debug, Clone, Default, PartialEq, Eq)]

@@ -520,7 +520,7 @@ mod tests {
     use super::*;
 
     fn local() -> Config {
-        Config::parse(include_str!("../../../envoy/latchkey.local.toml")).unwrap()
+        Config::parse(include_str!("../../../../envoy/latchkey.local.toml")).unwrap()
     }
 
     fn defaults(mode: AuthzMode) -> RenderOptions {
@@ -546,7 +546,7 @@ mod tests {
     fn committed_local_bootstrap_is_current() {
         assert_eq!(
             render(&local(), &defaults(AuthzMode::Wasm)),
-            include_str!("../../../envoy/local.yaml"),
+            include_str!("../../../../envoy/local.yaml"),
             "re-render: latchkey envoy render --config envoy/latchkey.local.toml > envoy/local.yaml"
         );
     }
@@ -617,7 +617,7 @@ mod tests {
     fn config_values_read_back_as_the_config_has_them() {
         // A server URL path with YAML's own syntax in it (`: `, quotes,
         // flow braces): one string, the document's structure unchanged.
-        let text = include_str!("../../../envoy/latchkey.local.toml").replace(
+        let text = include_str!("../../../../envoy/latchkey.local.toml").replace(
             "url = \"http://127.0.0.1:3002/mcp\"",
             "url = \"http://127.0.0.1:3002/mcp: 'x'/{y}, [z]\"",
         );
@@ -638,7 +638,7 @@ mod tests {
     fn a_combined_endpoint_is_routed_to_its_server() {
         let text = format!(
             "{}\n[[gateways.combined]]\nname = \"whoami-both\"\nassignments = [\"whoami\", \"whoami-mine\"]\n",
-            include_str!("../../../envoy/latchkey.local.toml")
+            include_str!("../../../../envoy/latchkey.local.toml")
         );
         let b = parsed(&render(
             &Config::parse(&text).unwrap(),
@@ -787,7 +787,7 @@ mod tests {
     fn an_https_upstream_must_prove_its_name_before_a_credential_goes_to_it() {
         let text = format!(
             "{}\n{}",
-            include_str!("../../../envoy/latchkey.local.toml"),
+            include_str!("../../../../envoy/latchkey.local.toml"),
             r#"
 [[servers]]
 name = "github"

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::envoy_config::{
+use crate::render::envoy::{
     AuthzMode, WasmCode, endpoints, host_header, plugin_configuration, upstream_path,
     wasm_filter_config,
 };
@@ -453,7 +453,7 @@ fn upstream_tls(config: &Config, opts: &IstioOptions) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envoy_config::{DEFAULT_UPSTREAM_CA, RenderOptions, render};
+    use crate::render::envoy::{DEFAULT_UPSTREAM_CA, RenderOptions, render};
 
     /// The digest the committed example carries: a placeholder, so nobody
     /// applies the example as it is (the agent refuses the download).
@@ -461,7 +461,7 @@ mod tests {
         "0000000000000000000000000000000000000000000000000000000000000000";
 
     fn example() -> Config {
-        Config::parse(include_str!("../../../envoy/istio/example.toml")).unwrap()
+        Config::parse(include_str!("../../../../envoy/istio/example.toml")).unwrap()
     }
 
     fn options(mode: AuthzMode) -> IstioOptions {
@@ -500,7 +500,7 @@ mod tests {
     fn committed_istio_example_is_current() {
         assert_eq!(
             render_istio(&example(), &options(AuthzMode::Wasm)),
-            include_str!("../../../envoy/istio/example.yaml"),
+            include_str!("../../../../envoy/istio/example.yaml"),
             "re-render: latchkey envoy istio --config envoy/istio/example.toml --wasm-url https://artifacts.example.com/latchkey/latchkey_filter.wasm --wasm-sha256 {PLACEHOLDER_SHA256} > envoy/istio/example.yaml"
         );
     }
@@ -630,7 +630,7 @@ mod tests {
             (services, filter)
         };
         // Same host as the gateway: one VirtualService carries both.
-        let (services, filter) = route_of(include_str!("../../../envoy/istio/example.toml"));
+        let (services, filter) = route_of(include_str!("../../../../envoy/istio/example.toml"));
         assert_eq!(services.len(), 1);
         let connect = services[0]["spec"]["http"]
             .as_array()
@@ -656,7 +656,7 @@ mod tests {
             ]
         );
         // Its own host: a VirtualService of its own.
-        let text = include_str!("../../../envoy/istio/example.toml").replace(
+        let text = include_str!("../../../../envoy/istio/example.toml").replace(
             "https://mcp.example.com/latchkey",
             "https://connect.example.com",
         );
@@ -680,7 +680,7 @@ mod tests {
     /// switched off on are Latchkey's own, never an MCP endpoint's.
     #[test]
     fn no_name_switches_the_filter_off_on_an_endpoint() {
-        let text = include_str!("../../../envoy/istio/example.toml")
+        let text = include_str!("../../../../envoy/istio/example.toml")
             .replace("name = \"corp\"", "name = \"latchkey\"")
             .replace("gateway = \"corp\"", "gateway = \"latchkey\"")
             .replace(
@@ -725,7 +725,7 @@ mod tests {
     fn every_endpoint_is_routed_to_its_server_with_path_and_authority_rewritten() {
         let text = format!(
             "{}\n[[gateways.assignments]]\nname = \"wiki-mine\"\nserver = \"wiki\"\nscheme = \"per_user\"\n[[gateways.combined]]\nname = \"wiki-all\"\nassignments = [\"wiki\", \"wiki-mine\"]\n",
-            include_str!("../../../envoy/istio/example.toml")
+            include_str!("../../../../envoy/istio/example.toml")
         );
         let docs = documents(&render_istio(
             &Config::parse(&text).unwrap(),
@@ -766,7 +766,7 @@ mod tests {
 
     #[test]
     fn an_https_server_is_reached_over_verified_tls() {
-        let text = include_str!("../../../envoy/istio/example.toml").replace(
+        let text = include_str!("../../../../envoy/istio/example.toml").replace(
             "url = \"http://wiki-mcp.mcp.svc.cluster.local:8080/mcp\"",
             "url = \"https://wiki-mcp.mcp.svc.cluster.local:8443/mcp\"\nca_file = \"/etc/mcp-ca/ca.pem\"",
         ) + "\n[[servers]]\nname = \"lab\"\nurl = \"https://10.0.0.7:9443/mcp\"\nauth = { type = \"none\" }\n";

@@ -4,16 +4,133 @@
 //! `lint` reports rules that cannot do what they seem to, and (with
 //! `--probe`) policy tool names that an upstream does not list.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clap::Subcommand;
 use latchkey_filter::visibility::{ItemKind, pattern_matches};
 use serde_json::{Value, json};
 
 use latchkey_core::config::Config;
 use latchkey_core::policy::{Policy, Verdict};
 use latchkey_core::principal::Caller;
+
+// Parsed once per process; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Judge one call as the gateway would and name the rule that decided.
+    Check {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+        /// The user (`sub` of their token).
+        #[arg(long)]
+        user: String,
+        /// A value of the user's `groups`/`roles` claim; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The agent acting for the user (the token's `client_id`).
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        gateway: String,
+        /// The server assignment or combined endpoint (the last path
+        /// segment of its URL).
+        #[arg(long, alias = "assignment")]
+        server: String,
+        #[arg(long, group = "item")]
+        tool: Option<String>,
+        #[arg(long, group = "item")]
+        prompt: Option<String>,
+        /// A resource URI.
+        #[arg(long, group = "item")]
+        resource: Option<String>,
+        /// The tool call's arguments, as JSON.
+        #[arg(long)]
+        args: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report rules that can never match or are hidden by a deny; with
+    /// --probe, also tool patterns no upstream lists.
+    Lint {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+        /// List each upstream's tools (no credential is sent) to compare.
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+pub fn run(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Check {
+            config,
+            user,
+            roles,
+            agent,
+            gateway,
+            server,
+            tool,
+            prompt,
+            resource,
+            args,
+            json,
+        } => {
+            let (config, policy) = load(&config)?;
+            let (kind, name) = match (tool, prompt, resource) {
+                (Some(t), _, _) => (ItemKind::Tool, t),
+                (_, Some(p), _) => (ItemKind::Prompt, p),
+                (_, _, Some(r)) => (ItemKind::Resource, r),
+                _ => bail!("name what to check: --tool, --prompt or --resource"),
+            };
+            let arguments = match args {
+                Some(a) => Some(
+                    serde_json::from_str::<serde_json::Value>(&a)
+                        .context("--args must be a JSON object, e.g. '{\"repo\":\"acme/api\"}'")?,
+                ),
+                None => None,
+            };
+            let outcome = check(
+                &config,
+                &policy,
+                &CheckQuery {
+                    user: &user,
+                    roles: &roles,
+                    agent: agent.as_deref(),
+                    gateway: &gateway,
+                    assignment: &server,
+                    kind,
+                    name: &name,
+                    arguments: arguments.as_ref(),
+                },
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"decision": outcome.decision, "reason": outcome.reason})
+                );
+            } else {
+                println!("{}: {}", outcome.decision, outcome.reason);
+            }
+            Ok(())
+        }
+        PolicyCommand::Lint { config, probe } => {
+            let (config, policy) = load(&config)?;
+            let findings = super::block_on(lint(&config, &policy, probe))?;
+            if findings.is_empty() {
+                println!("no findings");
+                return Ok(());
+            }
+            for f in &findings {
+                println!("{f}");
+            }
+            // Non-zero so that CI can gate on a clean policy.
+            std::process::exit(1)
+        }
+    }
+}
 
 /// What one `policy check` decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,8 +411,8 @@ mod tests {
         // `gh` = gh-read (shared: get_*, create_draft) then gh-write (per
         // user: create_*, get_private).
         let text = concat!(
-            include_str!("../../testdata/gateway.toml"),
-            include_str!("../../testdata/combined.toml")
+            include_str!("../../../testdata/gateway.toml"),
+            include_str!("../../../testdata/combined.toml")
         );
         let config = Config::parse(text).unwrap();
         let policy = Policy::compile(&config, text).unwrap();

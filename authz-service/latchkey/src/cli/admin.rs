@@ -3,15 +3,21 @@
 //! with `--json`). The token comes from `LATCHKEY_TOKEN` or a file, never
 //! from a flag, so it stays out of shell history and `ps`.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use latchkey_core::config::Config;
+use latchkey_core::identity::{Availability, IdentitySecret};
+use latchkey_core::vault::Secret;
 use latchkey_proto::admin as pb;
 use latchkey_proto::admin::admin_client::AdminClient;
+use latchkey_store::credentials::{NewIdentity, TokenMeta};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+
+use super::{block_on, open_credentials};
 
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
@@ -703,4 +709,58 @@ fn connection_line(v: &Value) -> String {
         v["status"].as_str().unwrap_or(""),
         v["identities"]
     )
+}
+
+/// `latchkey identity put-shared`: stores a service-account secret read
+/// from standard input straight into Redis (no admin API, no token), for
+/// bootstrapping before any operator exists.
+pub fn put_shared(config: PathBuf, id: String, server: String, owner: String) -> Result<()> {
+    let config = Config::load(&config)?;
+    if config.server(&server).is_none() {
+        bail!("unknown server '{server}': declare it under [[servers]] in the config first");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the secret from stdin")?;
+    let secret = line.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        bail!(
+            "no secret on standard input: pipe it in, e.g. `printf %s \"$TOKEN\" | latchkey identity put-shared ...`"
+        );
+    }
+    let secret = IdentitySecret::Static {
+        value: Secret::new(secret),
+    };
+    block_on(async {
+        let credentials = open_credentials(&config).await?;
+        let record = credentials
+            .put_identity(NewIdentity {
+                actor: &format!("{owner} (offline put-shared)"),
+                id: &id,
+                server: &server,
+                owner: &owner,
+                availability: Availability::Global,
+                secret: &secret,
+                replace: true,
+                meta: TokenMeta::default(),
+            })
+            .await?;
+        println!(
+            "stored identity '{}' for server '{}' (version {}, key {})",
+            record.id, record.server, record.version, record.sealed.key_id
+        );
+        // Running replicas may have cached the old secret (or its absence).
+        let settled = latchkey_store::settle::settle(
+            &credentials.store,
+            latchkey_store::settle::SETTLE_WITHIN,
+        )
+        .await
+        .unwrap_or_else(|e| latchkey_store::settle::Settled::Unknown(e.to_string()));
+        if let Some(warning) = settled.warning() {
+            eprintln!("warning: {warning}");
+        }
+        anyhow::Ok(())
+    })?
 }
