@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::context::RequestContext;
-use crate::decision::{Attribution, Deny, PendingElicitation};
+use crate::decide::{Attribution, Deny, PendingElicitation};
 use latchkey_core::config::ConnectConfig;
 use latchkey_core::identity::now_rfc3339;
 use latchkey_core::vault::KeyRing;

@@ -118,7 +118,7 @@ impl RequestContext {
                 }
                 Some(m)
             }
-            None => crate::native::mcp_from_http(&http)?,
+            None => crate::forwarded_body::mcp_from_http(&http)?,
         };
         let body = if http.raw_body.is_empty() {
             http.body.clone().into_bytes()
@@ -220,8 +220,11 @@ mod tests {
         ] {
             http.headers.insert(k.into(), v.into());
         }
-        let message =
-            filter_metadata.then(|| crate::native::mcp_from_http(&http).unwrap().unwrap());
+        let message = filter_metadata.then(|| {
+            crate::forwarded_body::mcp_from_http(&http)
+                .unwrap()
+                .unwrap()
+        });
         check(http, message.as_ref())
     }
 

@@ -1,9 +1,9 @@
 //! Latchkey's request path: one ext_authz `Check`, from the filter's
 //! request to Envoy's answer. It flows one way: `context` (what is asked,
-//! from the filter's metadata or, behind native ext_authz, the forwarded
-//! body read by `native`) → `decision` (`authn`, routing, policy, the
-//! credential) → `respond` (the Envoy answer). `check` is the gRPC service
-//! that runs it, holding only what a decision needs.
+//! from the filter's metadata or, behind native ext_authz, the body read by
+//! `forwarded_body`) → `decide` (`authn`, routing, policy, the credential)
+//! → `respond` (the Envoy answer). `service` is the gRPC service that runs
+//! it, holding only what a decision needs.
 //!
 //! `refresh` keeps per-user OAuth tokens fresh (once across replicas) over
 //! the `oauth` client; `consent` answers in band when a person must connect
@@ -15,13 +15,13 @@
 //! path cannot reach the admin API, the connect page or the HTTP side.
 
 pub mod authn;
-pub mod check;
 pub mod consent;
 pub mod context;
-pub mod decision;
+pub mod decide;
 pub mod elicitation;
-pub mod native;
+pub mod forwarded_body;
 pub mod oauth;
 pub mod refresh;
 pub mod reload;
 pub mod respond;
+pub mod service;

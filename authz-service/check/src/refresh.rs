@@ -1,5 +1,5 @@
 //! Tokens over time: keeps the OAuth access token of a per-user identity
-//! usable. `decision` hands over the identity it resolved; when its access
+//! usable. `decide` hands over the identity it resolved; when its access
 //! token expires within `[connect] refresh_margin_secs` (or already has),
 //! this module refreshes it with the server's provider and hands back the
 //! identity to inject — or says why it cannot (consent needed, provider

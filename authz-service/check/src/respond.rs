@@ -14,7 +14,7 @@ use latchkey_proto::google::rpc::Status;
 use prost_types::{Struct, Value, value::Kind};
 
 use crate::context::BadRequest;
-use crate::decision::{Allow, Decision, Deny, PendingElicitation};
+use crate::decide::{Allow, Decision, Deny, PendingElicitation};
 
 /// google.rpc.Code values Envoy reads from `CheckResponse.status`.
 mod grpc_code {

@@ -10,7 +10,7 @@ use latchkey_proto::admin as pb;
 use latchkey_proto::admin::admin_server::Admin;
 use tonic::{Request, Response, Status as RpcStatus};
 
-use crate::state::AppState;
+use crate::shared::ControlState;
 use latchkey_check::authn::bearer_token;
 use latchkey_core::audit::{LifecycleEvent, identity_summary, principal_summary};
 use latchkey_core::capability::{Capabilities, Capability};
@@ -26,7 +26,7 @@ use latchkey_store::credentials::{
 use latchkey_store::store::{Mutation, StoreError};
 
 pub struct AdminService {
-    pub state: Arc<AppState>,
+    pub state: Arc<ControlState>,
 }
 
 /// The authenticated caller of one admin request.
@@ -105,14 +105,14 @@ impl Operator {
 type Reply<T> = Result<Response<T>, RpcStatus>;
 
 /// Response metadata carrying what the caller should know about a change
-/// that was made but may not be seen everywhere yet (`settle`).
+/// that was made but may not be seen everywhere yet (`latchkey_store::propagation`).
 pub const WARNING_METADATA: &str = "latchkey-warning";
 
 impl AdminService {
     /// The answer to a change, sent once every replica has applied it (or the
     /// wait ran out, which the answer then says).
     async fn settled<T>(&self, message: T) -> Reply<T> {
-        let settled = latchkey_store::settle::after_change(
+        let settled = latchkey_store::propagation::after_change(
             &self.state.credentials.store,
             &self.state.metrics,
         )

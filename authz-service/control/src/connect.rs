@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::connect_page::{Candidate, Page, Row, View, connect_page};
-use crate::state::AppState;
+use crate::shared::ControlState;
 use latchkey_check::consent::ConsentRecord;
 use latchkey_check::oauth::{
     IssError, OauthError, Provider, ProviderSettings, TokenHint, callback_url,
@@ -57,7 +57,7 @@ use latchkey_core::identity::{
     VaultRecord, now_rfc3339,
 };
 use latchkey_store::credentials::{ChangeError, NewIdentity, PutError, TokenMeta};
-use latchkey_store::settle;
+use latchkey_store::propagation;
 use latchkey_store::store::StoreError;
 
 /// The signed-in session cookie (`__Host-` prefixed over https).
@@ -70,7 +70,7 @@ pub const FLOW_TTL: Duration = Duration::from_secs(600);
 
 /// The connect page's shared state.
 pub struct Connect {
-    app: Arc<AppState>,
+    app: Arc<ControlState>,
     settings: ConnectConfig,
     /// The sign-in client at the organisation's identity provider, set up
     /// on first use (its endpoints may need OIDC discovery).
@@ -78,7 +78,7 @@ pub struct Connect {
 }
 
 /// The routes of the connect page; none without `[connect]`.
-pub fn router(app: Arc<AppState>) -> Router {
+pub fn router(app: Arc<ControlState>) -> Router {
     let Some(settings) = app.config.connect.clone() else {
         return Router::new();
     };
@@ -1340,7 +1340,7 @@ async fn finish_server(c: &Connect, q: CallbackQuery, f: ServerFlow<'_>) -> Resu
         .map_err(|e| oauth_failed(&e, "exchanging an authorisation code", &page_url))?;
     let id = store_tokens(c, &f, tokens).await?;
     // The client retries once told; whichever replica answers must see it.
-    settle::after_change(c.store(), &c.app.metrics).await;
+    propagation::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user = %f.user, gateway = %f.gateway, server = %f.server, identity = %id,
@@ -1534,7 +1534,7 @@ async fn use_identity(
     c.attach(user, &gw.name, &form.server, id)
         .await
         .map_err(|e| change_failed(&e))?;
-    settle::after_change(c.store(), &c.app.metrics).await;
+    propagation::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server = %form.server, identity = %id,
@@ -1658,7 +1658,7 @@ async fn disconnect(
     if own_oauth {
         forget_identity(c, user, &id).await?;
     }
-    settle::after_change(c.store(), &c.app.metrics).await;
+    propagation::after_change(c.store(), &c.app.metrics).await;
     tracing::info!(
         target: "latchkey::connect",
         user, gateway = %gw.name, server, identity = %id,

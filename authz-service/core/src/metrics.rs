@@ -136,7 +136,7 @@ impl Metrics {
         }
     }
 
-    /// Counts how waiting for the replicas after a change ended (`settle`).
+    /// Counts how waiting for the replicas after a change ended (`latchkey_store::propagation`).
     pub fn count_settle(&self, result: &'static str) {
         self.settles.get_or_create(&ResultLabels { result }).inc();
     }

@@ -8,7 +8,7 @@
 //! everything when the subscription is back. A load that raced with an
 //! invalidation is answered but not kept (the epoch check), so a stale value
 //! is never cached past a change. Settle markers on the same channel are
-//! confirmed in order with the invalidations (`settle`).
+//! confirmed in order with the invalidations (`propagation`).
 //! Hits and misses are counted for `/metrics`.
 
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl ReplicaCache {
     /// Keeps a subscription to `channel` for as long as the process runs,
     /// reconnecting with back-off and flushing the cache on every
     /// (re)subscription. Settle markers are confirmed as replica `replica`
-    /// once everything before them is applied (`settle`).
+    /// once everything before them is applied (`propagation`).
     pub async fn listen(self: Arc<Self>, store: crate::store::Store, replica: String) {
         let channel = store.channel();
         let mut backoff = Duration::from_millis(100);
@@ -134,7 +134,9 @@ impl ReplicaCache {
                         while let Some(msg) = messages.next().await {
                             match msg.get_payload::<String>() {
                                 Ok(key) => {
-                                    if !crate::settle::confirm_if_marker(&store, &replica, &key) {
+                                    if !crate::propagation::confirm_if_marker(
+                                        &store, &replica, &key,
+                                    ) {
                                         self.invalidate(&key).await
                                     }
                                 }

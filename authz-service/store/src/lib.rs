@@ -4,7 +4,7 @@
 //! (sealing) → `store` (Redis, over `redis_backend`'s topologies) →
 //! `cache` (this replica's memory, invalidated from the store's change
 //! stream) → `credentials` (what the request path and the admin API call).
-//! `settle` waits until every replica applied a change. `audit_writer`
+//! `propagation` waits until every replica applied a change. `audit_writer`
 //! queues audit events into the stream (and `otlp` exports them);
 //! `audit_read` reads the stream back for `latchkey audit`.
 
@@ -13,6 +13,6 @@ pub mod audit_writer;
 pub mod cache;
 pub mod credentials;
 pub mod otlp;
+pub mod propagation;
 pub mod redis_backend;
-pub mod settle;
 pub mod store;

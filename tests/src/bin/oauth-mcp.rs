@@ -152,12 +152,12 @@ impl Verifier {
 }
 
 #[derive(Clone)]
-struct AppState {
+struct ControlState {
     seen: Arc<Mutex<Seen>>,
     verifier: Arc<Verifier>,
 }
 
-async fn guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn guard(State(state): State<ControlState>, mut request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with("/mcp") {
         return next.run(request).await;
     }
@@ -209,7 +209,7 @@ async fn guard(State(state): State<AppState>, mut request: Request, next: Next) 
     }
 }
 
-async fn seen(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn seen(State(state): State<ControlState>) -> Json<serde_json::Value> {
     let s = state.seen.lock().unwrap_or_else(|e| e.into_inner());
     Json(json!({
         "subjects": s.subjects,
@@ -219,7 +219,7 @@ async fn seen(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn reject_before(
-    State(state): State<AppState>,
+    State(state): State<ControlState>,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
     let Some(sub) = q.get("sub").filter(|s| !s.is_empty()) else {
@@ -268,7 +268,7 @@ async fn main() -> Result<()> {
         fetched: Default::default(),
         http: reqwest::Client::new(),
     });
-    let state = AppState {
+    let state = ControlState {
         seen: Arc::default(),
         verifier,
     };

@@ -752,12 +752,12 @@ pub fn put_shared(config: PathBuf, id: String, server: String, owner: String) ->
             record.id, record.server, record.version, record.sealed.key_id
         );
         // Running replicas may have cached the old secret (or its absence).
-        let settled = latchkey_store::settle::settle(
+        let settled = latchkey_store::propagation::settle(
             &credentials.store,
-            latchkey_store::settle::SETTLE_WITHIN,
+            latchkey_store::propagation::SETTLE_WITHIN,
         )
         .await
-        .unwrap_or_else(|e| latchkey_store::settle::Settled::Unknown(e.to_string()));
+        .unwrap_or_else(|e| latchkey_store::propagation::Settled::Unknown(e.to_string()));
         if let Some(warning) = settled.warning() {
             eprintln!("warning: {warning}");
         }

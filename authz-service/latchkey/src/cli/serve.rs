@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use latchkey_check::authn;
 use latchkey_check::reload::PolicySource;
-use latchkey_control::{admin, http, state};
+use latchkey_control::{admin, http_listener, shared};
 use latchkey_core::config::Config;
 use latchkey_core::metrics::Metrics;
 use latchkey_core::policy::Policy;
@@ -103,7 +103,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         config.connect.as_ref(),
         metrics.refreshes(),
     );
-    let state = Arc::new(state::AppState {
+    let state = Arc::new(shared::ControlState {
         providers,
         client_capabilities: Default::default(),
         refresher,
@@ -159,11 +159,12 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let metrics = metrics_listener.map(|(addr, listener)| {
         (
             addr,
-            axum::serve(listener, http::metrics_router(state.clone()))
+            axum::serve(listener, http_listener::metrics_router(state.clone()))
                 .with_graceful_shutdown(shutdown_signal()),
         )
     });
-    let http = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal());
+    let http = axum::serve(listener, http_listener::router(state))
+        .with_graceful_shutdown(shutdown_signal());
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, replica = %replica_id, "latchkey serving");
     tokio::try_join!(
         async {
@@ -197,7 +198,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
 }
 
 /// Tells the other replicas which keys this one holds (for key rotation).
-async fn announce(state: Arc<state::AppState>, replica_id: String) {
+async fn announce(state: Arc<shared::ControlState>, replica_id: String) {
     let credentials = &state.credentials;
     let info = latchkey_store::store::ReplicaInfo {
         id: replica_id,

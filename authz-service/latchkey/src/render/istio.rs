@@ -1,6 +1,6 @@
 //! Renders the Istio resources that put Latchkey in front of a mesh's MCP
 //! servers, from the same config and the same filter fragments as
-//! `envoy render` (`envoy_config`), so the filter Istio runs is the one the
+//! `envoy render` (`render::envoy`), so the filter Istio runs is the one the
 //! end-to-end tests run.
 //!
 //! The filter runs on an Istio gateway (selected by labels): an `EnvoyFilter`

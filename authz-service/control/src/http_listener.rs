@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::shared::ControlState;
 use latchkey_core::config::Gateway;
 use latchkey_core::metrics::{self, Readings};
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<ControlState>) -> Router {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -37,7 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `[listen] metrics`: `/metrics` alone.
-pub fn metrics_router(state: Arc<AppState>) -> Router {
+pub fn metrics_router(state: Arc<ControlState>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(state)
@@ -46,7 +46,7 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 /// Ready when Redis answers, the invalidation subscription is live and the
 /// identity provider's keys are loaded: without them, Checks would fail
 /// closed or could serve a credential that was just disabled elsewhere.
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+async fn readyz(State(state): State<Arc<ControlState>>) -> Response {
     let mut problems = Vec::new();
     if let Err(e) = state.credentials.store.ping().await {
         problems.push(e.to_string());
@@ -76,12 +76,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Every metric, in the Prometheus text format.
-async fn scrape(State(state): State<Arc<AppState>>) -> Response {
+async fn scrape(State(state): State<Arc<ControlState>>) -> Response {
     let text = state.metrics.render(&readings(&state));
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
-async fn metadata_root(State(state): State<Arc<AppState>>) -> Response {
+async fn metadata_root(State(state): State<Arc<ControlState>>) -> Response {
     match state.config.gateways.as_slice() {
         [only] => Json(resource_metadata(only, state.verifier.issuer())).into_response(),
         _ => not_found("/"),
@@ -90,7 +90,10 @@ async fn metadata_root(State(state): State<Arc<AppState>>) -> Response {
 
 /// `resource` is the gateway path, or an assignment path under it (clients
 /// try the path of the endpoint they were given first).
-async fn metadata(State(state): State<Arc<AppState>>, Path(resource): Path<String>) -> Response {
+async fn metadata(
+    State(state): State<Arc<ControlState>>,
+    Path(resource): Path<String>,
+) -> Response {
     let requested = format!("/{}", resource.trim_end_matches('/'));
     let gateway = state.config.gateways.iter().find(|g| {
         let base = g.base_path();
@@ -124,7 +127,7 @@ fn not_found(path: &str) -> Response {
 
 /// What the other parts of this replica count, read at scrape time (the
 /// registry in `metrics` knows none of them).
-fn readings(state: &AppState) -> Readings {
+fn readings(state: &ControlState) -> Readings {
     let reloads = state.policy.reloads();
     Readings {
         credential_cache: state.credentials.cache.lookups(),

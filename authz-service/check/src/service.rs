@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::authn::TokenVerifier;
 use crate::consent::{self, CapabilityMemory};
 use crate::context::RequestContext;
-use crate::decision::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny, HIDDEN_BY_POLICY};
+use crate::decide::{Attribution, CONSENT_NEEDED, Decider, Decision, Deny, HIDDEN_BY_POLICY};
 use crate::refresh::Refresher;
 use crate::reload::PolicySource;
 use crate::respond;

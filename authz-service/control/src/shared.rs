@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use latchkey_check::authn::TokenVerifier;
-use latchkey_check::check::CheckService;
 use latchkey_check::reload::PolicySource;
+use latchkey_check::service::CheckService;
 use latchkey_core::config::Config;
 use latchkey_core::routing::RouteTable;
 use latchkey_store::credentials::Credentials;
 
-pub struct AppState {
+pub struct ControlState {
     pub config: Arc<Config>,
     pub routes: Arc<RouteTable>,
     pub verifier: Arc<TokenVerifier>,
@@ -30,7 +30,7 @@ pub struct AppState {
     pub announced: std::sync::atomic::AtomicBool,
 }
 
-impl AppState {
+impl ControlState {
     /// The gRPC Check service over the same parts (shared, not copied).
     pub fn check_service(&self) -> CheckService {
         CheckService {
