@@ -6,100 +6,35 @@
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
 use latchkey_proto::admin as pb;
 use latchkey_proto::admin::admin_server::Admin;
 use tonic::{Request, Response, Status as RpcStatus};
 
 use crate::shared::ControlState;
+
+mod operator;
+mod wire;
+
+use self::operator::{Operator, Whose};
+use self::wire::{
+    availability_from, change_status, connection_pb, credential_status, identity_pb,
+    identity_secret_from, principal_pb, status_from, store_status,
+};
 use latchkey_check::authn::bearer_token;
 use latchkey_core::audit::{LifecycleEvent, identity_summary, principal_summary};
 use latchkey_core::capability::{Capabilities, Capability};
 use latchkey_core::config::IdentityScheme;
 use latchkey_core::identity::{
-    Availability, ConnectionRecord, IdentitySecret, PrincipalKind, PrincipalRecord, Status,
-    UseError, VaultRecord, now_rfc3339,
+    Availability, ConnectionRecord, PrincipalKind, PrincipalRecord, Status, UseError, VaultRecord,
+    now_rfc3339,
 };
-use latchkey_core::vault::Secret;
-use latchkey_store::credentials::{
-    ChangeError, CredentialError, NewIdentity, PutError, RotateError, TokenMeta,
-};
+use latchkey_store::credentials::{ChangeError, NewIdentity, PutError, RotateError};
 use latchkey_store::store::{Mutation, StoreError};
 
 pub struct AdminService {
     pub state: Arc<ControlState>,
-}
-
-/// The authenticated caller of one admin request.
-struct Operator {
-    subject: String,
-    capabilities: Capabilities,
-}
-
-impl Operator {
-    fn require(&self, capability: Capability, to: &str) -> Result<(), RpcStatus> {
-        if self.capabilities.has(capability) {
-            return Ok(());
-        }
-        Err(RpcStatus::permission_denied(format!(
-            "{to} needs the '{capability}' capability, which your token does not carry"
-        )))
-    }
-
-    /// Acting on someone else's things needs `capability`; your own never does.
-    fn require_unless_self(
-        &self,
-        owner: &str,
-        capability: Capability,
-        to: &str,
-    ) -> Result<(), RpcStatus> {
-        if owner == self.subject {
-            Ok(())
-        } else {
-            self.require(capability, to)
-        }
-    }
-}
-
-/// Whose things a list asks for: the caller's (empty), everyone's (`*`),
-/// or one named person's.
-enum Whose {
-    Mine,
-    Everyone,
-    Of(String),
-}
-
-impl Operator {
-    /// Reads a list's owner argument, checking `capability` unless it is the caller's own.
-    fn whose(&self, owner: &str, capability: Capability, what: &str) -> Result<Whose, RpcStatus> {
-        match owner {
-            "" => Ok(Whose::Mine),
-            "*" => {
-                self.require(capability, &format!("listing everyone's {what}"))?;
-                Ok(Whose::Everyone)
-            }
-            other => {
-                self.require_unless_self(
-                    other,
-                    capability,
-                    &format!("listing another user's {what}"),
-                )?;
-                Ok(Whose::Of(other.to_string()))
-            }
-        }
-    }
-
-    /// The user a change is for (the caller when empty), checking
-    /// `capability` when it is someone else.
-    fn acting_for(
-        &self,
-        user: &str,
-        capability: Capability,
-        to: &str,
-    ) -> Result<String, RpcStatus> {
-        let user = if user.is_empty() { &self.subject } else { user };
-        self.require_unless_self(user, capability, to)?;
-        Ok(user.to_string())
-    }
 }
 
 type Reply<T> = Result<Response<T>, RpcStatus>;
@@ -280,6 +215,31 @@ impl AdminService {
         written.ok_or_else(|| RpcStatus::internal("the change was not written"))
     }
 
+    /// What a list call returns, for identities and connections alike:
+    /// the records of one index, read in one round trip. `owner` picks it:
+    /// empty is the caller's own, `*` everyone's (`everyone`), another name
+    /// that person's (`of`); anything not the caller's needs `capability`.
+    /// `key` turns an index member into its record's key.
+    async fn listed<T: DeserializeOwned>(
+        &self,
+        op: &Operator,
+        owner: &str,
+        (capability, what): (Capability, &str),
+        everyone: String,
+        of: impl Fn(&str) -> String,
+        key: impl Fn(&str) -> String,
+    ) -> Result<Vec<T>, RpcStatus> {
+        let index = match op.whose(owner, capability, what)? {
+            Whose::Mine => of(&op.subject),
+            Whose::Everyone => everyone,
+            Whose::Of(owner) => of(&owner),
+        };
+        let store = &self.state.credentials.store;
+        let members = store.members(&index).await.map_err(store_status)?;
+        let keys: Vec<String> = members.iter().map(|m| key(m)).collect();
+        store.get_many(&keys).await.map_err(store_status)
+    }
+
     async fn change_connection(
         &self,
         op: &Operator,
@@ -379,14 +339,16 @@ impl Admin for AdminService {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
         let store = &self.state.credentials.store;
-        let index = match op.whose(&req.owner, Capability::IdentitiesManage, "identities")? {
-            Whose::Mine => store.owner_index(&op.subject),
-            Whose::Everyone => store.identities_index(),
-            Whose::Of(owner) => store.owner_index(&owner),
-        };
-        let ids = store.members(&index).await.map_err(store_status)?;
-        let keys: Vec<String> = ids.iter().map(|id| store.identity_key(id)).collect();
-        let records: Vec<VaultRecord> = store.get_many(&keys).await.map_err(store_status)?;
+        let records: Vec<VaultRecord> = self
+            .listed(
+                &op,
+                &req.owner,
+                (Capability::IdentitiesManage, "identities"),
+                store.identities_index(),
+                |owner| store.owner_index(owner),
+                |id| store.identity_key(id),
+            )
+            .await?;
         Ok(Response::new(pb::ListIdentitiesResponse {
             identities: records
                 .iter()
@@ -568,13 +530,17 @@ impl Admin for AdminService {
         let op = self.operator(&request).await?;
         let req = request.into_inner();
         let store = &self.state.credentials.store;
-        let index = match op.whose(&req.user, Capability::ConnectionsManage, "connections")? {
-            Whose::Mine => store.user_connections_index(&op.subject),
-            Whose::Everyone => store.connections_index(),
-            Whose::Of(user) => store.user_connections_index(&user),
-        };
-        let keys = store.members(&index).await.map_err(store_status)?;
-        let records: Vec<ConnectionRecord> = store.get_many(&keys).await.map_err(store_status)?;
+        let records: Vec<ConnectionRecord> = self
+            .listed(
+                &op,
+                &req.user,
+                (Capability::ConnectionsManage, "connections"),
+                store.connections_index(),
+                |user| store.user_connections_index(user),
+                // The connection indexes hold the records' keys.
+                str::to_string,
+            )
+            .await?;
         Ok(Response::new(pb::ListConnectionsResponse {
             connections: records.iter().map(connection_pb).collect(),
         }))
@@ -661,187 +627,5 @@ impl Admin for AdminService {
             already_current: done.already_current,
         })
         .await
-    }
-}
-
-fn store_status(e: StoreError) -> RpcStatus {
-    match e {
-        StoreError::Unavailable(_) => RpcStatus::unavailable(e.to_string()),
-        StoreError::Contended(_) => RpcStatus::aborted(e.to_string()),
-        StoreError::Corrupt { .. } => RpcStatus::data_loss(e.to_string()),
-    }
-}
-
-fn change_status(e: ChangeError) -> RpcStatus {
-    match e {
-        ChangeError::Store(s) => store_status(s),
-        ChangeError::NotFound(m) => RpcStatus::not_found(m),
-    }
-}
-
-fn credential_status(e: CredentialError) -> RpcStatus {
-    match e {
-        CredentialError::Store(s) => store_status(s),
-        CredentialError::Vault(v) => RpcStatus::failed_precondition(v.to_string()),
-    }
-}
-
-fn status_from(value: i32) -> Result<Status, RpcStatus> {
-    match pb::Status::try_from(value) {
-        Ok(pb::Status::Enabled) => Ok(Status::Enabled),
-        Ok(pb::Status::Disabled) => Ok(Status::Disabled),
-        _ => Err(RpcStatus::invalid_argument(
-            "say which status: ENABLED or DISABLED",
-        )),
-    }
-}
-
-fn availability_from(value: i32) -> Result<Option<Availability>, RpcStatus> {
-    match pb::Availability::try_from(value) {
-        Ok(pb::Availability::Unspecified) => Ok(None),
-        Ok(pb::Availability::Private) => Ok(Some(Availability::Private)),
-        Ok(pb::Availability::Global) => Ok(Some(Availability::Global)),
-        Err(_) => Err(RpcStatus::invalid_argument(
-            "availability is PRIVATE or GLOBAL",
-        )),
-    }
-}
-
-/// The secret of a new identity: a static value, or OAuth tokens with what
-/// is known about them. Exactly one of the two.
-fn identity_secret_from(
-    secret: String,
-    oauth: Option<pb::OauthTokens>,
-) -> Result<(IdentitySecret, TokenMeta), RpcStatus> {
-    match oauth {
-        None if secret.is_empty() => Err(RpcStatus::invalid_argument(
-            "the identity needs a secret (the header value the server expects) or OAuth tokens",
-        )),
-        None => Ok((
-            IdentitySecret::Static {
-                value: Secret::new(secret),
-            },
-            TokenMeta::default(),
-        )),
-        Some(_) if !secret.is_empty() => Err(RpcStatus::invalid_argument(
-            "give either a static secret or OAuth tokens, not both",
-        )),
-        Some(t) if t.access_token.is_empty() => Err(RpcStatus::invalid_argument(
-            "OAuth tokens need at least an access token",
-        )),
-        Some(t) => {
-            let expires_at = match t.expires_in {
-                Some(secs) => Some(latchkey_check::refresh::expires_at_after(secs).ok_or_else(
-                    || RpcStatus::invalid_argument(format!("expires_in {secs} is out of range")),
-                )?),
-                None => None,
-            };
-            Ok((
-                IdentitySecret::Oauth {
-                    access_token: Secret::new(t.access_token),
-                    refresh_token: (!t.refresh_token.is_empty())
-                        .then(|| Secret::new(t.refresh_token)),
-                },
-                TokenMeta {
-                    expires_at,
-                    scopes: t.scopes,
-                },
-            ))
-        }
-    }
-}
-
-pub fn identity_pb(r: &VaultRecord) -> pb::Identity {
-    pb::Identity {
-        id: r.id.clone(),
-        server: r.server.clone(),
-        owner: r.owner.clone(),
-        availability: match r.availability {
-            Availability::Private => pb::Availability::Private,
-            Availability::Global => pb::Availability::Global,
-        } as i32,
-        status: status_pb(r.status) as i32,
-        kind: r.kind.as_str().to_string(),
-        version: r.version,
-        created_by: r.created_by.clone(),
-        created_at: r.created_at.clone(),
-        updated_by: r.updated_by.clone(),
-        updated_at: r.updated_at.clone(),
-        key_id: r.sealed.key_id.clone(),
-        expires_at: r.expires_at.clone().unwrap_or_default(),
-        scopes: r.scopes.clone(),
-        consent_required: r.consent_required,
-    }
-}
-
-fn status_pb(s: Status) -> pb::Status {
-    match s {
-        Status::Enabled => pb::Status::Enabled,
-        Status::Disabled => pb::Status::Disabled,
-    }
-}
-
-fn principal_pb(r: &PrincipalRecord) -> pb::Principal {
-    pb::Principal {
-        id: r.id.clone(),
-        kind: r.kind.as_str().to_string(),
-        status: status_pb(r.status) as i32,
-        updated_by: r.updated_by.clone(),
-        updated_at: r.updated_at.clone(),
-    }
-}
-
-fn connection_pb(r: &ConnectionRecord) -> pb::Connection {
-    pb::Connection {
-        user: r.user.clone(),
-        gateway: r.gateway.clone(),
-        status: status_pb(r.status) as i32,
-        identities: r
-            .identities
-            .iter()
-            .map(|(server, id)| pb::ServerIdentity {
-                server: server.clone(),
-                identity_id: id.clone(),
-            })
-            .collect(),
-        updated_by: r.updated_by.clone(),
-        updated_at: r.updated_at.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_capability_is_named() {
-        let op = Operator {
-            subject: "alice".into(),
-            capabilities: Capabilities::default(),
-        };
-        let err = op
-            .require(Capability::UsersManage, "deactivating users")
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert!(
-            err.message().contains("'users:manage'"),
-            "{}",
-            err.message()
-        );
-        assert!(
-            op.require_unless_self("alice", Capability::IdentitiesManage, "x")
-                .is_ok()
-        );
-        assert!(
-            op.require_unless_self("bob", Capability::IdentitiesManage, "x")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn unspecified_status_is_refused() {
-        assert!(status_from(0).is_err());
-        assert_eq!(status_from(2).unwrap(), Status::Disabled);
-        assert_eq!(availability_from(0).unwrap(), None);
     }
 }
