@@ -213,8 +213,9 @@ fn number_from_f64(f: f64) -> Option<Value> {
 }
 
 /// Why a request is refused before it reaches the authorization service or
-/// upstream: the HTTP status and the JSON-RPC error to answer with.
-#[derive(Debug, Clone, PartialEq)]
+/// upstream: the HTTP status and the JSON-RPC error to answer with. The
+/// service refuses with the same shape (its `Deny` carries one).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RequestError {
     pub http_status: u16,
     pub jsonrpc_code: i64,

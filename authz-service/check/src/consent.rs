@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use latchkey_filter::jsonrpc;
+use latchkey_filter::mcp::RequestError;
 use serde_json::{Value, json};
 use url::Url;
 
@@ -255,7 +256,7 @@ pub async fn ask(
     };
     // A notification, a response or a stream cannot show anyone a link:
     // no consent request is recorded for it.
-    if deny.id.is_none() {
+    if deny.refusal.id.is_none() {
         return deny;
     }
     let Some(at) = deny.attribution.as_deref() else {
@@ -296,12 +297,15 @@ pub async fn ask(
         .await
     {
         return Deny {
-            http_status: 503,
-            jsonrpc_code: jsonrpc::INTERNAL_ERROR,
-            message: format!(
-                "user '{user}' needs to connect an identity for server '{}', but the consent request could not be recorded ({e}); retry shortly",
-                at.server
-            ),
+            refusal: RequestError {
+                http_status: 503,
+                jsonrpc_code: jsonrpc::INTERNAL_ERROR,
+                message: format!(
+                    "user '{user}' needs to connect an identity for server '{}', but the consent request could not be recorded ({e}); retry shortly",
+                    at.server
+                ),
+                ..Default::default()
+            },
             reason: "unavailable",
             body: None,
             ..deny
@@ -312,7 +316,7 @@ pub async fn ask(
         "Connect your {} account to continue: open {link} in your browser, sign in, and allow access; then retry.",
         at.server
     );
-    let id = deny.id.clone();
+    let id = deny.refusal.id.clone();
     let (status, body) = match form {
         AnswerForm::InputRequired => {
             let claims = StateClaims {
@@ -330,9 +334,12 @@ pub async fn ask(
             };
             let Some(state) = state else {
                 return Deny {
-                    http_status: 503,
-                    jsonrpc_code: jsonrpc::INTERNAL_ERROR,
-                    message: "the consent answer could not be signed: the vault's active key is not available on this replica".into(),
+                    refusal: RequestError {
+                        http_status: 503,
+                        jsonrpc_code: jsonrpc::INTERNAL_ERROR,
+                        message: "the consent answer could not be signed: the vault's active key is not available on this replica".into(),
+                        ..Default::default()
+                    },
                     reason: "unavailable",
                     body: None,
                     ..deny
@@ -370,8 +377,11 @@ pub async fn ask(
         expires: expires.unix_timestamp(),
     });
     Deny {
-        http_status: status,
-        message: text,
+        refusal: RequestError {
+            http_status: status,
+            message: text,
+            ..Default::default()
+        },
         body: Some(body),
         elicitation,
         ..deny
@@ -442,12 +452,14 @@ pub fn check_retry(
     let state = latchkey_request_state(&message)?;
     let mcp = ctx.mcp.as_ref();
     let refuse = |why: String| Deny {
-        http_status: 400,
-        jsonrpc_code: jsonrpc::INVALID_PARAMS,
-        message: format!(
-            "params.requestState is not valid: {why}; send the request again without requestState to start over"
-        ),
-        id: mcp.and_then(|m| m.id.clone()),
+        refusal: RequestError {
+            http_status: 400,
+            jsonrpc_code: jsonrpc::INVALID_PARAMS,
+            message: format!(
+                "params.requestState is not valid: {why}; send the request again without requestState to start over"
+            ),
+            id: mcp.and_then(|m| m.id.clone()),
+        },
         reason: "bad_request_state",
         ..Deny::default()
     };

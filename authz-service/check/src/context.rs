@@ -31,27 +31,6 @@ pub struct RequestContext {
     pub cookie: Option<String>,
 }
 
-/// A request the service cannot judge because it is malformed; answered
-/// with 400 and a JSON-RPC error, never forwarded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BadRequest {
-    pub http_status: u16,
-    pub jsonrpc_code: i64,
-    pub message: String,
-    pub id: Option<serde_json::Value>,
-}
-
-impl From<RequestError> for BadRequest {
-    fn from(e: RequestError) -> Self {
-        BadRequest {
-            http_status: e.http_status,
-            jsonrpc_code: e.jsonrpc_code,
-            message: e.message,
-            id: e.id,
-        }
-    }
-}
-
 impl std::fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestContext")
@@ -73,7 +52,9 @@ impl std::fmt::Debug for RequestContext {
 }
 
 impl RequestContext {
-    pub fn from_check(req: &CheckRequest) -> Result<Self, BadRequest> {
+    /// A request it cannot judge because it is malformed is refused with
+    /// the filter's own refusal (400 and a JSON-RPC error), never forwarded.
+    pub fn from_check(req: &CheckRequest) -> Result<Self, RequestError> {
         let attrs = req.attributes.clone().unwrap_or_default();
         let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
         let header = |name: &str| {
@@ -114,7 +95,7 @@ impl RequestContext {
                         id.as_str()
                             .is_none_or(|s| s.len() <= mcp::limits::STRING_ID)
                     });
-                    return Err(e.into());
+                    return Err(e);
                 }
                 Some(m)
             }

@@ -16,6 +16,7 @@ use latchkey_core::policy::{self, Policy};
 use latchkey_core::principal::Caller;
 use latchkey_core::routing::{Route, RouteTable};
 use latchkey_core::vault::{Secret, VaultError};
+use latchkey_filter::mcp::RequestError;
 use latchkey_filter::visibility::{ItemKind, Visibility};
 use latchkey_store::cache::OpenIdentity;
 use latchkey_store::credentials::{CredentialError, Credentials};
@@ -57,11 +58,10 @@ pub struct Allow {
 /// Why a request is refused, with everything needed to tell the client.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Deny {
-    pub http_status: u16,
-    pub jsonrpc_code: i64,
-    pub message: String,
-    /// JSON-RPC id of the request, echoed in the error body.
-    pub id: Option<Value>,
+    /// The refusal as the client reads it: HTTP status, JSON-RPC code and
+    /// message, and the request's id echoed. The filter refuses with the
+    /// same shape before any Check (`latchkey_filter::mcp::RequestError`).
+    pub refusal: RequestError,
     /// `WWW-Authenticate` for 401s (RFC 6750 + RFC 9728 `resource_metadata`).
     pub www_authenticate: Option<String>,
     /// Short machine-readable reason for logs and audit.
@@ -144,13 +144,15 @@ impl Decider<'_> {
         let id = ctx.mcp.as_ref().and_then(|m| m.id.clone());
         let Some(route) = self.routes.find(&ctx.host, &ctx.path).cloned() else {
             return Decision::Deny(Deny {
-                http_status: 404,
-                jsonrpc_code: codes::NOT_FOUND,
-                message: format!(
-                    "no MCP server is published at {}{}; check the URL your client is configured with",
-                    ctx.host, ctx.path
-                ),
-                id,
+                refusal: RequestError {
+                    http_status: 404,
+                    jsonrpc_code: codes::NOT_FOUND,
+                    message: format!(
+                        "no MCP server is published at {}{}; check the URL your client is configured with",
+                        ctx.host, ctx.path
+                    ),
+                    id,
+                },
                 www_authenticate: None,
                 reason: "no_route",
                 body: None,
@@ -318,10 +320,12 @@ impl Decider<'_> {
             policy::Verdict::Hidden { kind, name } => Some(self.hidden(kind, &name, id)),
             policy::Verdict::Ambiguous { kind, problem, .. } => Some(ambiguous(kind, &problem)),
             policy::Verdict::Violation { tool, message } => Some(Deny {
-                http_status: 200,
-                jsonrpc_code: 0,
-                message: format!("tool '{tool}' refused by policy: {message}"),
-                id: id.cloned(),
+                refusal: RequestError {
+                    http_status: 200,
+                    jsonrpc_code: 0,
+                    message: format!("tool '{tool}' refused by policy: {message}"),
+                    id: id.cloned(),
+                },
                 reason: "constraint_violation",
                 body: Some(tool_error_body(
                     id,
@@ -577,7 +581,7 @@ fn headless_refusal(route: &Route, caller: &Caller) -> Option<Deny> {
 /// A refusal on `route`, with who and where for the audit trail.
 fn attributed_to(route: &Route, caller: &Caller, id: Option<Value>, deny: Deny) -> Decision {
     Decision::Deny(Deny {
-        id,
+        refusal: RequestError { id, ..deny.refusal },
         attribution: Some(Attribution::of(route, Some(caller))),
         ..deny
     })
@@ -631,10 +635,12 @@ fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value>) -> Deny 
         HiddenStyle::ToolResult => Some(tool_error_body(id, &message)),
     };
     Deny {
-        http_status: 200,
-        jsonrpc_code: answer.code,
-        message,
-        id: id.cloned(),
+        refusal: RequestError {
+            http_status: 200,
+            jsonrpc_code: answer.code,
+            message,
+            id: id.cloned(),
+        },
         reason: HIDDEN_BY_POLICY,
         body,
         ..Deny::default()
@@ -658,10 +664,12 @@ fn injected_header(auth: &ServerAuth, identity: &OpenIdentity) -> Option<Injecte
 impl Deny {
     fn unavailable(reason: &'static str, message: String) -> Deny {
         Deny {
-            http_status: 503,
-            jsonrpc_code: codes::UNAVAILABLE,
-            message,
-            id: None,
+            refusal: RequestError {
+                http_status: 503,
+                jsonrpc_code: codes::UNAVAILABLE,
+                message,
+                id: None,
+            },
             www_authenticate: None,
             reason,
             body: None,
@@ -676,12 +684,15 @@ impl Deny {
 /// it might mean, so it reveals nothing about the policy.
 fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError) -> Deny {
     Deny {
-        http_status: 400,
-        jsonrpc_code: latchkey_filter::jsonrpc::INVALID_PARAMS,
-        message: format!(
-            "the {} URI is refused: {problem}. The gateway judges a URI in the canonical form the server acts on, so it accepts only URIs with one meaning",
-            kind.noun()
-        ),
+        refusal: RequestError {
+            http_status: 400,
+            jsonrpc_code: latchkey_filter::jsonrpc::INVALID_PARAMS,
+            message: format!(
+                "the {} URI is refused: {problem}. The gateway judges a URI in the canonical form the server acts on, so it accepts only URIs with one meaning",
+                kind.noun()
+            ),
+            ..Default::default()
+        },
         reason: "ambiguous_uri",
         ..Deny::default()
     }
@@ -689,10 +700,12 @@ fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError) -> Deny {
 
 fn forbidden(reason: &'static str, message: String) -> Deny {
     Deny {
-        http_status: 403,
-        jsonrpc_code: codes::FORBIDDEN,
-        message,
-        id: None,
+        refusal: RequestError {
+            http_status: 403,
+            jsonrpc_code: codes::FORBIDDEN,
+            message,
+            id: None,
+        },
         www_authenticate: None,
         reason,
         body: None,
@@ -757,10 +770,12 @@ fn unavailable(e: &CredentialError) -> Deny {
 fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
     if !e.is_client_error() {
         return Deny {
-            http_status: 503,
-            jsonrpc_code: codes::UNAVAILABLE,
-            message: format!("cannot verify tokens right now: {e}"),
-            id,
+            refusal: RequestError {
+                http_status: 503,
+                jsonrpc_code: codes::UNAVAILABLE,
+                message: format!("cannot verify tokens right now: {e}"),
+                id,
+            },
             www_authenticate: None,
             reason: "idp_unavailable",
             body: None,
@@ -779,13 +794,15 @@ fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
         ));
     }
     Deny {
-        http_status: 401,
-        jsonrpc_code: codes::UNAUTHORIZED,
-        message: format!(
-            "{e}. Token requirements: {}",
-            route.gateway.resource_metadata_url()
-        ),
-        id,
+        refusal: RequestError {
+            http_status: 401,
+            jsonrpc_code: codes::UNAUTHORIZED,
+            message: format!(
+                "{e}. Token requirements: {}",
+                route.gateway.resource_metadata_url()
+            ),
+            id,
+        },
         www_authenticate: Some(challenge),
         reason: "unauthenticated",
         body: None,

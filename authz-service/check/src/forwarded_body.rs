@@ -5,8 +5,8 @@
 use latchkey_filter::mcp::{self, McpMessage, RequestError};
 use latchkey_proto::auth::attribute_context::HttpRequest;
 
-/// The message Envoy forwarded; the error is the filter's own, which
-/// `context` turns into its `BadRequest` (this module knows nothing of
+/// The message Envoy forwarded; the error is the filter's own refusal,
+/// which `context` answers with as it is (this module knows nothing of
 /// `context`). A Check without a method (no Envoy sends one) is judged by
 /// the same rules as any other method the endpoint does not serve:
 /// refused, never read as a request without a message.

@@ -3,7 +3,7 @@
 //! error body carrying the request's id. Both Envoy's native ext_authz filter
 //! and the Latchkey Wasm filter apply these fields as they are.
 
-use latchkey_filter::jsonrpc;
+use latchkey_filter::mcp::RequestError;
 use latchkey_filter::stale::CREDENTIAL_KEY;
 use latchkey_filter::visibility::VISIBILITY_KEY;
 use latchkey_proto::auth::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
@@ -13,7 +13,6 @@ use latchkey_proto::envoy::r#type::v3::HttpStatus;
 use latchkey_proto::google::rpc::Status;
 use prost_types::{Struct, Value, value::Kind};
 
-use crate::context::BadRequest;
 use crate::decide::{Allow, Decision, Deny, PendingElicitation};
 
 /// google.rpc.Code values Envoy reads from `CheckResponse.status`.
@@ -162,7 +161,7 @@ fn deny(d: &Deny) -> CheckResponse {
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }
-    let code = match d.http_status {
+    let code = match d.refusal.http_status {
         401 => grpc_code::UNAUTHENTICATED,
         500..=599 => grpc_code::UNAVAILABLE,
         _ => grpc_code::PERMISSION_DENIED,
@@ -176,12 +175,10 @@ fn deny(d: &Deny) -> CheckResponse {
         http_response: Some(check_response::HttpResponse::DeniedResponse(
             DeniedHttpResponse {
                 status: Some(HttpStatus {
-                    code: i32::from(d.http_status),
+                    code: i32::from(d.refusal.http_status),
                 }),
                 headers,
-                body: d.body.clone().unwrap_or_else(|| {
-                    jsonrpc::error_body(d.id.as_ref(), d.jsonrpc_code, &d.message)
-                }),
+                body: d.body.clone().unwrap_or_else(|| d.refusal.body()),
             },
         )),
         dynamic_metadata: d.elicitation.as_ref().map(url_elicitation),
@@ -225,17 +222,12 @@ fn url_elicitation(e: &PendingElicitation) -> Struct {
     }
 }
 
-pub fn bad_request(b: &BadRequest) -> CheckResponse {
+/// A request refused before any decision because it is malformed.
+pub fn bad_request(refusal: &RequestError) -> CheckResponse {
     deny(&Deny {
-        http_status: b.http_status,
-        jsonrpc_code: b.jsonrpc_code,
-        message: b.message.clone(),
-        id: b.id.clone(),
-        www_authenticate: None,
+        refusal: refusal.clone(),
         reason: "bad_request",
-        body: None,
-        attribution: None,
-        elicitation: None,
+        ..Deny::default()
     })
 }
 
@@ -364,9 +356,12 @@ mod tests {
     #[test]
     fn a_url_elicitation_answer_tells_the_filter_what_to_announce() {
         let deny = Deny {
-            http_status: 200,
-            jsonrpc_code: -32042,
-            message: "connect".into(),
+            refusal: RequestError {
+                http_status: 200,
+                jsonrpc_code: -32042,
+                message: "connect".into(),
+                ..Default::default()
+            },
             reason: "consent_needed",
             elicitation: Some(PendingElicitation {
                 id: "c0ffee".into(),
@@ -405,10 +400,12 @@ mod tests {
     #[test]
     fn a_hidden_answer_is_framed_as_the_upstream_frames_its_own() {
         let deny = Deny {
-            http_status: 200,
-            jsonrpc_code: -32602,
-            message: "Unknown tool: x".into(),
-            id: Some(serde_json::json!(3)),
+            refusal: RequestError {
+                http_status: 200,
+                jsonrpc_code: -32602,
+                message: "Unknown tool: x".into(),
+                id: Some(serde_json::json!(3)),
+            },
             reason: "hidden_by_policy",
             ..Deny::default()
         };

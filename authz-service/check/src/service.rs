@@ -225,7 +225,7 @@ fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> Decisio
             }
             e.decision = "deny";
             e.reason = d.reason;
-            e.status = d.http_status;
+            e.status = d.refusal.http_status;
         }
     }
     e
