@@ -156,24 +156,16 @@ impl PolicySource {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[vault]
-key_env = "LATCHKEY_TEST_KEYS"
-[identity_provider]
-issuer = "http://127.0.0.1:9400"
-[[servers]]
-name = "crm"
-url = "http://127.0.0.1:3001/mcp"
-auth = { type = "static_header", header = "authorization" }
-[[gateways]]
-name = "corp"
-public_url = "http://127.0.0.1:10000/mcp"
+    const CONFIG: &str = concat!(
+        include_str!("../../testdata/gateway.toml"),
+        r#"
 [[gateways.assignments]]
-name = "crm"
-server = "crm"
+name = "gh"
+server = "gh"
 scheme = "shared"
-identity = "crm-sa"
-"#;
+identity = "gh-sa"
+"#
+    );
 
     #[test]
     fn reloads_are_counted_taken_and_refused() {

@@ -21,25 +21,16 @@ const GRANTS: usize = 250;
 const ROLES: usize = 50;
 
 fn config_text() -> String {
-    let mut t = String::from(
+    let mut t = String::from(concat!(
+        include_str!("../../testdata/gateway.toml"),
         r#"
-[vault]
-key_env = "K"
-[identity_provider]
-issuer = "http://idp"
-[[servers]]
-name = "gh"
-url = "http://127.0.0.1:1/mcp"
-[[gateways]]
-name = "g"
-public_url = "http://gw/mcp"
 [[gateways.assignments]]
 name = "gh"
 server = "gh"
 scheme = "shared"
 identity = "gh-sa"
-"#,
-    );
+"#
+    ));
     for i in 0..GRANTS {
         let _ = write!(
             t,
