@@ -1,11 +1,10 @@
 //! Latchkey's control plane: the operator's admin API (`admin`, gated by
 //! `latchkey_core::capability`), the connect page where people connect
-//! their own identities (`connect`, its HTML in `connect_page`), and the
+//! their own identities (`connect`, its HTML in `connect::html`), and the
 //! HTTP listener (`http_listener`: health, readiness, RFC 9728 metadata,
 //! `/metrics`). `shared` is what those handlers share.
 
 pub mod admin;
 pub mod connect;
-pub mod connect_page;
 pub mod http_listener;
 pub mod shared;

@@ -44,8 +44,10 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::connect_page::{Candidate, Page, Row, View, connect_page};
+pub mod html;
+
 use crate::shared::ControlState;
+use html::{Candidate, Page, Row, View, connect_page};
 use latchkey_check::consent::ConsentRecord;
 use latchkey_check::oauth::{
     IssError, OauthError, Provider, ProviderSettings, TokenHint, callback_url,
