@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::errors::{change_failed, oauth_failed, store_down};
 use super::html::Page;
 use super::session::{CallbackQuery, Flow, new_identity_id};
-use super::signed_in::ServerForm;
+use super::signed_in::{ServerForm, SignedInForm, SignedInPost};
 use super::{Connect, redirect};
 use latchkey_core::identity::{Availability, ConnectionRecord, CredentialKind, IdentitySecret};
 use latchkey_store::credentials::{NewIdentity, PutError, TokenMeta};
@@ -23,16 +23,16 @@ use latchkey_store::propagation;
 /// provider, the flow in a sealed cookie.
 pub(super) async fn authorise(
     State(c): State<Arc<Connect>>,
-    Path(gateway): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ServerForm>,
+    post: SignedInPost<ServerForm>,
 ) -> Result<Response, Page> {
-    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
-    let gw = c.gateway(gateway)?;
+    let SignedInPost {
+        gateway,
+        session_hash: hash,
+        session,
+        form,
+    } = post;
+    let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let request = form.request();
-    let (hash, session) = c
-        .form_session(headers, &gw.name, &form.csrf, request)
-        .await?;
     c.consent(request, &session.user, &gw.name).await?;
     c.per_user_server(gw, &form.server)?;
     let provider = c.app.providers.get(&form.server).ok_or_else(|| {

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::errors::{change_failed, store_down};
 use super::html::Page;
 use super::session::well_formed_id;
-use super::signed_in::{ServerForm, SignOutForm};
+use super::signed_in::{ServerForm, SignOutForm, SignedInForm, SignedInPost};
 use super::{Connect, SESSION_COOKIE, redirect};
 use latchkey_check::oauth::TokenHint;
 use latchkey_core::identity::{
@@ -25,16 +25,16 @@ use latchkey_store::propagation;
 /// the server.
 pub(super) async fn use_identity(
     State(c): State<Arc<Connect>>,
-    Path(gateway): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ServerForm>,
+    post: SignedInPost<ServerForm>,
 ) -> Result<Response, Page> {
-    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
-    let gw = c.gateway(gateway)?;
+    let SignedInPost {
+        gateway,
+        session,
+        form,
+        ..
+    } = post;
+    let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let request = form.request();
-    let (_, session) = c
-        .form_session(headers, &gw.name, &form.csrf, request)
-        .await?;
     let user = session.user.as_str();
     c.consent(request, user, &gw.name).await?;
     c.per_user_server(gw, &form.server)?;
@@ -102,16 +102,15 @@ enum Revocation {
 /// the connection; the person's own OAuth identity is revoked and deleted.
 pub(super) async fn disconnect(
     State(c): State<Arc<Connect>>,
-    Path(gateway): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<ServerForm>,
+    post: SignedInPost<ServerForm>,
 ) -> Result<Response, Page> {
-    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
-    let gw = c.gateway(gateway)?;
-    let request = form.request();
-    let (_, session) = c
-        .form_session(headers, &gw.name, &form.csrf, request)
-        .await?;
+    let SignedInPost {
+        gateway,
+        session,
+        form,
+        ..
+    } = post;
+    let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let user = session.user.as_str();
     let server = form.server.as_str();
     let page_url = c.page_url(&gw.name, None, None);
@@ -285,13 +284,15 @@ async fn forget_identity(c: &Connect, user: &str, id: &str) -> Result<(), Page> 
 /// cookie from the browser. What was connected stays connected.
 pub(super) async fn sign_out(
     State(c): State<Arc<Connect>>,
-    Path(gateway): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<SignOutForm>,
+    post: SignedInPost<SignOutForm>,
 ) -> Result<Response, Page> {
-    let (c, gateway, headers, form) = (c.as_ref(), gateway.as_str(), &headers, &form);
-    let gw = c.gateway(gateway)?;
-    let (hash, session) = c.csrf_session(headers, &gw.name, &form.csrf, None).await?;
+    let SignedInPost {
+        gateway,
+        session_hash: hash,
+        session,
+        ..
+    } = post;
+    let (c, gw) = (c.as_ref(), &gateway);
     let store = c.store();
     store
         .delete(&store.connect_session_key(&hash))
