@@ -39,6 +39,9 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("latchkey-check", &["axum", "latchkey-control"]),
 ];
 
+/// Lines of code (before `#[cfg(test)] mod tests`) a source file may hold.
+const MAX_NON_TEST_LINES: usize = 800;
+
 fn service_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -213,6 +216,8 @@ fn references(code: &str, prefix: &str) -> Vec<(String, usize)> {
 struct Module {
     /// Source with comments and literals blanked (same lines and columns).
     code: String,
+    /// The same, cut before `#[cfg(test)]`'s `mod tests`.
+    non_test_len: usize,
     /// Original lines, for messages.
     lines: Vec<String>,
     /// The file, from the crate's folder.
@@ -248,10 +253,12 @@ fn modules(krate: &str) -> BTreeMap<String, Module> {
             }
             let text = std::fs::read_to_string(&path).expect("read module");
             let code = blank_comments_and_literals(&text);
+            let non_test_len = code.find("#[cfg(test)]\nmod tests").unwrap_or(code.len());
             out.insert(
                 parts.join("::"),
                 Module {
                     code,
+                    non_test_len,
                     lines: text.lines().map(str::to_string).collect(),
                     file: format!(
                         "{krate}/src/{}",
@@ -463,6 +470,25 @@ fn lower_layers_reach_no_crate_of_a_higher_one_even_indirectly() {
         "these crates belong to a higher layer (core is pure; the request path has no \
          HTTP server and no control plane):\n{}",
         wrong.concat()
+    );
+}
+
+#[test]
+fn no_source_file_holds_more_than_800_lines_of_non_test_code() {
+    let mut big = Vec::new();
+    for (krate, _) in LAYERS {
+        for m in modules(krate).values() {
+            let lines = m.code[..m.non_test_len].lines().count();
+            if lines > MAX_NON_TEST_LINES {
+                big.push(format!("  {}: {lines} lines\n", m.file));
+            }
+        }
+    }
+    assert!(
+        big.is_empty(),
+        "split these files by what they do (a folder of modules), so each can be read \
+         in one sitting:\n{}",
+        big.concat()
     );
 }
 

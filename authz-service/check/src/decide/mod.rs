@@ -9,18 +9,24 @@ use serde_json::Value;
 use crate::authn::{AuthnError, TokenVerifier, bearer_token};
 use crate::context::RequestContext;
 use crate::refresh::{RefreshError, Refresher};
-use latchkey_core::config::{HiddenAnswer, HiddenStyle};
 use latchkey_core::config::{IdentityScheme, ServerAuth};
-use latchkey_core::identity::{CredentialKind, PrincipalKind, Status, UseError};
+use latchkey_core::identity::{CredentialKind, PrincipalKind, Status};
 use latchkey_core::policy::{self, Policy};
 use latchkey_core::principal::Caller;
 use latchkey_core::routing::{Route, RouteTable};
-use latchkey_core::vault::{Secret, VaultError};
+use latchkey_core::vault::Secret;
 use latchkey_filter::mcp::RequestError;
 use latchkey_filter::visibility::{ItemKind, Visibility};
 use latchkey_store::cache::OpenIdentity;
-use latchkey_store::credentials::{CredentialError, Credentials};
-use latchkey_store::store::StoreError;
+use latchkey_store::credentials::Credentials;
+
+mod refusals;
+
+pub use self::refusals::{CONSENT_NEEDED, HIDDEN_BY_POLICY};
+use self::refusals::{
+    ambiguous, authn_denial, consent_needed, forbidden, hidden_answer, reauthorise_needed,
+    shared_tokens_needed, tool_error_body, unavailable, use_denial,
+};
 
 /// A header to set on the upstream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,41 +618,6 @@ fn allow(
     })
 }
 
-/// The reason of a denial that answers a call to a hidden name.
-pub const HIDDEN_BY_POLICY: &str = "hidden_by_policy";
-
-/// A JSON-RPC result that is a failed tool call (`isError: true`): the
-/// model reads the message and can correct itself.
-fn tool_error_body(id: Option<&Value>, text: &str) -> String {
-    serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "result": {"content": [{"type": "text", "text": text}], "isError": true},
-    })
-    .to_string()
-}
-
-/// The answer to a call naming something the caller may not see: what the
-/// upstream would answer for a name that does not exist.
-fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value>) -> Deny {
-    let message = answer.message.replace("{name}", name);
-    let body = match answer.style {
-        HiddenStyle::JsonrpcError => None,
-        HiddenStyle::ToolResult => Some(tool_error_body(id, &message)),
-    };
-    Deny {
-        refusal: RequestError {
-            http_status: 200,
-            jsonrpc_code: answer.code,
-            message,
-            id: id.cloned(),
-        },
-        reason: HIDDEN_BY_POLICY,
-        body,
-        ..Deny::default()
-    }
-}
-
 /// The header the upstream gets for `identity`, per how the server expects it.
 fn injected_header(auth: &ServerAuth, identity: &OpenIdentity) -> Option<InjectedHeader> {
     match auth {
@@ -661,156 +632,6 @@ fn injected_header(auth: &ServerAuth, identity: &OpenIdentity) -> Option<Injecte
     }
 }
 
-impl Deny {
-    fn unavailable(reason: &'static str, message: String) -> Deny {
-        Deny {
-            refusal: RequestError {
-                http_status: 503,
-                jsonrpc_code: codes::UNAVAILABLE,
-                message,
-                id: None,
-            },
-            www_authenticate: None,
-            reason,
-            body: None,
-            attribution: None,
-            elicitation: None,
-        }
-    }
-}
-
-/// A resource URI policy cannot judge because it has no single meaning: a
-/// bad parameter (400, -32602), the same whether or not a grant shows what
-/// it might mean, so it reveals nothing about the policy.
-fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError) -> Deny {
-    Deny {
-        refusal: RequestError {
-            http_status: 400,
-            jsonrpc_code: latchkey_filter::jsonrpc::INVALID_PARAMS,
-            message: format!(
-                "the {} URI is refused: {problem}. The gateway judges a URI in the canonical form the server acts on, so it accepts only URIs with one meaning",
-                kind.noun()
-            ),
-            ..Default::default()
-        },
-        reason: "ambiguous_uri",
-        ..Deny::default()
-    }
-}
-
-fn forbidden(reason: &'static str, message: String) -> Deny {
-    Deny {
-        refusal: RequestError {
-            http_status: 403,
-            jsonrpc_code: codes::FORBIDDEN,
-            message,
-            id: None,
-        },
-        www_authenticate: None,
-        reason,
-        body: None,
-        attribution: None,
-        elicitation: None,
-    }
-}
-
-/// The reason of a refusal that the connect page can resolve: `consent`
-/// turns it into the in-band answer.
-pub const CONSENT_NEEDED: &str = "consent_needed";
-
-fn consent_needed(user: &str, server: &str, gateway: &str) -> Deny {
-    forbidden(
-        CONSENT_NEEDED,
-        format!(
-            "consent needed: user '{user}' has not connected an identity for server '{server}' on gateway '{gateway}'"
-        ),
-    )
-}
-
-fn shared_tokens_needed(identity: &str, server: &str) -> Deny {
-    Deny::unavailable(
-        "shared_identity_needs_tokens",
-        format!(
-            "the shared identity '{identity}' for server '{server}' holds OAuth tokens its provider no longer refreshes; an operator stores new ones (`latchkey identity create --oauth`, then `identity make-global`)"
-        ),
-    )
-}
-
-fn reauthorise_needed(user: &str, server: &str, identity: &str) -> Deny {
-    forbidden(
-        CONSENT_NEEDED,
-        format!(
-            "consent needed again: the provider of server '{server}' no longer accepts the refresh token of identity '{identity}' (user '{user}'); the user authorises again on the connect page"
-        ),
-    )
-}
-
-fn use_denial(e: &UseError) -> Deny {
-    let reason = match e {
-        UseError::Disabled(_) => "identity_disabled",
-        UseError::PrivateToOwner(_) => "identity_private",
-        UseError::WrongServer { .. } => "identity_wrong_server",
-        UseError::NotGlobal(_) => "identity_not_global",
-    };
-    forbidden(reason, e.to_string())
-}
-
-/// Something the decision needs cannot be read: fail closed with 503. The
-/// message names the cause, never a secret.
-fn unavailable(e: &CredentialError) -> Deny {
-    let reason = match e {
-        CredentialError::Store(StoreError::Unavailable(_)) => "vault_unavailable",
-        CredentialError::Vault(VaultError::UnknownKey { .. }) => "vault_key_missing",
-        CredentialError::Vault(VaultError::Tampered(_)) => "vault_record_rejected",
-        _ => "credential_error",
-    };
-    Deny::unavailable(reason, format!("the credential is unavailable: {e}"))
-}
-
-fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> Deny {
-    if !e.is_client_error() {
-        return Deny {
-            refusal: RequestError {
-                http_status: 503,
-                jsonrpc_code: codes::UNAVAILABLE,
-                message: format!("cannot verify tokens right now: {e}"),
-                id,
-            },
-            www_authenticate: None,
-            reason: "idp_unavailable",
-            body: None,
-            attribution: None,
-            elicitation: None,
-        };
-    }
-    let mut challenge = format!(
-        "Bearer resource_metadata=\"{}\"",
-        route.gateway.resource_metadata_url()
-    );
-    if let Some(code) = e.bearer_error() {
-        challenge.push_str(&format!(
-            ", error=\"{code}\", error_description=\"{}\"",
-            e.to_string().replace('"', "'")
-        ));
-    }
-    Deny {
-        refusal: RequestError {
-            http_status: 401,
-            jsonrpc_code: codes::UNAUTHORIZED,
-            message: format!(
-                "{e}. Token requirements: {}",
-                route.gateway.resource_metadata_url()
-            ),
-            id,
-        },
-        www_authenticate: Some(challenge),
-        reason: "unauthenticated",
-        body: None,
-        attribution: None,
-        elicitation: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,8 +640,8 @@ mod tests {
     /// One server assigned twice (shared for reads, per-user for writes)
     /// and combined as `gh`, shared first.
     const CONFIG: &str = concat!(
-        include_str!("../../testdata/gateway.toml"),
-        include_str!("../../testdata/combined.toml")
+        include_str!("../../../testdata/gateway.toml"),
+        include_str!("../../../testdata/combined.toml")
     );
 
     fn setup(text: &str) -> (Policy, Arc<Route>) {
