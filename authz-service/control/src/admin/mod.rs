@@ -62,6 +62,13 @@ impl AdminService {
         Ok(response)
     }
 
+    /// A handler's start: who calls (refused unless authenticated) and
+    /// what they sent.
+    async fn open<T>(&self, request: Request<T>) -> Result<(Operator, T), RpcStatus> {
+        let op = self.operator(&request).await?;
+        Ok((op, request.into_inner()))
+    }
+
     async fn operator<T>(&self, request: &Request<T>) -> Result<Operator, RpcStatus> {
         let header = request
             .metadata()
@@ -271,8 +278,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateIdentityRequest>,
     ) -> Reply<pb::Identity> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         if self.state.config.server(&req.server).is_none() {
             return Err(RpcStatus::invalid_argument(format!(
                 "unknown server '{}'; servers are declared under [[servers]] in the config",
@@ -336,8 +342,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListIdentitiesRequest>,
     ) -> Reply<pb::ListIdentitiesResponse> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let store = &self.state.credentials.store;
         let records: Vec<VaultRecord> = self
             .listed(
@@ -376,8 +381,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetIdentityStatusRequest>,
     ) -> Reply<pb::Identity> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let status = status_from(req.status)?;
         let record = self.identity_record(&req.id).await?;
         Self::may_manage(&op, &record, "changing this identity")?;
@@ -395,8 +399,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetIdentityAvailabilityRequest>,
     ) -> Reply<pb::Identity> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let availability = availability_from(req.availability)?.ok_or_else(|| {
             RpcStatus::invalid_argument("say which availability: PRIVATE or GLOBAL")
         })?;
@@ -444,8 +447,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetPrincipalStatusRequest>,
     ) -> Reply<pb::Principal> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         op.require(
             Capability::UsersManage,
             "deactivating or reactivating users",
@@ -466,8 +468,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetPrincipalStatusRequest>,
     ) -> Reply<pb::Principal> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         op.require(Capability::AgentsManage, "disabling or enabling agents")?;
         let status = status_from(req.status)?;
         let record = self
@@ -480,8 +481,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UseIdentityRequest>,
     ) -> Reply<pb::Connection> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let user = op.acting_for(
             &req.user,
             Capability::ConnectionsManage,
@@ -527,8 +527,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListConnectionsRequest>,
     ) -> Reply<pb::ListConnectionsResponse> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let store = &self.state.credentials.store;
         let records: Vec<ConnectionRecord> = self
             .listed(
@@ -550,8 +549,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetConnectionStatusRequest>,
     ) -> Reply<pb::Connection> {
-        let op = self.operator(&request).await?;
-        let req = request.into_inner();
+        let (op, req) = self.open(request).await?;
         let user = op.acting_for(
             &req.user,
             Capability::ConnectionsManage,

@@ -23,14 +23,13 @@ use latchkey_store::propagation;
 /// provider, the flow in a sealed cookie.
 pub(super) async fn authorise(
     State(c): State<Arc<Connect>>,
-    post: SignedInPost<ServerForm>,
-) -> Result<Response, Page> {
-    let SignedInPost {
+    SignedInPost {
         gateway,
         session_hash: hash,
         session,
         form,
-    } = post;
+    }: SignedInPost<ServerForm>,
+) -> Result<Response, Page> {
     let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let request = form.request();
     c.consent(request, &session.user, &gw.name).await?;

@@ -25,14 +25,13 @@ use latchkey_store::propagation;
 /// the server.
 pub(super) async fn use_identity(
     State(c): State<Arc<Connect>>,
-    post: SignedInPost<ServerForm>,
-) -> Result<Response, Page> {
-    let SignedInPost {
+    SignedInPost {
         gateway,
         session,
         form,
         ..
-    } = post;
+    }: SignedInPost<ServerForm>,
+) -> Result<Response, Page> {
     let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let request = form.request();
     let user = session.user.as_str();
@@ -102,14 +101,13 @@ enum Revocation {
 /// the connection; the person's own OAuth identity is revoked and deleted.
 pub(super) async fn disconnect(
     State(c): State<Arc<Connect>>,
-    post: SignedInPost<ServerForm>,
-) -> Result<Response, Page> {
-    let SignedInPost {
+    SignedInPost {
         gateway,
         session,
         form,
         ..
-    } = post;
+    }: SignedInPost<ServerForm>,
+) -> Result<Response, Page> {
     let (c, gw, form) = (c.as_ref(), &gateway, &form);
     let user = session.user.as_str();
     let server = form.server.as_str();
@@ -284,14 +282,13 @@ async fn forget_identity(c: &Connect, user: &str, id: &str) -> Result<(), Page> 
 /// cookie from the browser. What was connected stays connected.
 pub(super) async fn sign_out(
     State(c): State<Arc<Connect>>,
-    post: SignedInPost<SignOutForm>,
-) -> Result<Response, Page> {
-    let SignedInPost {
+    SignedInPost {
         gateway,
         session_hash: hash,
         session,
         ..
-    } = post;
+    }: SignedInPost<SignOutForm>,
+) -> Result<Response, Page> {
     let (c, gw) = (c.as_ref(), &gateway);
     let store = c.store();
     store
