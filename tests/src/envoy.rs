@@ -57,6 +57,36 @@ impl Envoy {
         workers: usize,
         logging: &[&str],
     ) -> Result<Envoy> {
+        Self::start_full(dir, name, bootstrap_yaml, workers, logging, free_port())
+    }
+
+    /// Envoy on `bootstrap_yaml` as an operator runs it: admin on
+    /// `admin_port` (the local stack's fixed one), `workers` threads, info logs.
+    pub fn start_with_admin(
+        dir: &Path,
+        name: &str,
+        bootstrap_yaml: &str,
+        workers: usize,
+        admin_port: u16,
+    ) -> Result<Envoy> {
+        Self::start_full(
+            dir,
+            name,
+            bootstrap_yaml,
+            workers,
+            &["--log-level", "info"],
+            admin_port,
+        )
+    }
+
+    fn start_full(
+        dir: &Path,
+        name: &str,
+        bootstrap_yaml: &str,
+        workers: usize,
+        logging: &[&str],
+        admin_port: u16,
+    ) -> Result<Envoy> {
         let balanced;
         let bootstrap_yaml = if workers > 1 {
             balanced = exact_balance(bootstrap_yaml)?;
@@ -68,7 +98,6 @@ impl Envoy {
         let bootstrap = dir.join(format!("{name}.yaml"));
         std::fs::write(&bootstrap, bootstrap_yaml)
             .with_context(|| format!("writing {}", bootstrap.display()))?;
-        let admin_port = free_port();
         let admin = format!(
             "{{admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}}}"
         );

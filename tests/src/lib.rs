@@ -13,13 +13,15 @@
 //! (the official TypeScript MCP SDK as a client process), [`scrape`] (a
 //! replica's `/metrics`), [`attacker`] (an attacker's own moves: a direct
 //! Check, a forged `kid`, what Redis kept), [`connect_client`] (the connect
-//! page driven without a browser).
+//! page driven without a browser), [`local`] (the stack `scripts/start` runs,
+//! laid out by a config file on the ports it names).
 
 pub mod attacker;
 pub mod browser;
 pub mod client;
 pub mod connect_client;
 pub mod envoy;
+pub mod local;
 pub mod otlp_sink;
 pub mod paths;
 pub mod peers;

@@ -51,7 +51,9 @@ impl Redis {
         Ok(replica)
     }
 
-    fn start_on(
+    /// A Redis on `port` (the local stack's, from its config), logging to
+    /// `<dir>/<name>.log`; `data_dir`: where it keeps `dump.rdb`, if anywhere.
+    pub fn start_on(
         dir: &Path,
         port: u16,
         data_dir: Option<std::path::PathBuf>,
@@ -438,6 +440,9 @@ pub struct IdpOptions {
     /// Names its log file `<name>.log` (default `idp`); two providers in one
     /// scenario need different names.
     pub name: Option<String>,
+    /// Listen on this port (the local stack's, from its config) instead of a
+    /// free one.
+    pub port: Option<u16>,
 }
 
 /// What the token and revocation endpoints did (`GET /control/stats`).
@@ -509,7 +514,7 @@ impl Idp {
         {
             bail!("tests/peers/node_modules/oauth2-mock-server is missing: run scripts/setup");
         }
-        let port = free_port();
+        let port = options.port.unwrap_or_else(free_port);
         let issuer = options
             .issuer
             .as_deref()
@@ -812,7 +817,11 @@ pub struct Everything {
 
 impl Everything {
     pub fn start(dir: &Path) -> Result<Everything> {
-        let port = free_port();
+        Self::start_on(dir, free_port())
+    }
+
+    /// On `port` (the local stack's, from its config).
+    pub fn start_on(dir: &Path, port: u16) -> Result<Everything> {
         let mut cmd = Command::new(paths::node_bin("mcp-server-everything")?);
         cmd.arg("streamableHttp").env("PORT", port.to_string());
         let mut process = Process::spawn("everything", cmd, dir)?;
@@ -877,7 +886,16 @@ impl AuthEcho {
         bin: impl AsRef<Path>,
         keep_alive: Option<Duration>,
     ) -> Result<AuthEcho> {
-        let port = free_port();
+        Self::start_on(dir, bin, free_port(), keep_alive)
+    }
+
+    /// As [`AuthEcho::start_with`], on `port` (the local stack's, from its config).
+    pub fn start_on(
+        dir: &Path,
+        bin: impl AsRef<Path>,
+        port: u16,
+        keep_alive: Option<Duration>,
+    ) -> Result<AuthEcho> {
         let mut cmd = Command::new(bin.as_ref());
         cmd.args(["--port", &port.to_string()]);
         if let Some(every) = keep_alive {
@@ -1061,12 +1079,29 @@ impl OauthMcp {
         jwks: &str,
         audience: &str,
     ) -> Result<OauthMcp> {
-        let port = free_port();
+        Self::start_on(dir, bin, free_port(), None, issuer, jwks, audience)
+    }
+
+    /// As [`OauthMcp::start_bin`], on `port` (the local stack's, from its
+    /// config), with an SSE keep-alive every `keep_alive` (rmcp's 15 s when
+    /// `None`).
+    pub fn start_on(
+        dir: &Path,
+        bin: impl AsRef<Path>,
+        port: u16,
+        keep_alive: Option<Duration>,
+        issuer: &str,
+        jwks: &str,
+        audience: &str,
+    ) -> Result<OauthMcp> {
         let mut cmd = Command::new(bin.as_ref());
         cmd.args(["--port", &port.to_string()])
             .args(["--issuer", issuer])
             .args(["--jwks", jwks])
             .args(["--audience", audience]);
+        if let Some(every) = keep_alive {
+            cmd.args(["--keep-alive-ms", &every.as_millis().to_string()]);
+        }
         let mut process = Process::spawn("oauth-mcp", cmd, dir)?;
         process.wait_for_log("OAUTH_MCP_READY", Duration::from_secs(10))?;
         Ok(OauthMcp { port, process })

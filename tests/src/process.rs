@@ -49,6 +49,26 @@ pub fn stop_all_started() {
     }
 }
 
+/// Resolves when the program is asked to stop: SIGINT, SIGTERM or SIGHUP.
+/// A binary that starts processes waits on this, then calls
+/// [`stop_all_started`] (drops do not run when a signal ends a program).
+pub async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // No handler could be installed: the default action ends the program.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
 pub struct Process {
     pub name: String,
     pub log: PathBuf,

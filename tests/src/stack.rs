@@ -867,7 +867,7 @@ identity = "{name}-sa"
     }
 }
 
-fn start_latchkey(
+pub(crate) fn start_latchkey(
     bin: &PathBuf,
     config: &PathBuf,
     dir: &std::path::Path,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use latchkey_e2e::client::{INITIALIZE, open, send, tools_call};
-use latchkey_e2e::process::stop_all_started;
+use latchkey_e2e::process::{stop_all_started, stop_requested};
 use latchkey_e2e::stack::AuthzMode;
 use latchkey_e2e::{Stack, StackOptions};
 use serde_json::json;
@@ -212,7 +212,7 @@ async fn flood(url: &str, kind: &Kind, token: Option<&str>, n: usize) -> Vec<u16
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     tokio::spawn(async {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_requested().await;
         eprintln!("exhaustion-bench: interrupted; stopping everything it started");
         stop_all_started();
         std::process::exit(130);

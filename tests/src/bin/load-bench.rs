@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use latchkey_e2e::process::{Process, free_port, stop_all_started};
+use latchkey_e2e::process::{Process, free_port, stop_all_started, stop_requested};
 use latchkey_e2e::stack::run;
 use latchkey_e2e::{Envoy, Idp, Redis, TokenRequest, paths, scenario_dir};
 use serde_json::{Value, json};
@@ -203,19 +203,7 @@ async fn main() -> Result<()> {
     // Drops do not run when a signal ends the program: stop every process
     // started here (they sit in their own process groups) before leaving.
     tokio::spawn(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
+        stop_requested().await;
         eprintln!("load-bench: interrupted; stopping everything it started");
         stop_all_started();
         std::process::exit(130);

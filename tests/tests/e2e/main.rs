@@ -25,6 +25,7 @@ mod harness;
 mod identities;
 mod istio;
 mod leaks;
+mod local_stack;
 mod metrics;
 mod peers_oauth;
 mod policy;
