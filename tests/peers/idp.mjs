@@ -83,11 +83,59 @@
 //     revoke_fails=1        POST /revoke answers 503 temporarily_unavailable and
 //                           revokes nothing (counted in `revocations` all the same)
 //
+// Token exchange (RFC 8693), for clients registered with
+// --exchange-client <id>:<secret> (client_secret_basic or _post; others get
+// 401 invalid_client):
+//   POST /token grant_type=urn:ietf:params:oauth:grant-type:token-exchange
+//       &subject_token&subject_token_type[&actor_token&actor_token_type]
+//       &requested_token_type[&audience][&resource][&scope]
+//     Checked: the subject token (and the actor token) is a JWT signed by
+//     this provider's keys, with its issuer, not expired; its type is
+//     access_token, jwt or id_token; a subject on the deny list
+//     (/control/exchange-deny) is refused with 400 invalid_grant.
+//     requested_token_type access_token (the default): an access token for
+//       sub = the subject's, aud = audience (else resource), scope as asked,
+//       client_id = the requesting client, a fresh jti, and `act` naming
+//       the actor token's client_id (else its sub), with the subject's own
+//       `act` nested inside; expires_in = exchange-ttl (default 3600).
+//     requested_token_type urn:ietf:params:oauth:token-type:id-jag: an
+//       Identity Assertion JWT Authorization Grant (header typ
+//       oauth-id-jag+jwt; iss, sub, aud = audience (required), resource,
+//       client_id = the requesting client, jti, iat, exp = 300 s, scope,
+//       act as above), token_type N_A.
+//   The discovery documents list the token exchange grant.
+//
+// The server's own authorization server (ID-JAG redemption, RFC 7523), with
+// --trust-issuer <url> (the identity provider whose ID-JAGs it accepts) and
+// its clients registered with --exchange-client:
+//   POST /token grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion[&scope]
+//     Checked: the assertion's header typ is oauth-id-jag+jwt; it is signed
+//     by a key of <trust-issuer>/jwks, iss = that issuer, aud = this
+//     issuer, not expired; its client_id is the client that authenticated;
+//     its jti was not redeemed before (replay: 400 invalid_grant); a
+//     requested scope is within the grant's. Issues an access token: sub
+//     from the grant, aud = the grant's resource, scope = the grant's
+//     (narrowed to what was asked), its act, a fresh jti; expires_in =
+//     exchange-ttl.
+//   /.well-known/oauth-authorization-server lists
+//   urn:ietf:params:oauth:grant-profile:id-jag in
+//   authorization_grant_profiles_supported.
+// Not checked: audience/resource values against a registry (any is
+// accepted), client authentication methods other than a shared secret.
+//
+// Control endpoints for the exchanges:
+//   POST /control/exchange-ttl  seconds=<n>   lifetime of exchanged tokens from now on
+//   POST /control/exchange-deny subs=<a,b>    these subjects are refused (replaces the list)
+//   GET  /control/stats also counts "token_exchange", "token_exchange_by_sub",
+//        "id_jag", "jwt_bearer", "jwt_bearer_by_sub" (successful ones) and
+//        "exchange_refused".
+//
 // SIGUSR2 adds a signing key (key rotation).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import express from 'express';
+import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { OAuth2Server } from 'oauth2-mock-server';
 
 function arg(name, fallback) {
@@ -99,6 +147,19 @@ const port = Number(arg('port', process.env.IDP_PORT ?? '9400'));
 const host = arg('host', process.env.IDP_HOST ?? '127.0.0.1');
 const issuer = arg('issuer', process.env.IDP_ISSUER ?? `http://${host}:${port}`).replace(/\/+$/, '');
 const rotateRefreshTokens = !process.argv.includes('--no-rotate');
+/** client_id -> secret of the clients that may exchange tokens or redeem grants. */
+const exchangeClients = new Map();
+for (let i = 0; i < process.argv.length; i += 1) {
+  if (process.argv[i] !== '--exchange-client') continue;
+  const spec = process.argv[i + 1] ?? '';
+  const colon = spec.indexOf(':');
+  if (colon <= 0) {
+    console.error('idp.mjs: --exchange-client takes <id>:<secret>');
+    process.exit(2);
+  }
+  exchangeClients.set(spec.slice(0, colon), spec.slice(colon + 1));
+}
+const trustIssuer = arg('trust-issuer', undefined)?.replace(/\/+$/, '');
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(`idp.mjs: bad port ${port}; usage: node idp.mjs --port <port> [--issuer <url>] [--no-rotate]`);
   process.exit(2);
@@ -146,7 +207,25 @@ const freshStats = () => ({
   refresh_token_by_sub: {},
   revocations: 0,
   invalid_grant: 0,
+  token_exchange: 0,
+  token_exchange_by_sub: {},
+  id_jag: 0,
+  jwt_bearer: 0,
+  jwt_bearer_by_sub: {},
+  exchange_refused: 0,
 });
+
+// --- Token exchange and ID-JAG state -------------------------------------------
+
+let exchangeTtl = 3600;
+let exchangeDenied = new Set();
+/** jti of every ID-JAG redeemed here (replay protection). */
+const redeemedJti = new Set();
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TT = 'urn:ietf:params:oauth:token-type:';
+const ID_JAG_PROFILE = 'urn:ietf:params:oauth:grant-profile:id-jag';
+const trustedKeys = trustIssuer ? createRemoteJWKSet(new URL(`${trustIssuer}/jwks`)) : undefined;
 let stats = freshStats();
 
 function invalidGrant(res, description) {
@@ -170,6 +249,170 @@ function clientIdOf(req) {
     }
   }
   return str(req.body?.client_id);
+}
+
+// The client and secret of a request: HTTP Basic, else client_id/client_secret in the form.
+function clientCredentialsOf(req) {
+  const m = /^Basic\s+(\S+)$/i.exec(str(req.headers.authorization) ?? '');
+  if (m) {
+    const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    const dec = (v) => {
+      try {
+        return decodeURIComponent(v.replace(/\+/g, ' '));
+      } catch {
+        return v;
+      }
+    };
+    return colon < 0 ? { id: dec(decoded) } : { id: dec(decoded.slice(0, colon)), secret: dec(decoded.slice(colon + 1)) };
+  }
+  return { id: str(req.body?.client_id), secret: str(req.body?.client_secret) };
+}
+
+function oauthError(res, status, error, description) {
+  res.set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+  res.status(status).json({ error, error_description: description });
+}
+
+// A token this provider signed (its keys, its issuer, not expired); its claims or undefined.
+async function ownToken(token) {
+  if (typeof token !== 'string') return undefined;
+  try {
+    const { payload } = await jwtVerify(token, createLocalJWKSet({ keys: server.issuer.keys.toJSON() }), { issuer });
+    return payload;
+  } catch {
+    return undefined;
+  }
+}
+
+// `act` naming the actor (its client_id, else sub), with the subject's own chain inside.
+function actClaim(subject, actor) {
+  if (actor === undefined) return subject.act;
+  const act = { sub: actor.client_id ?? actor.sub };
+  if (subject.act !== undefined) act.act = subject.act;
+  return act;
+}
+
+async function tokenExchange(req, res, client) {
+  const body = req.body ?? {};
+  const subjectType = str(body.subject_token_type);
+  if (![`${TT}access_token`, `${TT}jwt`, `${TT}id_token`].includes(subjectType)) {
+    oauthError(res, 400, 'invalid_request', 'subject_token_type must be an access token, a JWT or an ID token');
+    return;
+  }
+  const subject = await ownToken(body.subject_token);
+  if (subject === undefined) {
+    oauthError(res, 400, 'invalid_grant', 'the subject token is not a valid token of this provider');
+    return;
+  }
+  let actor;
+  if (body.actor_token !== undefined) {
+    actor = await ownToken(body.actor_token);
+    if (actor === undefined) {
+      oauthError(res, 400, 'invalid_grant', 'the actor token is not a valid token of this provider');
+      return;
+    }
+  }
+  if (exchangeDenied.has(subject.sub)) {
+    stats.exchange_refused += 1;
+    oauthError(res, 400, 'invalid_grant', `${subject.sub} is not entitled to this resource`);
+    return;
+  }
+  const requested = str(body.requested_token_type) ?? `${TT}access_token`;
+  const scope = str(body.scope);
+  const audience = str(body.audience);
+  const resource = str(body.resource);
+  const act = actClaim(subject, actor);
+  const jti = randomBytes(12).toString('base64url');
+  if (requested === `${TT}id-jag`) {
+    if (audience === undefined) {
+      oauthError(res, 400, 'invalid_request', 'an ID-JAG needs the audience: the issuer of the authorization server');
+      return;
+    }
+    const grant = await server.issuer.buildToken({
+      expiresIn: 300,
+      scopesOrTransform: (header, payload) => {
+        header.typ = 'oauth-id-jag+jwt';
+        Object.assign(payload, { sub: subject.sub, aud: audience, client_id: client, jti });
+        if (resource !== undefined) payload.resource = resource;
+        if (scope !== undefined) payload.scope = scope;
+        if (act !== undefined) payload.act = act;
+      },
+    });
+    stats.id_jag += 1;
+    res.set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+    res.json({ access_token: grant, issued_token_type: `${TT}id-jag`, token_type: 'N_A', expires_in: 300, ...(scope ? { scope } : {}) });
+    return;
+  }
+  if (requested !== `${TT}access_token`) {
+    oauthError(res, 400, 'invalid_request', `this provider issues access tokens and ID-JAGs, not ${requested}`);
+    return;
+  }
+  const token = await server.issuer.buildToken({
+    expiresIn: exchangeTtl,
+    scopesOrTransform: (_header, payload) => {
+      Object.assign(payload, { sub: subject.sub, aud: audience ?? resource ?? client, client_id: client, jti });
+      if (scope !== undefined) payload.scope = scope;
+      if (act !== undefined) payload.act = act;
+      if (exchangeTtl < 0) {
+        payload.iat = payload.exp - 60;
+        payload.nbf = payload.iat;
+      }
+    },
+  });
+  stats.token_exchange += 1;
+  stats.token_exchange_by_sub[subject.sub] = (stats.token_exchange_by_sub[subject.sub] ?? 0) + 1;
+  res.set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+  res.json({ access_token: token, issued_token_type: `${TT}access_token`, token_type: 'Bearer', expires_in: exchangeTtl, ...(scope ? { scope } : {}) });
+}
+
+async function redeemIdJag(req, res, client) {
+  const body = req.body ?? {};
+  if (trustedKeys === undefined) {
+    oauthError(res, 400, 'unsupported_grant_type', 'this provider trusts no identity provider (--trust-issuer)');
+    return;
+  }
+  const assertion = str(body.assertion);
+  let grant;
+  try {
+    if (decodeProtectedHeader(assertion ?? '').typ !== 'oauth-id-jag+jwt') throw new Error('typ');
+    ({ payload: grant } = await jwtVerify(assertion, trustedKeys, { issuer: trustIssuer, audience: issuer }));
+  } catch {
+    oauthError(res, 400, 'invalid_grant', 'the assertion is not a valid ID-JAG for this authorization server');
+    return;
+  }
+  if (grant.client_id !== client) {
+    oauthError(res, 400, 'invalid_grant', 'the ID-JAG was issued to another client');
+    return;
+  }
+  if (typeof grant.jti !== 'string' || redeemedJti.has(grant.jti)) {
+    oauthError(res, 400, 'invalid_grant', 'the ID-JAG was redeemed before');
+    return;
+  }
+  const granted = (grant.scope ?? '').split(' ').filter(Boolean);
+  const asked = (str(body.scope) ?? '').split(' ').filter(Boolean);
+  if (asked.some((s) => !granted.includes(s))) {
+    oauthError(res, 400, 'invalid_scope', 'a requested scope is not in the ID-JAG');
+    return;
+  }
+  redeemedJti.add(grant.jti);
+  const scope = (asked.length > 0 ? asked : granted).join(' ');
+  const token = await server.issuer.buildToken({
+    expiresIn: exchangeTtl,
+    scopesOrTransform: (_header, payload) => {
+      Object.assign(payload, { sub: grant.sub, aud: grant.resource ?? client, client_id: client, jti: randomBytes(12).toString('base64url') });
+      if (scope) payload.scope = scope;
+      if (grant.act !== undefined) payload.act = grant.act;
+      if (exchangeTtl < 0) {
+        payload.iat = payload.exp - 60;
+        payload.nbf = payload.iat;
+      }
+    },
+  });
+  stats.jwt_bearer += 1;
+  stats.jwt_bearer_by_sub[grant.sub] = (stats.jwt_bearer_by_sub[grant.sub] ?? 0) + 1;
+  res.set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+  res.json({ access_token: token, token_type: 'Bearer', expires_in: exchangeTtl, ...(scope ? { scope } : {}) });
 }
 
 function pkceMatches(verifier, challenge, method) {
@@ -215,11 +458,29 @@ const app = express();
 app.disable('x-powered-by');
 const bodies = [express.urlencoded({ extended: false }), express.json()];
 
-// The discovery document says authorization responses carry `iss`.
+// The discovery document says authorization responses carry `iss`, and
+// lists the token exchange grant.
 app.get('/.well-known/openid-configuration', (_req, res, next) => {
   const json = res.json.bind(res);
-  res.json = (body) => json({ ...body, authorization_response_iss_parameter_supported: true });
+  res.json = (body) =>
+    json({
+      ...body,
+      authorization_response_iss_parameter_supported: true,
+      grant_types_supported: [...(body.grant_types_supported ?? []), TOKEN_EXCHANGE, ...(trustIssuer ? [JWT_BEARER] : [])],
+    });
   next();
+});
+
+// RFC 8414 metadata, with the ID-JAG profile when this plays a server's
+// authorization server.
+app.get('/.well-known/oauth-authorization-server', (_req, res) => {
+  res.json({
+    issuer,
+    token_endpoint: `${issuer}/token`,
+    jwks_uri: `${issuer}/jwks`,
+    grant_types_supported: ['client_credentials', 'authorization_code', 'refresh_token', TOKEN_EXCHANGE, ...(trustIssuer ? [JWT_BEARER] : [])],
+    authorization_grant_profiles_supported: trustIssuer ? [ID_JAG_PROFILE] : [],
+  });
 });
 
 app.get('/authorize', (req, res, next) => {
@@ -273,8 +534,22 @@ server.service.on('beforeAuthorizeRedirect', ({ url }, req) => {
   });
 });
 
-app.post('/token', ...bodies, (req, res, next) => {
+app.post('/token', ...bodies, async (req, res, next) => {
   const body = req.body ?? {};
+  if (body.grant_type === TOKEN_EXCHANGE || body.grant_type === JWT_BEARER) {
+    const { id, secret } = clientCredentialsOf(req);
+    if (id === undefined || !exchangeClients.has(id) || exchangeClients.get(id) !== secret) {
+      oauthError(res, 401, 'invalid_client', 'unknown client or wrong secret');
+      return;
+    }
+    try {
+      await (body.grant_type === TOKEN_EXCHANGE ? tokenExchange(req, res, id) : redeemIdJag(req, res, id));
+    } catch (e) {
+      console.error(`idp.mjs: ${body.grant_type} failed: ${e?.message ?? e}`);
+      if (!res.headersSent) oauthError(res, 500, 'server_error', 'the exchange failed');
+    }
+    return;
+  }
   const clientId = clientIdOf(req);
   if (body.grant_type === 'authorization_code') {
     const code = str(body.code);
@@ -400,6 +675,21 @@ app.post('/control/user-claims', ...bodies, (req, res) => {
   }
   userClaims.set(sub, claims);
   res.json({ sub, claims });
+});
+
+app.post('/control/exchange-ttl', ...bodies, (req, res) => {
+  const seconds = Number.parseInt(String(req.body?.seconds ?? ''), 10);
+  if (!Number.isFinite(seconds)) {
+    res.status(400).json({ error: 'seconds must be an integer' });
+    return;
+  }
+  exchangeTtl = seconds;
+  res.json({ exchange_ttl: exchangeTtl });
+});
+
+app.post('/control/exchange-deny', ...bodies, (req, res) => {
+  exchangeDenied = new Set(String(req.body?.subs ?? '').split(',').filter(Boolean));
+  res.json({ denied: [...exchangeDenied] });
 });
 
 app.get('/control/stats', (_req, res) => {

@@ -266,7 +266,7 @@ impl LocalStack {
             &logs,
             config.listen.http.port(),
             0,
-            "info",
+            &[("LATCHKEY_LOG".to_string(), "info".to_string())],
         )?;
 
         progress(&format!(

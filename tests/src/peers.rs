@@ -443,6 +443,12 @@ pub struct IdpOptions {
     /// Listen on this port (the local stack's, from its config) instead of a
     /// free one.
     pub port: Option<u16>,
+    /// Clients (id, secret) that may exchange tokens (RFC 8693) or redeem
+    /// ID-JAGs here (`--exchange-client`).
+    pub exchange_clients: Vec<(String, String)>,
+    /// Play a server's authorization server that redeems the ID-JAGs of
+    /// this identity provider (`--trust-issuer`).
+    pub trust_issuer: Option<String>,
 }
 
 /// What the token and revocation endpoints did (`GET /control/stats`).
@@ -458,6 +464,22 @@ pub struct IdpStats {
     pub revocations: u64,
     /// Token requests answered `invalid_grant`.
     pub invalid_grant: u64,
+    /// Successful RFC 8693 exchanges for an access token, in all and per subject.
+    #[serde(default)]
+    pub token_exchange: u64,
+    #[serde(default)]
+    pub token_exchange_by_sub: std::collections::BTreeMap<String, u64>,
+    /// ID-JAGs issued.
+    #[serde(default)]
+    pub id_jag: u64,
+    /// ID-JAGs redeemed (as a server's authorization server), in all and per subject.
+    #[serde(default)]
+    pub jwt_bearer: u64,
+    #[serde(default)]
+    pub jwt_bearer_by_sub: std::collections::BTreeMap<String, u64>,
+    /// Exchanges refused because the subject is on the deny list.
+    #[serde(default)]
+    pub exchange_refused: u64,
 }
 
 /// An OAuth 2.0 / OIDC provider, `node tests/peers/idp.mjs`
@@ -526,6 +548,12 @@ impl Idp {
             .args(["--issuer", &issuer]);
         if options.no_rotate {
             cmd.arg("--no-rotate");
+        }
+        for (id, secret) in &options.exchange_clients {
+            cmd.args(["--exchange-client", &format!("{id}:{secret}")]);
+        }
+        if let Some(trusted) = &options.trust_issuer {
+            cmd.args(["--trust-issuer", trusted]);
         }
         let name = options.name.as_deref().unwrap_or("idp");
         let mut process =
@@ -635,6 +663,20 @@ impl Idp {
 
     /// Answers refresh grants `ms` late from now on (a slow provider); the
     /// presented refresh token is spent at once, as a rotating provider does.
+    /// Lifetime of the tokens exchanged from now on (`/control/exchange-ttl`).
+    pub async fn set_exchange_ttl(&self, seconds: i64) -> Result<()> {
+        self.control("exchange-ttl", &[("seconds", &seconds.to_string())])
+            .await?;
+        Ok(())
+    }
+
+    /// From now on these subjects' exchanges are refused (`/control/exchange-deny`).
+    pub async fn deny_exchange(&self, subs: &[&str]) -> Result<()> {
+        self.control("exchange-deny", &[("subs", &subs.join(","))])
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_refresh_delay(&self, ms: u64) -> Result<()> {
         self.control("refresh-delay", &[("ms", &ms.to_string())])
             .await?;

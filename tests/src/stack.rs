@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::envoy::Envoy;
 use crate::paths;
-use crate::peers::{AuthEcho, Everything, FastMcp, Idp, Recorder, Redis, TokenRequest};
+use crate::peers::{AuthEcho, Everything, FastMcp, Idp, IdpOptions, Recorder, Redis, TokenRequest};
 use crate::pki::Pki;
 use crate::process::{Process, free_port};
 
@@ -74,6 +74,12 @@ pub struct StackOptions {
     /// [`crate::envoy::DEBUG_LOGGING`]), for the log scan: a secret must
     /// not show at any level an operator may turn on.
     pub debug_logs: bool,
+    /// How the identity provider is started (a port picked in advance,
+    /// exchange clients, ...).
+    pub idp: IdpOptions,
+    /// More environment for every replica (e.g. a client secret a
+    /// `client_secret_env` names).
+    pub replica_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,6 +113,8 @@ impl Default for StackOptions {
             grpc_mtls: false,
             debug_logs: false,
             credential_cache_secs: 30,
+            idp: IdpOptions::default(),
+            replica_env: Vec::new(),
         }
     }
 }
@@ -219,8 +227,9 @@ pub struct Stack {
     pub everything_secret: String,
     /// Every secret this run created or handed out, for the log scan.
     secrets: Mutex<Vec<String>>,
-    /// `LATCHKEY_LOG` for every replica (also when one restarts).
-    latchkey_log: &'static str,
+    /// The environment of every replica (`LATCHKEY_LOG` and
+    /// `StackOptions::replica_env`), also when one restarts.
+    replica_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -271,7 +280,7 @@ impl Stack {
                 (redis, vec![replica], Some((sentinel, port)), section)
             }
         };
-        let idp = Idp::start(&dir)?;
+        let idp = Idp::start_with(&dir, opts.idp.clone())?;
         let echo = AuthEcho::start_with(
             &dir,
             crate::paths::workspace_bin("auth-echo")?,
@@ -473,6 +482,8 @@ identity = "{name}-sa"
             (None, None)
         };
         let latchkey_log = if opts.debug_logs { "debug" } else { "info" };
+        let mut replica_env = vec![("LATCHKEY_LOG".to_string(), latchkey_log.to_string())];
+        replica_env.extend(opts.replica_env.iter().cloned());
         let mut replicas = Vec::new();
         for n in 0..opts.replicas.max(1) {
             let config_path = dir.join(if n == 0 {
@@ -540,7 +551,7 @@ identity = "{name}-sa"
                     &dir,
                     r.http_port,
                     n,
-                    latchkey_log,
+                    &replica_env,
                 ) {
                     Ok(p) => {
                         r.process = Some(p);
@@ -642,7 +653,7 @@ identity = "{name}-sa"
             ),
             whoami_secret,
             everything_secret,
-            latchkey_log,
+            replica_env,
         })
     }
 
@@ -716,7 +727,7 @@ identity = "{name}-sa"
             &self.dir,
             r.http_port,
             n,
-            self.latchkey_log,
+            &self.replica_env,
         )?);
         Ok(())
     }
@@ -873,12 +884,13 @@ pub(crate) fn start_latchkey(
     dir: &std::path::Path,
     http_port: u16,
     replica: usize,
-    log: &str,
+    env: &[(String, String)],
 ) -> Result<Process> {
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env("LATCHKEY_LOG", log);
+    cmd.args(["serve", "--config"]).arg(config);
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
     let base = if replica == 0 {
         "latchkey".to_string()
     } else {

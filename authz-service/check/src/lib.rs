@@ -6,7 +6,8 @@
 //! it, holding only what a decision needs.
 //!
 //! `refresh` keeps per-user OAuth tokens fresh (once across replicas) over
-//! the `oauth` client; `consent` answers in band when a person must connect
+//! the `oauth` client, and the tokens of `[servers.exchange]` servers over
+//! the `exchange` client (RFC 8693, ID-JAG); `consent` answers in band when a person must connect
 //! an identity, and `elicitation` tells the filter which of those answers
 //! are done. `reload` swaps the compiled policy in place when the config
 //! file changes.
@@ -19,6 +20,7 @@ pub mod consent;
 pub mod context;
 pub mod decide;
 pub mod elicitation;
+pub mod exchange;
 pub mod forwarded_body;
 pub mod oauth;
 pub mod refresh;

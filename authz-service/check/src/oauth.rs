@@ -570,7 +570,7 @@ pub const MAX_PROVIDER_ANSWER: usize = 256 * 1024;
 /// answer: they reach the connect page and the log.
 const MAX_PROVIDER_TEXT: usize = 300;
 
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
+pub(crate) async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, HttpError> {
     let too_long = || {
         HttpError(format!(
             "the answer is longer than {MAX_PROVIDER_ANSWER} bytes"
@@ -598,7 +598,7 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, HttpEr
 
 /// A provider's OAuth error text as Latchkey keeps it: at most
 /// [`MAX_PROVIDER_TEXT`] characters, control characters removed.
-fn provider_text(text: &str) -> String {
+pub(crate) fn provider_text(text: &str) -> String {
     let mut kept: String = text
         .chars()
         .filter(|c| !c.is_control())

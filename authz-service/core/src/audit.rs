@@ -212,7 +212,7 @@ impl DecisionEvent {
 
 /// What an event shows of an identity: everything but the ciphertext.
 pub fn identity_summary(r: &VaultRecord) -> Value {
-    json!({
+    let mut summary = json!({
         "server": r.server,
         "owner": r.owner,
         "availability": r.availability,
@@ -220,7 +220,16 @@ pub fn identity_summary(r: &VaultRecord) -> Value {
         "kind": r.kind,
         "version": r.version,
         "key_id": r.sealed.key_id,
-    })
+    });
+    // An exchanged token says so, with what identifies it (never itself).
+    if let Some(x) = &r.exchanged {
+        summary["source"] = json!("exchange");
+        summary["exchange"] = json!(x.kind);
+        summary["agent"] = json!(x.agent);
+        summary["jti"] = json!(x.jti);
+        summary["expires_at"] = json!(r.expires_at);
+    }
+    summary
 }
 
 pub fn principal_summary(r: &PrincipalRecord) -> Value {
@@ -249,6 +258,7 @@ mod tests {
             expires_at: None,
             scopes: vec![],
             consent_required: false,
+            exchanged: None,
             version: 3,
             created_by: "alice".into(),
             created_at: now_rfc3339(),

@@ -189,6 +189,10 @@ pub struct VaultRecord {
     /// next call asks its owner to authorise again instead of failing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub consent_required: bool,
+    /// Set when Latchkey got this token by exchanging its owner's token
+    /// (`[servers.exchange]`), rather than someone storing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchanged: Option<Exchanged>,
     /// Increases on every change of the secret; bound into the ciphertext.
     pub version: u64,
     pub created_by: String,
@@ -196,6 +200,40 @@ pub struct VaultRecord {
     pub updated_by: String,
     pub updated_at: String,
     pub sealed: Sealed,
+}
+
+/// Where an exchanged token came from, for the audit trail (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchanged {
+    /// `token_exchange` or `id_jag`.
+    pub kind: String,
+    /// The agent it was exchanged for (named in the token's `act`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The issued token's `jti`, when it is a JWT that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// The id of the identity holding the token exchanged for `user` acting
+/// through `agent` (or alone) at `server` with `scopes`: the same on every
+/// replica, so they share one token, and different for any other agent or
+/// scopes, so a token issued for one agent never serves another. A digest:
+/// user and agent names are the identity provider's and need not fit an id.
+pub fn exchanged_identity_id(
+    user: &str,
+    agent: Option<&str>,
+    server: &str,
+    scopes: &[String],
+) -> String {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    let input = format!(
+        "latchkey/v1/exchanged\0{user}\0{}\0{server}\0{}",
+        agent.unwrap_or(""),
+        scopes.join(" ")
+    );
+    format!("exchanged-{}", &crate::hex::sha256(input.as_bytes())[..32])
 }
 
 /// Why an identity cannot back a request.
@@ -343,6 +381,7 @@ mod tests {
             expires_at: None,
             scopes: vec![],
             consent_required: false,
+            exchanged: None,
             version: 1,
             created_by: "alice".into(),
             created_at: now_rfc3339(),
@@ -383,6 +422,29 @@ mod tests {
             },
         ] {
             assert!(matches!(moved.open(&keys), Err(VaultError::Tampered(_))));
+        }
+    }
+
+    #[test]
+    fn an_exchanged_token_is_one_per_user_agent_server_and_scopes() {
+        let scopes = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let id = exchanged_identity_id("alice", Some("helper"), "crm", &scopes(&["a", "b"]));
+        assert!(valid_identity_id(&id), "{id}");
+        assert_eq!(
+            id,
+            exchanged_identity_id("alice", Some("helper"), "crm", &scopes(&["b", "a"])),
+            "the order scopes are written in does not matter"
+        );
+        for other in [
+            exchanged_identity_id("bob", Some("helper"), "crm", &scopes(&["a", "b"])),
+            exchanged_identity_id("alice", None, "crm", &scopes(&["a", "b"])),
+            exchanged_identity_id("alice", Some("other"), "crm", &scopes(&["a", "b"])),
+            exchanged_identity_id("alice", Some("helper"), "erp", &scopes(&["a", "b"])),
+            exchanged_identity_id("alice", Some("helper"), "crm", &scopes(&["a"])),
+            // The separators keep names from running into each other.
+            exchanged_identity_id("alice\0helper", None, "crm", &scopes(&["a", "b"])),
+        ] {
+            assert_ne!(id, other);
         }
     }
 

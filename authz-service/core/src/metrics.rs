@@ -80,6 +80,11 @@ pub enum RefreshResult {
     Unavailable,
     /// Another replica refreshed; this one used its result.
     Waited,
+    /// A token exchange (`[servers.exchange]`) gave a new token.
+    Exchanged,
+    /// The identity provider (or the server's authorization server)
+    /// refused a token exchange.
+    ExchangeRefused,
 }
 
 impl RefreshResult {
@@ -90,6 +95,8 @@ impl RefreshResult {
             RefreshResult::InvalidGrant => "invalid_grant",
             RefreshResult::Unavailable => "unavailable",
             RefreshResult::Waited => "waited",
+            RefreshResult::Exchanged => "exchanged",
+            RefreshResult::ExchangeRefused => "exchange_refused",
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct TokenMeta {
     /// Access token expiry, RFC 3339.
     pub expires_at: Option<String>,
     pub scopes: Vec<String>,
+    /// Got by exchanging the owner's token (`[servers.exchange]`).
+    pub exchanged: Option<latchkey_core::identity::Exchanged>,
 }
 
 /// Cheap to clone: Redis connections, keys and cache are shared.
@@ -222,6 +224,7 @@ impl Credentials {
                     expires_at: meta.expires_at.clone(),
                     scopes: meta.scopes.clone(),
                     consent_required: false,
+                    exchanged: meta.exchanged.clone(),
                     version,
                     created_by: current
                         .as_ref()
@@ -345,6 +348,50 @@ impl Credentials {
             })
             .await?;
         deleted.ok_or_else(|| ChangeError::NotFound(format!("there is no identity '{id}'")))
+    }
+
+    /// Deletes the tokens exchanged for a user (`PrincipalKind::User`: the
+    /// identities they own that an exchange made) or for an agent (those
+    /// exchanged for it, whoever owns them), each as an audited
+    /// `identity.delete` by `actor`; every replica drops them from its
+    /// cache. The next request after re-enabling exchanges anew. Returns
+    /// the ids deleted.
+    pub async fn drop_exchanged(
+        &self,
+        actor: &str,
+        kind: PrincipalKind,
+        principal: &str,
+    ) -> Result<Vec<String>, ChangeError> {
+        let index = match kind {
+            PrincipalKind::User => self.store.owner_index(principal),
+            // Rare (an agent disabled), so a scan of every identity will do.
+            PrincipalKind::Agent => self.store.identities_index(),
+        };
+        let keys: Vec<String> = self
+            .store
+            .members(&index)
+            .await?
+            .iter()
+            .map(|id| self.store.identity_key(id))
+            .collect();
+        let records: Vec<VaultRecord> = self.store.get_many(&keys).await?;
+        let mut dropped = Vec::new();
+        for r in records {
+            let Some(x) = &r.exchanged else { continue };
+            let mine = match kind {
+                PrincipalKind::User => r.owner == principal,
+                PrincipalKind::Agent => x.agent.as_deref() == Some(principal),
+            };
+            if !mine {
+                continue;
+            }
+            match self.delete_identity(actor, &r.id).await {
+                // Someone else deleted it in between: gone either way.
+                Ok(_) | Err(ChangeError::NotFound(_)) => dropped.push(r.id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(dropped)
     }
 
     /// Makes `to` the active key and re-encrypts every identity onto it,

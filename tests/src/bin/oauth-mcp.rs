@@ -10,9 +10,10 @@
 //! `WWW-Authenticate: Bearer error="invalid_token"`.
 //!
 //! * tool `whoami`: the `sub` of the token that carried the call, as text;
-//! * `GET /seen`: `{"subjects": [...], "rejected": n, "requests": n}` — the
-//!   `sub` of every accepted request to `/mcp` in order, how many were
-//!   refused, and how many requests reached `/mcp` in all;
+//! * `GET /seen`: `{"subjects": [...], "actors": [...], "rejected": n,
+//!   "requests": n}` — the `sub` of every accepted request to `/mcp` in
+//!   order, the `sub` of its token's `act` (the agent acting; null for
+//!   none), how many were refused, and how many requests reached `/mcp`;
 //! * `POST /control/reject-before?sub=<s>`: from now on, refuse that
 //!   subject's tokens issued (`iat`) before this second, as a server does
 //!   whose provider revoked them (their signature and expiry still pass).
@@ -65,6 +66,7 @@ impl OauthMcp {
 #[derive(Default)]
 struct Seen {
     subjects: Vec<String>,
+    actors: Vec<Option<String>>,
     rejected: u64,
     requests: u64,
     /// sub → tokens issued before this unix second are refused.
@@ -86,6 +88,14 @@ struct Verifier {
 struct Claims {
     sub: Option<String>,
     iat: Option<i64>,
+    act: Option<serde_json::Value>,
+}
+
+/// Who a verified token is for, and who acts.
+struct Verified {
+    sub: String,
+    iat: i64,
+    actor: Option<String>,
 }
 
 impl Verifier {
@@ -128,8 +138,9 @@ impl Verifier {
         self.keys.read().await.get(kid).cloned()
     }
 
-    /// The token's `sub` and `iat`, or why it is refused (never the token itself).
-    async fn verify(&self, token: &str) -> Result<(String, i64)> {
+    /// The token's `sub`, `iat` and acting party, or why it is refused
+    /// (never the token itself).
+    async fn verify(&self, token: &str) -> Result<Verified> {
         let header = decode_header(token).context("not a JWT")?;
         if header.alg != Algorithm::RS256 {
             bail!("algorithm {:?}, not RS256", header.alg);
@@ -147,7 +158,16 @@ impl Verifier {
             .sub
             .filter(|s| !s.is_empty())
             .context("no sub claim")?;
-        Ok((sub, data.claims.iat.unwrap_or(0)))
+        Ok(Verified {
+            sub,
+            iat: data.claims.iat.unwrap_or(0),
+            actor: data
+                .claims
+                .act
+                .as_ref()
+                .and_then(|a| a["sub"].as_str())
+                .map(str::to_string),
+        })
     }
 }
 
@@ -177,17 +197,21 @@ async fn guard(State(state): State<ControlState>, mut request: Request, next: Ne
     let verdict = {
         let mut seen = state.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.requests += 1;
-        let verdict = verdict.and_then(|(sub, iat)| match seen.reject_before.get(&sub) {
-            Some(cutoff) if iat < *cutoff => Err(anyhow::anyhow!(
-                "a token of {sub} issued before it was revoked"
+        let verdict = verdict.and_then(|v| match seen.reject_before.get(&v.sub) {
+            Some(cutoff) if v.iat < *cutoff => Err(anyhow::anyhow!(
+                "a token of {} issued before it was revoked",
+                v.sub
             )),
-            _ => Ok(sub),
+            _ => Ok(v),
         });
         match &verdict {
-            Ok(sub) => seen.subjects.push(sub.clone()),
+            Ok(v) => {
+                seen.subjects.push(v.sub.clone());
+                seen.actors.push(v.actor.clone());
+            }
             Err(_) => seen.rejected += 1,
         }
-        verdict
+        verdict.map(|v| v.sub)
     };
     match verdict {
         Ok(sub) => {
@@ -213,6 +237,7 @@ async fn seen(State(state): State<ControlState>) -> Json<serde_json::Value> {
     let s = state.seen.lock().unwrap_or_else(|e| e.into_inner());
     Json(json!({
         "subjects": s.subjects,
+        "actors": s.actors,
         "rejected": s.rejected,
         "requests": s.requests,
     }))

@@ -20,6 +20,7 @@ mod consent;
 mod differential;
 mod elicitation_complete;
 mod envoy_start;
+mod exchange;
 mod gateway;
 mod harness;
 mod identities;

@@ -356,6 +356,7 @@ async fn oauth_peers_sign_in_exchange_refresh_revoke() -> Result<()> {
             refresh_token_by_sub: [("alice".to_string(), 1)].into(),
             revocations: 1,
             invalid_grant: 6,
+            ..IdpStats::default()
         }
     );
     provider.reset_stats().await?;

@@ -264,6 +264,7 @@ async fn store_identity(
             meta: TokenMeta {
                 expires_at: Some(expires_at),
                 scopes: vec![],
+                exchanged: None,
             },
         })
         .await?)
@@ -643,6 +644,7 @@ async fn a_provider_that_is_down_is_survived_while_the_token_is_valid() -> Resul
             meta: TokenMeta {
                 expires_at: Some("2020-01-01T00:00:00Z".into()),
                 scopes: vec![],
+                exchanged: None,
             },
         })
         .await?;

@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use crate::authn::{AuthnError, TokenVerifier, bearer_token};
 use crate::context::RequestContext;
-use crate::refresh::{RefreshError, Refresher};
+use crate::refresh::{ExchangeCall, RefreshError, Refresher};
 use latchkey_core::config::{IdentityScheme, ServerAuth};
-use latchkey_core::identity::{CredentialKind, PrincipalKind, Status};
+use latchkey_core::identity::{CredentialKind, PrincipalKind, Status, exchanged_identity_id};
 use latchkey_core::policy::{self, Policy};
-use latchkey_core::principal::Caller;
+use latchkey_core::principal::{AgentSource, Caller};
 use latchkey_core::routing::{Route, RouteTable};
 use latchkey_core::vault::Secret;
 use latchkey_filter::mcp::RequestError;
@@ -440,6 +440,9 @@ impl Decider<'_> {
                 let new_tokens = || shared_tokens_needed(identity, server);
                 self.refreshed(ctx, open, new_tokens).await.map(Some)
             }
+            IdentityScheme::PerUser if route.server.exchange.is_some() => {
+                self.exchanged(ctx, route, caller).await.map(Some)
+            }
             IdentityScheme::PerUser => {
                 let user = &caller.subject;
                 let consent = || consent_needed(user, server, &route.gateway.name);
@@ -475,6 +478,72 @@ impl Decider<'_> {
             }
         }
     }
+    /// The caller's own token for a server with `[servers.exchange]`: the
+    /// one exchanged earlier for this person, agent, server and scopes
+    /// while it is good, else a new exchange of the caller's token (once
+    /// across replicas). No connection and no consent page are involved.
+    async fn exchanged(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        caller: &Caller,
+    ) -> Result<Arc<OpenIdentity>, Deny> {
+        let server = &route.server.name;
+        let user = &caller.subject;
+        let Some(exchanger) = self.refresher.exchanger(server) else {
+            return Err(Deny::unavailable(
+                "exchange_unavailable",
+                format!(
+                    "server '{server}' has [servers.exchange], but this replica has no token exchange for it; see its start-up log"
+                ),
+            ));
+        };
+        // Verified a moment ago; this is the token the identity provider exchanges.
+        let subject = bearer_token(ctx.authorization.as_deref())
+            .map_err(|e| authn_denial(e, route, ctx.mcp.as_ref().and_then(|m| m.id.clone())))?;
+        let agent = caller.agent.clone();
+        let id = exchanged_identity_id(user, agent.as_deref(), server, exchanger.scopes());
+        let current = self
+            .credentials
+            .identity(&id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Some(open) = &current {
+            // An operator may have disabled it.
+            open.record
+                .usable_by(user, server)
+                .map_err(|e| use_denial(&e))?;
+        }
+        let refused = current.as_ref().is_some_and(|open| {
+            ctx.rejected_credentials
+                .iter()
+                .any(|c| *c == format!("{}@{}", open.record.id, open.record.version))
+        });
+        // The agent's own token stands for it only where it was recognised by it.
+        let actor = (exchanger.sends_actor_token()
+            && caller.agent_source == Some(AgentSource::ClientId))
+        .then(|| Secret::new(subject));
+        let call = ExchangeCall {
+            exchanger: exchanger.clone(),
+            subject: Secret::new(subject),
+            actor,
+            user: user.clone(),
+            agent,
+            id,
+            server: server.clone(),
+        };
+        self.refresher
+            .exchanged(self.credentials, current, refused, call)
+            .await
+            .map_err(|e| match e {
+                RefreshError::Refused(message) => forbidden("exchange_refused", message),
+                RefreshError::Credential(e) => unavailable(&e),
+                e @ (RefreshError::Unavailable(_) | RefreshError::ConsentNeeded { .. }) => {
+                    Deny::unavailable("exchange_unavailable", e.to_string())
+                }
+            })
+    }
+
     /// `open`, with an OAuth access token that is due (or that the upstream
     /// refused, as the filter reports) refreshed first, once across
     /// replicas; `stopped` is the answer when its refresh token no longer
@@ -503,6 +572,8 @@ impl Decider<'_> {
                 Deny::unavailable("token_refresh_unavailable", message)
             }
             RefreshError::Credential(e) => unavailable(&e),
+            // Only exchanged tokens are refused so, and they do not come here.
+            RefreshError::Refused(message) => forbidden("exchange_refused", message),
         })
     }
 }

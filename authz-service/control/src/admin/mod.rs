@@ -219,7 +219,20 @@ impl AdminService {
             )
             .await
             .map_err(store_status)?;
-        written.ok_or_else(|| RpcStatus::internal("the change was not written"))
+        let written = written.ok_or_else(|| RpcStatus::internal("the change was not written"))?;
+        if status == Status::Disabled {
+            // Tokens exchanged for them are dropped, not kept for later.
+            let dropped = self
+                .state
+                .credentials
+                .drop_exchanged(&op.subject, kind, id)
+                .await
+                .map_err(change_status)?;
+            if !dropped.is_empty() {
+                tracing::info!(principal = %id, kind = kind.as_str(), dropped = dropped.len(), "exchanged tokens dropped");
+            }
+        }
+        Ok(written)
     }
 
     /// What a list call returns, for identities and connections alike:

@@ -92,6 +92,7 @@ pub(super) fn identity_secret_from(
                 TokenMeta {
                     expires_at,
                     scopes: t.scopes,
+                    exchanged: None,
                 },
             ))
         }

@@ -177,6 +177,7 @@ async fn store_tokens(
                 .ok()
         }),
         scopes: tokens.scopes.clone(),
+        exchanged: None,
     };
     let secret = IdentitySecret::Oauth {
         access_token: tokens.access_token,

@@ -146,6 +146,19 @@ impl Config {
                     s.name
                 ));
             }
+            if let Some(x) = &s.exchange {
+                if s.oauth.is_some() {
+                    return invalid(format!(
+                        "server '{}' has both [servers.oauth] and [servers.exchange]; a person's \
+                         credential comes from one: a consent at the provider, or an exchange of \
+                         their token",
+                        s.name
+                    ));
+                }
+                if let Some(problem) = x.problem() {
+                    return invalid(format!("server '{}': [servers.exchange] {problem}", s.name));
+                }
+            }
             if let ServerAuth::StaticHeader { header, .. } = &s.auth
                 && http_header_name_invalid(header)
             {

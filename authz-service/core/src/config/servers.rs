@@ -1,5 +1,8 @@
 //! `[[servers]]`: the upstream MCP servers, how Latchkey authenticates to
-//! each (`auth`), and for per-user servers their OAuth provider.
+//! each (`auth`), and for per-user servers where each person's credential
+//! comes from: their OAuth provider (`[servers.oauth]`, a consent on the
+//! connect page) or an exchange of the caller's own token
+//! (`[servers.exchange]`, no consent screen).
 
 use serde::Deserialize;
 use url::Url;
@@ -37,6 +40,144 @@ pub struct ServerOauth {
     pub authorization_response_iss_parameter_supported: bool,
 }
 
+/// `[servers.exchange]`: a per-user server whose people need no consent
+/// screen, because the organisation's identity provider already trusts it.
+/// Latchkey exchanges the caller's verified token for one the server
+/// accepts, scoped to that person (and their agent) and that server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerExchange {
+    pub kind: ExchangeKind,
+    /// The identity provider's RFC 8693 token endpoint (default: the
+    /// `token_endpoint` of `[identity_provider]`'s discovery document).
+    #[serde(default)]
+    pub token_endpoint: Option<Url>,
+    /// Latchkey's client at that endpoint.
+    pub client_id: String,
+    /// Environment variable holding that client's secret (sent with HTTP
+    /// Basic); none: a public client, only `client_id` is sent.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// RFC 8693 `audience` (`token_exchange` only; `id_jag` always names
+    /// the server's authorization server).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// RFC 8707 `resource`: the server's resource identifier (default: the
+    /// server's `url`).
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The token type asked for (`token_exchange` only; default an access token).
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+    /// What the caller's token is presented as (default an access token).
+    #[serde(default = "default_subject_token_type")]
+    pub subject_token_type: String,
+    /// Where the agent is recognised by the token's `client_id` (it is an
+    /// OAuth client of its own), send that token as the `actor_token` too,
+    /// so the issued token names the agent in `act`.
+    #[serde(default = "yes")]
+    pub actor_token: bool,
+    /// `id_jag`: the issuer of the server's authorization server. Its RFC
+    /// 8414 metadata says where to redeem the grant, and must list the
+    /// ID-JAG profile in `authorization_grant_profiles_supported`.
+    #[serde(default)]
+    pub authorization_server: Option<Url>,
+    /// `id_jag`: Latchkey's client at that authorization server (default: `client_id`).
+    #[serde(default)]
+    pub authorization_server_client_id: Option<String>,
+    /// `id_jag`: environment variable holding that client's secret.
+    #[serde(default)]
+    pub authorization_server_client_secret_env: Option<String>,
+}
+
+/// How `[servers.exchange]` gets a person's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeKind {
+    /// RFC 8693 token exchange at the identity provider, for a server in
+    /// the same trust domain.
+    TokenExchange,
+    /// MCP enterprise-managed authorization: an Identity Assertion JWT
+    /// Authorization Grant from the identity provider (RFC 8693), redeemed
+    /// at the server's own authorization server (RFC 7523 `jwt-bearer`).
+    IdJag,
+}
+
+impl ExchangeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeKind::TokenExchange => "token_exchange",
+            ExchangeKind::IdJag => "id_jag",
+        }
+    }
+}
+
+/// RFC 8693 token type identifiers.
+pub mod token_types {
+    pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
+}
+
+fn default_subject_token_type() -> String {
+    token_types::ACCESS_TOKEN.into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ServerExchange {
+    /// What is wrong with this section, for config validation.
+    pub fn problem(&self) -> Option<String> {
+        if self.client_id.is_empty() {
+            return Some("client_id must not be empty".into());
+        }
+        match self.kind {
+            ExchangeKind::TokenExchange => {
+                if self.authorization_server.is_some()
+                    || self.authorization_server_client_id.is_some()
+                    || self.authorization_server_client_secret_env.is_some()
+                {
+                    return Some(
+                        "authorization_server* settings are for kind = \"id_jag\"; token_exchange \
+                         asks the identity provider only"
+                            .into(),
+                    );
+                }
+            }
+            ExchangeKind::IdJag => {
+                if self.authorization_server.is_none() {
+                    return Some(
+                        "kind = \"id_jag\" needs authorization_server, the issuer of the server's \
+                         authorization server (where the grant is redeemed)"
+                            .into(),
+                    );
+                }
+                if self.audience.is_some() {
+                    return Some(
+                        "audience is for kind = \"token_exchange\"; an ID-JAG's audience is always \
+                         the authorization_server"
+                            .into(),
+                    );
+                }
+                if self
+                    .requested_token_type
+                    .as_deref()
+                    .is_some_and(|t| t != token_types::ID_JAG)
+                {
+                    return Some(format!(
+                        "kind = \"id_jag\" always asks for {}; remove requested_token_type",
+                        token_types::ID_JAG
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
@@ -48,6 +189,9 @@ pub struct Server {
     /// Where users authorise their own identities for this server.
     #[serde(default)]
     pub oauth: Option<ServerOauth>,
+    /// Where each person's credential is had by exchanging their token.
+    #[serde(default)]
+    pub exchange: Option<ServerExchange>,
     /// For an `https` upstream: the PEM bundle its certificate must chain
     /// to, as a path Envoy sees (default: `envoy render --upstream-ca`, the
     /// system bundle). Its name (or IP) must be in the certificate's SANs.

@@ -102,7 +102,8 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         providers.clone(),
         config.connect.as_ref(),
         metrics.refreshes(),
-    );
+    )
+    .with_exchangers(latchkey_check::exchange::Exchangers::from_config(&config)?);
     let state = Arc::new(shared::ControlState {
         providers,
         client_capabilities: Default::default(),

@@ -19,6 +19,11 @@
 //! queue on one async mutex per identity: the first does the work, the rest
 //! take its result from memory without asking Redis.
 //!
+//! Tokens of servers with `[servers.exchange]` go the same way, renewed by
+//! exchanging the caller's token again instead of with a refresh token; the
+//! first one is made under the same lock, so fifty concurrent first calls
+//! exchange once. What the lock holder does is `holder`'s.
+//!
 //! A rotated refresh token replaces the old one in the same write; a
 //! provider that sends none keeps the old one. `invalid_grant` (or an
 //! expired token with no refresh token) marks the identity
@@ -29,21 +34,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::oauth::{OauthError, Providers, TokenSet};
-use latchkey_core::audit::{LifecycleEvent, identity_summary};
+use crate::exchange::{Exchanger, Exchangers};
+use crate::oauth::Providers;
 use latchkey_core::config::ConnectConfig;
-use latchkey_core::identity::{CredentialKind, IdentitySecret, VaultRecord, now_rfc3339};
+use latchkey_core::identity::{CredentialKind, IdentitySecret, VaultRecord};
 use latchkey_core::metrics::{RefreshCounter, RefreshResult};
+use latchkey_core::vault::Secret;
 use latchkey_store::cache::OpenIdentity;
 use latchkey_store::credentials::{CredentialError, Credentials};
-use latchkey_store::store::{Mutation, StoreError};
+
+mod holder;
+
+use self::holder::{load, settled};
 
 /// Who the lifecycle events of refreshes name as the actor.
 pub const ACTOR: &str = "latchkey (token refresh)";
+
+/// Who the lifecycle events of exchanged tokens name as the actor.
+pub const EXCHANGE_ACTOR: &str = "latchkey (token exchange)";
 
 /// How long the refresh lock lives unless released: longer than a provider
 /// call may take (its HTTP timeout is 10 s), so a live holder keeps it.
@@ -75,8 +86,45 @@ pub enum RefreshError {
     /// The access token expired and no new one could be had.
     #[error("{0}")]
     Unavailable(String),
+    /// The identity provider (or the server's authorization server)
+    /// refused to exchange the caller's token: what it said.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Credential(#[from] CredentialError),
+}
+
+/// How a token that is due (or that the upstream refused) is renewed.
+#[derive(Clone)]
+enum Renewal {
+    /// With the identity's refresh token, at its server's provider.
+    RefreshToken,
+    /// By exchanging the caller's token again (`[servers.exchange]`).
+    Exchange(Arc<ExchangeCall>),
+}
+
+/// One token exchange the request path asks for: whose token, for whom,
+/// and which identity keeps the result. `Debug` shows no token.
+pub struct ExchangeCall {
+    pub exchanger: Exchanger,
+    /// The caller's verified token.
+    pub subject: Secret,
+    /// The `actor_token`, where the agent is its own principal.
+    pub actor: Option<Secret>,
+    pub user: String,
+    pub agent: Option<String>,
+    /// `latchkey_core::identity::exchanged_identity_id` of the above.
+    pub id: String,
+    pub server: String,
+}
+
+/// Why the last attempt failed, as the requests after it answer.
+#[derive(Clone)]
+enum Failure {
+    /// Use the current token while it lasts.
+    Unavailable(String),
+    /// Refused outright: no token, whatever is stored.
+    Refused(String),
 }
 
 /// What one replica knows about one identity's refresh.
@@ -88,7 +136,7 @@ struct Slot {
     /// due then.
     short_lived_since: Option<Instant>,
     /// The last attempt failed: when, for which version, and why.
-    failed: Option<(Instant, u64, String)>,
+    failed: Option<(Instant, u64, Failure)>,
 }
 
 /// How refreshing across replicas ended.
@@ -100,6 +148,8 @@ enum Outcome {
     Consent(Option<Arc<OpenIdentity>>, &'static str),
     /// No new token; why.
     Unavailable(String),
+    /// The exchange was refused; what was said.
+    Refused(String),
 }
 
 /// Cheap to clone (shared caches and counters): a refresh that outlives the
@@ -107,6 +157,7 @@ enum Outcome {
 #[derive(Clone)]
 pub struct Refresher {
     providers: Providers,
+    exchangers: Exchangers,
     margin: Duration,
     wait: Duration,
     lock_ttl: Duration,
@@ -134,6 +185,7 @@ impl Refresher {
             .unwrap_or((60, 5000));
         Refresher {
             providers,
+            exchangers: Exchangers::default(),
             margin: Duration::from_secs(margin),
             wait: Duration::from_millis(wait),
             lock_ttl: LOCK_TTL,
@@ -143,6 +195,17 @@ impl Refresher {
                 .build(),
             counts,
         }
+    }
+
+    /// Also renews the tokens of the servers with `[servers.exchange]`.
+    pub fn with_exchangers(mut self, exchangers: Exchangers) -> Self {
+        self.exchangers = exchangers;
+        self
+    }
+
+    /// The token exchange of `server`, when it has `[servers.exchange]`.
+    pub fn exchanger(&self, server: &str) -> Option<&Exchanger> {
+        self.exchangers.get(server)
     }
 
     /// Other timing (tests: a short lock to see fencing at work).
@@ -201,14 +264,59 @@ impl Refresher {
         {
             return Ok(open);
         }
-        let slot = self
-            .slots
-            .get_with(open.record.id.clone(), Default::default);
+        let id = open.record.id.clone();
+        self.single_flight(credentials, &id, Some(open), refused, Renewal::RefreshToken)
+            .await
+    }
+
+    /// The exchanged token `call` asks for: `current` (what is stored under
+    /// `call.id`, if anything) while it is not due and the upstream did not
+    /// refuse it; else a new exchange, once across replicas, stored sealed
+    /// under `call.id` for every replica to use.
+    pub async fn exchanged(
+        &self,
+        credentials: &Credentials,
+        current: Option<Arc<OpenIdentity>>,
+        refused: bool,
+        call: ExchangeCall,
+    ) -> Result<Arc<OpenIdentity>, RefreshError> {
+        if let Some(open) = &current
+            && !refused
+            && !self.due(&open.record)
+        {
+            return Ok(open.clone());
+        }
+        let id = call.id.clone();
+        self.single_flight(
+            credentials,
+            &id,
+            current,
+            refused,
+            Renewal::Exchange(Arc::new(call)),
+        )
+        .await
+    }
+
+    /// Renews identity `id` (`current`: as this request has it; `None`:
+    /// there is none yet) once per replica, and across replicas.
+    async fn single_flight(
+        &self,
+        credentials: &Credentials,
+        id: &str,
+        current: Option<Arc<OpenIdentity>>,
+        refused: bool,
+        renewal: Renewal,
+    ) -> Result<Arc<OpenIdentity>, RefreshError> {
+        let seen = current.as_ref().map_or(0, |o| o.record.version);
+        let slot = self.slots.get_with(id.to_string(), Default::default);
         let mut slot = slot.lock().await;
-        // A refused token is only answered by a newer version.
-        if let Some(latest) = &slot.latest
-            && latest.record.version >= open.record.version
-            && (!refused || latest.record.version > open.record.version)
+        // A refused token is only answered by a newer version. With nothing
+        // stored (an exchanged token not made yet, or dropped when its
+        // person or agent was disabled), what this replica remembers is not
+        // used: Redis says what exists.
+        if let Some(latest) = slot.latest.as_ref().filter(|_| current.is_some())
+            && latest.record.version >= seen
+            && (!refused || latest.record.version > seen)
         {
             if latest.record.consent_required {
                 return Err(consent(
@@ -223,13 +331,19 @@ impl Refresher {
                 return Ok(latest.clone());
             }
         }
-        if let Some((at, version, why)) = &slot.failed
-            && *version == open.record.version
+        if let Some((at, version, failure)) = &slot.failed
+            && *version == seen
             && at.elapsed() < RETRY_PAUSE
         {
-            return fall_back(open.clone(), why, false);
+            return match failure {
+                Failure::Unavailable(why) => fall_back(id, current, why, false),
+                Failure::Refused(why) => Err(RefreshError::Refused(why.clone())),
+            };
         }
-        match self.across_replicas(credentials, &open, refused).await? {
+        match self
+            .across_replicas(credentials, id, seen, refused, &renewal)
+            .await?
+        {
             Outcome::Fresh(identity) => {
                 slot.short_lived_since = self.due(&identity.record).then(Instant::now);
                 slot.latest = Some(identity.clone());
@@ -239,11 +353,15 @@ impl Refresher {
             Outcome::Consent(marked, why) => {
                 slot.latest = marked;
                 slot.short_lived_since = None;
-                Err(consent(&open.record.id, why))
+                Err(consent(id, why))
             }
             Outcome::Unavailable(why) => {
-                slot.failed = Some((Instant::now(), open.record.version, why.clone()));
-                fall_back(open, &why, true)
+                slot.failed = Some((Instant::now(), seen, Failure::Unavailable(why.clone())));
+                fall_back(id, current, &why, true)
+            }
+            Outcome::Refused(why) => {
+                slot.failed = Some((Instant::now(), seen, Failure::Refused(why.clone())));
+                Err(RefreshError::Refused(why))
             }
         }
     }
@@ -252,13 +370,12 @@ impl Refresher {
     async fn across_replicas(
         &self,
         credentials: &Credentials,
-        open: &OpenIdentity,
+        id: &str,
+        seen: u64,
         refused: bool,
+        renewal: &Renewal,
     ) -> Result<Outcome, CredentialError> {
         let store = &credentials.store;
-        let id = &open.record.id;
-        let server = &open.record.server;
-        let seen = open.record.version;
         let lock = store.refresh_lock_key(id);
         let token = lock_token();
         let deadline = Instant::now() + self.wait;
@@ -271,10 +388,13 @@ impl Refresher {
                 // refresh cut short would cost the person a new consent.
                 let holder = self.clone();
                 let owned = credentials.clone();
-                let (id, lock) = (id.to_string(), lock.clone());
+                let renewal = renewal.clone();
+                let (held, lock) = (id.to_string(), lock.clone());
                 let refresh = tokio::spawn(async move {
-                    let outcome = holder.as_holder(&owned, &id, seen, waited, refused).await;
-                    release(&owned, &id, &lock, &token).await;
+                    let outcome = holder
+                        .as_holder(&owned, &held, seen, waited, refused, &renewal)
+                        .await;
+                    release(&owned, &held, &lock, &token).await;
                     outcome
                 });
                 let budget = deadline
@@ -283,12 +403,10 @@ impl Refresher {
                 return match tokio::time::timeout(budget, refresh).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(e)) => Ok(Outcome::Unavailable(format!(
-                        "the refresh of identity '{}' failed: {e}",
-                        open.record.id
+                        "the refresh of identity '{id}' failed: {e}"
                     ))),
                     Err(_) => Ok(Outcome::Unavailable(format!(
-                        "{server}'s provider has not answered the refresh of identity '{}' within {} ms; it is stored when it comes, retry shortly",
-                        open.record.id,
+                        "no new token for identity '{id}' within {} ms (the provider has not answered); it is stored when it comes, retry shortly",
                         budget.as_millis()
                     ))),
                 };
@@ -297,15 +415,29 @@ impl Refresher {
             waited = true;
             loop {
                 tokio::time::sleep(POLL).await;
-                let Some(current) = load(credentials, id).await? else {
-                    return Ok(Outcome::Consent(None, "the identity was deleted"));
-                };
-                if current.record.version != seen || current.record.consent_required {
-                    self.counts.count(server, RefreshResult::Waited);
-                    return Ok(settled(current));
+                match load(credentials, id).await? {
+                    Some(current)
+                        if current.record.version != seen || current.record.consent_required =>
+                    {
+                        self.counts
+                            .count(&current.record.server, RefreshResult::Waited);
+                        return Ok(settled(current));
+                    }
+                    Some(_) => {}
+                    // Not there yet: the holder is exchanging a first token
+                    // (or one that was dropped).
+                    None if matches!(renewal, Renewal::Exchange(_)) => {}
+                    None => return Ok(Outcome::Consent(None, "the identity was deleted")),
                 }
                 if Instant::now() >= deadline {
-                    self.counts.count(server, RefreshResult::Unavailable);
+                    let server = match renewal {
+                        Renewal::Exchange(call) => call.server.clone(),
+                        Renewal::RefreshToken => load(credentials, id)
+                            .await?
+                            .map(|c| c.record.server.clone())
+                            .unwrap_or_default(),
+                    };
+                    self.counts.count(&server, RefreshResult::Unavailable);
                     return Ok(Outcome::Unavailable(format!(
                         "another replica's refresh of identity '{id}' did not finish within {} ms",
                         self.wait.as_millis()
@@ -318,283 +450,20 @@ impl Refresher {
             }
         }
     }
-
-    /// Holding the lock: look again, then refresh and write with fencing.
-    async fn as_holder(
-        &self,
-        credentials: &Credentials,
-        id: &str,
-        seen: u64,
-        waited: bool,
-        refused: bool,
-    ) -> Result<Outcome, CredentialError> {
-        let Some(base) = load(credentials, id).await? else {
-            return Ok(Outcome::Consent(None, "the identity was deleted"));
-        };
-        let server = base.record.server.clone();
-        if base.record.version != seen
-            || base.record.consent_required
-            || (!refused && !self.due(&base.record))
-        {
-            // Someone finished between our look and the lock.
-            if waited && base.record.version != seen {
-                self.counts.count(&server, RefreshResult::Waited);
-            }
-            return Ok(settled(base));
-        }
-        let IdentitySecret::Oauth { refresh_token, .. } = &base.secret else {
-            return Ok(Outcome::Fresh(base));
-        };
-        let Some(refresh_token) = refresh_token else {
-            if !expired(&base.record) {
-                return Ok(Outcome::Fresh(base));
-            }
-            return self
-                .require_consent(credentials, &base, "no_refresh_token")
-                .await;
-        };
-        let Some(provider) = self.providers.get(&server) else {
-            return Ok(Outcome::Unavailable(format!(
-                "server '{server}' has no [servers.oauth] provider to refresh tokens with"
-            )));
-        };
-        match provider.refresh(refresh_token).await {
-            Ok(tokens) => self.store_tokens(credentials, &base, tokens).await,
-            Err(OauthError::InvalidGrant { .. }) => {
-                self.counts.count(&server, RefreshResult::InvalidGrant);
-                self.require_consent(credentials, &base, "invalid_grant")
-                    .await
-            }
-            Err(e) => {
-                self.counts.count(&server, RefreshResult::Unavailable);
-                let why = e.to_string();
-                let event = LifecycleEvent::new(
-                    "identity.refresh_failed",
-                    ACTOR,
-                    "identity",
-                    id,
-                    None,
-                    Some(json!({
-                        "server": server,
-                        "version": base.record.version,
-                        "reason": "provider_unavailable",
-                        "message": why,
-                        "access_token_expired": expired(&base.record),
-                    })),
-                );
-                if let Err(e) = credentials.store.append_event(&event).await {
-                    tracing::warn!(identity = %id, error = %e, "cannot record the failed refresh");
-                }
-                Ok(Outcome::Unavailable(why))
-            }
-        }
-    }
-
-    /// Writes the new tokens as the next version, only if the record still
-    /// has the version they were refreshed from.
-    async fn store_tokens(
-        &self,
-        credentials: &Credentials,
-        base: &OpenIdentity,
-        tokens: TokenSet,
-    ) -> Result<Outcome, CredentialError> {
-        let r = &base.record;
-        let old_refresh = match &base.secret {
-            IdentitySecret::Oauth { refresh_token, .. } => refresh_token.clone(),
-            IdentitySecret::Static { .. } => None,
-        };
-        let rotated = tokens
-            .refresh_token
-            .as_ref()
-            .is_some_and(|new| old_refresh.as_ref().is_none_or(|old| old != new));
-        let secret = IdentitySecret::Oauth {
-            access_token: tokens.access_token,
-            // A provider that does not rotate sends none: keep the old one.
-            refresh_token: tokens.refresh_token.or(old_refresh),
-        };
-        let version = r.version + 1;
-        let sealed = credentials.seal(&r.id, &r.server, version, &secret).await?;
-        let expires_at = tokens.expires_at.and_then(|t| t.format(&Rfc3339).ok());
-        let scopes = if tokens.scopes.is_empty() {
-            r.scopes.clone()
-        } else {
-            tokens.scopes
-        };
-        let written = self
-            .fenced(credentials, r, |current| {
-                let mut next = current.clone();
-                next.version = version;
-                next.sealed = sealed.clone();
-                next.expires_at = expires_at.clone();
-                next.scopes = scopes.clone();
-                next.consent_required = false;
-                next.updated_by = ACTOR.to_string();
-                next.updated_at = now_rfc3339();
-                let mut after = identity_summary(&next);
-                after["expires_at"] = json!(next.expires_at);
-                after["refresh_token_rotated"] = json!(rotated);
-                let event = LifecycleEvent::new(
-                    "identity.refresh",
-                    ACTOR,
-                    "identity",
-                    &r.id,
-                    Some(identity_summary(current)),
-                    Some(after),
-                );
-                (next, event)
-            })
-            .await?;
-        let Some(record) = written else {
-            // Fenced off: someone wrote a newer version; use that.
-            return superseded(credentials, &r.id).await;
-        };
-        self.counts.count(
-            &r.server,
-            if rotated {
-                RefreshResult::Rotated
-            } else {
-                RefreshResult::Refreshed
-            },
-        );
-        tracing::info!(identity = %r.id, server = %r.server, version, rotated, "access token refreshed");
-        Ok(Outcome::Fresh(Arc::new(OpenIdentity { record, secret })))
-    }
-
-    /// Marks the identity `consent_required` (same version, same secret),
-    /// if nobody changed it since it was read.
-    async fn require_consent(
-        &self,
-        credentials: &Credentials,
-        base: &OpenIdentity,
-        reason: &'static str,
-    ) -> Result<Outcome, CredentialError> {
-        let r = &base.record;
-        let written = self
-            .fenced(credentials, r, |current| {
-                let mut next = current.clone();
-                next.consent_required = true;
-                next.updated_by = ACTOR.to_string();
-                next.updated_at = now_rfc3339();
-                let mut after = identity_summary(&next);
-                after["consent_required"] = json!(true);
-                after["reason"] = json!(reason);
-                let event = LifecycleEvent::new(
-                    "identity.consent_required",
-                    ACTOR,
-                    "identity",
-                    &r.id,
-                    Some(identity_summary(current)),
-                    Some(after),
-                );
-                (next, event)
-            })
-            .await?;
-        let Some(record) = written else {
-            return superseded(credentials, &r.id).await;
-        };
-        tracing::warn!(identity = %r.id, server = %r.server, reason, "the identity needs its owner's consent again");
-        let why = match reason {
-            "invalid_grant" => "the provider refused its refresh token",
-            _ => "its access token expired and there is no refresh token",
-        };
-        Ok(Outcome::Consent(
-            Some(Arc::new(OpenIdentity {
-                record,
-                secret: base.secret.clone(),
-            })),
-            why,
-        ))
-    }
-
-    /// One compare-and-set of `base`'s record through `Store::mutate` (the
-    /// event and the invalidation go with it), refused when the stored
-    /// version is no longer `base.version`. `None` when refused.
-    async fn fenced(
-        &self,
-        credentials: &Credentials,
-        base: &VaultRecord,
-        change: impl Fn(&VaultRecord) -> (VaultRecord, LifecycleEvent),
-    ) -> Result<Option<VaultRecord>, CredentialError> {
-        let store = &credentials.store;
-        let key = store.identity_key(&base.id);
-        let result = store
-            .mutate(&key, &[], &base.id, |current: Option<VaultRecord>| {
-                let Some(current) = current.filter(|c| c.version == base.version) else {
-                    return Err(Fence::Superseded);
-                };
-                let (next, event) = change(&current);
-                Ok(Mutation {
-                    new: Some(next),
-                    event,
-                })
-            })
-            .await;
-        match result {
-            Ok(written) => {
-                // This replica sees its own write at once; the others when
-                // the invalidation reaches them.
-                credentials.cache.invalidate(&key).await;
-                Ok(written)
-            }
-            Err(Fence::Superseded) => Ok(None),
-            Err(Fence::Store(e)) => Err(e.into()),
-        }
-    }
-}
-
-/// Why a fenced write did not happen.
-enum Fence {
-    Superseded,
-    Store(StoreError),
-}
-
-impl From<StoreError> for Fence {
-    fn from(e: StoreError) -> Self {
-        Fence::Store(e)
-    }
-}
-
-/// The record as it is in Redis now (not the cache), opened. A version this
-/// replica's cache may still hold is dropped from it.
-async fn load(
-    credentials: &Credentials,
-    id: &str,
-) -> Result<Option<Arc<OpenIdentity>>, CredentialError> {
-    let key = credentials.store.identity_key(id);
-    let Some(record) = credentials.store.get::<VaultRecord>(&key).await? else {
-        return Ok(None);
-    };
-    let secret = record.open(&credentials.keys)?;
-    Ok(Some(Arc::new(OpenIdentity { record, secret })))
-}
-
-/// After losing a fenced write: whatever is stored now.
-async fn superseded(credentials: &Credentials, id: &str) -> Result<Outcome, CredentialError> {
-    credentials
-        .cache
-        .invalidate(&credentials.store.identity_key(id))
-        .await;
-    Ok(match load(credentials, id).await? {
-        Some(current) => settled(current),
-        None => Outcome::Consent(None, "the identity was deleted"),
-    })
-}
-
-/// An identity someone else settled: consent needed or ready to use.
-fn settled(current: Arc<OpenIdentity>) -> Outcome {
-    if current.record.consent_required {
-        Outcome::Consent(Some(current), "the provider refused its refresh token")
-    } else {
-        Outcome::Fresh(current)
-    }
 }
 
 /// No new token: the current one while it lasts, then a refusal.
 fn fall_back(
-    open: Arc<OpenIdentity>,
+    id: &str,
+    open: Option<Arc<OpenIdentity>>,
     why: &str,
     first: bool,
 ) -> Result<Arc<OpenIdentity>, RefreshError> {
+    let Some(open) = open else {
+        return Err(RefreshError::Unavailable(format!(
+            "no token could be had for identity '{id}': {why}"
+        )));
+    };
     let r = &open.record;
     if !expired(r) {
         if first {
@@ -663,7 +532,7 @@ fn lock_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use latchkey_core::identity::{Availability, Status};
+    use latchkey_core::identity::{Availability, Status, now_rfc3339};
     use latchkey_core::vault::Sealed;
 
     fn record(kind: CredentialKind, expires_in: Option<i64>) -> VaultRecord {
@@ -681,6 +550,7 @@ mod tests {
             }),
             scopes: vec![],
             consent_required: false,
+            exchanged: None,
             version: 1,
             created_by: "alice".into(),
             created_at: now_rfc3339(),
