@@ -512,6 +512,239 @@ impl Exchangers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
+    use std::sync::Mutex;
+
+    type Seen = Arc<Mutex<Vec<(String, Option<String>, String)>>>;
+
+    /// A loopback identity provider (and authorization server): `/token`
+    /// answers with `answer(form)`; `metadata` is served as RFC 8414
+    /// metadata. Every token request is kept: path, Authorization, form.
+    async fn idp(
+        answer: impl Fn(&str) -> axum::response::Response + Clone + Send + Sync + 'static,
+        metadata: Value,
+    ) -> (String, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let kept = seen.clone();
+        let metadata = serde_json::to_string(&metadata)
+            .unwrap()
+            .replace("@BASE@", &base);
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::post(move |headers: http::HeaderMap, body: String| {
+                    let answer = answer.clone();
+                    let kept = kept.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        kept.lock()
+                            .unwrap()
+                            .push(("/token".into(), auth, body.clone()));
+                        answer(&body)
+                    }
+                }),
+            )
+            .route(
+                "/.well-known/oauth-authorization-server",
+                axum::routing::get(move || {
+                    let metadata = metadata.clone();
+                    async move {
+                        ([(http::header::CONTENT_TYPE, "application/json")], metadata)
+                            .into_response()
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    fn json(status: u16, body: Value) -> axum::response::Response {
+        let mut r = (
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r
+    }
+
+    fn exchanger(settings: &str) -> Exchanger {
+        let server: Server =
+            toml::from_str("name = \"crm\"\nurl = \"http://127.0.0.1:9/mcp\"").unwrap();
+        let settings: ServerExchange = toml::from_str(settings).unwrap();
+        Exchanger::new(
+            &server,
+            &settings,
+            "http://127.0.0.1:9",
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    fn form(body: &str) -> HashMap<String, String> {
+        url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_token_exchange_answer_is_a_token_a_refusal_naming_the_reason_or_an_outage() {
+        let claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","jti":"j-7"}"#);
+        let issued = format!("h.{claims}.s");
+        let token = issued.clone();
+        let (base, seen) = idp(
+            move |body| {
+                let f = form(body);
+                match f.get("subject_token").map(String::as_str) {
+                    Some("alice-token") => json(
+                        200,
+                        serde_json::json!({"access_token": token, "issued_token_type": token_types::ACCESS_TOKEN,
+                                           "token_type": "Bearer", "expires_in": 300, "scope": "crm.read"}),
+                    ),
+                    Some("carol-token") => json(
+                        400,
+                        serde_json::json!({"error": "invalid_grant", "error_description": "carol is not entitled"}),
+                    ),
+                    _ => json(503, serde_json::json!({"error": "temporarily_unavailable"})),
+                }
+            },
+            Value::Null,
+        )
+        .await;
+        let x = exchanger(&format!(
+            "kind = \"token_exchange\"\nclient_id = \"gw\"\naudience = \"crm\"\n\
+             scopes = [\"crm.read\"]\ntoken_endpoint = \"{base}/token\""
+        ));
+        let got = x
+            .exchange(
+                &Secret::new("alice-token"),
+                Some(&Secret::new("alice-token")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.tokens.access_token.expose(), issued);
+        assert_eq!(got.jti.as_deref(), Some("j-7"));
+        assert_eq!(got.tokens.scopes, ["crm.read"]);
+        assert!(got.tokens.expires_at.is_some() && got.tokens.refresh_token.is_none());
+        let sent = form(&seen.lock().unwrap()[0].2);
+        for (k, v) in [
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token_type", token_types::ACCESS_TOKEN),
+            ("requested_token_type", token_types::ACCESS_TOKEN),
+            ("audience", "crm"),
+            ("resource", "http://127.0.0.1:9/mcp"),
+            ("scope", "crm.read"),
+            ("actor_token", "alice-token"),
+            ("client_id", "gw"),
+        ] {
+            assert_eq!(sent.get(k).map(String::as_str), Some(v), "{k} in {sent:?}");
+        }
+
+        match x.exchange(&Secret::new("carol-token"), None).await {
+            Err(e @ ExchangeError::Refused { .. }) => {
+                let said = e.to_string();
+                assert!(
+                    said.contains("'crm'") && said.contains("carol is not entitled"),
+                    "{said}"
+                );
+                assert!(!said.contains("carol-token"), "{said}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            x.exchange(&Secret::new("anyone"), None).await,
+            Err(ExchangeError::Unavailable { .. })
+        ));
+        let gone = exchanger(
+            "kind = \"token_exchange\"\nclient_id = \"gw\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"",
+        );
+        assert!(matches!(
+            gone.exchange(&Secret::new("alice-token"), None).await,
+            Err(ExchangeError::Unavailable { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_id_jag_is_redeemed_only_where_the_authorization_server_says_it_redeems_them() {
+        let answer = |body: &str| {
+            let f = form(body);
+            match f.get("grant_type").map(String::as_str) {
+                Some(TOKEN_EXCHANGE_GRANT) => json(
+                    200,
+                    serde_json::json!({"access_token": "the-id-jag", "issued_token_type": token_types::ID_JAG,
+                                       "token_type": "N_A", "expires_in": 300}),
+                ),
+                Some(JWT_BEARER_GRANT)
+                    if f.get("assertion").map(String::as_str) == Some("the-id-jag") =>
+                {
+                    json(
+                        200,
+                        serde_json::json!({"access_token": "crm-token", "token_type": "Bearer", "expires_in": 60}),
+                    )
+                }
+                _ => json(400, serde_json::json!({"error": "invalid_grant"})),
+            }
+        };
+        let redeeming = serde_json::json!({"issuer": "@BASE@", "token_endpoint": "@BASE@/token",
+            "authorization_grant_profiles_supported": [ID_JAG_PROFILE]});
+        let (base, seen) = idp(answer, redeeming).await;
+        unsafe { std::env::set_var("LATCHKEY_TEST_EXCHANGE_SECRET", "s3cret") };
+        let x = exchanger(&format!(
+            "kind = \"id_jag\"\nclient_id = \"gw\"\nclient_secret_env = \"LATCHKEY_TEST_EXCHANGE_SECRET\"\n\
+             token_endpoint = \"{base}/token\"\nauthorization_server = \"{base}\"\nresource = \"urn:crm\""
+        ));
+        let got = x.exchange(&Secret::new("alice-token"), None).await.unwrap();
+        assert_eq!(got.tokens.access_token.expose(), "crm-token");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.len(),
+            2,
+            "one exchange at the identity provider, one redemption"
+        );
+        let first = form(&seen[0].2);
+        assert_eq!(first["requested_token_type"], token_types::ID_JAG);
+        assert_eq!(
+            first["audience"], base,
+            "the audience is the authorization server"
+        );
+        assert_eq!(first["resource"], "urn:crm");
+        assert!(
+            !first.contains_key("client_id"),
+            "a confidential client uses Basic"
+        );
+        assert!(
+            seen[0]
+                .1
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Basic "))
+        );
+        assert_eq!(form(&seen[1].2)["grant_type"], JWT_BEARER_GRANT);
+
+        // An authorization server that does not list the profile is not sent an ID-JAG.
+        let (base, seen) = idp(
+            answer,
+            serde_json::json!({"issuer": "@BASE@", "token_endpoint": "@BASE@/token"}),
+        )
+        .await;
+        let x = exchanger(&format!(
+            "kind = \"id_jag\"\nclient_id = \"gw\"\ntoken_endpoint = \"{base}/token\"\nauthorization_server = \"{base}\""
+        ));
+        match x.exchange(&Secret::new("alice-token"), None).await {
+            Err(e @ ExchangeError::Config { .. }) => {
+                assert!(e.to_string().contains("does not redeem ID-JAGs"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing was exchanged for it"
+        );
+    }
 
     #[test]
     fn metadata_of_an_issuer_with_a_path_puts_the_suffix_before_it() {

@@ -209,6 +209,7 @@ fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> Decisio
             e.delegation = a.caller.actors.clone();
             e.identity = a.identity.clone();
             e.identity_version = a.identity_version;
+            e.credential_source = a.credential_source;
             e.decision = "allow";
             e.reason = "allowed";
             e.status = 200;

@@ -146,6 +146,10 @@ pub struct DecisionEvent {
     pub identity: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity_version: Option<u64>,
+    /// Where that credential came from when not stored by a person or an
+    /// operator: `exchange` (`[servers.exchange]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_source: Option<&'static str>,
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// Why (`allowed`, `hidden_by_policy`, `consent_needed`, ...).

@@ -242,8 +242,43 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
         .find(|e| e["event"] == "decision" && e["user"] == "carol")
         .context("carol's refusal is audited")?;
     ensure!(refusal["reason"] == "exchange_refused", "{refusal}");
+    let decision = events
+        .iter()
+        .find(|e| e["event"] == "decision" && e["user"] == "alice" && e["decision"] == "allow")
+        .context("alice's calls are audited")?;
+    ensure!(
+        decision["credential_source"] == "exchange" && decision["identity"] == record.id.as_str(),
+        "{decision}"
+    );
     let trail = serde_json::to_string(&events)?;
     ensure!(!trail.contains(&alices_token) && !trail.contains(&bobs_token));
+
+    // Disabling the agent drops every token exchanged for it, alice's and bob's.
+    let ops = stack.admin_token("ops", &["platform-admins"]).await?;
+    stack.cli(0, &ops, &["agent", "disable", AGENT], None)?;
+    ensure!(stored_exchange(&stack, "alice", "crm-x")?.is_none());
+    ensure!(stored_exchange(&stack, "bob", "crm-x")?.is_none());
+    stack.cli(1, &ops, &["agent", "enable", AGENT], None)?;
+    ensure!(whoami(&stack, "crm-x", "alice").await? == "alice");
+    ensure!(stack.idp.stats().await?.token_exchange_by_sub.get("alice") == Some(&2));
+
+    // The identity provider goes away: a person without an exchanged token
+    // gets 503 saying so; alice's, still good, keeps serving her.
+    let (alice, dave) = (stack.token("alice").await?, stack.token("dave").await?);
+    let mut stack = stack;
+    if let Some(idp) = stack.idp.process.as_mut() {
+        idp.stop();
+    }
+    let down = post_json(&stack.url("crm-x"), Some(&dave), INITIALIZE, &[]).await?;
+    ensure!(down.status == 503, "{} {}", down.status, down.body);
+    ensure!(
+        down.body.contains("could not be reached") && down.body.contains("'crm-x'"),
+        "{}",
+        down.body
+    );
+    let client = McpClient::connect(&stack.url("crm-x"), &alice).await?;
+    ensure!(McpClient::text(&client.call_tool("whoami", json!({})).await?) == "alice");
+    client.close().await?;
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct Allow {
     pub identity: Option<String>,
     /// The version of that identity's secret, for attribution.
     pub identity_version: Option<u64>,
+    /// `exchange` when that identity's token was exchanged for the caller.
+    pub credential_source: Option<&'static str>,
     pub inject: Option<InjectedHeader>,
     /// The injected credential is an OAuth token the service can refresh if
     /// the upstream refuses it.
@@ -683,6 +685,10 @@ fn allow(
         caller,
         identity: identity.as_ref().map(|i| i.record.id.clone()),
         identity_version: identity.as_ref().map(|i| i.record.version),
+        credential_source: identity
+            .as_ref()
+            .and_then(|i| i.record.exchanged.as_ref())
+            .map(|_| "exchange"),
         route,
         inject,
         visibility,

@@ -352,6 +352,76 @@ scheme = "per_user"
     }
 
     #[test]
+    fn an_exchange_section_is_read_with_its_defaults_and_its_mistakes_named() {
+        let exchange = |body: &str| {
+            SAMPLE.replace(
+                "prefix = \"Bearer \" }\n",
+                &format!(
+                    "prefix = \"Bearer \" }}\n\n[servers.exchange]\nclient_id = \"gw\"\n{body}\n"
+                ),
+            )
+        };
+        let c = Config::parse(&exchange("kind = \"token_exchange\"\naudience = \"crm\"")).unwrap();
+        let x = c.servers[0].exchange.as_ref().unwrap();
+        assert_eq!(x.kind, ExchangeKind::TokenExchange);
+        assert_eq!(x.subject_token_type, token_types::ACCESS_TOKEN);
+        assert!(
+            x.actor_token,
+            "the agent goes as the actor unless turned off"
+        );
+        assert!(
+            x.token_endpoint.is_none(),
+            "discovered from the identity provider"
+        );
+        let c = Config::parse(&exchange(
+            "kind = \"id_jag\"\nauthorization_server = \"https://as.example\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.servers[0].exchange.as_ref().unwrap().kind,
+            ExchangeKind::IdJag
+        );
+
+        for (body, says) in [
+            ("kind = \"id_jag\"", "needs authorization_server"),
+            (
+                "kind = \"token_exchange\"\nauthorization_server = \"https://as.example\"",
+                "are for kind = \"id_jag\"",
+            ),
+            (
+                "kind = \"id_jag\"\nauthorization_server = \"https://as.example\"\naudience = \"x\"",
+                "audience is for kind = \"token_exchange\"",
+            ),
+            (
+                "kind = \"id_jag\"\nauthorization_server = \"https://as.example\"\n\
+                 requested_token_type = \"urn:ietf:params:oauth:token-type:access_token\"",
+                "remove requested_token_type",
+            ),
+            ("kind = \"exchange_please\"", "unknown variant"),
+        ] {
+            let err = Config::parse(&exchange(body)).unwrap_err().to_string();
+            assert!(err.contains(says), "{body}: {err}");
+        }
+        let err = Config::parse(
+            &exchange("kind = \"token_exchange\"")
+                .replace("client_id = \"gw\"", "client_id = \"\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("client_id must not be empty"), "{err}");
+        let both = exchange("kind = \"token_exchange\"").replace(
+            "[servers.exchange]",
+            "[servers.oauth]\nauthorization_endpoint = \"https://p.example/a\"\n\
+             token_endpoint = \"https://p.example/t\"\nclient_id = \"latchkey\"\n\n[servers.exchange]",
+        );
+        let err = Config::parse(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("both [servers.oauth] and [servers.exchange]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn scheme_and_identity_must_agree() {
         let text = SAMPLE.replace("identity = \"everything-sa\"\n", "");
         let err = Config::parse(&text).unwrap_err().to_string();
