@@ -732,6 +732,30 @@ identity = "{name}-sa"
         Ok(())
     }
 
+    /// How many `method` requests to `assignment` replica `n` has decided
+    /// so far (its `latchkey::decision` log lines), e.g. to see that calls
+    /// were spread over the replicas.
+    pub fn decided(&self, n: usize, assignment: &str, method: &str) -> usize {
+        let (assignment, method) = (
+            format!("\"assignment\":\"{assignment}\""),
+            format!("\"method\":\"{method}\""),
+        );
+        self.replicas[n]
+            .process
+            .as_ref()
+            .map(|p| {
+                p.log_text()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("\"latchkey::decision\"")
+                            && l.contains(&assignment)
+                            && l.contains(&method)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// A token for the admin API: `sub`, audience `latchkey-admin`, with
     /// `groups` (mapped to capabilities in `[admin.roles]`).
     pub async fn admin_token(&self, sub: &str, groups: &[&str]) -> Result<String> {

@@ -198,6 +198,16 @@ impl Exchanger {
         self.settings.actor_token
     }
 
+    /// Reads the endpoints' metadata now, as the first exchange would: what
+    /// is wrong with it (unreachable, no token exchange, no ID-JAG profile),
+    /// for `latchkey policy lint --probe`.
+    pub async fn probe(&self) -> Result<(), ExchangeError> {
+        self.endpoints
+            .get_or_try_init(|| self.discover())
+            .await
+            .map(|_| ())
+    }
+
     /// Exchanges `subject` (the caller's verified token), with `actor`
     /// as the `actor_token` when given, for the server's token.
     pub async fn exchange(

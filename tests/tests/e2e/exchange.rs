@@ -360,12 +360,21 @@ async fn an_id_jag_is_redeemed_once_renewed_once_across_replicas_and_dropped_whe
     // Due now: fifty concurrent calls, spread over both replicas, renew it
     // exactly once.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = (
+        stack.decided(0, "crm", "tools/call"),
+        stack.decided(1, "crm", "tools/call"),
+    );
     let calls = (0..50).map(|_| client.call_tool("whoami", json!({})));
     for r in futures_util::future::join_all(calls).await {
         let r = r?;
         ensure!(McpClient::text(&r) == "alice", "{r:?}");
     }
     client.close().await?;
+    ensure!(
+        stack.decided(0, "crm", "tools/call") > before.0
+            && stack.decided(1, "crm", "tools/call") > before.1,
+        "both replicas decided some of the calls"
+    );
     let (idp, redeemed) = (
         stack.idp.stats().await?,
         authorization_server.stats().await?,

@@ -245,24 +245,6 @@ fn stored_tokens_of(stack: &Stack, id: &str) -> Result<(VaultRecord, String, Opt
     }
 }
 
-/// `tools/call` decisions replica `n` logged for the OAuth assignment.
-fn calls_decided(stack: &Stack, n: usize) -> usize {
-    stack.replicas[n]
-        .process
-        .as_ref()
-        .map(|p| {
-            p.log_text()
-                .lines()
-                .filter(|l| {
-                    l.contains("\"latchkey::decision\"")
-                        && l.contains("github-mine")
-                        && l.contains("tools/call")
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 /// The sum over replicas of `latchkey_token_refreshes_total{server="github",result}`.
 fn refreshes(stack: &Stack, result: &str) -> Result<f64> {
     let prefix =
@@ -331,7 +313,10 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
     // Expired now: fifty concurrent calls, spread over both replicas,
     // refresh it once.
     sleep_until(issued + due_after()).await;
-    let before = (calls_decided(&stack, 0), calls_decided(&stack, 1));
+    let before = (
+        stack.decided(0, "github-mine", "tools/call"),
+        stack.decided(1, "github-mine", "tools/call"),
+    );
     let calls = (0..50).map(|_| client.call_tool("whoami", json!({})));
     let results = futures_util::future::join_all(calls).await;
     let refreshed = Instant::now();
@@ -345,7 +330,8 @@ async fn tokens_are_refreshed_once_across_replicas_and_a_revoked_grant_asks_for_
         "exactly one refresh_token grant: {stats:?}"
     );
     ensure!(
-        calls_decided(&stack, 0) > before.0 && calls_decided(&stack, 1) > before.1,
+        stack.decided(0, "github-mine", "tools/call") > before.0
+            && stack.decided(1, "github-mine", "tools/call") > before.1,
         "both replicas decided some of the calls"
     );
     let seen = upstream.seen().await?;

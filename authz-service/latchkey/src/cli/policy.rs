@@ -259,10 +259,31 @@ fn judge(
     }
 }
 
-/// `policy lint`: the policy's own findings and, with `probe`, tool names
-/// and patterns that match nothing the upstream lists.
+/// `policy lint`: the policy's own findings, a `[servers.exchange]` that
+/// cannot work (a client secret's variable unset; with `probe`, metadata
+/// that is unreachable or does not offer the exchange) and, with `probe`,
+/// tool names and patterns that match nothing the upstream lists.
 pub async fn lint(config: &Config, policy: &Policy, probe: bool) -> Vec<String> {
     let mut findings = policy.lint();
+    for server in &config.servers {
+        let Some(settings) = &server.exchange else {
+            continue;
+        };
+        let exchanger = latchkey_check::exchange::Exchanger::new(
+            server,
+            settings,
+            &config.identity_provider.issuer,
+            Duration::from_secs(10),
+        );
+        let problem = match exchanger {
+            Err(e) => Some(e),
+            Ok(x) if probe => x.probe().await.err(),
+            Ok(_) => None,
+        };
+        if let Some(e) = problem {
+            findings.push(format!("server '{}': [servers.exchange]: {e}", server.name));
+        }
+    }
     if !probe || !policy.is_enforced() {
         return findings;
     }
@@ -404,6 +425,47 @@ mod tests {
             vec![json!({"id":3})]
         );
         assert!(messages("application/json", "nope").is_empty());
+    }
+
+    #[test]
+    fn lint_names_an_exchange_that_cannot_work() {
+        let text = |exchange: &str| {
+            include_str!("../../../testdata/gateway.toml").replace(
+                "url = \"http://127.0.0.1:1/mcp\"\n",
+                &format!("url = \"http://127.0.0.1:1/mcp\"\n[servers.exchange]\nclient_id = \"gw\"\n{exchange}\n"),
+            )
+        };
+        let findings = |exchange: &str, probe: bool| {
+            let text = text(exchange);
+            let config = Config::parse(&text).unwrap();
+            let policy = Policy::compile(&config, &text).unwrap();
+            super::super::block_on(lint(&config, &policy, probe)).unwrap()
+        };
+        let unset = findings(
+            "kind = \"token_exchange\"\nclient_secret_env = \"LATCHKEY_TEST_NEVER_SET\"",
+            false,
+        );
+        assert!(
+            unset
+                .iter()
+                .any(|f| f.contains("server 'gh'") && f.contains("LATCHKEY_TEST_NEVER_SET")),
+            "{unset:?}"
+        );
+        // Nothing listens on port 1: the authorization server's metadata cannot be read.
+        let id_jag = "kind = \"id_jag\"\ntoken_endpoint = \"http://127.0.0.1:1/token\"\n\
+                      authorization_server = \"http://127.0.0.1:1\"";
+        let probed = findings(id_jag, true);
+        assert!(
+            probed
+                .iter()
+                .any(|f| f.contains("server 'gh'") && f.contains("could not be reached")),
+            "{probed:?}"
+        );
+        let unprobed = findings(id_jag, false);
+        assert!(
+            !unprobed.iter().any(|f| f.contains("[servers.exchange]")),
+            "without --probe nothing is fetched: {unprobed:?}"
+        );
     }
 
     #[test]
