@@ -84,8 +84,10 @@
 //                           revokes nothing (counted in `revocations` all the same)
 //
 // Token exchange (RFC 8693), for clients registered with
-// --exchange-client <id>:<secret> (client_secret_basic or _post; others get
-// 401 invalid_client):
+// --exchange-client <id>:<secret> (client_secret_basic or _post) or with
+// --exchange-client-key <id>:<SPKI PEM file> (private_key_jwt, ES256 or RS256:
+// iss = sub = the client, aud = <issuer>/token, unexpired, jti single use);
+// others get 401 invalid_client:
 //   POST /token grant_type=urn:ietf:params:oauth:grant-type:token-exchange
 //       &subject_token&subject_token_type[&actor_token&actor_token_type]
 //       &requested_token_type[&audience][&resource][&scope]
@@ -133,9 +135,10 @@
 // SIGUSR2 adds a signing key (key rotation).
 
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import express from 'express';
-import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, decodeProtectedHeader, importSPKI, jwtVerify } from 'jose';
 import { OAuth2Server } from 'oauth2-mock-server';
 
 function arg(name, fallback) {
@@ -160,6 +163,18 @@ for (let i = 0; i < process.argv.length; i += 1) {
   exchangeClients.set(spec.slice(0, colon), spec.slice(colon + 1));
 }
 const trustIssuer = arg('trust-issuer', undefined)?.replace(/\/+$/, '');
+/** client_id -> path of the public key (SPKI PEM) of its private_key_jwt assertions. */
+const clientKeyFiles = new Map();
+for (let i = 0; i < process.argv.length; i += 1) {
+  if (process.argv[i] !== '--exchange-client-key') continue;
+  const spec = process.argv[i + 1] ?? '';
+  const colon = spec.indexOf(':');
+  if (colon <= 0) {
+    console.error('idp.mjs: --exchange-client-key takes <id>:<public key PEM file>');
+    process.exit(2);
+  }
+  clientKeyFiles.set(spec.slice(0, colon), spec.slice(colon + 1));
+}
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(`idp.mjs: bad port ${port}; usage: node idp.mjs --port <port> [--issuer <url>] [--no-rotate]`);
   process.exit(2);
@@ -267,6 +282,48 @@ function clientCredentialsOf(req) {
     return colon < 0 ? { id: dec(decoded) } : { id: dec(decoded.slice(0, colon)), secret: dec(decoded.slice(colon + 1)) };
   }
   return { id: str(req.body?.client_id), secret: str(req.body?.client_secret) };
+}
+
+const CLIENT_ASSERTION = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+/** jti of every client assertion accepted (each is single use). */
+const usedAssertions = new Set();
+
+// The client a token exchange or grant redemption comes from, authenticated:
+// a registered secret (client_secret_basic or _post), or a private_key_jwt
+// assertion (RFC 7523 2.2: signed by the client's registered key, iss = sub =
+// the client, aud = this token endpoint, unexpired, its jti unused). undefined
+// when it does not authenticate.
+async function authenticatedClient(req) {
+  const body = req.body ?? {};
+  if (body.client_assertion_type === CLIENT_ASSERTION) {
+    const id = str(body.client_id);
+    const file = id !== undefined ? clientKeyFiles.get(id) : undefined;
+    if (file === undefined) return undefined;
+    const pem = readFileSync(file, 'utf8');
+    for (const alg of ['ES256', 'RS256']) {
+      let key;
+      try {
+        key = await importSPKI(pem, alg);
+      } catch {
+        continue;
+      }
+      try {
+        const { payload } = await jwtVerify(str(body.client_assertion) ?? '', key, {
+          issuer: id,
+          subject: id,
+          audience: `${issuer}/token`,
+        });
+        if (typeof payload.jti !== 'string' || usedAssertions.has(payload.jti)) return undefined;
+        usedAssertions.add(payload.jti);
+        return id;
+      } catch {
+        return undefined;
+      }
+    }
+    return undefined;
+  }
+  const { id, secret } = clientCredentialsOf(req);
+  return id !== undefined && exchangeClients.has(id) && exchangeClients.get(id) === secret ? id : undefined;
 }
 
 function oauthError(res, status, error, description) {
@@ -537,9 +594,9 @@ server.service.on('beforeAuthorizeRedirect', ({ url }, req) => {
 app.post('/token', ...bodies, async (req, res, next) => {
   const body = req.body ?? {};
   if (body.grant_type === TOKEN_EXCHANGE || body.grant_type === JWT_BEARER) {
-    const { id, secret } = clientCredentialsOf(req);
-    if (id === undefined || !exchangeClients.has(id) || exchangeClients.get(id) !== secret) {
-      oauthError(res, 401, 'invalid_client', 'unknown client or wrong secret');
+    const id = await authenticatedClient(req);
+    if (id === undefined) {
+      oauthError(res, 401, 'invalid_client', 'unknown client, wrong secret or a client assertion that does not verify');
       return;
     }
     try {

@@ -446,6 +446,9 @@ pub struct IdpOptions {
     /// Clients (id, secret) that may exchange tokens (RFC 8693) or redeem
     /// ID-JAGs here (`--exchange-client`).
     pub exchange_clients: Vec<(String, String)>,
+    /// Clients (id, public key SPKI PEM file) that authenticate with
+    /// `private_key_jwt` (`--exchange-client-key`).
+    pub exchange_client_keys: Vec<(String, std::path::PathBuf)>,
     /// Play a server's authorization server that redeems the ID-JAGs of
     /// this identity provider (`--trust-issuer`).
     pub trust_issuer: Option<String>,
@@ -551,6 +554,9 @@ impl Idp {
         }
         for (id, secret) in &options.exchange_clients {
             cmd.args(["--exchange-client", &format!("{id}:{secret}")]);
+        }
+        for (id, key) in &options.exchange_client_keys {
+            cmd.args(["--exchange-client-key", &format!("{id}:{}", key.display())]);
         }
         if let Some(trusted) = &options.trust_issuer {
             cmd.args(["--trust-issuer", trusted]);

@@ -21,6 +21,10 @@
 //! the agent in the new token's `act`. An agent recognised otherwise (mTLS)
 //! has no token to send.
 //!
+//! Latchkey authenticates as its own client: with a secret (HTTP Basic), or
+//! with `private_key_jwt` (a one-minute JWT signed by its key, `aud` = the
+//! token endpoint it is sent to, so it cannot be replayed elsewhere).
+//!
 //! The endpoints and what they support are read from metadata on first use
 //! and kept; a failed read is tried again on the next request. Answers are
 //! read bounded, and an OAuth error's text is kept short: it reaches the
@@ -44,6 +48,8 @@ use latchkey_core::vault::Secret;
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 7523's grant type, with which an ID-JAG is redeemed.
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// RFC 7523 §2.2: a client authenticating with a signed JWT.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// How an authorization server says it redeems ID-JAGs
 /// (`authorization_grant_profiles_supported`).
 pub const ID_JAG_PROFILE: &str = "urn:ietf:params:oauth:grant-profile:id-jag";
@@ -87,27 +93,94 @@ pub struct Exchanged {
     pub jti: Option<String>,
 }
 
+/// How the client authenticates at a token endpoint.
+#[derive(Clone)]
+enum Credential {
+    /// A public client: `client_id` in the form.
+    None,
+    /// `client_secret_basic`.
+    Secret(String),
+    /// `private_key_jwt`: a short-lived JWT signed with this key.
+    PrivateKey(Arc<SigningKey>),
+}
+
+/// The key of `private_key_jwt`. `Debug`-free: it is a secret.
+struct SigningKey {
+    key: jsonwebtoken::EncodingKey,
+    algorithm: jsonwebtoken::Algorithm,
+    kid: Option<String>,
+}
+
+impl SigningKey {
+    fn load(path: &std::path::Path, kid: Option<&str>) -> Result<Self, String> {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read private_key_file {}: {e}", path.display()))?;
+        let (key, algorithm) = match jsonwebtoken::EncodingKey::from_rsa_pem(&pem) {
+            Ok(key) => (key, jsonwebtoken::Algorithm::RS256),
+            Err(_) => match jsonwebtoken::EncodingKey::from_ec_pem(&pem) {
+                Ok(key) => (key, jsonwebtoken::Algorithm::ES256),
+                Err(_) => {
+                    return Err(format!(
+                        "private_key_file {} is not a PEM RSA or EC P-256 private key",
+                        path.display()
+                    ));
+                }
+            },
+        };
+        Ok(SigningKey {
+            key,
+            algorithm,
+            kid: kid.map(str::to_string),
+        })
+    }
+
+    /// RFC 7523 §3: iss = sub = the client, aud = the endpoint, one minute.
+    fn assertion(&self, client: &str, endpoint: &Url) -> Result<String, String> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({
+            "iss": client,
+            "sub": client,
+            "aud": endpoint.as_str(),
+            "jti": latchkey_core::hex::random(16),
+            "iat": now,
+            "exp": now + 60,
+        });
+        let mut header = jsonwebtoken::Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| format!("signing the client assertion: {e}"))
+    }
+}
+
 /// A client's registration at one endpoint.
 #[derive(Clone)]
 struct ClientAuth {
     id: String,
-    secret: Option<String>,
+    credential: Credential,
 }
 
 impl ClientAuth {
-    fn from_env(id: &str, secret_env: Option<&str>, server: &str) -> Result<Self, ExchangeError> {
-        let secret = match secret_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| ExchangeError::Config {
-                server: server.to_string(),
-                message: format!(
-                    "the client secret is read from the environment variable {var}, which is not set"
-                ),
-            })?),
-            None => None,
+    fn new(
+        id: &str,
+        secret_env: Option<&str>,
+        key: Option<&Arc<SigningKey>>,
+        server: &str,
+    ) -> Result<Self, ExchangeError> {
+        let credential = match (key, secret_env) {
+            (Some(key), _) => Credential::PrivateKey(key.clone()),
+            (None, Some(var)) => {
+                Credential::Secret(std::env::var(var).map_err(|_| ExchangeError::Config {
+                    server: server.to_string(),
+                    message: format!(
+                        "the client secret is read from the environment variable {var}, which is not set"
+                    ),
+                })?)
+            }
+            (None, None) => Credential::None,
         };
         Ok(ClientAuth {
             id: id.to_string(),
-            secret,
+            credential,
         })
     }
 }
@@ -143,12 +216,24 @@ impl Exchanger {
         timeout: Duration,
     ) -> Result<Exchanger, ExchangeError> {
         let name = server.name.as_str();
-        let client = ClientAuth::from_env(
+        let key = match &settings.private_key_file {
+            Some(path) => Some(Arc::new(
+                SigningKey::load(path, settings.private_key_id.as_deref()).map_err(|message| {
+                    ExchangeError::Config {
+                        server: name.to_string(),
+                        message,
+                    }
+                })?,
+            )),
+            None => None,
+        };
+        let client = ClientAuth::new(
             &settings.client_id,
             settings.client_secret_env.as_deref(),
+            key.as_ref(),
             name,
         )?;
-        let as_client = ClientAuth::from_env(
+        let as_client = ClientAuth::new(
             settings
                 .authorization_server_client_id
                 .as_deref()
@@ -157,6 +242,7 @@ impl Exchanger {
                 .authorization_server_client_secret_env
                 .as_deref()
                 .or(settings.client_secret_env.as_deref()),
+            key.as_ref(),
             name,
         )?;
         let http = reqwest::Client::builder()
@@ -358,13 +444,22 @@ impl Exchanger {
         let (body, basic) = {
             let mut body = url::form_urlencoded::Serializer::new(String::new());
             body.extend_pairs(form.iter().copied());
-            let basic = match &client.secret {
+            let basic = match &client.credential {
                 // RFC 6749 §2.3.1: both parts form-encoded, then Basic.
-                Some(secret) => Some((
+                Credential::Secret(secret) => Some((
                     url::form_urlencoded::byte_serialize(client.id.as_bytes()).collect::<String>(),
                     url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
                 )),
-                None => {
+                Credential::PrivateKey(key) => {
+                    let assertion = key
+                        .assertion(&client.id, url)
+                        .map_err(|message| self.config(message))?;
+                    body.append_pair("client_id", &client.id);
+                    body.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
+                    body.append_pair("client_assertion", &assertion);
+                    None
+                }
+                Credential::None => {
                     body.append_pair("client_id", &client.id);
                     None
                 }

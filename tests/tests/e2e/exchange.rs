@@ -34,14 +34,28 @@ const AGENT: &str = "e2e-agent";
 struct Org {
     idp_port: u16,
     secret: String,
+    /// [`KEY_CLIENT`]'s `private_key_jwt` key: the private key's file (for
+    /// Latchkey), the public key's (for the identity provider), the PEM.
+    key: (std::path::PathBuf, std::path::PathBuf, String),
 }
 
+/// Latchkey's client that authenticates with `private_key_jwt`.
+const KEY_CLIENT: &str = "latchkey-gateway-key";
+
 impl Org {
-    fn new() -> Org {
-        Org {
+    fn new(dir: &std::path::Path) -> Result<Org> {
+        let key = rcgen::KeyPair::generate()?;
+        let (private, public) = (
+            dir.join("exchange-key.pem"),
+            dir.join("exchange-key.pub.pem"),
+        );
+        std::fs::write(&private, key.serialize_pem())?;
+        std::fs::write(&public, key.public_key_pem())?;
+        Ok(Org {
             idp_port: free_port(),
             secret: format!("exchange-secret-{}", latchkey_e2e::stack::random_hex()),
-        }
+            key: (private, public, key.serialize_pem()),
+        })
     }
 
     fn issuer(&self) -> String {
@@ -62,6 +76,7 @@ impl Org {
                 idp: IdpOptions {
                     port: Some(self.idp_port),
                     exchange_clients: self.client(),
+                    exchange_client_keys: vec![(KEY_CLIENT.to_string(), self.key.1.clone())],
                     ..IdpOptions::default()
                 },
                 replica_env: vec![(SECRET_ENV.to_string(), self.secret.clone())],
@@ -70,6 +85,9 @@ impl Org {
         )
         .await?;
         stack.remember_secret(&self.secret);
+        for line in self.key.2.lines().filter(|l| !l.starts_with("-----")) {
+            stack.remember_secret(line);
+        }
         Ok(stack)
     }
 }
@@ -135,8 +153,8 @@ async fn whoami(stack: &Stack, assignment: &str, user: &str) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_agent_without_a_browser()
 -> Result<()> {
-    let org = Org::new();
     let peers = scenario_dir("exchange_peers")?;
+    let org = Org::new(&peers)?;
     // The server trusts the identity provider's tokens issued for it.
     let upstream = OauthMcp::start_bin(
         &peers,
@@ -145,6 +163,20 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
         &format!("{}/jwks", org.issuer()),
         "crm-x",
     )?;
+    // The same server again, Latchkey's client there authenticating with
+    // private_key_jwt instead of a secret.
+    let with_key = exchange_server(
+        "crm-k",
+        &upstream,
+        &format!(
+            "kind = \"token_exchange\"\naudience = \"crm-x\"\nprivate_key_file = \"{}\"",
+            org.key.0.display()
+        ),
+    )
+    .replace(
+        &format!("client_id = \"{CLIENT}\"\nclient_secret_env = \"{SECRET_ENV}\"\n"),
+        &format!("client_id = \"{KEY_CLIENT}\"\n"),
+    );
     let stack = org
         .stack(
             "exchange",
@@ -152,7 +184,7 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
                 "crm-x",
                 &upstream,
                 "kind = \"token_exchange\"\naudience = \"crm-x\"",
-            ),
+            ) + &with_key,
         )
         .await?;
 
@@ -261,6 +293,11 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
     stack.cli(1, &ops, &["agent", "enable", AGENT], None)?;
     ensure!(whoami(&stack, "crm-x", "alice").await? == "alice");
     ensure!(stack.idp.stats().await?.token_exchange_by_sub.get("alice") == Some(&2));
+    ensure!(whoami(&stack, "crm-k", "alice").await? == "alice");
+    ensure!(
+        stack.idp.stats().await?.token_exchange_by_sub.get("alice") == Some(&3),
+        "a client authenticating with private_key_jwt exchanges too"
+    );
 
     // The identity provider goes away: a person without an exchanged token
     // gets 503 saying so; alice's, still good, keeps serving her.
@@ -286,8 +323,8 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_jag_is_redeemed_once_renewed_once_across_replicas_and_dropped_when_the_person_is_deactivated()
 -> Result<()> {
-    let org = Org::new();
     let peers = scenario_dir("id_jag_peers")?;
+    let org = Org::new(&peers)?;
     // crm's own authorization server: redeems the identity provider's
     // ID-JAGs for Latchkey's client, issues tokens for the resource.
     let authorization_server = Idp::start_with(

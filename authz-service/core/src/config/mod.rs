@@ -398,6 +398,14 @@ scheme = "per_user"
                 "remove requested_token_type",
             ),
             ("kind = \"exchange_please\"", "unknown variant"),
+            (
+                "kind = \"token_exchange\"\nprivate_key_file = \"k.pem\"\nclient_secret_env = \"S\"",
+                "keep one",
+            ),
+            (
+                "kind = \"token_exchange\"\nprivate_key_id = \"k1\"",
+                "private_key_file, which is not set",
+            ),
         ] {
             let err = Config::parse(&exchange(body)).unwrap_err().to_string();
             assert!(err.contains(says), "{body}: {err}");

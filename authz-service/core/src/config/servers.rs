@@ -58,6 +58,14 @@ pub struct ServerExchange {
     /// Basic); none: a public client, only `client_id` is sent.
     #[serde(default)]
     pub client_secret_env: Option<String>,
+    /// `private_key_jwt` (RFC 7523 §2.2): authenticate with a JWT signed by
+    /// this PKCS#8 PEM key (RSA: RS256, EC P-256: ES256) instead of a
+    /// secret, at the identity provider and at the authorization server.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// The `kid` the providers know that key by.
+    #[serde(default)]
+    pub private_key_id: Option<String>,
     /// RFC 8693 `audience` (`token_exchange` only; `id_jag` always names
     /// the server's authorization server).
     #[serde(default)]
@@ -133,6 +141,20 @@ impl ServerExchange {
     pub fn problem(&self) -> Option<String> {
         if self.client_id.is_empty() {
             return Some("client_id must not be empty".into());
+        }
+        if self.private_key_file.is_some()
+            && (self.client_secret_env.is_some()
+                || self.authorization_server_client_secret_env.is_some())
+        {
+            return Some(
+                "private_key_file and a client secret both authenticate the client; keep one"
+                    .into(),
+            );
+        }
+        if self.private_key_id.is_some() && self.private_key_file.is_none() {
+            return Some(
+                "private_key_id names the key of private_key_file, which is not set".into(),
+            );
         }
         match self.kind {
             ExchangeKind::TokenExchange => {
