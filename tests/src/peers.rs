@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::paths;
-use crate::process::{Process, free_port};
+use crate::process::{Process, free_port, on_a_free_port};
 
 pub struct Redis {
     pub port: u16,
@@ -28,7 +28,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> Result<Redis> {
-        Self::start_on(dir, free_port(), None, "redis")
+        on_a_free_port(|port| Self::start_on(dir, port, None, "redis"))
     }
 
     /// A Redis whose data survives `stop_saving` + `restart` (an RDB file
@@ -36,19 +36,21 @@ impl Redis {
     pub fn start_persistent(dir: &Path) -> Result<Redis> {
         let data = dir.join("redis-data");
         std::fs::create_dir_all(&data)?;
-        Self::start_on(dir, free_port(), Some(data), "redis")
+        on_a_free_port(|port| Self::start_on(dir, port, Some(data.clone()), "redis"))
     }
 
     /// A Redis replicating `master` (for Sentinel to promote on failover).
     pub fn start_replica_of(dir: &Path, master: &Redis, name: &str) -> Result<Redis> {
-        let replica = Self::start_with(
-            dir,
-            free_port(),
-            None,
-            name,
-            &["--replicaof", "127.0.0.1", &master.port.to_string()],
-        )?;
-        Ok(replica)
+        let master = master.port.to_string();
+        on_a_free_port(|port| {
+            Self::start_with(
+                dir,
+                port,
+                None,
+                name,
+                &["--replicaof", "127.0.0.1", &master],
+            )
+        })
     }
 
     /// A Redis on `port` (the local stack's, from its config), logging to
@@ -532,14 +534,20 @@ impl Idp {
     /// Starts one on a free port as `options` say (a second provider in the
     /// same scenario needs its own `name`, which names its log file).
     pub fn start_with(dir: &Path, options: IdpOptions) -> Result<Idp> {
-        let script = paths::peers_dir().join("idp.mjs");
         if !paths::peers_dir()
             .join("node_modules/oauth2-mock-server")
             .exists()
         {
             bail!("tests/peers/node_modules/oauth2-mock-server is missing: run scripts/setup");
         }
-        let port = options.port.unwrap_or_else(free_port);
+        match options.port {
+            Some(port) => Self::start_at(dir, &options, port),
+            None => on_a_free_port(|port| Self::start_at(dir, &options, port)),
+        }
+    }
+
+    fn start_at(dir: &Path, options: &IdpOptions, port: u16) -> Result<Idp> {
+        let script = paths::peers_dir().join("idp.mjs");
         let issuer = options
             .issuer
             .as_deref()
@@ -865,7 +873,7 @@ pub struct Everything {
 
 impl Everything {
     pub fn start(dir: &Path) -> Result<Everything> {
-        Self::start_on(dir, free_port())
+        on_a_free_port(|port| Self::start_on(dir, port))
     }
 
     /// On `port` (the local stack's, from its config).
@@ -893,7 +901,10 @@ impl FastMcp {
     /// `expect`: the `Authorization` it reports as `"expected"` in each
     /// tool result's `structuredContent.credential`.
     pub fn start(dir: &Path, page_size: usize, expect: Option<&str>) -> Result<FastMcp> {
-        let port = free_port();
+        on_a_free_port(|port| Self::start_on(dir, port, page_size, expect))
+    }
+
+    fn start_on(dir: &Path, port: u16, page_size: usize, expect: Option<&str>) -> Result<FastMcp> {
         let mut cmd = Command::new(paths::workspace_bin("fast-mcp")?);
         cmd.args(["--port", &port.to_string()])
             .args(["--page-size", &page_size.to_string()]);
@@ -934,7 +945,7 @@ impl AuthEcho {
         bin: impl AsRef<Path>,
         keep_alive: Option<Duration>,
     ) -> Result<AuthEcho> {
-        Self::start_on(dir, bin, free_port(), keep_alive)
+        on_a_free_port(|port| Self::start_on(dir, bin.as_ref(), port, keep_alive))
     }
 
     /// As [`AuthEcho::start_with`], on `port` (the local stack's, from its config).
@@ -1033,7 +1044,10 @@ pub struct Recorder {
 impl Recorder {
     /// The rmcp recorder (`record-mcp`).
     pub fn start_rmcp(dir: &Path) -> Result<Recorder> {
-        let port = free_port();
+        on_a_free_port(|port| Self::start_rmcp_on(dir, port))
+    }
+
+    fn start_rmcp_on(dir: &Path, port: u16) -> Result<Recorder> {
         let mut cmd = Command::new(paths::workspace_bin("record-mcp")?);
         cmd.args(["--port", &port.to_string()]);
         let mut process = Process::spawn("record-mcp", cmd, dir)?;
@@ -1043,7 +1057,10 @@ impl Recorder {
 
     /// The Python SDK recorder (`record_server.py` on `.venv`'s Python).
     pub fn start_python(dir: &Path) -> Result<Recorder> {
-        let port = free_port();
+        on_a_free_port(|port| Self::start_python_on(dir, port))
+    }
+
+    fn start_python_on(dir: &Path, port: u16) -> Result<Recorder> {
         let mut cmd = Command::new(paths::venv_python()?);
         cmd.arg(paths::peers_dir().join("record_server.py"))
             .args(["--port", &port.to_string()]);
@@ -1127,7 +1144,7 @@ impl OauthMcp {
         jwks: &str,
         audience: &str,
     ) -> Result<OauthMcp> {
-        Self::start_on(dir, bin, free_port(), None, issuer, jwks, audience)
+        on_a_free_port(|port| Self::start_on(dir, bin.as_ref(), port, None, issuer, jwks, audience))
     }
 
     /// As [`OauthMcp::start_bin`], on `port` (the local stack's, from its

@@ -19,6 +19,30 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// Starts something on a port that was free a moment ago, and again on
+/// another when that one was taken in between (parallel tests pick ports
+/// too): up to three tries, only when the failure says the address was in
+/// use. `start` gets the port.
+pub fn on_a_free_port<T>(mut start: impl FnMut(u16) -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start(free_port()) {
+            Err(e) if tries < 3 && address_was_taken(&e) => {
+                eprintln!("the port was taken before it was bound ({e:#}); trying another");
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether a start failed because its port was taken (Node's `EADDRINUSE`,
+/// the OS's "Address already in use" in a Rust or Redis log).
+fn address_was_taken(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_ascii_lowercase();
+    text.contains("eaddrinuse") || text.contains("address already in use")
+}
+
 /// Process groups started by [`Process::spawn`] and not stopped yet, so a
 /// program can stop them all from a signal handler ([`stop_all_started`]).
 static STARTED_GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
@@ -288,4 +312,41 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_in_between_is_tried_again_on_another_and_nothing_else_is() {
+        let mut ports = Vec::new();
+        let started = on_a_free_port(|port| {
+            ports.push(port);
+            if ports.len() == 1 {
+                bail!("listen EADDRINUSE: address already in use 127.0.0.1:{port}")
+            }
+            Ok(port)
+        })
+        .unwrap();
+        assert_eq!(ports.len(), 2, "one more try after the port was taken");
+        assert_eq!(started, ports[1]);
+
+        let mut tries = 0;
+        let refused = on_a_free_port(|_| -> Result<()> {
+            tries += 1;
+            bail!("redis-server not found")
+        });
+        assert!(
+            refused.is_err() && tries == 1,
+            "another failure is not retried"
+        );
+
+        let mut tries = 0;
+        let taken = on_a_free_port(|_| -> Result<()> {
+            tries += 1;
+            bail!("bind: Address already in use")
+        });
+        assert!(taken.is_err() && tries == 3, "three tries at most");
+    }
 }

@@ -288,10 +288,13 @@ impl Exchanger {
     /// is wrong with it (unreachable, no token exchange, no ID-JAG profile),
     /// for `latchkey policy lint --probe`.
     pub async fn probe(&self) -> Result<(), ExchangeError> {
-        self.endpoints
-            .get_or_try_init(|| self.discover())
-            .await
-            .map(|_| ())
+        self.endpoints().await.map(|_| ())
+    }
+
+    /// The endpoints, discovered on first use (a failure is tried again
+    /// on the next call).
+    async fn endpoints(&self) -> Result<&Endpoints, ExchangeError> {
+        self.endpoints.get_or_try_init(|| self.discover()).await
     }
 
     /// Exchanges `subject` (the caller's verified token), with `actor`
@@ -301,11 +304,7 @@ impl Exchanger {
         subject: &Secret,
         actor: Option<&Secret>,
     ) -> Result<Exchanged, ExchangeError> {
-        let endpoints = self
-            .endpoints
-            .get_or_try_init(|| self.discover())
-            .await?
-            .clone();
+        let endpoints = self.endpoints().await?.clone();
         let s = &self.settings;
         let scope = s.scopes.join(" ");
         let mut form: Vec<(&str, &str)> = vec![

@@ -215,6 +215,9 @@ pub struct Exchanged {
     pub jti: Option<String>,
 }
 
+/// How the ids of exchanged tokens begin; nobody else may take such an id.
+pub const EXCHANGED_ID_PREFIX: &str = "exchanged-";
+
 /// The id of the identity holding the token exchanged for `user` acting
 /// through `agent` (or alone) at `server` with `scopes`: the same on every
 /// replica, so they share one token, and different for any other agent or
@@ -233,7 +236,10 @@ pub fn exchanged_identity_id(
         agent.unwrap_or(""),
         scopes.join(" ")
     );
-    format!("exchanged-{}", &crate::hex::sha256(input.as_bytes())[..32])
+    format!(
+        "{EXCHANGED_ID_PREFIX}{}",
+        &crate::hex::sha256(input.as_bytes())[..32]
+    )
 }
 
 /// Why an identity cannot back a request.

@@ -210,6 +210,24 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
         "{record:?}"
     );
 
+    // Nobody can store a secret of their own under an exchanged token's id.
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let taken = stack
+        .cli(
+            0,
+            &alice_admin,
+            &[
+                "identity", "create", "--server", "crm-x", "--id", &record.id,
+            ],
+            Some("alices-own-secret"),
+        )
+        .err()
+        .context("an identity was created under an exchanged token's id")?;
+    ensure!(
+        format!("{taken:#}").contains("hold the tokens Latchkey exchanges"),
+        "{taken:#}"
+    );
+
     // Bob gets his own, not alice's.
     ensure!(whoami(&stack, "crm-x", "bob").await? == "bob");
     let stats = stack.idp.stats().await?;

@@ -515,6 +515,17 @@ impl Decider<'_> {
             open.record
                 .usable_by(user, server)
                 .map_err(|e| use_denial(&e))?;
+            // Only a token Latchkey exchanged stands here, never a secret
+            // someone stored under the same id.
+            if open.record.exchanged.is_none() {
+                return Err(Deny::unavailable(
+                    "exchange_unavailable",
+                    format!(
+                        "identity '{}' is not a token Latchkey exchanged; an operator deletes it so that one can be",
+                        open.record.id
+                    ),
+                ));
+            }
         }
         let refused = current.as_ref().is_some_and(|open| {
             ctx.rejected_credentials

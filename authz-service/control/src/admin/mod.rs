@@ -27,8 +27,8 @@ use latchkey_core::audit::{LifecycleEvent, identity_summary, principal_summary};
 use latchkey_core::capability::{Capabilities, Capability};
 use latchkey_core::config::IdentityScheme;
 use latchkey_core::identity::{
-    Availability, ConnectionRecord, PrincipalKind, PrincipalRecord, Status, UseError, VaultRecord,
-    now_rfc3339,
+    Availability, ConnectionRecord, EXCHANGED_ID_PREFIX, PrincipalKind, PrincipalRecord, Status,
+    UseError, VaultRecord, now_rfc3339,
 };
 use latchkey_store::credentials::{ChangeError, NewIdentity, PutError, RotateError};
 use latchkey_store::store::{Mutation, StoreError};
@@ -313,6 +313,14 @@ impl Admin for AdminService {
         } else {
             req.id.clone()
         };
+        // Exchanged tokens are stored under ids of their own: a person who
+        // stored a secret there would have it injected instead of the token
+        // the identity provider agreed to (or refused) to issue.
+        if id.starts_with(EXCHANGED_ID_PREFIX) {
+            return Err(RpcStatus::invalid_argument(format!(
+                "identity ids starting with '{EXCHANGED_ID_PREFIX}' hold the tokens Latchkey exchanges ([servers.exchange]); choose another id"
+            )));
+        }
         // Ids the config names for shared assignments belong to the
         // organisation: only a global identity for that server, created by
         // someone who manages identities, may take one.
