@@ -473,6 +473,13 @@ async fn an_id_jag_is_redeemed_once_renewed_once_across_replicas_and_dropped_whe
             && e["before"]["source"] == "exchange"),
         "the drop is audited"
     );
+    ensure!(
+        events.iter().any(|e| e["action"] == "identity.refresh"
+            && e["actor"] == "latchkey (token exchange)"
+            && e["after"]["source"] == "exchange"
+            && e["after"]["jti"].is_string()),
+        "a renewal is an identity.refresh by the exchange, naming the new token's jti"
+    );
     let decisions: Vec<&Value> = events
         .iter()
         .filter(|e| e["event"] == "decision" && e["user"] == "alice" && e["decision"] == "allow")

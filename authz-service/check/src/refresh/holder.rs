@@ -197,6 +197,11 @@ impl Refresher {
         exchanged: Option<Exchanged>,
     ) -> Result<Outcome, CredentialError> {
         let r = &base.record;
+        let actor = if exchanged.is_some() {
+            EXCHANGE_ACTOR
+        } else {
+            ACTOR
+        };
         let old_refresh = match &base.secret {
             IdentitySecret::Oauth { refresh_token, .. } => refresh_token.clone(),
             IdentitySecret::Static { .. } => None,
@@ -229,14 +234,14 @@ impl Refresher {
                 if exchanged.is_some() {
                     next.exchanged = exchanged.clone();
                 }
-                next.updated_by = ACTOR.to_string();
+                next.updated_by = actor.to_string();
                 next.updated_at = now_rfc3339();
                 let mut after = identity_summary(&next);
                 after["expires_at"] = json!(next.expires_at);
                 after["refresh_token_rotated"] = json!(rotated);
                 let event = LifecycleEvent::new(
                     "identity.refresh",
-                    ACTOR,
+                    actor,
                     "identity",
                     &r.id,
                     Some(identity_summary(current)),
