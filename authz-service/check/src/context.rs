@@ -29,6 +29,10 @@ pub struct RequestContext {
     /// The request's `Cookie`: a browser on the gateway's host sends the
     /// connect page's cookies here too, and they must not go upstream.
     pub cookie: Option<String>,
+    /// Headers the config asks to read (`[servers.exchange]
+    /// subject_token_header`: an ID token), by lowercase name. Tokens:
+    /// `Debug` shows only the names.
+    pub kept_headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RequestContext {
@@ -47,6 +51,10 @@ impl std::fmt::Debug for RequestContext {
             .field("body_bytes", &self.body.len())
             .field("rejected_credentials", &self.rejected_credentials)
             .field("cookie_bytes", &self.cookie.as_ref().map(String::len))
+            .field(
+                "kept_headers",
+                &self.kept_headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -55,6 +63,11 @@ impl RequestContext {
     /// A request it cannot judge because it is malformed is refused with
     /// the filter's own refusal (400 and a JSON-RPC error), never forwarded.
     pub fn from_check(req: &CheckRequest) -> Result<Self, RequestError> {
+        Self::from_check_keeping(req, &[])
+    }
+
+    /// As [`Self::from_check`], also keeping the headers named in `keep`.
+    pub fn from_check_keeping(req: &CheckRequest, keep: &[&str]) -> Result<Self, RequestError> {
         let attrs = req.attributes.clone().unwrap_or_default();
         let http = attrs.request.and_then(|r| r.http).unwrap_or_default();
         let header = |name: &str| {
@@ -117,7 +130,12 @@ impl RequestContext {
                     .collect()
             })
             .unwrap_or_default();
+        let kept_headers = keep
+            .iter()
+            .filter_map(|name| Some((name.to_ascii_lowercase(), header(name)?)))
+            .collect();
         Ok(Self {
+            kept_headers,
             rejected_credentials,
             body,
             request_id: http.id.clone(),
@@ -134,6 +152,14 @@ impl RequestContext {
 }
 
 impl RequestContext {
+    /// A header kept by [`Self::from_check_keeping`].
+    pub fn kept_header(&self, name: &str) -> Option<&str> {
+        self.kept_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// `params.arguments` of a `tools/call` body, if there are any. Read
     /// only when a policy constraint needs them.
     pub fn tool_arguments(&self) -> Option<serde_json::Value> {

@@ -278,6 +278,11 @@ impl Exchanger {
         &self.settings.scopes
     }
 
+    /// The header the caller's ID token comes in, when that is the subject.
+    pub fn subject_token_header(&self) -> Option<&str> {
+        self.settings.subject_token_header.as_deref()
+    }
+
     /// Whether the caller's token also goes as the `actor_token` when the
     /// agent was recognised by its `client_id`.
     pub fn sends_actor_token(&self) -> bool {
@@ -310,7 +315,7 @@ impl Exchanger {
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", TOKEN_EXCHANGE_GRANT),
             ("subject_token", subject.expose()),
-            ("subject_token_type", &s.subject_token_type),
+            ("subject_token_type", s.subject_token_type()),
             ("resource", &self.resource),
         ];
         let requested = match s.kind {

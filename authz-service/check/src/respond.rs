@@ -89,6 +89,16 @@ fn allow(a: &Allow) -> CheckResponse {
         "authorization".to_string(),
         latchkey_filter::stale::REJECTED_HEADER.to_string(),
     ];
+    // Nor does an ID token the caller sent to be exchanged.
+    if let Some(h) = a
+        .route
+        .server
+        .exchange
+        .as_ref()
+        .and_then(|x| x.subject_token_header.as_deref())
+    {
+        headers_to_remove.push(h.to_ascii_lowercase());
+    }
     if let Some(h) = &a.inject {
         headers_to_remove.retain(|r| *r != h.name);
         headers.push(header(

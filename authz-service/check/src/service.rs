@@ -52,7 +52,14 @@ impl Authorization for CheckService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let ctx = match RequestContext::from_check(request.get_ref()) {
+        // An ID token a [servers.exchange] reads (few servers, rarely any).
+        let keep: Vec<&str> = self
+            .config
+            .servers
+            .iter()
+            .filter_map(|s| s.exchange.as_ref()?.subject_token_header.as_deref())
+            .collect();
+        let ctx = match RequestContext::from_check_keeping(request.get_ref(), &keep) {
             Ok(ctx) => ctx,
             Err(bad) => {
                 let denied = respond::bad_request(&bad);

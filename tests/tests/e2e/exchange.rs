@@ -17,7 +17,8 @@ use latchkey_core::identity::{IdentitySecret, VaultRecord, exchanged_identity_id
 use latchkey_core::vault::KeyRing;
 use latchkey_e2e::client::INITIALIZE;
 use latchkey_e2e::{
-    Idp, IdpOptions, McpClient, OauthMcp, Stack, StackOptions, free_port, post_json, scenario_dir,
+    AuthEcho, Idp, IdpOptions, McpClient, OauthMcp, Stack, StackOptions, TokenRequest, free_port,
+    post_json, scenario_dir,
 };
 use serde_json::{Value, json};
 
@@ -177,6 +178,15 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
         &format!("client_id = \"{CLIENT}\"\nclient_secret_env = \"{SECRET_ENV}\"\n"),
         &format!("client_id = \"{KEY_CLIENT}\"\n"),
     );
+    // A server whose exchange takes the person's ID token, sent in its own
+    // header, as the subject; an upstream that reports every header it got.
+    let echo = AuthEcho::start_bin(&peers, env!("CARGO_BIN_EXE_auth-echo"))?;
+    let with_id_token = exchange_server(
+        "crm-id",
+        &upstream,
+        "kind = \"token_exchange\"\naudience = \"crm-id\"\nsubject_token_header = \"x-id-token\"",
+    )
+    .replace(&upstream.url(), &echo.url());
     let stack = org
         .stack(
             "exchange",
@@ -184,7 +194,8 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
                 "crm-x",
                 &upstream,
                 "kind = \"token_exchange\"\naudience = \"crm-x\"",
-            ) + &with_key,
+            ) + &with_key
+                + &with_id_token,
         )
         .await?;
 
@@ -315,6 +326,92 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
     ensure!(
         stack.idp.stats().await?.token_exchange_by_sub.get("alice") == Some(&3),
         "a client authenticating with private_key_jwt exchanges too"
+    );
+
+    // An ID token as the subject: alice's own, issued to her agent, is
+    // exchanged, and never reaches the upstream; none, another person's or
+    // another client's is refused before anything is exchanged.
+    let access = stack.token("alice").await?;
+    let id_token = async |sub: &str, client: &str| {
+        stack
+            .token_with(&TokenRequest::new(sub, client).client(client))
+            .await
+    };
+    let (alices, bobs, elsewhere) = (
+        id_token("alice", AGENT).await?,
+        id_token("bob", AGENT).await?,
+        id_token("alice", "another-client").await?,
+    );
+    let exchanges = stack.idp.stats().await?.token_exchange;
+    for (header, says) in [
+        (None, "the request has none"),
+        (Some(&bobs), "another person's"),
+        (Some(&elsewhere), "it is not valid"),
+    ] {
+        let headers: Vec<(&str, &str)> = header
+            .map(|h| ("x-id-token", h.as_str()))
+            .into_iter()
+            .collect();
+        let refused = post_json(&stack.url("crm-id"), Some(&access), INITIALIZE, &headers).await?;
+        ensure!(
+            refused.status == 403 && refused.body.contains(says),
+            "{} {}",
+            refused.status,
+            refused.body
+        );
+    }
+    ensure!(
+        stack.idp.stats().await?.token_exchange == exchanges,
+        "nothing was exchanged for those"
+    );
+    let with_header = [("x-id-token", alices.as_str())];
+    let init = post_json(
+        &stack.url("crm-id"),
+        Some(&access),
+        INITIALIZE,
+        &with_header,
+    )
+    .await?;
+    ensure!(init.status == 200, "{} {}", init.status, init.body);
+    let session = init
+        .header("mcp-session-id")
+        .context("a session")?
+        .to_string();
+    let call = post_json(
+        &stack.url("crm-id"),
+        Some(&access),
+        &latchkey_e2e::client::tools_call(json!(2), "whoami"),
+        &[
+            ("x-id-token", alices.as_str()),
+            ("mcp-session-id", session.as_str()),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+    )
+    .await?;
+    let credential = call
+        .messages()
+        .first()
+        .and_then(|m| {
+            m["result"]["content"][0]["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .with_context(|| format!("whoami answered {} {}", call.status, call.body))?;
+    let exchanged = credential
+        .strip_prefix("Bearer ")
+        .context("a bearer token")?;
+    stack.remember_secret(exchanged);
+    let claims = latchkey_e2e::jwt_claims(exchanged)?;
+    ensure!(
+        claims["sub"] == "alice" && claims["aud"] == "crm-id",
+        "{claims}"
+    );
+    ensure!(stack.idp.stats().await?.token_exchange == exchanges + 1);
+    let seen = echo.seen().await?;
+    let names = seen["header_names"].as_array().context("header_names")?;
+    ensure!(
+        names.iter().any(|n| n == "authorization") && !names.iter().any(|n| n == "x-id-token"),
+        "the ID token stays at the gateway: {seen}"
     );
 
     // The identity provider goes away: a person without an exchanged token

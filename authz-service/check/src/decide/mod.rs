@@ -500,9 +500,14 @@ impl Decider<'_> {
                 ),
             ));
         };
-        // Verified a moment ago; this is the token the identity provider exchanges.
+        // Verified a moment ago; the token the identity provider exchanges,
+        // unless an ID token of the same person is asked for.
         let subject = bearer_token(ctx.authorization.as_deref())
             .map_err(|e| authn_denial(e, route, ctx.mcp.as_ref().and_then(|m| m.id.clone())))?;
+        let subject_token = match exchanger.subject_token_header() {
+            None => subject.to_string(),
+            Some(header) => self.id_token(ctx, caller, server, header).await?,
+        };
         let agent = caller.agent.clone();
         let id = exchanged_identity_id(user, agent.as_deref(), server, exchanger.scopes());
         let current = self
@@ -538,7 +543,7 @@ impl Decider<'_> {
         .then(|| Secret::new(subject));
         let call = ExchangeCall {
             exchanger: exchanger.clone(),
-            subject: Secret::new(subject),
+            subject: Secret::new(subject_token),
             actor,
             user: user.clone(),
             agent,
@@ -555,6 +560,44 @@ impl Decider<'_> {
                     Deny::unavailable("exchange_unavailable", e.to_string())
                 }
             })
+    }
+
+    /// The ID token the caller sent in `header` for `server`'s exchange:
+    /// signed by the identity provider, issued to the client the access
+    /// token was issued to, for the same person. Anything else is refused.
+    async fn id_token(
+        &self,
+        ctx: &RequestContext,
+        caller: &Caller,
+        server: &str,
+        header: &str,
+    ) -> Result<String, Deny> {
+        let refused = |why: String| {
+            forbidden(
+                "id_token_refused",
+                format!(
+                    "server '{server}' exchanges your ID token, sent in the '{header}' header: {why}"
+                ),
+            )
+        };
+        let token = ctx
+            .kept_header(header)
+            .ok_or_else(|| refused("the request has none".into()))?;
+        let client = caller
+            .client_id
+            .as_deref()
+            .ok_or_else(|| refused("the access token names no client it was issued to".into()))?;
+        let (id, _) = self
+            .verifier
+            .verify_with_claims(token, client)
+            .await
+            .map_err(|e| refused(format!("it is not valid ({e})")))?;
+        if id.subject != caller.subject {
+            return Err(refused(
+                "it is another person's than the access token's".into(),
+            ));
+        }
+        Ok(token.to_string())
     }
 
     /// `open`, with an OAuth access token that is due (or that the upstream

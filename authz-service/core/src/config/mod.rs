@@ -364,7 +364,7 @@ scheme = "per_user"
         let c = Config::parse(&exchange("kind = \"token_exchange\"\naudience = \"crm\"")).unwrap();
         let x = c.servers[0].exchange.as_ref().unwrap();
         assert_eq!(x.kind, ExchangeKind::TokenExchange);
-        assert_eq!(x.subject_token_type, token_types::ACCESS_TOKEN);
+        assert_eq!(x.subject_token_type(), token_types::ACCESS_TOKEN);
         assert!(
             x.actor_token,
             "the agent goes as the actor unless turned off"
@@ -380,6 +380,15 @@ scheme = "per_user"
         assert_eq!(
             c.servers[0].exchange.as_ref().unwrap().kind,
             ExchangeKind::IdJag
+        );
+        let c = Config::parse(&exchange(
+            "kind = \"token_exchange\"\nsubject_token_header = \"x-id-token\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.servers[0].exchange.as_ref().unwrap().subject_token_type(),
+            token_types::ID_TOKEN,
+            "an ID token from the header is sent as one"
         );
 
         for (body, says) in [
@@ -401,6 +410,10 @@ scheme = "per_user"
             (
                 "kind = \"token_exchange\"\nprivate_key_file = \"k.pem\"\nclient_secret_env = \"S\"",
                 "keep one",
+            ),
+            (
+                "kind = \"token_exchange\"\nsubject_token_header = \"Authorization\"",
+                "not authorization, cookie or host",
             ),
             (
                 "kind = \"token_exchange\"\nprivate_key_id = \"k1\"",

@@ -79,9 +79,16 @@ pub struct ServerExchange {
     /// The token type asked for (`token_exchange` only; default an access token).
     #[serde(default)]
     pub requested_token_type: Option<String>,
-    /// What the caller's token is presented as (default an access token).
-    #[serde(default = "default_subject_token_type")]
-    pub subject_token_type: String,
+    /// The subject token's type (default: an ID token with
+    /// `subject_token_header`, else an access token).
+    #[serde(default)]
+    pub subject_token_type: Option<String>,
+    /// Exchange the ID token the caller sends in this header instead of
+    /// their access token (the MCP extension's subject). It must verify as
+    /// the identity provider's, be issued to the access token's client for
+    /// the same person; it never goes upstream.
+    #[serde(default)]
+    pub subject_token_header: Option<String>,
     /// Where the agent is recognised by the token's `client_id` (it is an
     /// OAuth client of its own), send that token as the `actor_token` too,
     /// so the issued token names the agent in `act`.
@@ -125,11 +132,8 @@ impl ExchangeKind {
 /// RFC 8693 token type identifiers.
 pub mod token_types {
     pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
     pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
-}
-
-fn default_subject_token_type() -> String {
-    token_types::ACCESS_TOKEN.into()
 }
 
 fn yes() -> bool {
@@ -137,8 +141,32 @@ fn yes() -> bool {
 }
 
 impl ServerExchange {
+    /// The type the subject token is sent as.
+    pub fn subject_token_type(&self) -> &str {
+        match (&self.subject_token_type, &self.subject_token_header) {
+            (Some(t), _) => t,
+            (None, Some(_)) => token_types::ID_TOKEN,
+            (None, None) => token_types::ACCESS_TOKEN,
+        }
+    }
+
     /// What is wrong with this section, for config validation.
     pub fn problem(&self) -> Option<String> {
+        if let Some(h) = &self.subject_token_header {
+            let lower = h.to_ascii_lowercase();
+            if ["authorization", "cookie", "host"].contains(&lower.as_str())
+                || lower.starts_with(':')
+                || h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Some(format!(
+                    "subject_token_header '{h}' must be a header of its own (letters, digits, '-'), \
+                     not authorization, cookie or host"
+                ));
+            }
+        }
         if self.client_id.is_empty() {
             return Some("client_id must not be empty".into());
         }
