@@ -104,7 +104,7 @@ impl Redis {
     pub fn start_cluster(dir: &Path, n: usize) -> Result<Vec<Redis>> {
         let mut nodes = Vec::new();
         for i in 0..n {
-            let port = free_port();
+            let port = crate::process::free_cluster_port();
             let mut cmd = Command::new("redis-server");
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])

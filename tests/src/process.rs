@@ -11,8 +11,52 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Where [`free_port`] picks from: below Linux's ephemeral range (32768 and
+/// up by default). A port the kernel handed out for `bind(0)` is also what
+/// it hands out as the source port of outgoing connections, and the tests
+/// make many: one picked that way could be taken by a connection before
+/// Envoy or a peer bound it. None below that range is ever taken so.
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Ports this process handed out already, so two parts never get the same.
+static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A port that was free a moment ago on 127.0.0.1, not handed out before
+/// by this process, outside the ephemeral range (see [`PICKED_PORTS`]).
 pub fn free_port() -> u16 {
+    pick(PICKED_PORTS, None)
+}
+
+/// A port for a Redis Cluster node: it and its cluster bus port (10 000
+/// above) both free, both below the ephemeral range, neither handed out.
+pub fn free_cluster_port() -> u16 {
+    pick(10_000..20_000, Some(10_000))
+}
+
+fn pick(range: std::ops::Range<u16>, companion: Option<u16>) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let free = |handed: &Vec<u16>, port: u16| {
+        !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    let span = range.end - range.start;
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        let port = range.start + (h.finish() % u64::from(span)) as u16;
+        let other = companion.map(|offset| port + offset);
+        if free(&handed, port) && other.is_none_or(|o| free(&handed, o)) {
+            handed.push(port);
+            handed.extend(other);
+            return port;
+        }
+    }
+    // That range is full: whatever the kernel gives.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -317,6 +361,16 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn picked_ports_are_below_the_ephemeral_range_and_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| PICKED_PORTS.contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
 
     #[test]
     fn a_port_taken_in_between_is_tried_again_on_another_and_nothing_else_is() {
