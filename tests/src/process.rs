@@ -33,22 +33,28 @@ pub fn free_cluster_port() -> u16 {
     pick(10_000..20_000, Some(10_000))
 }
 
-fn pick(range: std::ops::Range<u16>, companion: Option<u16>) -> u16 {
+/// 64 random bits, enough for test ids and port picks (no crypto needed):
+/// the standard library's per-instance hash keys over the clock.
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+fn pick(range: std::ops::Range<u16>, companion: Option<u16>) -> u16 {
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let free = |handed: &Vec<u16>, port: u16| {
         !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
     };
     let span = range.end - range.start;
     for _ in 0..200 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        let port = range.start + (h.finish() % u64::from(span)) as u16;
+        let port = range.start + (random_u64() % u64::from(span)) as u16;
         let other = companion.map(|offset| port + offset);
         if free(&handed, port) && other.is_none_or(|o| free(&handed, o)) {
             handed.push(port);

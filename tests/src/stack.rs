@@ -969,17 +969,9 @@ pub fn run_with_stderr(cmd: &mut Command, stdin: Option<&str>) -> Result<(String
 }
 
 pub fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    for _ in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
+    format!(
+        "{:016x}{:016x}",
+        crate::process::random_u64(),
+        crate::process::random_u64()
+    )
 }

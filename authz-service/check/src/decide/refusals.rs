@@ -55,19 +55,21 @@ pub(super) fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value
 
 impl Deny {
     pub(super) fn unavailable(reason: &'static str, message: String) -> Deny {
-        Deny {
-            refusal: RequestError {
-                http_status: 503,
-                jsonrpc_code: codes::UNAVAILABLE,
-                message,
-                id: None,
-            },
-            www_authenticate: None,
-            reason,
-            body: None,
-            attribution: None,
-            elicitation: None,
-        }
+        refusal(503, codes::UNAVAILABLE, reason, message)
+    }
+}
+
+/// A refusal that is a JSON-RPC error with `message`, and nothing else.
+fn refusal(http_status: u16, jsonrpc_code: i64, reason: &'static str, message: String) -> Deny {
+    Deny {
+        refusal: RequestError {
+            http_status,
+            jsonrpc_code,
+            message,
+            id: None,
+        },
+        reason,
+        ..Deny::default()
     }
 }
 
@@ -91,19 +93,7 @@ pub(super) fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError
 }
 
 pub(super) fn forbidden(reason: &'static str, message: String) -> Deny {
-    Deny {
-        refusal: RequestError {
-            http_status: 403,
-            jsonrpc_code: codes::FORBIDDEN,
-            message,
-            id: None,
-        },
-        www_authenticate: None,
-        reason,
-        body: None,
-        attribution: None,
-        elicitation: None,
-    }
+    refusal(403, codes::FORBIDDEN, reason, message)
 }
 
 /// The reason of a refusal that the connect page can resolve: `consent`
