@@ -272,10 +272,27 @@ impl Process {
     }
 
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_lines(needle, 1, timeout)
+    }
+
+    /// Waits until `count` lines of the log contain `needle`: a line a
+    /// process prints each time something happens (a key added, a reload)
+    /// must be counted, or the second wait is answered by the first line.
+    pub fn wait_for_log_lines(
+        &mut self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
         let log = self.log.clone();
-        self.wait_until(&format!("logging {needle:?}"), timeout, || {
-            std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle))
-        })
+        self.wait_until(
+            &format!("logging {needle:?} {count} times"),
+            timeout,
+            || {
+                std::fs::read_to_string(&log)
+                    .is_ok_and(|t| t.lines().filter(|l| l.contains(needle)).count() >= count)
+            },
+        )
     }
 
     /// Stops the process group (TERM, then KILL after a grace period).

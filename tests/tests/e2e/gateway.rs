@@ -285,7 +285,7 @@ async fn bad_tokens_get_401_pointing_at_metadata_that_resolves() -> Result<()> {
     // token signed with a key fetched before still verifies.
     let idp = stack.idp.process.as_mut().expect("test-owned IdP");
     idp.signal(libc::SIGUSR2);
-    idp.wait_for_log("IDP_KEY_ADDED", Duration::from_secs(10))?;
+    idp.wait_for_log_lines("IDP_KEY_ADDED", 2, Duration::from_secs(10))?;
     let mut unseen = None;
     let mut known = None;
     for _ in 0..20 {
