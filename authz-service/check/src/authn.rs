@@ -140,6 +140,55 @@ struct Claims {
     #[serde(default)]
     roles: OneOrMany,
     act: Option<Actor>,
+    /// RFC 9068 / RFC 8693: space-separated.
+    scope: Option<String>,
+    /// The list form some providers use instead.
+    #[serde(default)]
+    scp: OneOrMany,
+    acr: Option<String>,
+    auth_time: Option<u64>,
+}
+
+impl Claims {
+    /// The caller a verified token's claims establish, and the token's `exp`.
+    fn into_caller(
+        all: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Caller, Option<u64>), AuthnError> {
+        let all = serde_json::Value::Object(all);
+        // Claims of the wrong type (a numeric `sub`, a `scope` list) make
+        // the token malformed rather than silently absent.
+        let claims = Claims::deserialize(&all).map_err(|_| AuthnError::Malformed)?;
+        let serde_json::Value::Object(all) = all else {
+            return Err(AuthnError::Malformed);
+        };
+        let subject = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthnError::MissingClaim("sub"))?;
+        let mut scopes: Vec<String> = claims
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .chain(claims.scp.into_vec())
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        let caller = Caller {
+            subject,
+            client_id: claims.client_id.or(claims.azp),
+            roles: role_values(claims.groups, claims.roles),
+            actors: delegation_chain(claims.act)?,
+            scopes,
+            acr: claims.acr,
+            auth_time: claims.auth_time,
+            claims: std::sync::Arc::new(all),
+            ..Caller::default()
+        };
+        Ok((caller, claims.exp))
+    }
 }
 
 /// A claim that is one string or a list of strings (both are common).
@@ -352,19 +401,8 @@ impl TokenVerifier {
             }
             self.verified_lookups.miss();
         }
-        let claims: Claims = self.verify_as(token, audience).await?;
-        let subject = claims
-            .sub
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthnError::MissingClaim("sub"))?;
-        let caller = Caller {
-            subject,
-            client_id: claims.client_id.or(claims.azp),
-            roles: role_values(claims.groups, claims.roles),
-            actors: delegation_chain(claims.act)?,
-            ..Caller::default()
-        };
-        if let (Some(cache), Some(key), Some(exp)) = (&self.verified, cache_key, claims.exp) {
+        let (caller, exp) = Claims::into_caller(self.verify_as(token, audience).await?)?;
+        if let (Some(cache), Some(key), Some(exp)) = (&self.verified, cache_key, exp) {
             cache.insert(
                 key,
                 Verified {
@@ -385,23 +423,7 @@ impl TokenVerifier {
     ) -> Result<(Caller, serde_json::Map<String, serde_json::Value>), AuthnError> {
         let claims: serde_json::Map<String, serde_json::Value> =
             self.verify_as(token, audience).await?;
-        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let subject = text("sub")
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthnError::MissingClaim("sub"))?;
-        let list = |k: &str| {
-            claims
-                .get(k)
-                .cloned()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default()
-        };
-        let caller = Caller {
-            subject,
-            client_id: text("client_id").or_else(|| text("azp")),
-            roles: role_values(list("groups"), list("roles")),
-            ..Caller::default()
-        };
+        let (caller, _) = Claims::into_caller(claims.clone())?;
         Ok((caller, claims))
     }
 

@@ -83,7 +83,7 @@ async fn scrape(State(state): State<Arc<ControlState>>) -> Response {
 
 async fn metadata_root(State(state): State<Arc<ControlState>>) -> Response {
     match state.config.gateways.as_slice() {
-        [only] => Json(resource_metadata(only, state.verifier.issuer())).into_response(),
+        [only] => Json(resource_metadata(only, &state)).into_response(),
         _ => not_found("/"),
     }
 }
@@ -100,18 +100,32 @@ async fn metadata(
         requested == base || requested.starts_with(&format!("{base}/"))
     });
     match gateway {
-        Some(g) => Json(resource_metadata(g, state.verifier.issuer())).into_response(),
+        Some(g) => Json(resource_metadata(g, &state)).into_response(),
         None => not_found(&requested),
     }
 }
 
-fn resource_metadata(g: &Gateway, issuer: &str) -> serde_json::Value {
-    json!({
+/// RFC 9728 metadata for one gateway, with what its policy can ask of a
+/// token: the scopes grants require per tool (`scopes_supported`) and the
+/// sign-in classes step-up rules require (`acr_values_supported`, named as
+/// in OpenID discovery), each only when there are some.
+fn resource_metadata(g: &Gateway, state: &ControlState) -> serde_json::Value {
+    let mut doc = json!({
         "resource": g.public_url.as_str().trim_end_matches('/'),
-        "authorization_servers": [issuer],
+        "authorization_servers": [state.verifier.issuer()],
         "bearer_methods_supported": ["header"],
         "resource_name": format!("Latchkey gateway {}", g.name),
-    })
+    });
+    let policy = state.policy.current();
+    let scopes = policy.scopes_supported(&g.name);
+    if !scopes.is_empty() {
+        doc["scopes_supported"] = json!(scopes);
+    }
+    let acr = policy.acr_values_supported(&g.name);
+    if !acr.is_empty() {
+        doc["acr_values_supported"] = json!(acr);
+    }
+    doc
 }
 
 fn not_found(path: &str) -> Response {

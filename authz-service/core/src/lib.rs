@@ -27,3 +27,9 @@ pub mod policy;
 pub mod principal;
 pub mod routing;
 pub mod vault;
+
+/// Now, in Unix seconds: the clock conditions, step-up ages and expiries
+/// are judged by.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

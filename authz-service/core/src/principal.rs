@@ -48,4 +48,14 @@ pub struct Caller {
     pub agent_source: Option<AgentSource>,
     /// The agent acts for nobody: `subject` is the agent itself.
     pub headless: bool,
+    /// The token's scopes (`scope`, space-separated, or an `scp` list), for
+    /// grants that require scopes per tool.
+    pub scopes: Vec<String>,
+    /// How the person signed in (`acr`) and when (`auth_time`, Unix
+    /// seconds), for step-up rules (RFC 9470).
+    pub acr: Option<String>,
+    pub auth_time: Option<u64>,
+    /// Every claim of the token, for conditions (`claims.department`). The
+    /// identity provider signed them; their size is bounded by the token's.
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }

@@ -24,8 +24,9 @@ mod refusals;
 
 pub use self::refusals::{CONSENT_NEEDED, HIDDEN_BY_POLICY};
 use self::refusals::{
-    ambiguous, authn_denial, consent_needed, forbidden, hidden_answer, reauthorise_needed,
-    shared_tokens_needed, tool_error_body, unavailable, use_denial,
+    ambiguous, authn_denial, consent_needed, forbidden, hidden_answer, insufficient_scope,
+    reauthorise_needed, shared_tokens_needed, step_up_needed, tool_error_body, unavailable,
+    use_denial,
 };
 
 /// A header to set on the upstream request.
@@ -343,6 +344,10 @@ impl Decider<'_> {
                 )),
                 ..Deny::default()
             }),
+            policy::Verdict::InsufficientScope { tool, scopes } => {
+                Some(insufficient_scope(route, &tool, &scopes, id))
+            }
+            policy::Verdict::StepUp(s) => Some(step_up_needed(route, name, &s, id)),
         }
     }
 

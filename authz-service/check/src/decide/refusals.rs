@@ -172,7 +172,7 @@ pub(super) fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> D
     if let Some(code) = e.bearer_error() {
         challenge.push_str(&format!(
             ", error=\"{code}\", error_description=\"{}\"",
-            e.to_string().replace('"', "'")
+            challenge_text(&e.to_string())
         ));
     }
     Deny {
@@ -190,5 +190,91 @@ pub(super) fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> D
         body: None,
         attribution: None,
         elicitation: None,
+    }
+}
+
+/// `text` as it may stand inside a quoted `WWW-Authenticate` parameter:
+/// printable ASCII without `"` or `\\` (RFC 6750 §3), at most 240 bytes.
+fn challenge_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            ' '..='~' if c != '\\' => c,
+            _ => '?',
+        })
+        .take(240)
+        .collect()
+}
+
+/// A call whose grants need scopes the token lacks: 403 with the RFC 6750
+/// `insufficient_scope` challenge naming them, which MCP clients answer by
+/// asking the identity provider for them and calling again.
+pub(super) fn insufficient_scope(
+    route: &Route,
+    tool: &str,
+    scopes: &[String],
+    id: Option<&Value>,
+) -> Deny {
+    let wanted = scopes.join(" ");
+    let message = format!(
+        "calling tool '{tool}' needs a token with the scope {wanted}; sign in again asking for it"
+    );
+    Deny {
+        refusal: RequestError {
+            http_status: 403,
+            jsonrpc_code: codes::FORBIDDEN,
+            message: message.clone(),
+            id: id.cloned(),
+        },
+        www_authenticate: Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{wanted}\", resource_metadata=\"{}\", error_description=\"{}\"",
+            route.gateway.resource_metadata_url(),
+            challenge_text(&message)
+        )),
+        reason: "insufficient_scope",
+        ..Deny::default()
+    }
+}
+
+/// A call a step-up rule covers, by a token whose sign-in is too weak or
+/// too old: 401 with RFC 9470's `insufficient_user_authentication`
+/// challenge, saying which `acr_values` and `max_age` would do.
+pub(super) fn step_up_needed(
+    route: &Route,
+    tool: &str,
+    step_up: &latchkey_core::policy::StepUp,
+    id: Option<&Value>,
+) -> Deny {
+    let message = format!(
+        "calling tool '{tool}' needs a stronger or more recent sign-in (rule '{}'): {}; sign in again and call again",
+        step_up.rule, step_up.problem
+    );
+    let mut challenge = format!(
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\"",
+        challenge_text(&message)
+    );
+    if !step_up.acr_values.is_empty() {
+        challenge.push_str(&format!(
+            ", acr_values=\"{}\"",
+            step_up.acr_values.join(" ")
+        ));
+    }
+    if let Some(max) = step_up.max_age {
+        challenge.push_str(&format!(", max_age=\"{max}\""));
+    }
+    challenge.push_str(&format!(
+        ", resource_metadata=\"{}\"",
+        route.gateway.resource_metadata_url()
+    ));
+    Deny {
+        refusal: RequestError {
+            http_status: 401,
+            jsonrpc_code: codes::UNAUTHORIZED,
+            message,
+            id: id.cloned(),
+        },
+        www_authenticate: Some(challenge),
+        reason: "step_up_needed",
+        ..Deny::default()
     }
 }

@@ -18,6 +18,28 @@ pub struct PolicyConfig {
     pub hidden: HiddenAnswers,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    /// Calls that need a stronger or more recent sign-in (RFC 9470).
+    #[serde(default)]
+    pub step_up: Vec<StepUpConfig>,
+}
+
+/// `[[policy.step_up]]`: a call to one of `tools` on these assignments
+/// needs a token whose `acr` is one of `acr_values` and whose `auth_time`
+/// is at most `max_age_secs` old (each when set), for every caller the
+/// `condition` (CEL over the caller and the call) holds for. Unlike a
+/// grant, a rule gives nothing: every rule that matches a call must be met.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpConfig {
+    pub name: toml::Spanned<String>,
+    pub gateway: String,
+    pub assignments: Vec<String>,
+    /// Tool names or patterns.
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    pub max_age_secs: Option<u64>,
+    pub condition: Option<String>,
 }
 
 /// `[[policy.grants]]`.
@@ -50,6 +72,15 @@ pub struct GrantConfig {
     pub resources: PatternsConfig,
     #[serde(default)]
     pub constraints: Vec<ConstraintConfig>,
+    /// Token scopes a call needs, by tool name or pattern: every pattern
+    /// matching the tool adds its scopes. A token without them is answered
+    /// 403 `insufficient_scope` naming them, so the client can ask for them
+    /// (MCP step-up authorization). Lists are not affected.
+    #[serde(default)]
+    pub scopes: std::collections::BTreeMap<String, Vec<String>>,
+    /// A CEL condition over the caller (see `policy::condition`): the
+    /// grant applies only while it holds.
+    pub condition: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,7 +99,9 @@ pub struct PatternsConfig {
 pub struct ConstraintConfig {
     /// Tool name or pattern the constraint applies to.
     pub tool: String,
-    /// JSON Pointer (RFC 6901) into the call's `arguments`.
+    /// JSON Pointer (RFC 6901) into the call's `arguments` (not used by
+    /// `condition`, which reads them whole).
+    #[serde(default)]
     pub argument: String,
     /// When the argument is absent: allowed if true, else a violation.
     #[serde(default)]
@@ -88,6 +121,9 @@ pub struct ConstraintConfig {
     /// The argument must not be given at all.
     #[serde(default)]
     pub forbidden: bool,
+    /// A CEL condition over the caller and the call (`arguments.amount
+    /// <= 1000 || 'finance' in roles`) that must hold.
+    pub condition: Option<String>,
 }
 
 /// What a `pattern` constraint's argument is, for its canonical form.

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::config::{CanonicalForm, ConstraintConfig};
 
 use super::PolicyError;
+use super::condition::{Condition, Facts, Reads};
 
 /// One check on one argument.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub(super) enum Check {
     },
     MaxLength(usize),
     Forbidden,
+    /// A CEL condition over the caller and the whole call.
+    Condition(Condition),
 }
 
 #[derive(Debug, Clone)]
@@ -68,13 +71,23 @@ impl fmt::Display for Constraint {
                 )
             }
             Check::Forbidden => write!(f, "argument {arg} must not be given"),
+            Check::Condition(c) => write!(f, "the call must satisfy {}", c.source),
         }
     }
 }
 
 impl Constraint {
-    /// `None` when `arguments` satisfy it, else why not.
-    pub(super) fn violation(&self, arguments: &Value) -> Option<String> {
+    /// `None` when the call `facts` describe satisfies it, else why not.
+    pub(super) fn violation(&self, facts: &Facts<'_>) -> Option<String> {
+        if let Check::Condition(c) = &self.check {
+            return match c.holds(facts) {
+                Ok(true) => None,
+                Ok(false) => Some(self.to_string()),
+                Err(e) => Some(format!("{self} ({e})")),
+            };
+        }
+        let empty = Value::Null;
+        let arguments = facts.call.map_or(&empty, |(_, a)| a);
         let value = arguments.pointer(&self.pointer);
         // A path or URI with no single meaning breaks the constraint,
         // whatever the pattern: say why, so the caller can respell it.
@@ -85,6 +98,7 @@ impl Constraint {
         }
         let ok = match (&self.check, value) {
             (Check::Forbidden, v) => v.is_none(),
+            (Check::Condition(_), _) => true,
             (_, None) => self.optional,
             (Check::Equals(want), Some(v)) => v == want,
             (Check::OneOf(set), Some(v)) => set.contains(v),
@@ -247,9 +261,16 @@ pub(super) fn compile_constraint(
     if c.forbidden {
         checks.push(Check::Forbidden);
     }
+    if let Some(source) = &c.condition {
+        checks.push(Check::Condition(Condition::compile(
+            source,
+            Reads::CallerAndCall,
+            &format!("{at}, constraint on tool '{}'", c.tool),
+        )?));
+    }
     if checks.len() != 1 {
         return Err(PolicyError(format!(
-            "{at}: a constraint on {} needs exactly one of equals, one_of, pattern, min/max, max_length, forbidden (found {})",
+            "{at}: a constraint on {} needs exactly one of equals, one_of, pattern, min/max, max_length, forbidden, condition (found {})",
             c.argument,
             checks.len()
         )));

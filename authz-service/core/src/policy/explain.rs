@@ -9,7 +9,7 @@ use latchkey_filter::visibility::{ItemKind, Rules, Visibility, pattern_matches};
 
 use crate::principal::Caller;
 
-use super::{Explanation, Grant, Policy};
+use super::{Explanation, Facts, Grant, Policy};
 
 impl Policy {
     /// Which grant and pattern make `name` visible or not, for operators.
@@ -65,7 +65,15 @@ impl Policy {
                 self.roles_of(caller).join(", ")
             )
         };
-        let mine = Self::explain_grants(&user, &who, gateway, assignment, kind, name);
+        let mut mine = Self::explain_grants(&user, &who, gateway, assignment, kind, name);
+        let unheld = self.unheld_conditions(gateway, assignment, caller);
+        if !unheld.is_empty() {
+            mine.reason = format!(
+                "{} (not applying, as their condition does not hold: {})",
+                mine.reason,
+                unheld.join("; ")
+            );
+        }
         let Some(agent) = agent else {
             return mine;
         };
@@ -78,6 +86,34 @@ impl Policy {
                 mine.reason, theirs.reason
             ),
         }
+    }
+
+    /// The grants naming `caller` on one assignment that do not apply as
+    /// their condition does not hold, each with how it evaluated.
+    fn unheld_conditions(&self, gateway: &str, assignment: &str, caller: &Caller) -> Vec<String> {
+        let Some(a) = self.assignment(gateway, assignment) else {
+            return Vec::new();
+        };
+        let roles = self.roles_of(caller);
+        let facts = Facts::of_caller(caller, gateway, assignment);
+        a.grants
+            .iter()
+            .filter(|g| {
+                g.any_user
+                    || g.users.contains(&caller.subject)
+                    || roles.iter().any(|r| g.roles.contains(*r))
+                    || caller.agent.as_ref().is_some_and(|x| g.agents.contains(x))
+            })
+            .filter_map(|g| {
+                let c = g.condition.as_ref()?;
+                let why = match c.holds(&facts) {
+                    Ok(true) => return None,
+                    Ok(false) => format!("{} is false", c.source),
+                    Err(e) => e,
+                };
+                Some(format!("grant '{}' (line {}): {why}", g.name, g.line))
+            })
+            .collect()
     }
 
     fn explain_grants(

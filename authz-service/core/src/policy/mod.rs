@@ -34,10 +34,15 @@ use crate::agents::AgentDirectory;
 use crate::config::{Config, GrantConfig, HiddenAnswers, PatternsConfig};
 use crate::principal::Caller;
 
+mod condition;
 mod constraint;
 mod explain;
+mod step_up;
 
+pub use self::condition::{CALL_ATTRIBUTES, CALLER_ATTRIBUTES, Condition, Facts, Reads};
 use self::constraint::{Constraint, compile_constraint};
+pub use self::step_up::StepUp;
+use self::step_up::StepUpRule;
 
 /// A policy that cannot be used; names the line of the grant at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,9 +62,34 @@ struct Grant {
     prompts: Rules,
     resources: Rules,
     constraints: Vec<Constraint>,
+    /// Tool pattern → scopes a call to a matching tool needs.
+    scopes: Vec<(String, Vec<String>)>,
+    /// The grant applies only while this holds for the caller.
+    condition: Option<Condition>,
 }
 
 impl Grant {
+    /// Whether the grant applies to the caller `facts` describe: a
+    /// condition that fails to evaluate does not hold.
+    fn holds(&self, facts: &Facts<'_>) -> bool {
+        self.condition
+            .as_ref()
+            .is_none_or(|c| c.holds(facts).unwrap_or(false))
+    }
+
+    /// Every scope a call to `tool` needs under this grant, sorted.
+    fn scopes_for(&self, tool: &str) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .scopes
+            .iter()
+            .filter(|(p, _)| pattern_matches(p, tool))
+            .flat_map(|(_, s)| s.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     fn rules(&self, kind: ItemKind) -> &Rules {
         match kind {
             ItemKind::Tool => &self.tools,
@@ -109,6 +139,12 @@ pub enum Verdict {
     Hidden { kind: ItemKind, name: String },
     /// A visible tool called with arguments that break a constraint.
     Violation { tool: String, message: String },
+    /// A visible tool whose grants need token scopes the caller's token
+    /// lacks: `scopes` are what a new token should carry for this call.
+    InsufficientScope { tool: String, scopes: Vec<String> },
+    /// A step-up rule needs a stronger (`acr_values`) or more recent
+    /// (`max_age`) sign-in than the token shows (RFC 9470).
+    StepUp(StepUp),
     /// A resource URI with no unambiguous canonical form: policy cannot
     /// know what the upstream would act on, so it is refused whatever the
     /// grants say (`problem` names the ambiguous part).
@@ -117,6 +153,12 @@ pub enum Verdict {
         name: String,
         problem: UriError,
     },
+}
+
+/// Why the grants that allow a tool do not cover one call of it.
+enum Shortfall {
+    Violation(String),
+    Scopes(Vec<String>),
 }
 
 /// Why a name is or is not visible, for `latchkey policy check`.
@@ -134,9 +176,19 @@ pub struct Policy {
     grants: Option<HashMap<String, HashMap<String, AssignmentGrants>>>,
     /// Claim value → role names it gives.
     roles_by_claim: HashMap<String, Vec<String>>,
+    /// gateway → assignment → step-up rules.
+    step_up: HashMap<String, HashMap<String, Vec<StepUpRule>>>,
     pub hidden: HiddenAnswers,
     /// The provisioned agents (`[[agents]]`), reloaded with the grants.
     pub agents: AgentDirectory,
+}
+
+/// Whether `v` can stand in a `WWW-Authenticate` parameter as one scope
+/// or acr value: RFC 6749's scope-token characters.
+fn is_challenge_token(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -156,6 +208,7 @@ impl Policy {
         Policy {
             grants: None,
             roles_by_claim: HashMap::new(),
+            step_up: HashMap::new(),
             hidden: HiddenAnswers::default(),
             agents: AgentDirectory::default(),
         }
@@ -198,6 +251,16 @@ impl Policy {
                 .iter()
                 .map(|c| compile_constraint(c, &at))
                 .collect::<Result<Vec<_>, _>>()?;
+            let condition = g
+                .condition
+                .as_deref()
+                .map(|c| Condition::compile(c, Reads::Caller, &at))
+                .transpose()?;
+            let scopes: Vec<(String, Vec<String>)> = g
+                .scopes
+                .iter()
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect();
             for assignment in &g.assignments {
                 grants
                     .entry(g.gateway.clone())
@@ -215,12 +278,16 @@ impl Policy {
                         prompts: compile_patterns(&g.prompts),
                         resources: compile_patterns(&g.resources),
                         constraints: constraints.clone(),
+                        scopes: scopes.clone(),
+                        condition: condition.clone(),
                     });
             }
         }
+        let step_up = step_up::compile(config, text, &pc.step_up, &mut seen)?;
         Ok(Policy {
             grants: Some(grants),
             roles_by_claim,
+            step_up,
             hidden: pc.hidden.clone(),
             agents,
         })
@@ -279,6 +346,28 @@ impl Policy {
             if let Some(problem) = uri::pattern_problem(p) {
                 return Err(PolicyError(format!(
                     "{at}: resources pattern \"{p}\" is matched against canonical URIs, but {problem}"
+                )));
+            }
+        }
+        for (p, scopes) in &g.scopes {
+            if !g
+                .tools
+                .allow
+                .iter()
+                .any(|a| pattern_matches(a, p) || pattern_matches(p, a))
+            {
+                return Err(PolicyError(format!(
+                    "{at}: scopes names tool '{p}', which this grant does not allow"
+                )));
+            }
+            if scopes.is_empty() {
+                return Err(PolicyError(format!(
+                    "{at}: scopes for '{p}' is an empty list; name the scopes a call needs"
+                )));
+            }
+            if let Some(bad) = scopes.iter().find(|s| !is_challenge_token(s)) {
+                return Err(PolicyError(format!(
+                    "{at}: scope {bad:?} is not a valid OAuth scope (RFC 6749: no spaces, quotes or backslashes)"
                 )));
             }
         }
@@ -344,7 +433,11 @@ impl Policy {
         }
         at.sort_unstable();
         at.dedup();
-        at.into_iter().filter_map(|i| a.grants.get(i)).collect()
+        let facts = Facts::of_caller(caller, gateway, assignment);
+        at.into_iter()
+            .filter_map(|i| a.grants.get(i))
+            .filter(|g| g.holds(&facts))
+            .collect()
     }
 
     /// The acting agent's grants on one assignment: `None` when no agent
@@ -363,7 +456,13 @@ impl Policy {
             return None;
         }
         let at = a.by_agent.get(agent).map_or(&[][..], Vec::as_slice);
-        Some(at.iter().filter_map(|i| a.grants.get(*i)).collect())
+        let facts = Facts::of_caller(caller, gateway, assignment);
+        Some(
+            at.iter()
+                .filter_map(|i| a.grants.get(*i))
+                .filter(|g| g.holds(&facts))
+                .collect(),
+        )
     }
 
     /// The grants that decide for `caller`, and the agent's on top of them
@@ -387,24 +486,33 @@ impl Policy {
         )
     }
 
-    /// The first constraint broken in every grant that allows `tool`, or
-    /// `None` when one of them is satisfied.
-    fn violation(grants: &[&Grant], tool: &str, arguments: &Value) -> Option<String> {
-        let mut first = None;
+    /// What keeps every grant that allows `tool` from covering this call:
+    /// `None` when one of them does (its constraints hold and the token
+    /// has its scopes). A missing scope is reported before a broken
+    /// constraint, as a new token can mend it.
+    fn shortfall(grants: &[&Grant], tool: &str, facts: &Facts<'_>) -> Option<Shortfall> {
+        let mut violation = None;
+        let mut scopes = None;
         for g in grants.iter().filter(|g| g.tools.allows(tool)) {
             let broken = g
                 .constraints
                 .iter()
                 .filter(|c| pattern_matches(&c.tool, tool))
-                .find_map(|c| c.violation(arguments));
-            match broken {
-                None => return None,
-                Some(m) => {
-                    first.get_or_insert(m);
-                }
+                .find_map(|c| c.violation(facts));
+            if let Some(m) = broken {
+                violation.get_or_insert(m);
+                continue;
             }
+            let needed = g.scopes_for(tool);
+            if needed.iter().all(|s| facts.caller.scopes.contains(s)) {
+                return None;
+            }
+            scopes.get_or_insert(needed);
         }
-        Some(first.unwrap_or_default())
+        Some(match scopes {
+            Some(s) => Shortfall::Scopes(s),
+            None => Shortfall::Violation(violation.unwrap_or_default()),
+        })
     }
 
     fn permits(grants: &[&Grant], kind: ItemKind, name: &str) -> bool {
@@ -462,30 +570,97 @@ impl Policy {
             return Verdict::Allowed;
         }
         let empty = Value::Object(serde_json::Map::new());
-        let arguments = arguments.unwrap_or(&empty);
-        let broken = Self::violation(&grants, name, arguments).or_else(|| {
-            agent
-                .as_ref()
-                .and_then(|a| Self::violation(a, name, arguments))
-                .map(|m| format!("{m} (a constraint on the agent)"))
-        });
-        match broken {
-            None => Verdict::Allowed,
-            Some(message) => Verdict::Violation {
-                tool: name.to_owned(),
-                message,
-            },
+        let facts = Facts {
+            call: Some((name, arguments.unwrap_or(&empty))),
+            ..Facts::of_caller(caller, gateway, assignment)
+        };
+        let mine = Self::shortfall(&grants, name, &facts);
+        let theirs = agent
+            .as_ref()
+            .and_then(|a| Self::shortfall(a, name, &facts));
+        let tool = name.to_owned();
+        match (mine, theirs) {
+            (Some(Shortfall::Violation(message)), _) => {
+                return Verdict::Violation { tool, message };
+            }
+            (_, Some(Shortfall::Violation(m))) => {
+                return Verdict::Violation {
+                    tool,
+                    message: format!("{m} (a constraint on the agent)"),
+                };
+            }
+            (Some(Shortfall::Scopes(mut a)), b) => {
+                if let Some(Shortfall::Scopes(b)) = b {
+                    a.extend(b);
+                    a.sort();
+                    a.dedup();
+                }
+                return Verdict::InsufficientScope { tool, scopes: a };
+            }
+            (None, Some(Shortfall::Scopes(scopes))) => {
+                return Verdict::InsufficientScope { tool, scopes };
+            }
+            (None, None) => {}
         }
+        self.step_up
+            .get(gateway)
+            .and_then(|m| m.get(assignment))
+            .into_iter()
+            .flatten()
+            .find_map(|r| r.unmet(&facts, name))
+            .map_or(Verdict::Allowed, Verdict::StepUp)
     }
 
     /// Whether a tool call must have its arguments read: some applying
     /// grant has a constraint on it. Lets the common path skip parsing.
     pub fn needs_arguments(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
-        self.assignment(gateway, assignment).is_some_and(|a| {
+        let constrained = self.assignment(gateway, assignment).is_some_and(|a| {
             a.grants
                 .iter()
                 .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
-        })
+        });
+        constrained
+            || self
+                .step_up
+                .get(gateway)
+                .and_then(|m| m.get(assignment))
+                .is_some_and(|rules| {
+                    rules.iter().any(|r| {
+                        r.condition.is_some() && r.tools.iter().any(|p| pattern_matches(p, tool))
+                    })
+                })
+    }
+
+    /// Every scope a grant on `gateway` can require, for its metadata
+    /// document's `scopes_supported`.
+    pub fn scopes_supported(&self, gateway: &str) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .grants
+            .iter()
+            .flat_map(|g| g.get(gateway))
+            .flat_map(|m| m.values())
+            .flat_map(|a| &a.grants)
+            .flat_map(|g| g.scopes.iter().flat_map(|(_, s)| s.iter().cloned()))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Every `acr` value a step-up rule on `gateway` can ask for, for its
+    /// metadata document's `acr_values_supported`.
+    pub fn acr_values_supported(&self, gateway: &str) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .step_up
+            .get(gateway)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .flatten()
+            .flat_map(|r| r.acr_values.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// What `caller` may see on one assignment, as the filter gets it:
@@ -557,6 +732,18 @@ mod tests {
     use super::*;
     use crate::config::ConstraintConfig;
     use serde_json::json;
+
+    /// A constraint's verdict on a call with `arguments` by nobody in particular.
+    fn judge(c: &Constraint, arguments: &Value) -> Option<String> {
+        let caller = Caller::default();
+        c.violation(&Facts {
+            caller: &caller,
+            gateway: "g",
+            assignment: "gh",
+            call: Some(("t", arguments)),
+            now: 0,
+        })
+    }
 
     const BASE: &str = concat!(
         include_str!("../../../testdata/gateway.toml"),
@@ -869,41 +1056,37 @@ max_length = 10
             compile_constraint(&cc, "here").unwrap()
         };
         let eq = c("argument = \"/schema\"\nequals = \"analytics\"");
-        assert!(eq.violation(&json!({"schema":"analytics"})).is_none());
-        assert!(eq.violation(&json!({"schema":"public"})).is_some());
+        assert!(judge(&eq, &json!({"schema":"analytics"})).is_none());
+        assert!(judge(&eq, &json!({"schema":"public"})).is_some());
         let one = c("argument = \"/env\"\none_of = [\"dev\", \"test\"]");
-        assert!(one.violation(&json!({"env":"test"})).is_none());
+        assert!(judge(&one, &json!({"env":"test"})).is_none());
         assert!(
-            one.violation(&json!({"env":"prod"}))
+            judge(&one, &json!({"env":"prod"}))
                 .unwrap()
                 .contains("\"dev\", \"test\"")
         );
         let range = c("argument = \"/n\"\nmin = 1\nmax = 10");
-        assert!(range.violation(&json!({"n": 10})).is_none());
-        assert!(range.violation(&json!({"n": 10.5})).is_some());
+        assert!(judge(&range, &json!({"n": 10})).is_none());
+        assert!(judge(&range, &json!({"n": 10.5})).is_some());
         assert!(
-            range.violation(&json!({"n": "5"})).is_some(),
+            judge(&range, &json!({"n": "5"})).is_some(),
             "a string is not a number"
         );
         let len = c("argument = \"/q\"\nmax_length = 3");
         assert!(
-            len.violation(&json!({"q":"héé"})).is_none(),
+            judge(&len, &json!({"q":"héé"})).is_none(),
             "characters, not bytes"
         );
-        assert!(len.violation(&json!({"q":"four"})).is_some());
-        assert!(len.violation(&json!({"q": 5})).is_some());
+        assert!(judge(&len, &json!({"q":"four"})).is_some());
+        assert!(judge(&len, &json!({"q": 5})).is_some());
         let forbidden = c("argument = \"/force\"\nforbidden = true");
-        assert!(forbidden.violation(&json!({})).is_none());
-        assert!(forbidden.violation(&json!({"force": false})).is_some());
+        assert!(judge(&forbidden, &json!({})).is_none());
+        assert!(judge(&forbidden, &json!({"force": false})).is_some());
         let nested = c("argument = \"/filters/0/schema\"\nequals = \"a\"");
-        assert!(
-            nested
-                .violation(&json!({"filters":[{"schema":"a"}]}))
-                .is_none()
-        );
+        assert!(judge(&nested, &json!({"filters":[{"schema":"a"}]})).is_none());
         let pattern = c("argument = \"/repo\"\npattern = \"acme/*\"");
-        assert!(pattern.violation(&json!({"repo": ["acme/x"]})).is_some());
-        assert!(pattern.violation(&json!({"repo": "ACME/x"})).is_some());
+        assert!(judge(&pattern, &json!({"repo": ["acme/x"]})).is_some());
+        assert!(judge(&pattern, &json!({"repo": "ACME/x"})).is_some());
     }
 
     #[test]
@@ -917,21 +1100,15 @@ max_length = 10
         // Python and rmcp read 2^53 + 1 exactly; as a double it would be
         // 2^53 and pass max = 2^53.
         let big = c("argument = \"/n\"\nmin = 0\nmax = 9007199254740992");
-        assert!(big.violation(&parse("9007199254740992")).is_none());
-        assert!(big.violation(&parse("9007199254740993")).is_some());
-        assert!(big.violation(&parse("18446744073709551615")).is_some());
+        assert!(judge(&big, &parse("9007199254740992")).is_none());
+        assert!(judge(&big, &parse("9007199254740993")).is_some());
+        assert!(judge(&big, &parse("18446744073709551615")).is_some());
         // Beyond 64 bits an integer literal reaches us as a double that
         // may have rounded down: it cannot be judged exactly.
         let unbounded = c("argument = \"/n\"\nmin = 0");
-        let e = unbounded
-            .violation(&parse("100000000000000000000001"))
-            .unwrap();
+        let e = judge(&unbounded, &parse("100000000000000000000001")).unwrap();
         assert!(e.contains("at most 64 bits"), "{e}");
-        assert!(
-            unbounded
-                .violation(&parse("18446744073709551615"))
-                .is_none()
-        );
+        assert!(judge(&unbounded, &parse("18446744073709551615")).is_none());
         // Spellings every reader reads alike are judged by value.
         let small = c("argument = \"/n\"\nmin = 0\nmax = 100");
         for ok in [
@@ -943,7 +1120,7 @@ max_length = 10
             "0.0",
             "100.0000000000000001",
         ] {
-            assert!(small.violation(&parse(ok)).is_none(), "{ok}");
+            assert!(judge(&small, &parse(ok)).is_none(), "{ok}");
         }
         for bad in [
             "101",
@@ -953,7 +1130,7 @@ max_length = 10
             "-1e-300",
             "\"50\"",
         ] {
-            assert!(small.violation(&parse(bad)).is_some(), "{bad}");
+            assert!(judge(&small, &parse(bad)).is_some(), "{bad}");
         }
         // Bounds that are not whole numbers still compare exactly.
         let frac = c("argument = \"/n\"\nmin = -0.5\nmax = 2.5");
@@ -964,7 +1141,7 @@ max_length = 10
             ("-1", false),
             ("2.5", true),
         ] {
-            assert_eq!(frac.violation(&parse(v)).is_none(), ok, "{v}");
+            assert_eq!(judge(&frac, &parse(v)).is_none(), ok, "{v}");
         }
         let nan: ConstraintConfig =
             toml::from_str("tool = \"t\"\nargument = \"/n\"\nmax = nan").unwrap();
@@ -1060,14 +1237,8 @@ resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
         };
         // A pattern that looks like a path is judged as one by default.
         let path = c("argument = \"/path\"\npattern = \"/srv/data/*\"").unwrap();
-        assert!(
-            path.violation(&json!({"path": "/srv/data/a.txt"}))
-                .is_none()
-        );
-        assert!(
-            path.violation(&json!({"path": "/srv//data/./a.txt"}))
-                .is_none()
-        );
+        assert!(judge(&path, &json!({"path": "/srv/data/a.txt"})).is_none());
+        assert!(judge(&path, &json!({"path": "/srv//data/./a.txt"})).is_none());
         for bad in [
             "/srv/data/../../etc/passwd",
             "/srv/data/x/../../../etc",
@@ -1075,34 +1246,31 @@ resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
             "/srv/data\\..\\x",
             "/srv/data/x\u{0}",
         ] {
-            let m = path.violation(&json!({ "path": bad })).unwrap_or_default();
+            let m = judge(&path, &json!({ "path": bad })).unwrap_or_default();
             assert!(m.contains("must be a path matching"), "{bad}: {m}");
         }
         assert!(
-            path.violation(&json!({"path": "/srv/data/../x"}))
+            judge(&path, &json!({"path": "/srv/data/../x"}))
                 .unwrap()
                 .contains("'..' segment")
         );
         let url = c("argument = \"/url\"\npattern = \"https://api.example.com/v1/*\"").unwrap();
-        assert!(
-            url.violation(&json!({"url": "HTTPS://API.example.com:443/v1/x"}))
-                .is_none()
-        );
+        assert!(judge(&url, &json!({"url": "HTTPS://API.example.com:443/v1/x"})).is_none());
         for bad in [
             "https://api.example.com/v1/../admin",
             "https://api.example.com/v1/%2e%2e/admin",
             "https://api.example.com@evil.example/v1/x",
             "https://api.example.com/v1\\..\\admin",
         ] {
-            assert!(url.violation(&json!({ "url": bad })).is_some(), "{bad}");
+            assert!(judge(&url, &json!({ "url": bad })).is_some(), "{bad}");
         }
         // Said explicitly, and opted out of.
         let uri = c("argument = \"/u\"\npattern = \"demo://r/a/*\"\ncanonical = \"uri\"").unwrap();
-        assert!(uri.violation(&json!({"u": "demo://r/a/../../x"})).is_some());
+        assert!(judge(&uri, &json!({"u": "demo://r/a/../../x"})).is_some());
         let raw = c("argument = \"/p\"\npattern = \"/a/*\"\ncanonical = \"none\"").unwrap();
-        assert!(raw.violation(&json!({"p": "/a/../b"})).is_none());
+        assert!(judge(&raw, &json!({"p": "/a/../b"})).is_none());
         let plain = c("argument = \"/repo\"\npattern = \"acme/*\"").unwrap();
-        assert!(plain.violation(&json!({"repo": "acme/../x"})).is_none());
+        assert!(judge(&plain, &json!({"repo": "acme/../x"})).is_none());
         // Refused at load: a pattern not in its canonical form, canonical
         // without a pattern, an unknown form.
         let e = c("argument = \"/p\"\npattern = \"/srv/./data/*\"")
@@ -1287,6 +1455,234 @@ resources = { allow = ["demo://r/static/*"], deny = ["*/static/secret*"] }
             !with.lint().iter().any(|l| l.contains("names agent")),
             "{:?}",
             with.lint()
+        );
+    }
+
+    const SCOPED: &str = r#"
+[[policy.grants]]
+name = "writers"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["get_*", "create_*", "delete_*"] }
+scopes = { "create_*" = ["issues:write"], "delete_*" = ["issues:write", "issues:admin"] }
+[[policy.grants]]
+name = "ci-bot"
+gateway = "g"
+assignments = ["gh"]
+agents = ["ci-bot"]
+tools = { allow = ["*"] }
+scopes = { "create_issue" = ["bot:act"] }
+[[policy.step_up]]
+name = "mfa-to-delete"
+gateway = "g"
+assignments = ["gh"]
+tools = ["delete_*"]
+acr_values = ["mfa", "phr"]
+max_age_secs = 300
+"#;
+
+    fn with_token(mut c: Caller, scopes: &[&str], acr: Option<&str>, signed_in_ago: i64) -> Caller {
+        c.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        c.acr = acr.map(str::to_owned);
+        c.auth_time = Some((crate::unix_now() - signed_in_ago) as u64);
+        c
+    }
+
+    #[test]
+    fn a_tool_whose_grant_needs_scopes_is_listed_but_called_only_with_them() {
+        let p = policy(SCOPED).unwrap();
+        let bob = with_token(caller("bob", &[]), &["openid"], None, 0);
+        assert_eq!(tool(&p, &bob, "get_issue", json!({})), Verdict::Allowed);
+        assert_eq!(
+            tool(&p, &bob, "create_issue", json!({})),
+            Verdict::InsufficientScope {
+                tool: "create_issue".into(),
+                scopes: vec!["issues:write".into()]
+            }
+        );
+        let writer = with_token(caller("bob", &[]), &["issues:write"], None, 0);
+        assert_eq!(
+            tool(&p, &writer, "create_issue", json!({})),
+            Verdict::Allowed
+        );
+        // Lists are not trimmed by scopes: the tool stays visible.
+        let view = p.visibility("g", "gh", &bob).unwrap();
+        assert!(view.permits(ItemKind::Tool, "create_issue"));
+        // An agent's grant adds its own scopes to what the person needs.
+        let agent = with_token(acting("bob", &[], "ci-bot"), &[], None, 0);
+        assert_eq!(
+            tool(&p, &agent, "create_issue", json!({})),
+            Verdict::InsufficientScope {
+                tool: "create_issue".into(),
+                scopes: vec!["bot:act".into(), "issues:write".into()]
+            }
+        );
+        let agent = with_token(
+            acting("bob", &[], "ci-bot"),
+            &["issues:write", "bot:act"],
+            None,
+            0,
+        );
+        assert_eq!(
+            tool(&p, &agent, "create_issue", json!({})),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            p.scopes_supported("g"),
+            ["bot:act", "issues:admin", "issues:write"]
+        );
+    }
+
+    #[test]
+    fn a_step_up_rule_needs_the_named_sign_in_and_a_recent_one() {
+        let p = policy(SCOPED).unwrap();
+        let scopes = ["issues:write", "issues:admin"];
+        let weak = with_token(caller("bob", &[]), &scopes, Some("pwd"), 10);
+        let Verdict::StepUp(s) = tool(&p, &weak, "delete_issue", json!({})) else {
+            panic!("a password sign-in is not enough");
+        };
+        assert_eq!(s.rule, "mfa-to-delete");
+        assert_eq!(s.acr_values, ["mfa", "phr"]);
+        assert_eq!(s.max_age, Some(300));
+        assert!(s.problem.contains("'pwd'"), "{}", s.problem);
+        let stale = with_token(caller("bob", &[]), &scopes, Some("mfa"), 3600);
+        let Verdict::StepUp(s) = tool(&p, &stale, "delete_issue", json!({})) else {
+            panic!("an hour-old sign-in is too old");
+        };
+        assert!(s.problem.contains("within 300 s"), "{}", s.problem);
+        let fresh = with_token(caller("bob", &[]), &scopes, Some("phr"), 10);
+        assert_eq!(
+            tool(&p, &fresh, "delete_issue", json!({})),
+            Verdict::Allowed
+        );
+        // Missing scopes are told first: a new token mends both at once.
+        let neither = with_token(caller("bob", &[]), &[], Some("pwd"), 10);
+        assert!(matches!(
+            tool(&p, &neither, "delete_issue", json!({})),
+            Verdict::InsufficientScope { .. }
+        ));
+        // Other tools are not covered by the rule.
+        assert_eq!(tool(&p, &weak, "get_issue", json!({})), Verdict::Allowed);
+        assert_eq!(p.acr_values_supported("g"), ["mfa", "phr"]);
+    }
+
+    const CONDITIONAL: &str = r#"
+[[policy.grants]]
+name = "finance-pays"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["pay"] }
+condition = "claims.department == 'finance' && size(actors) <= 1"
+[[policy.grants.constraints]]
+tool = "pay"
+condition = "arguments.amount <= 1000 || 'treasury' in roles"
+[[policy.step_up]]
+name = "fresh-for-agents"
+gateway = "g"
+assignments = ["gh"]
+tools = ["pay"]
+max_age_secs = 60
+condition = "agent != '' && arguments.amount > 100"
+"#;
+
+    fn in_department(c: Caller, dept: &str) -> Caller {
+        Caller {
+            claims: std::sync::Arc::new(
+                json!({ "department": dept })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            ..c
+        }
+    }
+
+    #[test]
+    fn conditions_decide_whether_a_grant_applies_and_whether_a_call_passes() {
+        let p = policy(CONDITIONAL).unwrap();
+        let fin = in_department(caller("fay", &[]), "finance");
+        let eng = in_department(caller("eve", &[]), "engineering");
+        assert_eq!(
+            tool(&p, &fin, "pay", json!({"amount": 1000})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &eng, "pay", json!({"amount": 5})),
+            Verdict::Hidden { .. }
+        ));
+        // The grant's condition trims lists too.
+        assert!(
+            p.visibility("g", "gh", &fin)
+                .unwrap()
+                .permits(ItemKind::Tool, "pay")
+        );
+        assert!(
+            !p.visibility("g", "gh", &eng)
+                .unwrap()
+                .permits(ItemKind::Tool, "pay")
+        );
+        // A claim missing from the token: the condition fails, the grant does not apply.
+        assert!(matches!(
+            tool(&p, &caller("nobody", &[]), "pay", json!({"amount": 5})),
+            Verdict::Hidden { .. }
+        ));
+        let Verdict::Violation { message, .. } = tool(&p, &fin, "pay", json!({"amount": 1000.5}))
+        else {
+            panic!("over the limit");
+        };
+        assert!(message.contains("arguments.amount <= 1000"), "{message}");
+        let treasurer = in_department(caller("tom", &["treasury"]), "finance");
+        assert_eq!(
+            tool(&p, &treasurer, "pay", json!({"amount": 5000})),
+            Verdict::Allowed
+        );
+        assert!(p.needs_arguments("g", "gh", "pay"));
+        // The step-up rule covers agents paying more than 100 only.
+        let agent = Caller {
+            auth_time: Some((crate::unix_now() - 3600) as u64),
+            ..in_department(acting("fay", &[], "copilot"), "finance")
+        };
+        assert_eq!(
+            tool(&p, &agent, "pay", json!({"amount": 50})),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            tool(&p, &agent, "pay", json!({"amount": 500})),
+            Verdict::StepUp(_)
+        ));
+        // policy check says why a grant did not apply.
+        let e = p.explain("g", "gh", &eng, ItemKind::Tool, "pay");
+        assert!(!e.visible);
+        assert!(
+            e.reason.contains("grant 'finance-pays'") && e.reason.contains("is false"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn scopes_step_up_rules_and_conditions_that_cannot_work_are_refused_at_load() {
+        let refused = |extra: &str| policy(extra).unwrap_err().0;
+        let e =
+            refused(&SCOPED.replace(r#""create_*" = ["issues:write"]"#, r#""merge_*" = ["x"]"#));
+        assert!(e.contains("scopes names tool 'merge_*'"), "{e}");
+        let e = refused(&SCOPED.replace(r#"["bot:act"]"#, r#"["bot act"]"#));
+        assert!(e.contains("not a valid OAuth scope"), "{e}");
+        let e = refused(&SCOPED.replace("acr_values = [\"mfa\", \"phr\"]\nmax_age_secs = 300", ""));
+        assert!(e.contains("asks for nothing"), "{e}");
+        let e = refused(&SCOPED.replace(
+            "tools = [\"delete_*\"]",
+            "tools = [\"delete_*\"]\nassignments2 = 1",
+        ));
+        assert!(e.contains("assignments2"), "{e}");
+        let e = refused(&CONDITIONAL.replace("size(actors) <= 1", "arguments.amount < 5"));
+        assert!(e.contains("a grant's condition cannot"), "{e}");
+        let e = refused(&CONDITIONAL.replace("agent != ''", "agnet != ''"));
+        assert!(
+            e.contains("[[policy.step_up]] 'fresh-for-agents'") && e.contains("'agnet'"),
+            "{e}"
         );
     }
 }

@@ -33,6 +33,18 @@ pub enum PolicyCommand {
         /// The agent acting for the user (the token's `client_id`).
         #[arg(long)]
         agent: Option<String>,
+        /// A scope of the token; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// How the person signed in (the token's `acr`).
+        #[arg(long)]
+        acr: Option<String>,
+        /// How long ago the person signed in, in seconds (`auth_time`).
+        #[arg(long)]
+        signed_in_secs_ago: Option<u64>,
+        /// The token's other claims, as a JSON object (for conditions).
+        #[arg(long)]
+        claims: Option<String>,
         #[arg(long)]
         gateway: String,
         /// The server assignment or combined endpoint (the last path
@@ -70,6 +82,10 @@ pub fn run(command: PolicyCommand) -> Result<()> {
             user,
             roles,
             agent,
+            scopes,
+            acr,
+            signed_in_secs_ago,
+            claims,
             gateway,
             server,
             tool,
@@ -92,6 +108,12 @@ pub fn run(command: PolicyCommand) -> Result<()> {
                 ),
                 None => None,
             };
+            let claims = match claims {
+                Some(c) => serde_json::from_str::<serde_json::Map<String, Value>>(&c).context(
+                    "--claims must be a JSON object, e.g. '{\"department\":\"finance\"}'",
+                )?,
+                None => serde_json::Map::new(),
+            };
             let outcome = check(
                 &config,
                 &policy,
@@ -99,6 +121,12 @@ pub fn run(command: PolicyCommand) -> Result<()> {
                     user: &user,
                     roles: &roles,
                     agent: agent.as_deref(),
+                    token: TokenFacts {
+                        scopes,
+                        acr,
+                        signed_in_secs_ago,
+                        claims,
+                    },
                     gateway: &gateway,
                     assignment: &server,
                     kind,
@@ -135,7 +163,8 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 /// What one `policy check` decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckOutcome {
-    /// `allowed`, `hidden` or `refused` (a constraint).
+    /// `allowed`, `hidden`, `refused` (a constraint), `needs_scope` or
+    /// `needs_step_up` (a new token would do).
     pub decision: &'static str,
     /// The rule that decided, in words.
     pub reason: String,
@@ -159,6 +188,8 @@ pub struct CheckQuery<'a> {
     pub roles: &'a [String],
     /// The agent acting for the user (the token's client).
     pub agent: Option<&'a str>,
+    /// What the token says besides who.
+    pub token: TokenFacts,
     pub gateway: &'a str,
     pub assignment: &'a str,
     pub kind: ItemKind,
@@ -167,12 +198,22 @@ pub struct CheckQuery<'a> {
     pub arguments: Option<&'a Value>,
 }
 
+/// What a token says besides who: scopes, sign-in, other claims.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFacts {
+    pub scopes: Vec<String>,
+    pub acr: Option<String>,
+    pub signed_in_secs_ago: Option<u64>,
+    pub claims: serde_json::Map<String, Value>,
+}
+
 /// Judges one request as the gateway would.
 pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<CheckOutcome> {
     let CheckQuery {
         user,
         roles,
         agent,
+        ref token,
         gateway,
         assignment,
         kind,
@@ -188,6 +229,12 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
         agent: agent.map(str::to_owned),
         headless: agent == Some(user),
         roles: roles.to_vec(),
+        scopes: token.scopes.clone(),
+        acr: token.acr.clone(),
+        auth_time: token
+            .signed_in_secs_ago
+            .map(|ago| (latchkey_core::unix_now().max(0) as u64).saturating_sub(ago)),
+        claims: std::sync::Arc::new(token.claims.clone()),
         ..Caller::default()
     };
     if g.assignments.iter().any(|a| a.name == assignment) {
@@ -254,6 +301,21 @@ fn judge(
             reason: format!(
                 "{}; but the arguments break a constraint: {message}",
                 explained.reason
+            ),
+        },
+        Verdict::InsufficientScope { scopes, .. } => CheckOutcome {
+            decision: "needs_scope",
+            reason: format!(
+                "{}; but the call needs a token with the scope {} (answered 403 insufficient_scope)",
+                explained.reason,
+                scopes.join(" ")
+            ),
+        },
+        Verdict::StepUp(s) => CheckOutcome {
+            decision: "needs_step_up",
+            reason: format!(
+                "{}; but step-up rule '{}' is not met: {} (answered 401 insufficient_user_authentication)",
+                explained.reason, s.rule, s.problem
             ),
         },
     }
@@ -486,6 +548,7 @@ mod tests {
                     user: "alice",
                     roles: &[],
                     agent: None,
+                    token: TokenFacts::default(),
                     gateway: "g",
                     assignment,
                     kind: ItemKind::Tool,
