@@ -33,4 +33,5 @@ mod policy;
 mod refresh;
 mod refresh_lock;
 mod resource_uris;
+mod step_up;
 mod upstream_tls;
