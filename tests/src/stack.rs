@@ -353,6 +353,7 @@ cache_ttl_secs = {cache_ttl_secs}
 [admin.roles]
 "platform-admins" = ["identities:manage", "users:manage", "agents:manage", "connections:manage", "keys:manage"]
 "secops" = ["identities:manage"]
+"approvers" = ["approvals:decide"]
 
 [identity_provider]
 issuer = "{issuer}"

@@ -15,6 +15,7 @@
 //! This crate does not depend on `latchkey-control` or on axum: the request
 //! path cannot reach the admin API, the connect page or the HTTP side.
 
+pub mod approval;
 pub mod authn;
 pub mod consent;
 pub mod context;

@@ -14,6 +14,7 @@ use latchkey_proto::auth::authorization_server::Authorization;
 use latchkey_proto::auth::{CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
 
+use crate::approval;
 use crate::authn::TokenVerifier;
 use crate::consent::{self, CapabilityMemory};
 use crate::context::RequestContext;
@@ -93,6 +94,7 @@ impl Authorization for CheckService {
             refresher: &self.refresher,
         };
         let decision = decider.decide(&ctx).await;
+        let decision = approval::gate(&self.credentials.store, &policy, &ctx, decision).await;
         let decision = self.consent(&ctx, decision).await;
         self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);
@@ -217,6 +219,7 @@ fn event(ctx: &RequestContext, decision: &Decision, started: Instant) -> Decisio
             e.identity = a.identity.clone();
             e.identity_version = a.identity_version;
             e.credential_source = a.credential_source;
+            e.approval = a.approval.clone();
             e.decision = "allow";
             e.reason = "allowed";
             e.status = 200;

@@ -150,6 +150,9 @@ pub struct DecisionEvent {
     /// operator: `exchange` (`[servers.exchange]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential_source: Option<&'static str>,
+    /// The approval request this call was held for or went through on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// Why (`allowed`, `hidden_by_policy`, `consent_needed`, ...).
@@ -181,6 +184,7 @@ impl DecisionEvent {
             &mut self.agent,
             &mut self.identity,
             &mut self.session_id,
+            &mut self.approval,
         ];
         for value in optional.into_iter().flatten() {
             bound_in_place(value);

@@ -24,9 +24,12 @@ pub enum Capability {
     ServersManage,
     /// Change gateways and their assignments (config-file managed today).
     GatewaysManage,
+    /// Approve or deny other people's tool calls held for approval (with
+    /// the role the rule names).
+    ApprovalsDecide,
 }
 
-const ALL: [(Capability, &str); 7] = [
+const ALL: [(Capability, &str); 8] = [
     (Capability::IdentitiesManage, "identities:manage"),
     (Capability::UsersManage, "users:manage"),
     (Capability::AgentsManage, "agents:manage"),
@@ -34,6 +37,7 @@ const ALL: [(Capability, &str); 7] = [
     (Capability::KeysManage, "keys:manage"),
     (Capability::ServersManage, "servers:manage"),
     (Capability::GatewaysManage, "gateways:manage"),
+    (Capability::ApprovalsDecide, "approvals:decide"),
 ];
 
 impl Capability {

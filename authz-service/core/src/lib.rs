@@ -17,6 +17,7 @@
 //! `latchkey` binary.
 
 pub mod agents;
+pub mod approval;
 pub mod audit;
 pub mod capability;
 pub mod config;

@@ -8,6 +8,7 @@
 //! queues audit events into the stream (and `otlp` exports them);
 //! `audit_read` reads the stream back for `latchkey audit`.
 
+pub mod approvals;
 pub mod audit_read;
 pub mod audit_writer;
 pub mod cache;

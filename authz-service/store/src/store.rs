@@ -108,9 +108,9 @@ pub struct ReplicaInfo {
 
 #[derive(Clone)]
 pub struct Store {
-    redis: Backend,
-    prefix: String,
-    audit_max_len: usize,
+    pub(crate) redis: Backend,
+    pub(crate) prefix: String,
+    pub(crate) audit_max_len: usize,
     change: redis::Script,
     append_once: redis::Script,
     /// Events older than this are trimmed from the stream (with each batch).
@@ -759,7 +759,7 @@ fn reconnectable(e: &redis::RedisError) -> bool {
     e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error()
 }
 
-fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
+pub(crate) fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
         reason: e.to_string(),
@@ -770,7 +770,7 @@ fn parse<T: DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
 /// log (target `latchkey::audit`) and to the OpenTelemetry collector, if
 /// one is configured. The event type (`audit`) stays pure data; writing it
 /// anywhere is this layer's job.
-fn log_lifecycle(event: &LifecycleEvent) {
+pub(crate) fn log_lifecycle(event: &LifecycleEvent) {
     let summary = |v: &Option<Value>| v.as_ref().map(Value::to_string);
     tracing::info!(
         target: "latchkey::audit",

@@ -8,6 +8,7 @@
 //! one scenario by (part of) its name.
 
 mod agents;
+mod approvals;
 mod attacker;
 mod audit;
 mod audit_cli;

@@ -22,11 +22,10 @@ use latchkey_store::credentials::Credentials;
 
 mod refusals;
 
-pub use self::refusals::{CONSENT_NEEDED, HIDDEN_BY_POLICY};
+pub use self::refusals::{CONSENT_NEEDED, HIDDEN_BY_POLICY, forbidden, tool_error_body};
 use self::refusals::{
-    ambiguous, authn_denial, consent_needed, forbidden, hidden_answer, insufficient_scope,
-    reauthorise_needed, shared_tokens_needed, step_up_needed, tool_error_body, unavailable,
-    use_denial,
+    ambiguous, authn_denial, consent_needed, hidden_answer, insufficient_scope, reauthorise_needed,
+    shared_tokens_needed, step_up_needed, unavailable, use_denial,
 };
 
 /// A header to set on the upstream request.
@@ -52,6 +51,8 @@ pub struct Allow {
     pub identity_version: Option<u64>,
     /// `exchange` when that identity's token was exchanged for the caller.
     pub credential_source: Option<&'static str>,
+    /// The approval this call goes through on (`approval::gate`).
+    pub approval: Option<String>,
     pub inject: Option<InjectedHeader>,
     /// The injected credential is an OAuth token the service can refresh if
     /// the upstream refuses it.
@@ -748,6 +749,7 @@ fn allow(
             .as_ref()
             .and_then(|i| i.record.exchanged.as_ref())
             .map(|_| "exchange"),
+        approval: None,
         route,
         inject,
         visibility,

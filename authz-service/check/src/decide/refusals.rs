@@ -23,7 +23,7 @@ pub const HIDDEN_BY_POLICY: &str = "hidden_by_policy";
 
 /// A JSON-RPC result that is a failed tool call (`isError: true`): the
 /// model reads the message and can correct itself.
-pub(super) fn tool_error_body(id: Option<&Value>, text: &str) -> String {
+pub fn tool_error_body(id: Option<&Value>, text: &str) -> String {
     serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -54,7 +54,7 @@ pub(super) fn hidden_answer(answer: &HiddenAnswer, name: &str, id: Option<&Value
 }
 
 impl Deny {
-    pub(super) fn unavailable(reason: &'static str, message: String) -> Deny {
+    pub fn unavailable(reason: &'static str, message: String) -> Deny {
         refusal(503, codes::UNAVAILABLE, reason, message)
     }
 }
@@ -92,7 +92,7 @@ pub(super) fn ambiguous(kind: ItemKind, problem: &latchkey_filter::uri::UriError
     }
 }
 
-pub(super) fn forbidden(reason: &'static str, message: String) -> Deny {
+pub fn forbidden(reason: &'static str, message: String) -> Deny {
     refusal(403, codes::FORBIDDEN, reason, message)
 }
 

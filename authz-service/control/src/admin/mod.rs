@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status as RpcStatus};
 
 use crate::shared::ControlState;
 
+mod approvals;
 mod operator;
 mod wire;
 
@@ -104,8 +105,9 @@ impl AdminService {
             )));
         }
         Ok(Operator {
-            subject: caller.subject,
+            subject: caller.subject.clone(),
             capabilities: Capabilities::from_claims(&claims, &admin.claim_grants()),
+            caller,
         })
     }
 
@@ -587,6 +589,30 @@ impl Admin for AdminService {
             })
             .await?;
         self.settled(connection_pb(&connection)).await
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Reply<pb::ListApprovalsResponse> {
+        let op = self.operator(&request).await?;
+        let all = request.get_ref().all;
+        Ok(Response::new(approvals::list(&self.state, &op, all).await?))
+    }
+
+    async fn get_approval(&self, request: Request<pb::GetApprovalRequest>) -> Reply<pb::Approval> {
+        let op = self.operator(&request).await?;
+        let id = &request.get_ref().id;
+        Ok(Response::new(approvals::get(&self.state, &op, id).await?))
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Reply<pb::Approval> {
+        let op = self.operator(&request).await?;
+        let decided = approvals::decide(&self.state, &op, request.into_inner()).await?;
+        Ok(Response::new(decided))
     }
 
     async fn list_keys(

@@ -9,6 +9,8 @@ use tonic::Status as RpcStatus;
 pub(super) struct Operator {
     pub(super) subject: String,
     pub(super) capabilities: Capabilities,
+    /// As the token establishes them (roles included, for approvals).
+    pub(super) caller: latchkey_core::principal::Caller,
 }
 
 impl Operator {
@@ -92,6 +94,7 @@ mod tests {
         let op = Operator {
             subject: "alice".into(),
             capabilities: Capabilities::default(),
+            caller: Default::default(),
         };
         let err = op
             .require(Capability::UsersManage, "deactivating users")

@@ -21,6 +21,41 @@ pub struct PolicyConfig {
     /// Calls that need a stronger or more recent sign-in (RFC 9470).
     #[serde(default)]
     pub step_up: Vec<StepUpConfig>,
+    /// Calls that wait for a person to approve exactly that call.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalConfig>,
+}
+
+/// `[[policy.approvals]]`: a call to one of `tools` on these assignments,
+/// for callers the `condition` (CEL over the caller and the call) holds
+/// for, goes upstream only once a person approved that very call (same
+/// caller, agent, route, tool and arguments), once. The first rule that
+/// covers a call decides who approves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    pub name: toml::Spanned<String>,
+    pub gateway: String,
+    pub assignments: Vec<String>,
+    /// Tool names or patterns.
+    pub tools: Vec<String>,
+    pub condition: Option<String>,
+    /// Who approves: unset, the person the call is for confirms it
+    /// themself; a role (a `[policy.roles]` name or a claim value), anyone
+    /// holding it but the caller (four eyes).
+    pub approver_role: Option<String>,
+    /// How long a request waits for a decision, and an approval for its
+    /// call, in seconds.
+    #[serde(default = "default_approval_ttl")]
+    pub ttl_secs: u64,
+    /// The audit trail records a digest of the arguments, never their
+    /// values (the approval page still shows them to the approver).
+    #[serde(default)]
+    pub sensitive_arguments: bool,
+}
+
+fn default_approval_ttl() -> u64 {
+    600
 }
 
 /// `[[policy.step_up]]`: a call to one of `tools` on these assignments

@@ -34,11 +34,14 @@ use crate::agents::AgentDirectory;
 use crate::config::{Config, GrantConfig, HiddenAnswers, PatternsConfig};
 use crate::principal::Caller;
 
+mod approval;
 mod condition;
 mod constraint;
 mod explain;
 mod step_up;
 
+use self::approval::ApprovalRule;
+pub use self::approval::{ApprovalNeed, MAX_APPROVAL_TTL_SECS};
 pub use self::condition::{CALL_ATTRIBUTES, CALLER_ATTRIBUTES, Condition, Facts, Reads};
 use self::constraint::{Constraint, compile_constraint};
 pub use self::step_up::StepUp;
@@ -178,6 +181,8 @@ pub struct Policy {
     roles_by_claim: HashMap<String, Vec<String>>,
     /// gateway → assignment → step-up rules.
     step_up: HashMap<String, HashMap<String, Vec<StepUpRule>>>,
+    /// gateway → assignment → approval rules.
+    approvals: HashMap<String, HashMap<String, Vec<ApprovalRule>>>,
     pub hidden: HiddenAnswers,
     /// The provisioned agents (`[[agents]]`), reloaded with the grants.
     pub agents: AgentDirectory,
@@ -209,6 +214,7 @@ impl Policy {
             grants: None,
             roles_by_claim: HashMap::new(),
             step_up: HashMap::new(),
+            approvals: HashMap::new(),
             hidden: HiddenAnswers::default(),
             agents: AgentDirectory::default(),
         }
@@ -284,10 +290,12 @@ impl Policy {
             }
         }
         let step_up = step_up::compile(config, text, &pc.step_up, &mut seen)?;
+        let approvals = approval::compile(config, text, &pc.approvals, &mut seen)?;
         Ok(Policy {
             grants: Some(grants),
             roles_by_claim,
             step_up,
+            approvals,
             hidden: pc.hidden.clone(),
             agents,
         })
@@ -620,6 +628,7 @@ impl Policy {
                 .any(|g| g.constraints.iter().any(|c| pattern_matches(&c.tool, tool)))
         });
         constrained
+            || self.may_need_approval(gateway, assignment, tool)
             || self
                 .step_up
                 .get(gateway)
@@ -629,6 +638,43 @@ impl Policy {
                         r.condition.is_some() && r.tools.iter().any(|p| pattern_matches(p, tool))
                     })
                 })
+    }
+
+    /// Whether some approval rule names `tool` (its condition aside): a
+    /// pattern match, so calls no rule names skip reading their arguments.
+    pub fn may_need_approval(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
+        self.approvals
+            .get(gateway)
+            .and_then(|m| m.get(assignment))
+            .is_some_and(|rules| {
+                rules
+                    .iter()
+                    .any(|r| r.tools.iter().any(|p| pattern_matches(p, tool)))
+            })
+    }
+
+    /// Whether an allowed tool call must wait for an approval, and whose:
+    /// the first `[[policy.approvals]]` rule covering it decides.
+    pub fn approval_for(
+        &self,
+        gateway: &str,
+        assignment: &str,
+        caller: &Caller,
+        tool: &str,
+        arguments: &Value,
+    ) -> Option<&ApprovalNeed> {
+        let rules = self.approvals.get(gateway)?.get(assignment)?;
+        let facts = Facts {
+            call: Some((tool, arguments)),
+            ..Facts::of_caller(caller, gateway, assignment)
+        };
+        rules.iter().find_map(|r| r.covers(&facts, tool))
+    }
+
+    /// Whether `caller` holds `role`: a claim value, or a `[policy.roles]`
+    /// name one of their claim values gives.
+    pub fn has_role(&self, caller: &Caller, role: &str) -> bool {
+        self.roles_of(caller).contains(&role)
     }
 
     /// Every scope a grant on `gateway` can require, for its metadata

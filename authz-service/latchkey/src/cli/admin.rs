@@ -193,14 +193,14 @@ pub enum KeysCommand {
 }
 
 /// A connected client plus the token every call carries.
-struct Session {
-    client: AdminClient<Channel>,
+pub(super) struct Session {
+    pub(super) client: AdminClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     json: bool,
 }
 
 impl Session {
-    async fn open(args: &AdminArgs) -> Result<Session> {
+    pub(super) async fn open(args: &AdminArgs) -> Result<Session> {
         let token = match &args.token_file {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("reading the token file {}", path.display()))?,
@@ -227,13 +227,17 @@ impl Session {
         })
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(super) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         r.metadata_mut().insert("authorization", self.token.clone());
         r
     }
 
-    fn print(&self, value: Value, text: impl FnOnce(&Value) -> String) {
+    pub(super) fn json(&self) -> bool {
+        self.json
+    }
+
+    pub(super) fn print(&self, value: Value, text: impl FnOnce(&Value) -> String) {
         if self.json {
             println!("{value}");
         } else {
@@ -244,7 +248,7 @@ impl Session {
 
 /// An answer's message; a warning the service attached (a change made but
 /// not yet confirmed by every replica) goes to standard error first.
-trait IntoAnswer<T> {
+pub(super) trait IntoAnswer<T> {
     fn into_answer(self) -> T;
 }
 
@@ -262,7 +266,7 @@ impl<T> IntoAnswer<T> for tonic::Response<T> {
 }
 
 /// A refused call as an error a person can act on.
-fn refused(status: tonic::Status) -> anyhow::Error {
+pub(super) fn refused(status: tonic::Status) -> anyhow::Error {
     let hint = match status.code() {
         tonic::Code::Unauthenticated => {
             " (get a fresh token for the admin audience and set LATCHKEY_TOKEN)"

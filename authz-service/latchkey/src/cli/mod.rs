@@ -1,11 +1,13 @@
 //! The `latchkey` command line: what each command takes (clap) and where
 //! it runs. One file per command group: `serve`, `admin` (identities,
 //! users, connections, agents, keys: calls to the admin API, and the
-//! offline `identity put-shared`), `policy` (`check` and `lint` against a
+//! offline `identity put-shared`), `approval` (tool calls held for
+//! approval, over the same API), `policy` (`check` and `lint` against a
 //! config file), `audit` (`query` and `tail` of the stream in Redis) and
 //! `envoy` (`render` and `istio`, the deployment config).
 
 mod admin;
+mod approval;
 mod audit;
 mod envoy;
 mod policy;
@@ -26,6 +28,7 @@ use latchkey_store::store::Store;
 use self::admin::{
     AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
 };
+use self::approval::ApprovalCommand;
 use self::audit::AuditCommand;
 use self::envoy::EnvoyCommand;
 use self::policy::PolicyCommand;
@@ -65,6 +68,9 @@ enum Command {
     /// Master keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Tool calls held for approval: list, show, approve, deny.
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
     /// Who the admin API thinks you are, and your capabilities.
     Whoami,
     /// Envoy configuration.
@@ -97,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Connection(c) => block_on(admin::connection(&cli.admin, c))?,
         Command::Agent(c) => block_on(admin::agent(&cli.admin, c))?,
         Command::Keys(c) => block_on(admin::keys(&cli.admin, c))?,
+        Command::Approval(c) => block_on(approval::run(&cli.admin, c))?,
         Command::Whoami => block_on(admin::whoami(&cli.admin))?,
         Command::Audit(c) => audit::run(c, cli.admin.json),
         Command::Policy(c) => policy::run(c),

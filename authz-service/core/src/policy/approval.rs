@@ -1,0 +1,124 @@
+//! Approval rules (`[[policy.approvals]]`): calls that go upstream only
+//! once a person approved that very call. Like a step-up rule, a rule
+//! gives nothing; it only holds back a call the grants already allow. The
+//! first rule covering a call decides who approves it.
+
+use std::collections::{HashMap, HashSet};
+
+use latchkey_filter::visibility::pattern_matches;
+
+use crate::config::{ApprovalConfig, Config};
+
+use super::condition::{Condition, Facts, Reads};
+use super::{PolicyError, line_of};
+
+/// What a covered call needs: whose approval, for how long, and whether
+/// its arguments may be written to the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    pub rule: String,
+    /// `None`: the person the call is for confirms it; else anyone with
+    /// this role but the caller.
+    pub approver_role: Option<String>,
+    pub ttl_secs: u64,
+    pub sensitive_arguments: bool,
+}
+
+/// One compiled rule, for one assignment.
+#[derive(Debug)]
+pub(super) struct ApprovalRule {
+    need: ApprovalNeed,
+    pub(super) tools: Vec<String>,
+    pub(super) condition: Option<Condition>,
+}
+
+impl ApprovalRule {
+    /// Whether this rule covers the call `facts` describe. A condition that
+    /// fails to evaluate keeps the call covered: a rule only holds back.
+    pub(super) fn covers(&self, facts: &Facts<'_>, tool: &str) -> Option<&ApprovalNeed> {
+        if !self.tools.iter().any(|p| pattern_matches(p, tool)) {
+            return None;
+        }
+        match &self.condition {
+            Some(c) if c.holds(facts) == Ok(false) => None,
+            _ => Some(&self.need),
+        }
+    }
+}
+
+/// The longest an approval may wait or stay usable: a day.
+pub const MAX_APPROVAL_TTL_SECS: u64 = 24 * 3600;
+
+/// Compiles every rule, by gateway and assignment; `seen` holds the names
+/// of grants and rules so far (names are unique among all of them).
+pub(super) fn compile(
+    config: &Config,
+    text: &str,
+    rules: &[ApprovalConfig],
+    seen: &mut HashSet<String>,
+) -> Result<HashMap<String, HashMap<String, Vec<ApprovalRule>>>, PolicyError> {
+    let mut out: HashMap<String, HashMap<String, Vec<ApprovalRule>>> = HashMap::new();
+    for r in rules {
+        let line = line_of(text, r.name.span().start);
+        let name = r.name.get_ref().clone();
+        let at = format!("[[policy.approvals]] '{name}' (line {line})");
+        if !seen.insert(name.clone()) {
+            return Err(PolicyError(format!(
+                "{at}: a grant or another rule has the same name"
+            )));
+        }
+        let Some(gateway) = config.gateway(&r.gateway) else {
+            return Err(PolicyError(format!(
+                "{at}: unknown gateway '{}'",
+                r.gateway
+            )));
+        };
+        if r.assignments.is_empty() || r.tools.is_empty() {
+            return Err(PolicyError(format!(
+                "{at}: names no assignments or no tools; list what it covers"
+            )));
+        }
+        if let Some(a) = r
+            .assignments
+            .iter()
+            .find(|a| !gateway.assignments.iter().any(|x| x.name == **a))
+        {
+            return Err(PolicyError(format!(
+                "{at}: gateway '{}' has no assignment '{a}'",
+                r.gateway
+            )));
+        }
+        if r.ttl_secs == 0 || r.ttl_secs > MAX_APPROVAL_TTL_SECS {
+            return Err(PolicyError(format!(
+                "{at}: ttl_secs must be from 1 to {MAX_APPROVAL_TTL_SECS} (a day)"
+            )));
+        }
+        if r.approver_role.as_deref() == Some("") {
+            return Err(PolicyError(format!(
+                "{at}: approver_role is empty; name a role, or leave it out for the person the call is for"
+            )));
+        }
+        let condition = r
+            .condition
+            .as_deref()
+            .map(|c| Condition::compile(c, Reads::CallerAndCall, &at))
+            .transpose()?;
+        for assignment in &r.assignments {
+            out.entry(r.gateway.clone())
+                .or_default()
+                .entry(assignment.clone())
+                .or_default()
+                .push(ApprovalRule {
+                    need: ApprovalNeed {
+                        rule: name.clone(),
+                        approver_role: r.approver_role.clone(),
+                        ttl_secs: r.ttl_secs,
+                        sensitive_arguments: r.sensitive_arguments,
+                    },
+                    tools: r.tools.clone(),
+                    condition: condition.clone(),
+                });
+        }
+    }
+    Ok(out)
+}
