@@ -1,8 +1,9 @@
-//! The official TypeScript MCP SDK as a client process
-//! (`tests/peers/url-elicitation-client.mjs`): it declares URL-mode
+//! The official MCP SDKs as client processes, each printing one JSON line
+//! per step, which the test reads as they come:
+//! `tests/peers/url-elicitation-client.mjs` (TypeScript: declares URL-mode
 //! elicitation, calls a tool, waits for `notifications/elicitation/complete`
-//! and retries, printing one JSON line per step, which the test reads as
-//! they come.
+//! and retries) and `tests/peers/approval_client.py` (Python: a call held
+//! for approval, retried once a person decided, then made a third time).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,17 +14,22 @@ use tokio::process::{Child, ChildStdout};
 
 use crate::paths;
 
-/// A running `url-elicitation-client.mjs`.
-pub struct UrlElicitationClient {
+/// A running SDK client script.
+pub struct SdkClient {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-impl UrlElicitationClient {
-    /// Starts the client against `url` as `token` (passed in the
+impl SdkClient {
+    /// Starts the TypeScript client against `url` as `token` (passed in the
     /// environment, never on the command line), calling `tool`, and waiting
     /// at most `wait` for the completion notification.
-    pub fn start(url: &str, token: &str, tool: &str, wait: Duration) -> Result<Self> {
+    pub fn typescript_url_elicitation(
+        url: &str,
+        token: &str,
+        tool: &str,
+        wait: Duration,
+    ) -> Result<Self> {
         if !paths::peers_dir()
             .join("node_modules/@modelcontextprotocol/sdk")
             .exists()
@@ -32,9 +38,34 @@ impl UrlElicitationClient {
                 "tests/peers/node_modules/@modelcontextprotocol/sdk is missing: run scripts/setup"
             );
         }
-        let mut child = tokio::process::Command::new("node")
-            .arg(paths::peers_dir().join("url-elicitation-client.mjs"))
-            .args([url, tool, &wait.as_millis().to_string()])
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.arg(paths::peers_dir().join("url-elicitation-client.mjs"))
+            .args([url, tool, &wait.as_millis().to_string()]);
+        Self::spawn(
+            cmd,
+            token,
+            "node for url-elicitation-client.mjs: install Node.js 20+",
+        )
+    }
+
+    /// Starts the Python client against `url` as `token`, calling `tool`
+    /// with `arguments`, retrying once `go_file` exists.
+    pub fn python_approval(
+        url: &str,
+        token: &str,
+        tool: &str,
+        arguments: &serde_json::Value,
+        go_file: &std::path::Path,
+    ) -> Result<Self> {
+        let mut cmd = tokio::process::Command::new(paths::venv_python()?);
+        cmd.arg(paths::peers_dir().join("approval_client.py"))
+            .args([url, tool, &arguments.to_string()])
+            .arg(go_file);
+        Self::spawn(cmd, token, "the Python SDK client approval_client.py")
+    }
+
+    fn spawn(mut cmd: tokio::process::Command, token: &str, what: &str) -> Result<Self> {
+        let mut child = cmd
             .env("MCP_TOKEN", token)
             .current_dir(paths::peers_dir())
             .stdin(Stdio::null())
@@ -42,7 +73,7 @@ impl UrlElicitationClient {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting node for url-elicitation-client.mjs: install Node.js 20+")?;
+            .with_context(|| format!("starting {what}"))?;
         let stdout = child.stdout.take().context("the client's stdout")?;
         Ok(Self {
             child,

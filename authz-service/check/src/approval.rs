@@ -3,26 +3,35 @@
 //! on an approval of that very call, which it then uses up.
 //!
 //! The first such call records a request (in Redis, shared by every
-//! replica, bounded per person) and is answered with what the caller can
-//! do: who must approve, and how (`latchkey approval approve <id>`). The
-//! same call again while it waits gets the same answer; once approved, it
-//! passes once; once denied, it is answered with a failed tool result
-//! naming the reason, until the request expires. A change in anything
-//! about the call (an argument, the tool, the agent) is another call.
+//! replica, bounded per person) and is answered in band the way consent
+//! is (`consent::in_band`): with a `[connect]` page, a link to the approval
+//! page, as a 2026-07-28 `InputRequiredResult` URL elicitation with a
+//! signed `requestState`, a 2025-11-25 -32042 (its completion announced on
+//! the session's GET stream once decided) or a JSON-RPC error carrying the
+//! link; without one, a JSON-RPC error naming `latchkey approval approve
+//! <id>`. The same call again while it waits gets the same answer; once
+//! approved, it passes once; once denied, it is answered with a failed tool
+//! result naming the reason, until the request expires. A change in
+//! anything about the call (an argument, the tool, the agent) is another
+//! call.
 
 use std::time::Duration;
 
 use latchkey_core::approval::{
     ApprovalRecord, ApprovalStatus, Call, MAX_APPROVAL_ARGUMENTS_BYTES, call_digest, canonical_json,
 };
+use latchkey_core::config::ConnectConfig;
 use latchkey_core::identity::now_rfc3339;
 use latchkey_core::policy::{ApprovalNeed, Policy};
 use latchkey_filter::jsonrpc;
 use latchkey_filter::mcp::RequestError;
 use latchkey_store::approvals::{Created, TransitionError};
+use latchkey_store::credentials::Credentials;
 use latchkey_store::store::Store;
 use serde_json::Value;
+use url::Url;
 
+use crate::consent::{self, InBand};
 use crate::context::RequestContext;
 use crate::decide::{Allow, Attribution, Decision, Deny, forbidden, tool_error_body};
 
@@ -32,11 +41,13 @@ pub const APPROVAL_NEEDED: &str = "approval_needed";
 /// Lets `decision` through unchanged unless it allows a tool call an
 /// approval rule covers; then the call passes only on its approval.
 pub async fn gate(
-    store: &Store,
+    credentials: &Credentials,
+    connect: Option<&ConnectConfig>,
     policy: &Policy,
     ctx: &RequestContext,
     decision: Decision,
 ) -> Decision {
+    let store = &credentials.store;
     let Decision::Allow(allow) = decision else {
         return decision;
     };
@@ -105,7 +116,43 @@ pub async fn gate(
             approval: Some(approval),
             ..allow
         }),
-        Ok(Settled::Held(record)) => held(answer(&record, id.as_ref())),
+        Ok(Settled::Held(record)) => {
+            let deny = answer(&record, id.as_ref(), connect);
+            match (record.status, connect) {
+                (ApprovalStatus::Pending, Some(connect)) => {
+                    let attributed = held(deny);
+                    let Decision::Deny(deny) = attributed else {
+                        return attributed;
+                    };
+                    let link = approval_link(&connect.public_url, &record.gateway, &record.id);
+                    let remembered = consent::remembers_url_elicitation(
+                        credentials,
+                        &record.gateway,
+                        &record.user,
+                        record.agent.as_deref(),
+                    )
+                    .await;
+                    let expires = time::OffsetDateTime::parse(
+                        &record.expires_at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+                    let ask = InBand {
+                        request: &record.id,
+                        user: &record.user,
+                        gateway: &record.gateway,
+                        assignment: &record.assignment,
+                        key: format!("approve-{}", record.tool),
+                        link: &link,
+                        text: deny.refusal.message.clone(),
+                        expires,
+                        form: consent::answer_form_for(ctx, remembered),
+                    };
+                    Decision::Deny(consent::in_band(credentials, ctx, deny, ask).await)
+                }
+                _ => held(deny),
+            }
+        }
         Err(deny) => held(deny),
     }
 }
@@ -212,9 +259,23 @@ async fn settle(
     Err(unavailable(&"the request changed while it was read"))
 }
 
+/// The approval page of request `id`: it names the gateway and the
+/// request, nothing about the call or the person.
+pub fn approval_link(public_url: &Url, gateway: &str, id: &str) -> Url {
+    let mut url = public_url.clone();
+    let path = format!(
+        "{}/connect/{gateway}/approval",
+        url.path().trim_end_matches('/')
+    );
+    url.set_path(&path);
+    url.query_pairs_mut().clear().append_pair("id", id);
+    url
+}
+
 /// What a held call is answered: a JSON-RPC error saying who approves and
-/// how, while it waits; a failed tool result naming the reason, once denied.
-fn answer(record: &ApprovalRecord, id: Option<&Value>) -> Deny {
+/// how (where, with a connect page), while it waits; a failed tool result
+/// naming the reason, once denied.
+fn answer(record: &ApprovalRecord, id: Option<&Value>, connect: Option<&ConnectConfig>) -> Deny {
     if record.status == ApprovalStatus::Denied {
         let text = format!(
             "The call to '{}' was denied by {}{}. Do not retry it as it is.",
@@ -245,9 +306,17 @@ fn answer(record: &ApprovalRecord, id: Option<&Value>) -> Deny {
             record.user
         ),
     };
+    let how = match connect {
+        Some(c) => format!(
+            "at {} (or with `latchkey approval approve {}`)",
+            approval_link(&c.public_url, &record.gateway, &record.id),
+            record.id
+        ),
+        None => format!("with `latchkey approval approve {}`", record.id),
+    };
     let text = format!(
-        "The call to '{}' needs approval (rule '{}'): it goes through once {who} with `latchkey approval approve {}`. Then make the same call again, with the same arguments, before {}.",
-        record.tool, record.rule, record.id, record.expires_at
+        "The call to '{}' needs approval (rule '{}'): it goes through once {who} {how}. Then make the same call again, with the same arguments, before {}.",
+        record.tool, record.rule, record.expires_at
     );
     Deny {
         refusal: RequestError {

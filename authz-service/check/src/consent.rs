@@ -235,12 +235,6 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Who a consent answer is for, from the refusal's attribution.
-struct Asker<'a> {
-    user: &'a str,
-    at: &'a Attribution,
-}
-
 /// Turns a consent-needed refusal into the in-band answer the client
 /// understands, after recording the consent request the link points at.
 /// Without `[connect]` the refusal stays as it is (it says who can help).
@@ -259,23 +253,15 @@ pub async fn ask(
     if deny.refusal.id.is_none() {
         return deny;
     }
-    let Some(at) = deny.attribution.as_deref() else {
+    let Some(at) = deny.attribution.clone() else {
         return deny;
     };
     let Some(user) = at.user.as_deref() else {
         return deny;
     };
-    let asker = Asker { user, at };
-    let message: Value = serde_json::from_slice(&ctx.body).unwrap_or(Value::Null);
-    let mcp = ctx.mcp.as_ref();
-    let version = mcp.and_then(|m| m.protocol_version.as_deref());
-    let method = mcp.and_then(|m| m.method.as_deref());
-    let url_declared = if at_least(version, MULTI_ROUND_TRIP_VERSION) {
-        declared_capabilities(&message).is_some_and(declares_url_elicitation)
-    } else {
-        remembered_url_elicitation(credentials, &asker).await
-    };
-    let form = answer_form(version, method, url_declared);
+    let remembered =
+        remembers_url_elicitation(credentials, &at.gateway, user, at.agent.as_deref()).await;
+    let form = answer_form_for(ctx, remembered);
     let ttl = Duration::from_secs(connect.consent_ttl_secs.max(1));
     let expires = time::OffsetDateTime::now_utc() + ttl;
     let record = ConsentRecord {
@@ -316,14 +302,97 @@ pub async fn ask(
         "Connect your {} account to continue: open {link} in your browser, sign in, and allow access; then retry.",
         at.server
     );
+    let ask = InBand {
+        request: &record.id,
+        user,
+        gateway: &at.gateway,
+        assignment: &at.assignment,
+        key: format!("connect-{}", at.server),
+        link: &link,
+        text,
+        expires,
+        form,
+    };
+    in_band(credentials, ctx, deny, ask).await
+}
+
+/// A request the person must act on in a browser, as a client is told
+/// of it: consent (`ask`) or an approval (`crate::approval`).
+pub struct InBand<'a> {
+    /// The request's id (the elicitation's, the `requestState`'s `cid`).
+    pub request: &'a str,
+    pub user: &'a str,
+    pub gateway: &'a str,
+    pub assignment: &'a str,
+    /// The key of the `inputRequests` entry (2026-07-28).
+    pub key: String,
+    pub link: &'a Url,
+    /// What the person is told; carries the link.
+    pub text: String,
+    pub expires: time::OffsetDateTime,
+    pub form: AnswerForm,
+}
+
+/// How a client is told of a request awaiting a person, in the form its
+/// protocol version and capabilities understand (see [`answer_form`]).
+pub fn answer_form_for(ctx: &RequestContext, remembered_url_elicitation: bool) -> AnswerForm {
+    let message: Value = serde_json::from_slice(&ctx.body).unwrap_or(Value::Null);
+    let mcp = ctx.mcp.as_ref();
+    let version = mcp.and_then(|m| m.protocol_version.as_deref());
+    let method = mcp.and_then(|m| m.method.as_deref());
+    let url_declared = if at_least(version, MULTI_ROUND_TRIP_VERSION) {
+        declared_capabilities(&message).is_some_and(declares_url_elicitation)
+    } else {
+        remembered_url_elicitation
+    };
+    answer_form(version, method, url_declared)
+}
+
+/// Whether the client of `user` (through `agent`) on `gateway` declared
+/// URL-mode elicitation at its last `initialize`.
+pub async fn remembers_url_elicitation(
+    credentials: &Credentials,
+    gateway: &str,
+    user: &str,
+    agent: Option<&str>,
+) -> bool {
+    let store = &credentials.store;
+    let key = store.client_capabilities_key(gateway, user, client_key(agent));
+    match store.get::<Value>(&key).await {
+        Ok(Some(caps)) => declares_url_elicitation(&caps),
+        // Unknown or unreadable: the link in the message reaches every client.
+        _ => false,
+    }
+}
+
+/// Turns `deny` into the in-band answer of `ask`.
+pub async fn in_band(
+    credentials: &Credentials,
+    ctx: &RequestContext,
+    deny: Deny,
+    ask: InBand<'_>,
+) -> Deny {
+    let mcp = ctx.mcp.as_ref();
+    let method = mcp.and_then(|m| m.method.as_deref());
+    let InBand {
+        request,
+        user,
+        gateway,
+        assignment,
+        key,
+        link,
+        text,
+        expires,
+        form,
+    } = ask;
     let id = deny.refusal.id.clone();
     let (status, body) = match form {
         AnswerForm::InputRequired => {
             let claims = StateClaims {
-                cid: record.id.clone(),
+                cid: request.to_string(),
                 sub: user.to_string(),
-                gw: at.gateway.clone(),
-                asg: at.assignment.clone(),
+                gw: gateway.to_string(),
+                asg: assignment.to_string(),
                 m: method.unwrap_or_default().to_string(),
                 n: mcp.and_then(|m| m.name.clone()),
                 exp: expires.unix_timestamp(),
@@ -337,7 +406,7 @@ pub async fn ask(
                     refusal: RequestError {
                         http_status: 503,
                         jsonrpc_code: jsonrpc::INTERNAL_ERROR,
-                        message: "the consent answer could not be signed: the vault's active key is not available on this replica".into(),
+                        message: "the answer could not be signed: the vault's active key is not available on this replica".into(),
                         ..Default::default()
                     },
                     reason: "unavailable",
@@ -345,11 +414,11 @@ pub async fn ask(
                     ..deny
                 };
             };
-            (200, input_required_body(id.as_ref(), &at.server, &link, &text, &state))
+            (200, input_required_body(id.as_ref(), &key, link, &text, &state))
         }
         AnswerForm::UrlElicitationRequired => (
             200,
-            url_elicitation_error_body(id.as_ref(), &record.id, &link, &text),
+            url_elicitation_error_body(id.as_ref(), request, link, &text),
         ),
         AnswerForm::MissingCapability => (
             400,
@@ -371,9 +440,9 @@ pub async fn ask(
     };
     // The filter tells the session's GET stream once the person is done.
     let elicitation = (form == AnswerForm::UrlElicitationRequired).then(|| PendingElicitation {
-        id: record.id.clone(),
+        id: request.to_string(),
         user: user.to_string(),
-        gateway: at.gateway.clone(),
+        gateway: gateway.to_string(),
         expires: expires.unix_timestamp(),
     });
     Deny {
@@ -390,12 +459,11 @@ pub async fn ask(
 
 fn input_required_body(
     id: Option<&Value>,
-    server: &str,
+    key: &str,
     link: &Url,
     text: &str,
     state: &str,
 ) -> String {
-    let key = format!("connect-{server}");
     json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -481,18 +549,8 @@ pub fn check_retry(
 }
 
 /// The client a capability declaration is remembered for.
-fn client_key(at: &Attribution) -> &str {
-    at.agent.as_deref().unwrap_or("-")
-}
-
-async fn remembered_url_elicitation(credentials: &Credentials, asker: &Asker<'_>) -> bool {
-    let store = &credentials.store;
-    let key = store.client_capabilities_key(&asker.at.gateway, asker.user, client_key(asker.at));
-    match store.get::<Value>(&key).await {
-        Ok(Some(caps)) => declares_url_elicitation(&caps),
-        // Unknown or unreadable: the link in the message reaches every client.
-        _ => false,
-    }
+fn client_key(agent: Option<&str>) -> &str {
+    agent.unwrap_or("-")
 }
 
 /// Remembers what a client declared at `initialize` (MCP before 2026-07-28
@@ -528,7 +586,7 @@ pub async fn remember_capabilities(
     };
     let caps = &summary;
     let store = &credentials.store;
-    let key = store.client_capabilities_key(&at.gateway, user, client_key(at));
+    let key = store.client_capabilities_key(&at.gateway, user, client_key(at.agent.as_deref()));
     let digest = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -778,7 +836,7 @@ mod tests {
         let link = Url::parse("https://l.example/connect/main?request=r1").unwrap();
         let body: Value = serde_json::from_str(&input_required_body(
             Some(&json!(7)),
-            "github",
+            "connect-github",
             &link,
             "Connect",
             "lk1.s",

@@ -1,17 +1,20 @@
 //! `latchkey.elicitation.v1.Elicitations`: the Wasm filter asks which of
-//! the URL elicitations (-32042 consent answers) it handed out have been
-//! completed on the connect page, to announce them to the client with
-//! `notifications/elicitation/complete` (see `latchkey_filter::completion`).
+//! the URL elicitations (-32042 answers) it handed out have been completed
+//! (a consent request on the connect page, an approval request decided), to
+//! announce them to the client with `notifications/elicitation/complete`
+//! (see `latchkey_filter::completion`).
 //!
-//! The answer is read from the consent requests themselves (their
-//! `completed_at`), so any replica answers the same. It grants nothing: an
-//! id is reported completed only to the user it was issued to.
+//! The answer is read from the requests themselves (a consent request's
+//! `completed_at`, an approval request's status), so any replica answers
+//! the same. It grants nothing: an id is reported completed only to the
+//! user it was issued to.
 
 use latchkey_proto::elicitation::elicitations_server::Elicitations;
 use latchkey_proto::elicitation::{CompletedRequest, CompletedResponse};
 use tonic::{Request, Response, Status};
 
 use crate::consent::ConsentRecord;
+use latchkey_core::approval::{ApprovalRecord, ApprovalStatus};
 use latchkey_store::store::Store;
 
 /// Most ids one question may carry (the filter keeps at most as many).
@@ -22,16 +25,43 @@ pub struct ElicitationService {
     pub store: Store,
 }
 
-/// The ids of `asked` whose consent request in `records` was completed by
-/// the same user.
-pub fn completed_ids(asked: &CompletedRequest, records: &[ConsentRecord]) -> Vec<String> {
+/// One request a URL elicitation was handed out for: its id, whose it
+/// is, and whether the person is done with it.
+pub struct Outcome<'a> {
+    pub id: &'a str,
+    pub user: &'a str,
+    pub done: bool,
+}
+
+impl<'a> From<&'a ConsentRecord> for Outcome<'a> {
+    fn from(r: &'a ConsentRecord) -> Self {
+        Outcome {
+            id: &r.id,
+            user: &r.user,
+            done: r.completed_at.is_some(),
+        }
+    }
+}
+
+impl<'a> From<&'a ApprovalRecord> for Outcome<'a> {
+    fn from(r: &'a ApprovalRecord) -> Self {
+        Outcome {
+            id: &r.id,
+            user: &r.user,
+            done: r.status != ApprovalStatus::Pending,
+        }
+    }
+}
+
+/// The ids of `asked` whose request in `outcomes` is done, for the same user.
+pub fn completed_ids(asked: &CompletedRequest, outcomes: &[Outcome<'_>]) -> Vec<String> {
     asked
         .elicitations
         .iter()
         .filter(|e| {
-            records
+            outcomes
                 .iter()
-                .any(|r| r.id == e.id && r.user == e.user && r.completed_at.is_some())
+                .any(|r| r.id == e.id && r.user == e.user && r.done)
         })
         .map(|e| e.id.clone())
         .collect()
@@ -56,11 +86,23 @@ impl Elicitations for ElicitationService {
             .iter()
             .map(|e| store.consent_key(&e.id))
             .collect();
-        let records: Vec<ConsentRecord> = store.get_many(&keys).await.map_err(|e| {
-            Status::unavailable(format!("the consent requests cannot be read: {e}"))
-        })?;
+        let unavailable = |e: latchkey_store::store::StoreError| {
+            Status::unavailable(format!("the requests cannot be read: {e}"))
+        };
+        let consents: Vec<ConsentRecord> = store.get_many(&keys).await.map_err(unavailable)?;
+        let keys: Vec<String> = asked
+            .elicitations
+            .iter()
+            .map(|e| store.approval_key(&e.id))
+            .collect();
+        let approvals: Vec<ApprovalRecord> = store.get_many(&keys).await.map_err(unavailable)?;
+        let outcomes: Vec<Outcome<'_>> = consents
+            .iter()
+            .map(Outcome::from)
+            .chain(approvals.iter().map(Outcome::from))
+            .collect();
         Ok(Response::new(CompletedResponse {
-            completed: completed_ids(&asked, &records),
+            completed: completed_ids(&asked, &outcomes),
         }))
     }
 }
@@ -106,6 +148,7 @@ mod tests {
             // Completed, but issued to alice: bob's question gets nothing.
             record("c", "alice", true),
         ];
-        assert_eq!(completed_ids(&asked, &records), ["a"]);
+        let outcomes: Vec<Outcome<'_>> = records.iter().map(Outcome::from).collect();
+        assert_eq!(completed_ids(&asked, &outcomes), ["a"]);
     }
 }

@@ -94,7 +94,8 @@ impl Authorization for CheckService {
             refresher: &self.refresher,
         };
         let decision = decider.decide(&ctx).await;
-        let decision = approval::gate(&self.credentials.store, &policy, &ctx, decision).await;
+        let connect = self.config.connect.as_ref();
+        let decision = approval::gate(&self.credentials, connect, &policy, &ctx, decision).await;
         let decision = self.consent(&ctx, decision).await;
         self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);

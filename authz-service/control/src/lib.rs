@@ -5,6 +5,7 @@
 //! `/metrics`). `shared` is what those handlers share.
 
 pub mod admin;
+pub mod approvals;
 pub mod connect;
 pub mod http_listener;
 pub mod shared;

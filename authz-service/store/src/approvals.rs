@@ -19,10 +19,21 @@ use crate::store::{Store, StoreError, log_lifecycle, parse};
 /// KEYS: record, call pointer, the person's pending set, the index, the
 /// audit stream. ARGV: record, id, ttl secs, now, expiry (unix), max
 /// pending, event, stream max length, the prefix of record keys (the
-/// record a pointer names shares the keys' hash tag, so its slot).
+/// record a pointer names shares the keys' hash tag, so its slot), now
+/// (RFC 3339).
 /// Returns the id of a live request already covering the call (pending or
 /// approved), `""` when this one was created, or `"!full"`.
+///
+/// The person's requests that expired still waiting leave their pending
+/// set here, each with an `approval.expired` event: Redis forgets the
+/// records themselves silently, so the trail records an expiry when the
+/// person next asks.
 const CREATE: &str = r#"
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])) do
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', cjson.encode({
+    time = ARGV[10], event = 'lifecycle', action = 'approval.expired', actor = 'latchkey',
+    target_kind = 'approval', target = gone}))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[4])
 local existing = redis.call('GET', KEYS[2])
@@ -126,6 +137,7 @@ impl Store {
             .arg(event.to_json())
             .arg(self.audit_max_len)
             .arg(self.approval_key(""))
+            .arg(latchkey_core::identity::now_rfc3339())
             .invoke_async(&mut conn)
             .await?;
         Ok(match answer.as_str() {

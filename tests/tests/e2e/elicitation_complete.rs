@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use latchkey_e2e::sdk_client::UrlElicitationClient;
+use latchkey_e2e::sdk_client::SdkClient;
 use latchkey_e2e::stack::LATCHKEY_HTTP;
 use latchkey_e2e::{Browser, Stack, StackOptions, eventually};
 use serde_json::json;
@@ -71,7 +71,7 @@ async fn the_client_hears_that_the_person_is_done_and_its_retry_goes_through() -
         .create_own_identity("alice", "whoami", "whoami-alice")
         .await?;
 
-    let mut client = UrlElicitationClient::start(
+    let mut client = SdkClient::typescript_url_elicitation(
         &stack.url("whoami-all"),
         &alice,
         "whoami",

@@ -8,6 +8,7 @@
 //! one scenario by (part of) its name.
 
 mod agents;
+mod approval_page;
 mod approvals;
 mod attacker;
 mod audit;

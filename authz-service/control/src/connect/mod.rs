@@ -8,6 +8,8 @@
 //!   first when there is no session.
 //! - `POST /connect/{gateway}/authorise|use|disconnect`: the page's buttons
 //!   (a CSRF token bound to the session in every form).
+//! - `GET|POST /connect/{gateway}/approval[?id=<request>]`: a tool call
+//!   held for approval, and its Approve and Deny (`approval`).
 //! - `GET /connect/callback`: where the organisation's identity provider
 //!   sends the browser back after sign-in; `GET /connect/callback/{server}`:
 //!   where server `server`'s provider does. One redirect URI per provider,
@@ -40,6 +42,7 @@
 // `signed_in` (what a form post must bring), `sign_in`, `authorise`,
 // `callback` (both providers' way back), `manage` (use, disconnect, sign
 // out), `page` (the page itself).
+mod approval;
 mod authorise;
 mod callback;
 mod consent;
@@ -112,6 +115,10 @@ pub fn router(app: Arc<ControlState>) -> Router {
         .route("/connect/{gateway}/use", post(use_identity))
         .route("/connect/{gateway}/disconnect", post(disconnect))
         .route("/connect/{gateway}/signout", post(sign_out))
+        .route(
+            "/connect/{gateway}/approval",
+            get(approval::approval_page).post(approval::decide),
+        )
         .with_state(connect)
 }
 

@@ -22,6 +22,29 @@ pub(super) struct Session {
     /// Every form carries it; compared in constant time.
     pub(super) csrf: String,
     pub(super) created_at: String,
+    /// The ID token's groups and roles claim values (at most
+    /// [`MAX_SESSION_ROLES`]), for the approval rules' roles.
+    #[serde(default)]
+    pub(super) roles: Vec<String>,
+    /// Whether the ID token carries `approvals:decide` (as `[admin]` maps
+    /// claims to capabilities): the person may decide others' calls.
+    #[serde(default)]
+    pub(super) decides_for_others: bool,
+}
+
+/// The most role values a session keeps (each at most 128 bytes): the
+/// identity provider signed them, and Redis keeps them for the session.
+pub(super) const MAX_SESSION_ROLES: usize = 64;
+
+impl Session {
+    /// The signed-in person as policy reads them (their roles).
+    pub(super) fn caller(&self) -> latchkey_core::principal::Caller {
+        latchkey_core::principal::Caller {
+            subject: self.user.clone(),
+            roles: self.roles.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// What a flow cookie holds, sealed: the flow, the `state` it was issued

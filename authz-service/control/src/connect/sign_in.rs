@@ -13,7 +13,7 @@ use url::Url;
 
 use super::errors::{oauth_failed, store_down};
 use super::html::Page;
-use super::session::{CallbackQuery, Flow, Session, random_token, same_secret};
+use super::session::{CallbackQuery, Flow, MAX_SESSION_ROLES, Session, random_token, same_secret};
 use super::{Connect, SESSION_COOKIE, redirect};
 use latchkey_check::oauth::{Provider, ProviderSettings, callback_url};
 use latchkey_core::hex;
@@ -217,10 +217,23 @@ pub(super) async fn finish_sign_in(
             .map_err(|e| store_down(&e))?;
     }
     let id = random_token();
+    let capabilities = latchkey_core::capability::Capabilities::from_claims(
+        &claims,
+        &c.app.config.admin.claim_grants(),
+    );
     let session = Session {
         user: caller.subject.clone(),
         csrf: random_token(),
         created_at: now_rfc3339(),
+        roles: caller
+            .roles
+            .iter()
+            .filter(|r| r.len() <= 128)
+            .take(MAX_SESSION_ROLES)
+            .cloned()
+            .collect(),
+        decides_for_others: capabilities
+            .has(latchkey_core::capability::Capability::ApprovalsDecide),
     };
     let ttl = Duration::from_secs(c.settings.session_ttl_secs.max(1));
     store
