@@ -39,7 +39,13 @@ impl Scrape {
 }
 
 pub async fn scrape(stack: &Stack) -> Result<Scrape> {
-    let url = format!("http://127.0.0.1:{}/metrics", stack.replicas[0].http_port);
+    scrape_replica(stack, 0).await
+}
+
+/// One scrape of replica `n` (each counts what it decided itself).
+pub async fn scrape_replica(stack: &Stack, n: usize) -> Result<Scrape> {
+    let replica = stack.replicas.get(n).context("no such replica")?;
+    let url = format!("http://127.0.0.1:{}/metrics", replica.http_port);
     let reply = send("GET", &url, &[], Vec::new()).await?;
     ensure!(reply.status == 200, "GET {url}: {}", reply.status);
     let kind = reply.header("content-type").unwrap_or_default();

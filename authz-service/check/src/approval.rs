@@ -22,6 +22,7 @@ use latchkey_core::approval::{
 };
 use latchkey_core::config::ConnectConfig;
 use latchkey_core::identity::now_rfc3339;
+use latchkey_core::metrics::Metrics;
 use latchkey_core::policy::{ApprovalNeed, Policy};
 use latchkey_filter::jsonrpc;
 use latchkey_filter::mcp::RequestError;
@@ -42,6 +43,7 @@ pub const APPROVAL_NEEDED: &str = "approval_needed";
 /// approval rule covers; then the call passes only on its approval.
 pub async fn gate(
     credentials: &Credentials,
+    metrics: &Metrics,
     connect: Option<&ConnectConfig>,
     policy: &Policy,
     ctx: &RequestContext,
@@ -112,11 +114,18 @@ pub async fn gate(
         arguments: &arguments,
     });
     match settle(store, &allow, &need, tool, &digest, arguments).await {
-        Ok(Settled::Pass(approval)) => Decision::Allow(Allow {
-            approval: Some(approval),
-            ..allow
-        }),
+        Ok(Settled::Pass(approval)) => {
+            metrics.count_approval(&need.rule, "used");
+            Decision::Allow(Allow {
+                approval: Some(approval),
+                ..allow
+            })
+        }
         Ok(Settled::Held(record)) => {
+            if record.fresh {
+                metrics.count_approval(&need.rule, "requested");
+            }
+            let record = record.record;
             let deny = answer(&record, id.as_ref(), connect);
             match (record.status, connect) {
                 (ApprovalStatus::Pending, Some(connect)) => {
@@ -161,7 +170,13 @@ enum Settled {
     /// The call's approval, now used.
     Pass(String),
     /// The request the call waits on, or that was denied.
-    Held(Box<ApprovalRecord>),
+    Held(Box<Held>),
+}
+
+struct Held {
+    record: ApprovalRecord,
+    /// Recorded for this very call.
+    fresh: bool,
 }
 
 /// Finds the request covering the call, uses it if approved, or records a
@@ -209,7 +224,12 @@ async fn settle(
                     Err(_) => {}
                 }
             }
-            Some(r) if r.status != ApprovalStatus::Used => return Ok(Settled::Held(Box::new(r))),
+            Some(r) if r.status != ApprovalStatus::Used => {
+                return Ok(Settled::Held(Box::new(Held {
+                    record: r,
+                    fresh: false,
+                })));
+            }
             _ => {}
         }
         let ttl = Duration::from_secs(need.ttl_secs);
@@ -240,7 +260,12 @@ async fn settle(
         };
         let actor = caller.agent.as_deref().unwrap_or(&caller.subject);
         match store.create_approval(&record, ttl, actor).await {
-            Ok(Created::New) => return Ok(Settled::Held(Box::new(record))),
+            Ok(Created::New) => {
+                return Ok(Settled::Held(Box::new(Held {
+                    record,
+                    fresh: true,
+                })));
+            }
             Ok(Created::TooMany) => {
                 return Err(forbidden(
                     APPROVAL_NEEDED,

@@ -95,7 +95,15 @@ impl Authorization for CheckService {
         };
         let decision = decider.decide(&ctx).await;
         let connect = self.config.connect.as_ref();
-        let decision = approval::gate(&self.credentials, connect, &policy, &ctx, decision).await;
+        let decision = approval::gate(
+            &self.credentials,
+            &self.metrics,
+            connect,
+            &policy,
+            &ctx,
+            decision,
+        )
+        .await;
         let decision = self.consent(&ctx, decision).await;
         self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);

@@ -122,6 +122,10 @@ pub async fn decide(
             })
         })
         .await;
+    if let Ok(r) = &decided {
+        let outcome = if approve { "approved" } else { "denied" };
+        state.metrics.count_approval(&r.rule, outcome);
+    }
     decided.map_err(|e| match e {
         TransitionError::NotFound(id) => DecideError::NotFound(id),
         TransitionError::Refused(why) => DecideError::Refused(why),

@@ -77,7 +77,13 @@ async fn readyz(State(state): State<Arc<ControlState>>) -> Response {
 
 /// Every metric, in the Prometheus text format.
 async fn scrape(State(state): State<Arc<ControlState>>) -> Response {
-    let text = state.metrics.render(&readings(&state));
+    let mut readings = readings(&state);
+    readings.approvals_pending = state.credentials.store.approvals().await.ok().map(|all| {
+        all.iter()
+            .filter(|r| r.status == latchkey_core::approval::ApprovalStatus::Pending)
+            .count() as u64
+    });
+    let text = state.metrics.render(&readings);
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
@@ -151,5 +157,6 @@ fn readings(state: &ControlState) -> Readings {
         audit_dropped: state.audit.dropped(),
         policy_reloads_ok: reloads.ok,
         policy_reloads_refused: reloads.refused,
+        approvals_pending: None,
     }
 }

@@ -61,6 +61,13 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApprovalLabels {
+    /// A `[[policy.approvals]]` name: bounded by the config.
+    rule: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefreshLabels {
     server: String,
     result: &'static str,
@@ -125,6 +132,7 @@ pub struct Metrics {
     latency: LatencyFamily,
     refreshes: RefreshCounter,
     settles: Family<ResultLabels, Counter>,
+    approvals: Family<ApprovalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -140,7 +148,19 @@ impl Metrics {
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
             refreshes: RefreshCounter::default(),
             settles: Family::default(),
+            approvals: Family::default(),
         }
+    }
+
+    /// Counts one step of an approval request under `rule`: `requested`,
+    /// `approved`, `denied` or `used`, on the replica that took it.
+    pub fn count_approval(&self, rule: &str, outcome: &'static str) {
+        self.approvals
+            .get_or_create(&ApprovalLabels {
+                rule: rule.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts how waiting for the replicas after a change ended (`latchkey_store::propagation`).
@@ -199,6 +219,18 @@ impl Metrics {
             "Admin and connect-page changes by how waiting for every replica to apply them ended: everywhere, unconfirmed (a replica did not confirm within 2 s) or unknown (Redis did not answer)",
             self.settles.clone(),
         );
+        registry.register(
+            "approvals",
+            "Tool calls held for approval, by rule and outcome: requested (a call was held), approved, denied, used (an approved call went upstream)",
+            self.approvals.clone(),
+        );
+        if let Some(pending) = r.approvals_pending {
+            registry.register(
+                "approvals_pending",
+                "Approval requests waiting for a decision, across every replica (read from Redis at scrape time)",
+                ConstGauge::new(i64::try_from(pending).unwrap_or(i64::MAX)),
+            );
+        }
         let hits = Family::<CacheLabels, Counter>::default();
         let misses = Family::<CacheLabels, Counter>::default();
         for (cache, counts) in [
@@ -294,6 +326,8 @@ pub struct Readings {
     pub audit_dropped: u64,
     pub policy_reloads_ok: u64,
     pub policy_reloads_refused: u64,
+    /// Waiting approval requests (none when Redis did not answer).
+    pub approvals_pending: Option<u64>,
 }
 
 #[cfg(test)]
@@ -480,8 +514,13 @@ mod tests {
             audit_dropped: 1,
             policy_reloads_ok: 2,
             policy_reloads_refused: 1,
+            approvals_pending: Some(3),
         };
-        let text = Metrics::new().render(&r);
+        let metrics = Metrics::new();
+        metrics.count_approval("big-payments", "requested");
+        metrics.count_approval("big-payments", "requested");
+        metrics.count_approval("big-payments", "used");
+        let text = metrics.render(&r);
         for (line, value) in [
             ("latchkey_cache_hits_total{cache=\"credential\"}", 7.0),
             ("latchkey_cache_misses_total{cache=\"credential\"}", 1.0),
@@ -492,6 +531,15 @@ mod tests {
             ("latchkey_audit_events_dropped_total", 1.0),
             ("latchkey_policy_reloads_total{result=\"ok\"}", 2.0),
             ("latchkey_policy_reloads_total{result=\"refused\"}", 1.0),
+            ("latchkey_approvals_pending", 3.0),
+            (
+                "latchkey_approvals_total{rule=\"big-payments\",outcome=\"requested\"}",
+                2.0,
+            ),
+            (
+                "latchkey_approvals_total{rule=\"big-payments\",outcome=\"used\"}",
+                1.0,
+            ),
         ] {
             assert_eq!(sample(&text, line), value, "{line}");
         }

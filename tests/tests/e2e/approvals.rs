@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use latchkey_e2e::client::{assert_jsonrpc_error, post_json};
+use latchkey_e2e::scrape::scrape_replica;
 use latchkey_e2e::{Stack, StackOptions, TokenRequest, eventually};
 use serde_json::{Value, json};
 
@@ -218,6 +219,36 @@ async fn a_held_call_passes_once_on_its_own_approval_and_any_change_needs_anothe
     if all.contains("ACCT-77") {
         bail!("a sensitive argument reached the audit stream");
     }
+
+    // Metrics: each replica counts what it did; together, every step.
+    let mut scrapes = Vec::new();
+    for n in 0..stack.replicas.len() {
+        scrapes.push(scrape_replica(&stack, n).await?);
+    }
+    let total = |rule: &str, outcome: &str| -> f64 {
+        let labels = [format!("rule=\"{rule}\""), format!("outcome=\"{outcome}\"")];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        scrapes
+            .iter()
+            .map(|s| s.sum("latchkey_approvals_total", &labels))
+            .sum()
+    };
+    for (rule, outcome, want) in [
+        ("confirm-big-transfers", "requested", 3.0),
+        ("confirm-big-transfers", "approved", 1.0),
+        ("confirm-big-transfers", "used", 1.0),
+        ("four-eyes-exports", "requested", 2.0),
+        ("four-eyes-exports", "approved", 1.0),
+        ("four-eyes-exports", "denied", 1.0),
+        ("four-eyes-exports", "used", 1.0),
+    ] {
+        assert_eq!(total(rule, outcome), want, "{rule} {outcome}");
+    }
+    assert_eq!(
+        scrapes[0].value("latchkey_approvals_pending"),
+        Some(2.0),
+        "the changed call's and the second call's requests still wait"
+    );
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }

@@ -164,7 +164,7 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckOutcome {
     /// `allowed`, `hidden`, `refused` (a constraint), `needs_scope` or
-    /// `needs_step_up` (a new token would do).
+    /// `needs_step_up` (a new token would do), or `needs_approval`.
     pub decision: &'static str,
     /// The rule that decided, in words.
     pub reason: String,
@@ -284,6 +284,29 @@ fn judge(
 ) -> CheckOutcome {
     let explained = policy.explain(gateway, assignment, caller, kind, name);
     match policy.decide(gateway, assignment, caller, kind, name, arguments) {
+        Verdict::Allowed if kind == ItemKind::Tool => {
+            let empty = Value::Object(serde_json::Map::new());
+            let args = arguments.unwrap_or(&empty);
+            match policy.approval_for(gateway, assignment, caller, name, args) {
+                None => CheckOutcome {
+                    decision: "allowed",
+                    reason: explained.reason,
+                },
+                Some(need) => CheckOutcome {
+                    decision: "needs_approval",
+                    reason: format!(
+                        "{}; but approval rule '{}' holds the call until {} approves that very call",
+                        explained.reason,
+                        need.rule,
+                        match &need.approver_role {
+                            None => "the person it is for".to_string(),
+                            Some(role) =>
+                                format!("someone with the role '{role}' other than the caller"),
+                        }
+                    ),
+                },
+            }
+        }
         Verdict::Allowed => CheckOutcome {
             decision: "allowed",
             reason: explained.reason,
@@ -580,5 +603,85 @@ mod tests {
             e.contains("no server assignment or combined endpoint 'gh-nope'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn check_says_what_a_token_lacks_and_which_calls_wait_for_approval() {
+        let text = concat!(
+            include_str!("../../../testdata/gateway.toml"),
+            r#"
+[[gateways.assignments]]
+name = "gh"
+server = "gh"
+scheme = "shared"
+identity = "gh-sa"
+[[policy.grants]]
+name = "everyone"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["*"] }
+scopes = { "merge_*" = ["repo:write"] }
+[[policy.step_up]]
+name = "mfa-to-delete"
+gateway = "g"
+assignments = ["gh"]
+tools = ["delete_*"]
+acr_values = ["mfa"]
+[[policy.approvals]]
+name = "big-releases"
+gateway = "g"
+assignments = ["gh"]
+tools = ["release"]
+condition = "arguments.assets > 10"
+approver_role = "release-managers"
+"#
+        );
+        let config = Config::parse(text).unwrap();
+        let policy = Policy::compile(&config, text).unwrap();
+        let ask = |tool: &'static str, token: TokenFacts, args: Option<Value>| {
+            check(
+                &config,
+                &policy,
+                &CheckQuery {
+                    user: "alice",
+                    roles: &[],
+                    agent: None,
+                    token,
+                    gateway: "g",
+                    assignment: "gh",
+                    kind: ItemKind::Tool,
+                    name: tool,
+                    arguments: args.as_ref(),
+                },
+            )
+            .unwrap()
+        };
+        let o = ask("merge_pr", TokenFacts::default(), None);
+        assert_eq!(o.decision, "needs_scope");
+        assert!(o.reason.contains("repo:write"), "{}", o.reason);
+        let scoped = TokenFacts {
+            scopes: vec!["repo:write".into()],
+            ..TokenFacts::default()
+        };
+        assert_eq!(ask("merge_pr", scoped, None).decision, "allowed");
+        let o = ask("delete_branch", TokenFacts::default(), None);
+        assert_eq!(o.decision, "needs_step_up");
+        assert!(o.reason.contains("mfa-to-delete"), "{}", o.reason);
+        let mfa = TokenFacts {
+            acr: Some("mfa".into()),
+            signed_in_secs_ago: Some(5),
+            ..TokenFacts::default()
+        };
+        assert_eq!(ask("delete_branch", mfa, None).decision, "allowed");
+        let o = ask("release", TokenFacts::default(), Some(json!({"assets": 20})));
+        assert_eq!(o.decision, "needs_approval");
+        assert!(
+            o.reason.contains("big-releases") && o.reason.contains("release-managers"),
+            "{}",
+            o.reason
+        );
+        let small = ask("release", TokenFacts::default(), Some(json!({"assets": 2})));
+        assert_eq!(small.decision, "allowed");
     }
 }
