@@ -248,6 +248,7 @@ fn bench(c: &mut Criterion) {
             audit: AuditWriter::start(credentials_store, "bench".into(), 100_000),
             metrics: Arc::new(Metrics::new()),
             client_capabilities: Default::default(),
+            tool_annotations: Default::default(),
             refresher: Default::default(),
         }
     });

@@ -35,20 +35,35 @@ use url::Url;
 use crate::consent::{self, InBand};
 use crate::context::RequestContext;
 use crate::decide::{Allow, Attribution, Decision, Deny, forbidden, tool_error_body};
+use crate::upstream_tools::ToolAnnotations;
 
 /// The reason a held call is refused with, in the audit trail and metrics.
 pub const APPROVAL_NEEDED: &str = "approval_needed";
 
 /// Lets `decision` through unchanged unless it allows a tool call an
 /// approval rule covers; then the call passes only on its approval.
+/// What the gate reads and writes besides the decision.
+pub struct Gate<'a> {
+    pub credentials: &'a Credentials,
+    pub metrics: &'a Metrics,
+    /// Where the approval page is, if there is one.
+    pub connect: Option<&'a ConnectConfig>,
+    /// Trusted servers' tool annotations, for rules that select by them.
+    pub annotations: &'a ToolAnnotations,
+}
+
 pub async fn gate(
-    credentials: &Credentials,
-    metrics: &Metrics,
-    connect: Option<&ConnectConfig>,
+    g: &Gate<'_>,
     policy: &Policy,
     ctx: &RequestContext,
     decision: Decision,
 ) -> Decision {
+    let Gate {
+        credentials,
+        metrics,
+        connect,
+        annotations,
+    } = *g;
     let store = &credentials.store;
     let Decision::Allow(allow) = decision else {
         return decision;
@@ -67,8 +82,28 @@ pub async fn gate(
     let empty = Value::Object(serde_json::Map::new());
     let arguments = ctx.tool_arguments().unwrap_or(empty);
     let (gateway, assignment) = (&allow.route.gateway.name, &allow.route.assignment.name);
-    let Some(need) = policy.approval_for(gateway, assignment, &allow.caller, tool, &arguments)
-    else {
+    // Read only for a rule that selects by them, with the credential the
+    // call is about to carry.
+    let annotated = if policy.approval_reads_annotations(gateway, assignment, tool) {
+        let credential = allow
+            .inject
+            .as_ref()
+            .map(|h| (h.name.as_str(), h.value.expose()));
+        let server = &allow.route.server;
+        annotations
+            .of(&server.name, server.url.as_str(), credential, tool)
+            .await
+    } else {
+        None
+    };
+    let Some(need) = policy.approval_for(
+        gateway,
+        assignment,
+        &allow.caller,
+        tool,
+        &arguments,
+        annotated.as_ref(),
+    ) else {
         return Decision::Allow(allow);
     };
     let need = need.clone();

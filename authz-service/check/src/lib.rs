@@ -28,3 +28,4 @@ pub mod refresh;
 pub mod reload;
 pub mod respond;
 pub mod service;
+pub mod upstream_tools;

@@ -42,6 +42,8 @@ pub struct CheckService {
     pub refresher: Refresher,
     /// Client capabilities this replica already wrote to Redis.
     pub client_capabilities: CapabilityMemory,
+    /// Trusted servers' tool annotations, read for approval rules.
+    pub tool_annotations: crate::upstream_tools::ToolAnnotations,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditWriter>,
 }
@@ -95,15 +97,13 @@ impl Authorization for CheckService {
         };
         let decision = decider.decide(&ctx).await;
         let connect = self.config.connect.as_ref();
-        let decision = approval::gate(
-            &self.credentials,
-            &self.metrics,
+        let gate = approval::Gate {
+            credentials: &self.credentials,
+            metrics: &self.metrics,
             connect,
-            &policy,
-            &ctx,
-            decision,
-        )
-        .await;
+            annotations: &self.tool_annotations,
+        };
+        let decision = approval::gate(&gate, &policy, &ctx, decision).await;
         let decision = self.consent(&ctx, decision).await;
         self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);

@@ -23,6 +23,8 @@ pub struct ControlState {
     pub providers: latchkey_check::oauth::Providers,
     /// Client capabilities this replica already wrote to Redis.
     pub client_capabilities: latchkey_check::consent::CapabilityMemory,
+    /// Trusted servers' tool annotations, read for approval rules.
+    pub tool_annotations: latchkey_check::upstream_tools::ToolAnnotations,
     /// Refreshes per-user access tokens before they expire.
     pub refresher: latchkey_check::refresh::Refresher,
     /// This replica is in the registry: key rotation checks it holds the
@@ -41,6 +43,7 @@ impl ControlState {
             credentials: self.credentials.clone(),
             refresher: self.refresher.clone(),
             client_capabilities: self.client_capabilities.clone(),
+            tool_annotations: self.tool_annotations.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
         }

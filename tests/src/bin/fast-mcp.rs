@@ -4,7 +4,8 @@
 //! what a benchmark measures:
 //! * `initialize` → the protocol version asked for, a `tools` capability;
 //! * `tools/list` → 20 fixed tools (`tool_00` … `tool_19`), all at once
-//!   or, with `--page-size N`, N per page with `nextCursor`;
+//!   or, with `--page-size N`, N per page with `nextCursor`; the first ten
+//!   annotated read-only, the rest destructive;
 //! * `tools/call` → an echo: one text block naming the tool, and the call's
 //!   `arguments` back as `structuredContent.echo`; a name it does not have
 //!   gets the failed tool result the TypeScript SDK answers
@@ -43,13 +44,17 @@ fn tools(cursor: Option<&str>, page: Option<usize>) -> Value {
     let end = page.map_or(TOOLS, |p| (start + p.max(1)).min(TOOLS));
     let tools: Vec<Value> = (start..end)
         .map(|i| {
+            // The first half read, the second half destroy: for approval
+            // rules that select tools by their annotations.
+            let destructive = i >= TOOLS / 2;
             json!({
                 "name": format!("tool_{i:02}"),
                 "description": format!("Benchmark tool number {i}"),
                 "inputSchema": {
                     "type": "object",
                     "properties": { "text": { "type": "string" } }
-                }
+                },
+                "annotations": { "readOnlyHint": !destructive, "destructiveHint": destructive }
             })
         })
         .collect();

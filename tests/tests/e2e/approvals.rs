@@ -252,3 +252,57 @@ async fn a_held_call_passes_once_on_its_own_approval_and_any_change_needs_anothe
     stack.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+/// A rule may select tools by the annotations a trusted server gives them:
+/// fast-mcp's destructive tools are held, its read-only ones pass, without
+/// the rule naming any tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_servers_destructive_tools_are_held_and_its_read_only_ones_pass() -> Result<()> {
+    let policy = r#"
+[[policy.grants]]
+name = "everyone"
+gateway = "e2e"
+assignments = ["fast"]
+users = ["*"]
+tools = { allow = ["*"] }
+
+[[policy.approvals]]
+name = "destructive"
+gateway = "e2e"
+assignments = ["fast"]
+tools = ["*"]
+annotations = { destructiveHint = true }
+"#;
+    let stack = Stack::start(
+        "approvals_annotations",
+        StackOptions {
+            fast_mcp_page_size: Some(8),
+            policy: Some(policy.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let url = stack.url("fast");
+    let upstream = || stack.envoy.upstream_requests("fast");
+    let alice = stack
+        .token_with(&TokenRequest::new("alice", &stack.gateway_url()))
+        .await?;
+    // The first call reads the tools' annotations upstream (three pages
+    // of eight, after initialize): counted before the calls are compared.
+    let r = post_json(&url, Some(&alice), &call("n-0", "tool_03", json!({})), &[]).await?;
+    assert!(r.body.contains("ok tool_03"), "{}", r.body);
+    let before = upstream()?;
+    let r = post_json(&url, Some(&alice), &call("n-1", "tool_15", json!({})), &[]).await?;
+    let held = held_request(&r.body, "n-1")?;
+    assert!(!held.is_empty());
+    assert_eq!(upstream()?, before, "the destructive call was held");
+    let r = post_json(&url, Some(&alice), &call("n-2", "tool_04", json!({})), &[]).await?;
+    assert!(r.body.contains("ok tool_04"), "{}", r.body);
+    assert_eq!(upstream()?, before + 1, "the read-only call went through");
+    let alice_admin = stack.admin_token("alice", &[]).await?;
+    let shown = stack.cli(0, &alice_admin, &["approval", "show", &held], None)?;
+    assert_eq!(shown[0]["rule"], "destructive");
+    assert_eq!(shown[0]["tool"], "tool_15");
+    stack.assert_no_secret_in_logs()?;
+    Ok(())
+}

@@ -52,6 +52,12 @@ pub struct ApprovalConfig {
     /// values (the approval page still shows them to the approver).
     #[serde(default)]
     pub sensitive_arguments: bool,
+    /// Tool annotations the tool must have, as its server lists them (e.g.
+    /// `{ destructiveHint = true }`; a hint the tool does not give has the
+    /// MCP spec's default). Only on assignments of servers with
+    /// `trust_annotations = true`.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, bool>,
 }
 
 fn default_approval_ttl() -> u64 {

@@ -253,6 +253,12 @@ pub struct Server {
     /// tell hidden from absent.
     #[serde(default)]
     pub responses: ResponseFormat,
+    /// The operator trusts this server's tool annotations (`destructiveHint`,
+    /// `readOnlyHint`, ...) to be honest, so approval rules may select its
+    /// tools by them. The MCP spec calls annotations untrusted unless the
+    /// server is: a server could otherwise call a destructive tool read-only.
+    #[serde(default)]
+    pub trust_annotations: bool,
 }
 
 /// The content type an upstream answers requests with.

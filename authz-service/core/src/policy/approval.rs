@@ -30,14 +30,48 @@ pub(super) struct ApprovalRule {
     need: ApprovalNeed,
     pub(super) tools: Vec<String>,
     pub(super) condition: Option<Condition>,
+    /// Hint → the value the tool's annotations must give it.
+    pub(super) annotations: Vec<(String, bool)>,
 }
 
+/// The tool annotation hints of MCP and the value each has when a tool
+/// does not give it (the spec's defaults).
+pub const ANNOTATION_HINTS: [(&str, bool); 4] = [
+    ("readOnlyHint", false),
+    ("destructiveHint", true),
+    ("idempotentHint", false),
+    ("openWorldHint", true),
+];
+
 impl ApprovalRule {
-    /// Whether this rule covers the call `facts` describe. A condition that
-    /// fails to evaluate keeps the call covered: a rule only holds back.
-    pub(super) fn covers(&self, facts: &Facts<'_>, tool: &str) -> Option<&ApprovalNeed> {
+    /// Whether this rule covers the call `facts` describe, the tool having
+    /// `annotations` (`None`: they could not be read). A condition that
+    /// fails to evaluate, or annotations that are unknown, keep the call
+    /// covered: a rule only holds back.
+    pub(super) fn covers(
+        &self,
+        facts: &Facts<'_>,
+        tool: &str,
+        annotations: Option<&serde_json::Value>,
+    ) -> Option<&ApprovalNeed> {
         if !self.tools.iter().any(|p| pattern_matches(p, tool)) {
             return None;
+        }
+        if let Some(given) = annotations {
+            let has = |hint: &str, want: bool| {
+                let default = ANNOTATION_HINTS
+                    .iter()
+                    .find(|(h, _)| *h == hint)
+                    .is_some_and(|(_, d)| *d);
+                given
+                    .get(hint)
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(default)
+                    == want
+            };
+            if !self.annotations.iter().all(|(h, want)| has(h, *want)) {
+                return None;
+            }
         }
         match &self.condition {
             Some(c) if c.holds(facts) == Ok(false) => None,
@@ -103,6 +137,31 @@ pub(super) fn compile(
             .as_deref()
             .map(|c| Condition::compile(c, Reads::CallerAndCall, &at))
             .transpose()?;
+        if let Some(bad) = r
+            .annotations
+            .keys()
+            .find(|h| !ANNOTATION_HINTS.iter().any(|(known, _)| known == h))
+        {
+            return Err(PolicyError(format!(
+                "{at}: '{bad}' is not a tool annotation hint; use {}",
+                ANNOTATION_HINTS.map(|(h, _)| h).join(", ")
+            )));
+        }
+        if !r.annotations.is_empty() {
+            for a in &r.assignments {
+                let server = gateway
+                    .assignments
+                    .iter()
+                    .find(|x| x.name == *a)
+                    .and_then(|x| config.server(&x.server));
+                if let Some(s) = server.filter(|s| !s.trust_annotations) {
+                    return Err(PolicyError(format!(
+                        "{at}: selects tools by annotations on assignment '{a}', but server '{}' is not trusted to annotate honestly (a server could call a destructive tool read-only); set trust_annotations = true on it, or name the tools",
+                        s.name
+                    )));
+                }
+            }
+        }
         for assignment in &r.assignments {
             out.entry(r.gateway.clone())
                 .or_default()
@@ -117,6 +176,7 @@ pub(super) fn compile(
                     },
                     tools: r.tools.clone(),
                     condition: condition.clone(),
+                    annotations: r.annotations.iter().map(|(h, v)| (h.clone(), *v)).collect(),
                 });
         }
     }

@@ -654,7 +654,9 @@ impl Policy {
     }
 
     /// Whether an allowed tool call must wait for an approval, and whose:
-    /// the first `[[policy.approvals]]` rule covering it decides.
+    /// the first `[[policy.approvals]]` rule covering it decides. The
+    /// tool's `annotations` are read only by rules that select by them
+    /// (`None`: unknown, and such a rule covers the call).
     pub fn approval_for(
         &self,
         gateway: &str,
@@ -662,13 +664,29 @@ impl Policy {
         caller: &Caller,
         tool: &str,
         arguments: &Value,
+        annotations: Option<&Value>,
     ) -> Option<&ApprovalNeed> {
         let rules = self.approvals.get(gateway)?.get(assignment)?;
         let facts = Facts {
             call: Some((tool, arguments)),
             ..Facts::of_caller(caller, gateway, assignment)
         };
-        rules.iter().find_map(|r| r.covers(&facts, tool))
+        rules
+            .iter()
+            .find_map(|r| r.covers(&facts, tool, annotations))
+    }
+
+    /// Whether some approval rule that could cover `tool` selects by
+    /// annotations (so they must be read before [`Policy::approval_for`]).
+    pub fn approval_reads_annotations(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
+        self.approvals
+            .get(gateway)
+            .and_then(|m| m.get(assignment))
+            .is_some_and(|rules| {
+                rules.iter().any(|r| {
+                    !r.annotations.is_empty() && r.tools.iter().any(|p| pattern_matches(p, tool))
+                })
+            })
     }
 
     /// Whether `caller` holds `role`: a claim value, or a `[policy.roles]`
@@ -1730,5 +1748,65 @@ condition = "agent != '' && arguments.amount > 100"
             e.contains("[[policy.step_up]] 'fresh-for-agents'") && e.contains("'agnet'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn approval_rules_select_by_annotations_only_on_servers_trusted_to_give_them() {
+        let rule = r#"
+[[policy.grants]]
+name = "all"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["*"] }
+[[policy.approvals]]
+name = "destructive"
+gateway = "g"
+assignments = ["gh"]
+tools = ["*"]
+annotations = { destructiveHint = true }
+"#;
+        let e = policy(rule).unwrap_err().0;
+        assert!(e.contains("not trusted to annotate honestly"), "{e}");
+        let trusted = |extra: &str| {
+            let text = format!(
+                "{}{extra}",
+                BASE.replace(
+                    "name = \"gh\"\nurl",
+                    "name = \"gh\"\ntrust_annotations = true\nurl"
+                )
+            );
+            let config = Config::parse(&text).map_err(|e| PolicyError(e.to_string()))?;
+            Policy::compile(&config, &text)
+        };
+        let e = trusted(&rule.replace("destructiveHint", "dangerHint"))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("'dangerHint' is not a tool annotation hint"),
+            "{e}"
+        );
+        let p = trusted(rule).unwrap();
+        let who = caller("alice", &[]);
+        let args = json!({});
+        let covered = |annotations: Option<Value>| {
+            p.approval_for("g", "gh", &who, "drop_table", &args, annotations.as_ref())
+                .map(|n| n.rule.clone())
+        };
+        assert_eq!(
+            covered(Some(json!({"destructiveHint": true}))),
+            Some("destructive".into())
+        );
+        assert_eq!(
+            covered(Some(
+                json!({"readOnlyHint": true, "destructiveHint": false})
+            )),
+            None
+        );
+        // A tool that says nothing is destructive by the spec's default.
+        assert_eq!(covered(Some(json!({}))), Some("destructive".into()));
+        // Annotations that could not be read hold the call.
+        assert_eq!(covered(None), Some("destructive".into()));
+        assert!(p.approval_reads_annotations("g", "gh", "drop_table"));
     }
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use latchkey_filter::visibility::{ItemKind, pattern_matches};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use latchkey_check::upstream_tools;
 use latchkey_core::config::Config;
 use latchkey_core::policy::{Policy, Verdict};
 use latchkey_core::principal::Caller;
@@ -61,6 +62,12 @@ pub enum PolicyCommand {
         /// The tool call's arguments, as JSON.
         #[arg(long)]
         args: Option<String>,
+        /// The tool's annotations as its server lists them, as JSON, for
+        /// approval rules that select by them (unknown when not given:
+        /// such a rule then holds the call, as the gateway does when it
+        /// cannot read them).
+        #[arg(long)]
+        annotations: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +99,7 @@ pub fn run(command: PolicyCommand) -> Result<()> {
             prompt,
             resource,
             args,
+            annotations,
             json,
         } => {
             let (config, policy) = load(&config)?;
@@ -106,6 +114,12 @@ pub fn run(command: PolicyCommand) -> Result<()> {
                     serde_json::from_str::<serde_json::Value>(&a)
                         .context("--args must be a JSON object, e.g. '{\"repo\":\"acme/api\"}'")?,
                 ),
+                None => None,
+            };
+            let annotations = match annotations {
+                Some(a) => Some(serde_json::from_str::<Value>(&a).context(
+                    "--annotations must be a JSON object, e.g. '{\"destructiveHint\":true}'",
+                )?),
                 None => None,
             };
             let claims = match claims {
@@ -132,6 +146,7 @@ pub fn run(command: PolicyCommand) -> Result<()> {
                     kind,
                     name: &name,
                     arguments: arguments.as_ref(),
+                    annotations: annotations.as_ref(),
                 },
             )?;
             if json {
@@ -196,6 +211,8 @@ pub struct CheckQuery<'a> {
     pub name: &'a str,
     /// A tool call's arguments.
     pub arguments: Option<&'a Value>,
+    /// The tool's annotations, if known.
+    pub annotations: Option<&'a Value>,
 }
 
 /// What a token says besides who: scopes, sign-in, other claims.
@@ -218,7 +235,7 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
         assignment,
         kind,
         name,
-        arguments,
+        ..
     } = *q;
     let Some(g) = config.gateway(gateway) else {
         bail!("unknown gateway '{gateway}'");
@@ -238,9 +255,7 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
         ..Caller::default()
     };
     if g.assignments.iter().any(|a| a.name == assignment) {
-        return Ok(judge(
-            policy, gateway, assignment, &caller, kind, name, arguments,
-        ));
+        return Ok(judge(policy, q, assignment, &caller));
     }
     let Some(combined) = g.combined.iter().find(|c| c.name == assignment) else {
         bail!("gateway '{gateway}' has no server assignment or combined endpoint '{assignment}'");
@@ -255,7 +270,7 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
     };
     Ok(match combined.assignments.iter().find(shows) {
         Some(member) => {
-            let mut outcome = judge(policy, gateway, member, &caller, kind, name, arguments);
+            let mut outcome = judge(policy, q, member, &caller);
             outcome.reason = format!(
                 "via '{member}', the first assignment of '{assignment}' that shows it: {}",
                 outcome.reason
@@ -273,21 +288,21 @@ pub fn check(config: &Config, policy: &Policy, q: &CheckQuery<'_>) -> Result<Che
 }
 
 /// One assignment's verdict, with the rule that decided it.
-fn judge(
-    policy: &Policy,
-    gateway: &str,
-    assignment: &str,
-    caller: &Caller,
-    kind: ItemKind,
-    name: &str,
-    arguments: Option<&Value>,
-) -> CheckOutcome {
+fn judge(policy: &Policy, q: &CheckQuery<'_>, assignment: &str, caller: &Caller) -> CheckOutcome {
+    let CheckQuery {
+        gateway,
+        kind,
+        name,
+        arguments,
+        annotations,
+        ..
+    } = *q;
     let explained = policy.explain(gateway, assignment, caller, kind, name);
     match policy.decide(gateway, assignment, caller, kind, name, arguments) {
         Verdict::Allowed if kind == ItemKind::Tool => {
             let empty = Value::Object(serde_json::Map::new());
             let args = arguments.unwrap_or(&empty);
-            match policy.approval_for(gateway, assignment, caller, name, args) {
+            match policy.approval_for(gateway, assignment, caller, name, args, annotations) {
                 None => CheckOutcome {
                     decision: "allowed",
                     reason: explained.reason,
@@ -405,112 +420,25 @@ pub async fn lint(config: &Config, policy: &Policy, probe: bool) -> Vec<String> 
     findings
 }
 
-/// The JSON-RPC messages of a response body: one JSON object, or the
-/// `data:` of each SSE event.
-fn messages(content_type: &str, body: &str) -> Vec<Value> {
-    if content_type.starts_with("text/event-stream") {
-        let mut out = Vec::new();
-        for event in body.split("\n\n") {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if let Ok(v) = serde_json::from_str(&data.join("\n")) {
-                out.push(v);
-            }
-        }
-        out
-    } else {
-        serde_json::from_str(body).into_iter().collect()
-    }
-}
-
-/// Lists an upstream's tools over Streamable HTTP, following cursors.
-/// Sends no credential: an upstream that needs one is reported, not probed.
+/// Lists an upstream's tools' names, sending no credential: an upstream
+/// that needs one is reported, not probed.
 pub async fn list_upstream_tools(url: &str) -> Result<Vec<String>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let mut session: Option<String> = None;
-    let mut post = async |body: Value| -> Result<Vec<Value>> {
-        let mut req = client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25");
-        if let Some(s) = &session {
-            req = req.header("mcp-session-id", s);
-        }
-        let resp = req.body(body.to_string()).send().await?;
-        let status = resp.status();
-        if let Some(s) = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            session = Some(s.to_owned());
-        }
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            bail!("HTTP {status}");
-        }
-        Ok(messages(&content_type, &text))
-    };
-    post(
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},
-        "clientInfo":{"name":"latchkey-policy-lint","version":env!("CARGO_PKG_VERSION")}}}),
-    )
-    .await?;
-    post(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await?;
-    let mut names = Vec::new();
-    let mut cursor: Option<String> = None;
-    for page in 0..100 {
-        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
-        let answers =
-            post(json!({"jsonrpc":"2.0","id":page + 2,"method":"tools/list","params":params}))
-                .await?;
-        let result = answers
-            .iter()
-            .find_map(|m| m.get("result"))
-            .context("no tools/list result")?;
-        for t in result["tools"].as_array().into_iter().flatten() {
-            if let Some(n) = t["name"].as_str() {
-                names.push(n.to_owned());
-            }
-        }
-        cursor = result["nextCursor"].as_str().map(str::to_owned);
-        if cursor.is_none() {
-            break;
-        }
-    }
-    Ok(names)
+    let tools = upstream_tools::list_tools(&client, url, None, "latchkey-policy-lint")
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(tools
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_and_json_bodies_give_their_messages() {
-        let sse = "event: message\ndata: {\"id\":1}\n\ndata: {\"id\":\ndata: 2}\n\n";
-        assert_eq!(
-            messages("text/event-stream", sse),
-            vec![json!({"id":1}), json!({"id":2})]
-        );
-        assert_eq!(
-            messages("application/json", "{\"id\":3}"),
-            vec![json!({"id":3})]
-        );
-        assert!(messages("application/json", "nope").is_empty());
-    }
+    use serde_json::json;
 
     #[test]
     fn lint_names_an_exchange_that_cannot_work() {
@@ -577,6 +505,7 @@ mod tests {
                     kind: ItemKind::Tool,
                     name: tool,
                     arguments: None,
+                    annotations: None,
                 },
             )
         };
@@ -653,6 +582,7 @@ approver_role = "release-managers"
                     kind: ItemKind::Tool,
                     name: tool,
                     arguments: args.as_ref(),
+                    annotations: None,
                 },
             )
             .unwrap()
@@ -674,7 +604,11 @@ approver_role = "release-managers"
             ..TokenFacts::default()
         };
         assert_eq!(ask("delete_branch", mfa, None).decision, "allowed");
-        let o = ask("release", TokenFacts::default(), Some(json!({"assets": 20})));
+        let o = ask(
+            "release",
+            TokenFacts::default(),
+            Some(json!({"assets": 20})),
+        );
         assert_eq!(o.decision, "needs_approval");
         assert!(
             o.reason.contains("big-releases") && o.reason.contains("release-managers"),

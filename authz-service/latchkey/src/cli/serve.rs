@@ -107,6 +107,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let state = Arc::new(shared::ControlState {
         providers,
         client_capabilities: Default::default(),
+        tool_annotations: Default::default(),
         refresher,
         announced: Default::default(),
         config: Arc::new(config),
