@@ -219,6 +219,45 @@ pub async fn post_json(
     post_json_with(&http(), url, token, body, extra).await
 }
 
+/// A 2026-07-28 `tools/call` of `tool` with `arguments` at `url`:
+/// capabilities ride in the request's `_meta`, method and name are
+/// mirrored into headers; a retry carries `request_state` and accepts the
+/// input request `input_key` (what an `InputRequiredResult` named).
+pub struct Call2026<'a> {
+    pub url: &'a str,
+    pub token: &'a str,
+    pub id: serde_json::Value,
+    pub tool: &'a str,
+    pub arguments: serde_json::Value,
+    pub capabilities: serde_json::Value,
+    pub retry: Option<(&'a str, &'a str)>,
+}
+
+pub async fn call_2026(c: Call2026<'_>) -> Result<HttpReply> {
+    let mut params = serde_json::json!({"name": c.tool, "arguments": c.arguments, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": c.capabilities,
+    }});
+    if let Some((state, input_key)) = c.retry {
+        params["requestState"] = serde_json::json!(state);
+        params["inputResponses"] = serde_json::json!({ input_key: {"action": "accept"} });
+    }
+    let body = serde_json::json!({"jsonrpc":"2.0","id":c.id,"method":"tools/call","params":params})
+        .to_string();
+    post_json(
+        c.url,
+        Some(c.token),
+        &body,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", c.tool),
+        ],
+    )
+    .await
+}
+
 /// [`post_json`] through a given client.
 pub async fn post_json_with(
     client: &reqwest::Client,

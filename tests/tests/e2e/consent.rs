@@ -5,7 +5,7 @@
 //! changed, is refused.
 
 use anyhow::{Context, Result};
-use latchkey_e2e::client::{HttpReply, assert_jsonrpc_error};
+use latchkey_e2e::client::{self, Call2026, HttpReply, assert_jsonrpc_error};
 use latchkey_e2e::{McpClient, Stack, StackOptions, eventually, post_json};
 use serde_json::{Value, json};
 
@@ -29,8 +29,7 @@ fn initialize(capabilities: Value) -> String {
     .to_string()
 }
 
-/// A 2026-07-28 `tools/call`: capabilities ride in every request's `_meta`,
-/// method and name are mirrored into headers.
+/// A 2026-07-28 `tools/call` of `tool` on `whoami-mine`, no arguments.
 async fn call_2026(
     stack: &Stack,
     token: &str,
@@ -39,26 +38,15 @@ async fn call_2026(
     capabilities: Value,
     request_state: Option<&str>,
 ) -> Result<HttpReply> {
-    let mut params = json!({"name": tool, "arguments": {}, "_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "e2e", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": capabilities,
-    }});
-    if let Some(state) = request_state {
-        params["requestState"] = json!(state);
-        params["inputResponses"] = json!({"connect-whoami": {"action": "accept"}});
-    }
-    let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params}).to_string();
-    post_json(
-        &stack.url("whoami-mine"),
-        Some(token),
-        &body,
-        &[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", tool),
-        ],
-    )
+    client::call_2026(Call2026 {
+        url: &stack.url("whoami-mine"),
+        token,
+        id,
+        tool,
+        arguments: json!({}),
+        capabilities,
+        retry: request_state.map(|s| (s, "connect-whoami")),
+    })
     .await
 }
 
