@@ -44,6 +44,12 @@ pub const ANNOTATION_HINTS: [(&str, bool); 4] = [
 ];
 
 impl ApprovalRule {
+    /// Whether the tool's annotations must be read before this rule can
+    /// say whether it covers a call.
+    pub(super) fn reads_annotations(&self) -> bool {
+        !self.annotations.is_empty() || self.condition.as_ref().is_some_and(|c| c.reads_annotations)
+    }
+
     /// Whether this rule covers the call `facts` describe, the tool having
     /// `annotations` (`None`: they could not be read). A condition that
     /// fails to evaluate, or annotations that are unknown, keep the call
@@ -135,7 +141,7 @@ pub(super) fn compile(
         let condition = r
             .condition
             .as_deref()
-            .map(|c| Condition::compile(c, Reads::CallerAndCall, &at))
+            .map(|c| Condition::compile(c, Reads::CallerCallAndAnnotations, &at))
             .transpose()?;
         if let Some(bad) = r
             .annotations
@@ -147,7 +153,7 @@ pub(super) fn compile(
                 ANNOTATION_HINTS.map(|(h, _)| h).join(", ")
             )));
         }
-        if !r.annotations.is_empty() {
+        if !r.annotations.is_empty() || condition.as_ref().is_some_and(|c| c.reads_annotations) {
             for a in &r.assignments {
                 let server = gateway
                     .assignments

@@ -59,19 +59,31 @@ pub const CALL_ATTRIBUTES: &[(&str, &str)] = &[
     ("arguments", "the call's arguments"),
 ];
 
+/// What an approval rule's condition may read besides: the gate reads a
+/// tool's annotations before it asks approval rules, and only for servers
+/// trusted to give them honestly.
+pub const ANNOTATIONS_ATTRIBUTE: (&str, &str) = (
+    "annotations",
+    "the tool's annotations as its server lists them (servers with trust_annotations only)",
+);
+
 /// Where a condition is written, which says what it may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reads {
     /// A grant's: the caller only.
     Caller,
-    /// A constraint's, a step-up or approval rule's: the caller and the call.
+    /// A constraint's or a step-up rule's: the caller and the call.
     CallerAndCall,
+    /// An approval rule's: the caller, the call and the tool's annotations.
+    CallerCallAndAnnotations,
 }
 
 /// One compiled condition, with its source for explanations.
 #[derive(Debug, Clone)]
 pub struct Condition {
     pub source: String,
+    /// It reads `annotations` (an approval rule's only).
+    pub reads_annotations: bool,
     program: Arc<Program>,
 }
 
@@ -96,6 +108,12 @@ impl Condition {
             Reads::CallerAndCall => CALLER_ATTRIBUTES
                 .iter()
                 .chain(CALL_ATTRIBUTES)
+                .map(|(n, _)| *n)
+                .collect(),
+            Reads::CallerCallAndAnnotations => CALLER_ATTRIBUTES
+                .iter()
+                .chain(CALL_ATTRIBUTES)
+                .chain([&ANNOTATIONS_ATTRIBUTE])
                 .map(|(n, _)| *n)
                 .collect(),
         };
@@ -123,6 +141,7 @@ impl Condition {
         }
         Ok(Condition {
             source: source.to_owned(),
+            reads_annotations: walk.reads.iter().any(|r| r == ANNOTATIONS_ATTRIBUTE.0),
             program: Arc::new(program),
         })
     }
@@ -243,6 +262,8 @@ pub struct Facts<'a> {
     pub assignment: &'a str,
     /// The tool and its arguments, when a call is judged.
     pub call: Option<(&'a str, &'a Json)>,
+    /// The tool's annotations, when an approval rule reads them.
+    pub annotations: Option<&'a Json>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -255,6 +276,7 @@ impl<'a> Facts<'a> {
             gateway,
             assignment,
             call: None,
+            annotations: None,
             now: crate::unix_now(),
         }
     }
@@ -278,6 +300,9 @@ impl<'a> Facts<'a> {
         if let Some((tool, arguments)) = self.call {
             ctx.add_variable_from_value("tool", text(Some(tool)));
             ctx.add_variable_from_value("arguments", json(arguments));
+        }
+        if let Some(annotations) = self.annotations {
+            ctx.add_variable_from_value("annotations", json(annotations));
         }
     }
 }
@@ -318,6 +343,7 @@ mod tests {
             gateway: "g",
             assignment: "files",
             call,
+            annotations: None,
             // 2026-12-07 14:00:00 UTC
             now: 1_796_652_000,
         })

@@ -669,6 +669,7 @@ impl Policy {
         let rules = self.approvals.get(gateway)?.get(assignment)?;
         let facts = Facts {
             call: Some((tool, arguments)),
+            annotations,
             ..Facts::of_caller(caller, gateway, assignment)
         };
         rules
@@ -684,7 +685,7 @@ impl Policy {
             .and_then(|m| m.get(assignment))
             .is_some_and(|rules| {
                 rules.iter().any(|r| {
-                    !r.annotations.is_empty() && r.tools.iter().any(|p| pattern_matches(p, tool))
+                    r.reads_annotations() && r.tools.iter().any(|p| pattern_matches(p, tool))
                 })
             })
     }
@@ -805,6 +806,7 @@ mod tests {
             gateway: "g",
             assignment: "gh",
             call: Some(("t", arguments)),
+            annotations: None,
             now: 0,
         })
     }
@@ -1808,5 +1810,55 @@ annotations = { destructiveHint = true }
         // Annotations that could not be read hold the call.
         assert_eq!(covered(None), Some("destructive".into()));
         assert!(p.approval_reads_annotations("g", "gh", "drop_table"));
+
+        // A condition may read them too, on a trusted server only; a
+        // constraint's cannot (it is judged before any are read).
+        let by_condition = r#"
+[[policy.grants]]
+name = "all"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["*"] }
+[[policy.approvals]]
+name = "open-world-spend"
+gateway = "g"
+assignments = ["gh"]
+tools = ["*"]
+condition = "annotations.openWorldHint == true && arguments.amount > 5"
+"#;
+        let e = policy(by_condition).unwrap_err().0;
+        assert!(e.contains("not trusted to annotate honestly"), "{e}");
+        let p = trusted(by_condition).unwrap();
+        let spend = json!({"amount": 10});
+        let open = json!({"openWorldHint": true});
+        let closed = json!({"openWorldHint": false});
+        let need = |args: &Value, a: Option<&Value>| {
+            p.approval_for("g", "gh", &who, "pay", args, a).is_some()
+        };
+        assert!(need(&spend, Some(&open)));
+        assert!(!need(&spend, Some(&closed)));
+        assert!(!need(&json!({"amount": 1}), Some(&open)));
+        assert!(need(&spend, None), "unknown annotations hold the call");
+        let step_up = r#"
+[[policy.grants]]
+name = "all"
+gateway = "g"
+assignments = ["gh"]
+users = ["*"]
+tools = { allow = ["*"] }
+[[policy.step_up]]
+name = "s"
+gateway = "g"
+assignments = ["gh"]
+tools = ["*"]
+acr_values = ["mfa"]
+condition = "annotations.openWorldHint == true"
+"#;
+        let e = trusted(step_up).unwrap_err().0;
+        assert!(
+            e.contains("'annotations', which is not an attribute"),
+            "{e}"
+        );
     }
 }
