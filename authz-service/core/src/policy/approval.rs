@@ -3,14 +3,14 @@
 //! gives nothing; it only holds back a call the grants already allow. The
 //! first rule covering a call decides who approves it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use latchkey_filter::visibility::pattern_matches;
 
 use crate::config::{ApprovalConfig, Config};
 
 use super::condition::{Condition, Facts, Reads};
-use super::{PolicyError, line_of};
+use super::{PerAssignment, PolicyError, file_rule, rule_target};
 
 /// What a covered call needs: whose approval, for how long, and whether
 /// its arguments may be written to the audit trail.
@@ -25,7 +25,7 @@ pub struct ApprovalNeed {
 }
 
 /// One compiled rule, for one assignment.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct ApprovalRule {
     need: ApprovalNeed,
     pub(super) tools: Vec<String>,
@@ -96,38 +96,18 @@ pub(super) fn compile(
     text: &str,
     rules: &[ApprovalConfig],
     seen: &mut HashSet<String>,
-) -> Result<HashMap<String, HashMap<String, Vec<ApprovalRule>>>, PolicyError> {
-    let mut out: HashMap<String, HashMap<String, Vec<ApprovalRule>>> = HashMap::new();
+) -> Result<PerAssignment<ApprovalRule>, PolicyError> {
+    let mut out = PerAssignment::new();
     for r in rules {
-        let line = line_of(text, r.name.span().start);
+        let (at, gateway) = rule_target(
+            config,
+            "approvals",
+            &r.name,
+            text,
+            (&r.gateway, &r.assignments, &r.tools),
+            seen,
+        )?;
         let name = r.name.get_ref().clone();
-        let at = format!("[[policy.approvals]] '{name}' (line {line})");
-        if !seen.insert(name.clone()) {
-            return Err(PolicyError(format!(
-                "{at}: a grant or another rule has the same name"
-            )));
-        }
-        let Some(gateway) = config.gateway(&r.gateway) else {
-            return Err(PolicyError(format!(
-                "{at}: unknown gateway '{}'",
-                r.gateway
-            )));
-        };
-        if r.assignments.is_empty() || r.tools.is_empty() {
-            return Err(PolicyError(format!(
-                "{at}: names no assignments or no tools; list what it covers"
-            )));
-        }
-        if let Some(a) = r
-            .assignments
-            .iter()
-            .find(|a| !gateway.assignments.iter().any(|x| x.name == **a))
-        {
-            return Err(PolicyError(format!(
-                "{at}: gateway '{}' has no assignment '{a}'",
-                r.gateway
-            )));
-        }
         if r.ttl_secs == 0 || r.ttl_secs > MAX_APPROVAL_TTL_SECS {
             return Err(PolicyError(format!(
                 "{at}: ttl_secs must be from 1 to {MAX_APPROVAL_TTL_SECS} (a day)"
@@ -168,23 +148,18 @@ pub(super) fn compile(
                 }
             }
         }
-        for assignment in &r.assignments {
-            out.entry(r.gateway.clone())
-                .or_default()
-                .entry(assignment.clone())
-                .or_default()
-                .push(ApprovalRule {
-                    need: ApprovalNeed {
-                        rule: name.clone(),
-                        approver_role: r.approver_role.clone(),
-                        ttl_secs: r.ttl_secs,
-                        sensitive_arguments: r.sensitive_arguments,
-                    },
-                    tools: r.tools.clone(),
-                    condition: condition.clone(),
-                    annotations: r.annotations.iter().map(|(h, v)| (h.clone(), *v)).collect(),
-                });
-        }
+        let rule = ApprovalRule {
+            need: ApprovalNeed {
+                rule: name,
+                approver_role: r.approver_role.clone(),
+                ttl_secs: r.ttl_secs,
+                sensitive_arguments: r.sensitive_arguments,
+            },
+            tools: r.tools.clone(),
+            condition,
+            annotations: r.annotations.iter().map(|(h, v)| (h.clone(), *v)).collect(),
+        };
+        file_rule(&mut out, &r.gateway, &r.assignments, rule);
     }
     Ok(out)
 }

@@ -180,9 +180,9 @@ pub struct Policy {
     /// Claim value → role names it gives.
     roles_by_claim: HashMap<String, Vec<String>>,
     /// gateway → assignment → step-up rules.
-    step_up: HashMap<String, HashMap<String, Vec<StepUpRule>>>,
+    step_up: PerAssignment<StepUpRule>,
     /// gateway → assignment → approval rules.
-    approvals: HashMap<String, HashMap<String, Vec<ApprovalRule>>>,
+    approvals: PerAssignment<ApprovalRule>,
     pub hidden: HiddenAnswers,
     /// The provisioned agents (`[[agents]]`), reloaded with the grants.
     pub agents: AgentDirectory,
@@ -194,6 +194,67 @@ fn is_challenge_token(v: &str) -> bool {
     !v.is_empty()
         && v.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+/// Rules of one kind (step-up, approval), by gateway and assignment.
+type PerAssignment<T> = HashMap<String, HashMap<String, Vec<T>>>;
+
+/// Files `rule` under each of `assignments` of `gateway`.
+fn file_rule<T: Clone>(map: &mut PerAssignment<T>, gateway: &str, assignments: &[String], rule: T) {
+    for a in assignments {
+        map.entry(gateway.to_owned())
+            .or_default()
+            .entry(a.clone())
+            .or_default()
+            .push(rule.clone());
+    }
+}
+
+/// The rules filed under one assignment, in config order.
+fn rules_of<'a, T>(map: &'a PerAssignment<T>, gateway: &str, assignment: &str) -> &'a [T] {
+    map.get(gateway)
+        .and_then(|m| m.get(assignment))
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The checks a step-up or approval rule shares: its name unique among
+/// grants and rules (`seen`), its gateway and assignments declared, some
+/// tools named. Returns where it is written (for errors) and its gateway.
+fn rule_target<'c>(
+    config: &'c Config,
+    kind: &str,
+    name: &toml::Spanned<String>,
+    text: &str,
+    (gateway, assignments, tools): (&str, &[String], &[String]),
+    seen: &mut HashSet<String>,
+) -> Result<(String, &'c crate::config::Gateway), PolicyError> {
+    let at = format!(
+        "[[policy.{kind}]] '{}' (line {})",
+        name.get_ref(),
+        line_of(text, name.span().start)
+    );
+    if !seen.insert(name.get_ref().clone()) {
+        return Err(PolicyError(format!(
+            "{at}: a grant or another rule has the same name"
+        )));
+    }
+    let Some(gw) = config.gateway(gateway) else {
+        return Err(PolicyError(format!("{at}: unknown gateway '{gateway}'")));
+    };
+    if assignments.is_empty() || tools.is_empty() {
+        return Err(PolicyError(format!(
+            "{at}: names no assignments or no tools; list what it covers"
+        )));
+    }
+    if let Some(a) = assignments
+        .iter()
+        .find(|a| !gw.assignments.iter().any(|x| x.name == **a))
+    {
+        return Err(PolicyError(format!(
+            "{at}: gateway '{gateway}' has no assignment '{a}'"
+        )));
+    }
+    Ok((at, gw))
 }
 
 /// 1-based line of a byte offset in `text`.
@@ -610,11 +671,8 @@ impl Policy {
             }
             (None, None) => {}
         }
-        self.step_up
-            .get(gateway)
-            .and_then(|m| m.get(assignment))
-            .into_iter()
-            .flatten()
+        rules_of(&self.step_up, gateway, assignment)
+            .iter()
             .find_map(|r| r.unmet(&facts, name))
             .map_or(Verdict::Allowed, Verdict::StepUp)
     }
@@ -629,28 +687,17 @@ impl Policy {
         });
         constrained
             || self.may_need_approval(gateway, assignment, tool)
-            || self
-                .step_up
-                .get(gateway)
-                .and_then(|m| m.get(assignment))
-                .is_some_and(|rules| {
-                    rules.iter().any(|r| {
-                        r.condition.is_some() && r.tools.iter().any(|p| pattern_matches(p, tool))
-                    })
-                })
+            || rules_of(&self.step_up, gateway, assignment)
+                .iter()
+                .any(|r| r.condition.is_some() && r.tools.iter().any(|p| pattern_matches(p, tool)))
     }
 
     /// Whether some approval rule names `tool` (its condition aside): a
     /// pattern match, so calls no rule names skip reading their arguments.
     pub fn may_need_approval(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
-        self.approvals
-            .get(gateway)
-            .and_then(|m| m.get(assignment))
-            .is_some_and(|rules| {
-                rules
-                    .iter()
-                    .any(|r| r.tools.iter().any(|p| pattern_matches(p, tool)))
-            })
+        rules_of(&self.approvals, gateway, assignment)
+            .iter()
+            .any(|r| r.tools.iter().any(|p| pattern_matches(p, tool)))
     }
 
     /// Whether an allowed tool call must wait for an approval, and whose:
@@ -666,7 +713,7 @@ impl Policy {
         arguments: &Value,
         annotations: Option<&Value>,
     ) -> Option<&ApprovalNeed> {
-        let rules = self.approvals.get(gateway)?.get(assignment)?;
+        let rules = rules_of(&self.approvals, gateway, assignment);
         let facts = Facts {
             call: Some((tool, arguments)),
             annotations,
@@ -680,14 +727,9 @@ impl Policy {
     /// Whether some approval rule that could cover `tool` selects by
     /// annotations (so they must be read before [`Policy::approval_for`]).
     pub fn approval_reads_annotations(&self, gateway: &str, assignment: &str, tool: &str) -> bool {
-        self.approvals
-            .get(gateway)
-            .and_then(|m| m.get(assignment))
-            .is_some_and(|rules| {
-                rules.iter().any(|r| {
-                    r.reads_annotations() && r.tools.iter().any(|p| pattern_matches(p, tool))
-                })
-            })
+        rules_of(&self.approvals, gateway, assignment)
+            .iter()
+            .any(|r| r.reads_annotations() && r.tools.iter().any(|p| pattern_matches(p, tool)))
     }
 
     /// Whether `caller` holds `role`: a claim value, or a `[policy.roles]`

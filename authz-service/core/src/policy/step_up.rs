@@ -4,14 +4,14 @@
 //! one that is not is answered with a challenge saying which `acr_values`
 //! or `max_age` would do, so the client can have the person sign in again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use latchkey_filter::visibility::pattern_matches;
 
 use crate::config::{Config, StepUpConfig};
 
 use super::condition::{Condition, Facts, Reads};
-use super::{PolicyError, is_challenge_token, line_of};
+use super::{PerAssignment, PolicyError, file_rule, is_challenge_token, rule_target};
 
 /// What a step-up rule asks of the token, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct StepUp {
 }
 
 /// One compiled `[[policy.step_up]]` rule, for one assignment.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct StepUpRule {
     name: String,
     pub(super) tools: Vec<String>,
@@ -94,63 +94,37 @@ pub(super) fn compile(
     text: &str,
     rules: &[StepUpConfig],
     seen: &mut HashSet<String>,
-) -> Result<HashMap<String, HashMap<String, Vec<StepUpRule>>>, PolicyError> {
-    let mut step_up: HashMap<String, HashMap<String, Vec<StepUpRule>>> = HashMap::new();
+) -> Result<PerAssignment<StepUpRule>, PolicyError> {
+    let mut step_up = PerAssignment::new();
     for r in rules {
-        let line = line_of(text, r.name.span().start);
+        let (at, _) = rule_target(
+            config,
+            "step_up",
+            &r.name,
+            text,
+            (&r.gateway, &r.assignments, &r.tools),
+            seen,
+        )?;
         let name = r.name.get_ref().clone();
-        let at = format!("[[policy.step_up]] '{name}' (line {line})");
-        if !seen.insert(name.clone()) {
-            return Err(PolicyError(format!(
-                "{at}: a grant or another rule has the same name"
-            )));
-        }
-        check(config, r, &at)?;
+        check(r, &at)?;
         let condition = r
             .condition
             .as_deref()
             .map(|c| Condition::compile(c, Reads::CallerAndCall, &at))
             .transpose()?;
-        for assignment in &r.assignments {
-            step_up
-                .entry(r.gateway.clone())
-                .or_default()
-                .entry(assignment.clone())
-                .or_default()
-                .push(StepUpRule {
-                    name: name.clone(),
-                    tools: r.tools.clone(),
-                    acr_values: r.acr_values.clone(),
-                    max_age: r.max_age_secs,
-                    condition: condition.clone(),
-                });
-        }
+        let rule = StepUpRule {
+            name,
+            tools: r.tools.clone(),
+            acr_values: r.acr_values.clone(),
+            max_age: r.max_age_secs,
+            condition,
+        };
+        file_rule(&mut step_up, &r.gateway, &r.assignments, rule);
     }
     Ok(step_up)
 }
 
-fn check(config: &Config, r: &StepUpConfig, at: &str) -> Result<(), PolicyError> {
-    let Some(gateway) = config.gateway(&r.gateway) else {
-        return Err(PolicyError(format!(
-            "{at}: unknown gateway '{}'",
-            r.gateway
-        )));
-    };
-    if r.assignments.is_empty() || r.tools.is_empty() {
-        return Err(PolicyError(format!(
-            "{at}: names no assignments or no tools; list what it covers"
-        )));
-    }
-    if let Some(a) = r
-        .assignments
-        .iter()
-        .find(|a| !gateway.assignments.iter().any(|x| x.name == **a))
-    {
-        return Err(PolicyError(format!(
-            "{at}: gateway '{}' has no assignment '{a}'",
-            r.gateway
-        )));
-    }
+fn check(r: &StepUpConfig, at: &str) -> Result<(), PolicyError> {
     if r.acr_values.is_empty() && r.max_age_secs.is_none() {
         return Err(PolicyError(format!(
             "{at}: asks for nothing; set acr_values, max_age_secs or both"
