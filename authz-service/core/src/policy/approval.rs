@@ -9,8 +9,9 @@ use latchkey_filter::visibility::pattern_matches;
 
 use crate::config::{ApprovalConfig, Config};
 
+use super::PolicyError;
 use super::condition::{Condition, Facts, Reads};
-use super::{PerAssignment, PolicyError, file_rule, rule_target};
+use super::rules::{PerAssignment, file_rule, rule_target};
 
 /// What a covered call needs: whose approval, for how long, and whether
 /// its arguments may be written to the audit trail.

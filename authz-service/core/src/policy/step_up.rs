@@ -11,7 +11,8 @@ use latchkey_filter::visibility::pattern_matches;
 use crate::config::{Config, StepUpConfig};
 
 use super::condition::{Condition, Facts, Reads};
-use super::{PerAssignment, PolicyError, file_rule, is_challenge_token, rule_target};
+use super::rules::{PerAssignment, file_rule, rule_target};
+use super::{PolicyError, is_challenge_token};
 
 /// What a step-up rule asks of the token, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
