@@ -41,6 +41,10 @@ pub struct Filter {
     /// Only decisions with this outcome.
     #[arg(long, value_enum)]
     pub decision: Option<Verdict>,
+    /// Only decisions for this reason (`hidden_by_policy`,
+    /// `unknown_agent`, `approval_needed`, ...: what an alert names).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +77,13 @@ impl Filter {
                     && self
                         .decision
                         .is_none_or(|d| event["decision"] == d.as_str())
+                    && same(&self.reason, &event["reason"])
             }
             // A change has no tool and no outcome of its own.
             Some("lifecycle") => {
                 self.tool.is_none()
                     && self.decision.is_none()
+                    && self.reason.is_none()
                     && self
                         .user
                         .as_deref()
@@ -495,6 +501,7 @@ mod tests {
             agent: agent.map(String::from),
             tool: tool.map(String::from),
             decision: None,
+            reason: None,
         }
     }
 
@@ -518,6 +525,18 @@ mod tests {
         // A refusal before the caller was known names no user: no user matches it.
         let anonymous = json!({"event": "decision", "decision": "deny", "reason": "unauthenticated", "status": 401, "method": "initialize"});
         assert!(deny.matches(&anonymous));
+        let by_reason = |r: &str| Filter {
+            reason: Some(r.into()),
+            ..Filter::default()
+        };
+        assert!(by_reason("unauthenticated").matches(&anonymous));
+        assert!(!by_reason("hidden_by_policy").matches(&anonymous));
+        assert!(!by_reason("unauthenticated").matches(&lifecycle(
+            "user.deactivate",
+            "ops",
+            "user",
+            "alice"
+        )));
         assert!(!filter(Some("alice"), None, None).matches(&anonymous));
         assert!(!filter(None, None, Some("x")).matches(&anonymous));
     }
