@@ -80,7 +80,7 @@ pub async fn gate(
         return Decision::Allow(allow);
     }
     let empty = Value::Object(serde_json::Map::new());
-    let arguments = ctx.tool_arguments().unwrap_or(empty);
+    let arguments = ctx.tool_arguments().unwrap_or(&empty);
     let (gateway, assignment) = (&allow.route.gateway.name, &allow.route.assignment.name);
     // Read only for a rule that selects by them, with the credential the
     // call is about to carry.
@@ -101,23 +101,23 @@ pub async fn gate(
         assignment,
         &allow.caller,
         tool,
-        &arguments,
+        arguments,
         annotated.as_ref(),
     ) else {
         return Decision::Allow(allow);
     };
     let need = need.clone();
     let id = mcp.id.clone();
-    let held = |deny: Deny| {
-        Decision::Deny(Deny {
-            attribution: Some(Attribution::of(&allow.route, Some(&allow.caller))),
-            refusal: RequestError {
-                id: id.clone(),
-                ..deny.refusal
-            },
-            ..deny
-        })
+    // A held call's answer, attributed and carrying the request's id.
+    let attributed = |deny: Deny| Deny {
+        attribution: Some(Attribution::of(&allow.route, Some(&allow.caller))),
+        refusal: RequestError {
+            id: id.clone(),
+            ..deny.refusal
+        },
+        ..deny
     };
+    let held = |deny: Deny| Decision::Deny(attributed(deny));
     if allow.caller.headless && need.approver_role.is_none() {
         return held(forbidden(
             APPROVAL_NEEDED,
@@ -128,7 +128,7 @@ pub async fn gate(
         ));
     }
     let mut canonical = String::new();
-    canonical_json(&arguments, &mut canonical);
+    canonical_json(arguments, &mut canonical);
     if canonical.len() > MAX_APPROVAL_ARGUMENTS_BYTES {
         return held(forbidden(
             APPROVAL_NEEDED,
@@ -146,7 +146,7 @@ pub async fn gate(
         gateway,
         assignment,
         tool,
-        arguments: &arguments,
+        arguments,
     });
     match settle(store, &allow, &need, tool, &digest, arguments).await {
         Ok(Settled::Pass(approval)) => {
@@ -161,13 +161,9 @@ pub async fn gate(
                 metrics.count_approval(&need.rule, "requested");
             }
             let record = record.record;
-            let deny = answer(&record, id.as_ref(), connect);
+            let deny = attributed(answer(&record, id.as_ref(), connect));
             match (record.status, connect) {
                 (ApprovalStatus::Pending, Some(connect)) => {
-                    let attributed = held(deny);
-                    let Decision::Deny(deny) = attributed else {
-                        return attributed;
-                    };
                     let link = approval_link(&connect.public_url, &record.gateway, &record.id);
                     let remembered = consent::remembers_url_elicitation(
                         credentials,
@@ -194,7 +190,7 @@ pub async fn gate(
                     };
                     Decision::Deny(consent::in_band(credentials, ctx, deny, ask).await)
                 }
-                _ => held(deny),
+                _ => Decision::Deny(deny),
             }
         }
         Err(deny) => held(deny),
@@ -222,7 +218,7 @@ async fn settle(
     need: &ApprovalNeed,
     tool: &str,
     digest: &str,
-    arguments: Value,
+    arguments: &Value,
 ) -> Result<Settled, Deny> {
     let unavailable = |e: &dyn std::fmt::Display| {
         Deny::unavailable(

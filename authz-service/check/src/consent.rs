@@ -231,10 +231,6 @@ pub fn latchkey_request_state(message: &Value) -> Option<&str> {
         .filter(|s| s.starts_with(REQUEST_STATE_PREFIX))
 }
 
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// Turns a consent-needed refusal into the in-band answer the client
 /// understands, after recording the consent request the link points at.
 /// Without `[connect]` the refusal stays as it is (it says who can help).
@@ -543,7 +539,7 @@ pub fn check_retry(
         n: mcp.and_then(|m| m.name.clone()),
         exp: 0,
     };
-    open_state(keys, state, now_unix(), &expected)
+    open_state(keys, state, latchkey_core::unix_now(), &expected)
         .err()
         .map(|e| refuse(e.to_string()))
 }
@@ -641,7 +637,7 @@ mod tests {
             asg: "github".into(),
             m: "tools/call".into(),
             n: Some("create_issue".into()),
-            exp: now_unix() + 600,
+            exp: latchkey_core::unix_now() + 600,
         }
     }
 
@@ -737,14 +733,17 @@ mod tests {
             !state.contains("alice"),
             "the state is not readable as plain text"
         );
-        assert_eq!(open_state(&keys, &state, now_unix(), &c), Ok(c.clone()));
+        assert_eq!(
+            open_state(&keys, &state, latchkey_core::unix_now(), &c),
+            Ok(c.clone())
+        );
 
         let other_user = StateClaims {
             sub: "bob".into(),
             ..c.clone()
         };
         assert_eq!(
-            open_state(&keys, &state, now_unix(), &other_user),
+            open_state(&keys, &state, latchkey_core::unix_now(), &other_user),
             Err(StateError::OtherUser)
         );
         let other_tool = StateClaims {
@@ -752,7 +751,7 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(
-            open_state(&keys, &state, now_unix(), &other_tool),
+            open_state(&keys, &state, latchkey_core::unix_now(), &other_tool),
             Err(StateError::OtherRequest("tool, prompt or resource"))
         );
         let other_gateway = StateClaims {
@@ -760,7 +759,7 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(
-            open_state(&keys, &state, now_unix(), &other_gateway),
+            open_state(&keys, &state, latchkey_core::unix_now(), &other_gateway),
             Err(StateError::OtherRequest("gateway"))
         );
         assert_eq!(
@@ -787,7 +786,7 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(
-            open_state(&keys, &forged, now_unix(), &mallory),
+            open_state(&keys, &forged, latchkey_core::unix_now(), &mallory),
             Err(StateError::BadSignature)
         );
         // One flipped character in the MAC.
@@ -796,7 +795,7 @@ mod tests {
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
         assert_eq!(
-            open_state(&keys, &flipped, now_unix(), &c),
+            open_state(&keys, &flipped, latchkey_core::unix_now(), &c),
             Err(StateError::BadSignature)
         );
         // Signed with a key this ring does not hold.
@@ -804,15 +803,15 @@ mod tests {
             KeyRing::parse("k9:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", None).unwrap();
         let foreign = seal_state(&stranger, "k9", &c).unwrap();
         assert_eq!(
-            open_state(&keys, &foreign, now_unix(), &c),
+            open_state(&keys, &foreign, latchkey_core::unix_now(), &c),
             Err(StateError::UnknownKey)
         );
         // A state signed with another key the ring holds still verifies.
         let by_k2 = seal_state(&keys, "k2", &c).unwrap();
-        assert!(open_state(&keys, &by_k2, now_unix(), &c).is_ok());
+        assert!(open_state(&keys, &by_k2, latchkey_core::unix_now(), &c).is_ok());
         for junk in ["", "lk1.", "lk1.a.b", "lk1.%%.x.y", "other"] {
             assert_eq!(
-                open_state(&keys, junk, now_unix(), &c),
+                open_state(&keys, junk, latchkey_core::unix_now(), &c),
                 Err(StateError::Malformed),
                 "{junk}"
             );

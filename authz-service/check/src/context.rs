@@ -33,6 +33,9 @@ pub struct RequestContext {
     /// subject_token_header`: an ID token), by lowercase name. Tokens:
     /// `Debug` shows only the names.
     pub kept_headers: Vec<(String, String)>,
+    /// `params.arguments`, parsed the first time a decision step reads
+    /// them (constraints, conditions, the approval gate), once per request.
+    arguments: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for RequestContext {
@@ -147,6 +150,7 @@ impl RequestContext {
             path: http.path.clone(),
             peer_principal,
             mcp,
+            arguments: std::sync::OnceLock::new(),
         })
     }
 }
@@ -161,13 +165,17 @@ impl RequestContext {
     }
 
     /// `params.arguments` of a `tools/call` body, if there are any. Read
-    /// only when a policy constraint needs them.
-    pub fn tool_arguments(&self) -> Option<serde_json::Value> {
-        let mut message: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        message
-            .get_mut("params")?
-            .get_mut("arguments")
-            .map(serde_json::Value::take)
+    /// only when a policy step needs them, and parsed once for all of them.
+    pub fn tool_arguments(&self) -> Option<&serde_json::Value> {
+        self.arguments
+            .get_or_init(|| {
+                let mut message: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+                message
+                    .get_mut("params")?
+                    .get_mut("arguments")
+                    .map(serde_json::Value::take)
+            })
+            .as_ref()
     }
 
     /// What a `completion/complete` refers to: a prompt by name or a

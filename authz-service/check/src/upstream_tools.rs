@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// The most pages of a list read, and bytes per answer.
+/// The most pages of a list read, and bytes in all its answers together:
+/// an upstream is hostile until checked, and what it lists is kept.
 const MAX_PAGES: usize = 100;
-const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
 /// How long a server's annotations are kept.
 pub const ANNOTATIONS_TTL: Duration = Duration::from_secs(300);
 
@@ -53,6 +54,7 @@ pub async fn list_tools(
     client_name: &str,
 ) -> Result<Vec<Value>, String> {
     let mut session: Option<String> = None;
+    let mut read = 0usize;
     let mut post = async |body: Value| -> Result<Vec<Value>, String> {
         let mut req = client
             .post(url)
@@ -90,8 +92,11 @@ pub async fn list_tools(
             .await
             .map_err(|e| format!("reading {url}: {}", e.without_url()))?
         {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(format!("{url} answered more than {MAX_ANSWER_BYTES} bytes"));
+            read += chunk.len();
+            if read > MAX_LIST_BYTES {
+                return Err(format!(
+                    "{url} answered more than {MAX_LIST_BYTES} bytes in all while listing its tools"
+                ));
             }
             bytes.extend_from_slice(&chunk);
         }

@@ -24,7 +24,7 @@ tools = { allow = ["tool_0*"] }
 name = "confirm-big-transfers"
 gateway = "e2e"
 assignments = ["fast"]
-tools = ["tool_05"]
+tools = ["tool_05", "secret_tool"]
 condition = "arguments.amount > 100"
 
 [[policy.approvals]]
@@ -74,6 +74,49 @@ async fn a_held_call_passes_once_on_its_own_approval_and_any_change_needs_anothe
         .await?;
     let alice_admin = stack.admin_token("alice", &[]).await?;
     let bob_admin = stack.admin_token("bob", &["approvers"]).await?;
+
+    // An attacker's calls record nothing: without a token, with a token
+    // for another audience, or naming a tool the policy hides (the rule
+    // covers only calls the grants already allow).
+    let other_audience = stack
+        .token_with(&TokenRequest::new("alice", "https://elsewhere.example/mcp"))
+        .await?;
+    for (label, token, status) in [
+        ("no token", None, 401),
+        ("another audience", Some(other_audience.as_str()), 401),
+    ] {
+        let r = post_json(
+            &url,
+            token,
+            &call("x-1", "tool_05", json!({"amount": 500})),
+            &[],
+        )
+        .await?;
+        assert_eq!(r.status, status, "{label}: {}", r.body);
+    }
+    let r = post_json(
+        &url,
+        Some(&alice),
+        &call("x-2", "secret_tool", json!({"amount": 500})),
+        &[],
+    )
+    .await?;
+    assert!(
+        !r.body.contains("needs approval"),
+        "a hidden tool is not held: {}",
+        r.body
+    );
+    let listed = stack.cli(0, &alice_admin, &["approval", "list", "--all"], None)?;
+    assert!(listed.is_empty(), "no request was recorded: {listed:?}");
+    assert_eq!(
+        stack
+            .audit_events()?
+            .iter()
+            .filter(|e| e["target_kind"] == "approval")
+            .count(),
+        0,
+        "no approval event either"
+    );
 
     // Under the rule's condition, nothing is held.
     let before = upstream()?;

@@ -324,7 +324,7 @@ impl Decider<'_> {
         .flatten();
         match self
             .policy
-            .decide(gateway, assignment, caller, kind, name, arguments.as_ref())
+            .decide(gateway, assignment, caller, kind, name, arguments)
         {
             policy::Verdict::Allowed => None,
             policy::Verdict::Hidden { kind, name } => Some(self.hidden(kind, &name, id)),
