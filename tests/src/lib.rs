@@ -14,7 +14,8 @@
 //! replica's `/metrics`), [`attacker`] (an attacker's own moves: a direct
 //! Check, a forged `kid`, what Redis kept), [`connect_client`] (the connect
 //! page driven without a browser), [`local`] (the stack `scripts/start` runs,
-//! laid out by a config file on the ports it names).
+//! laid out by a config file on the ports it names), [`webhook_sink`] (a
+//! receiver for the alert webhook).
 
 pub mod attacker;
 pub mod browser;
@@ -32,6 +33,7 @@ pub mod sdk_client;
 pub mod secrets;
 pub mod stack;
 pub mod wait;
+pub mod webhook_sink;
 
 pub use browser::{Browser, StepResult};
 pub use client::{HttpReply, McpClient, SseEvent, SseReply, open_sse, parse_sse, post_json, send};

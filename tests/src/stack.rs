@@ -80,6 +80,8 @@ pub struct StackOptions {
     /// More environment for every replica (e.g. a client secret a
     /// `client_secret_env` names).
     pub replica_env: Vec<(String, String)>,
+    /// Gateway `e2e`'s `unknown_agents` (`"deny"` when `None`).
+    pub unknown_agents: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +117,7 @@ impl Default for StackOptions {
             credential_cache_secs: 30,
             idp: IdpOptions::default(),
             replica_env: Vec::new(),
+            unknown_agents: None,
         }
     }
 }
@@ -390,6 +393,7 @@ trust_annotations = true
 [[gateways]]
 name = "e2e"
 public_url = "{scheme}://127.0.0.1:{envoy_port}/mcp"
+unknown_agents = "{unknown_agents}"
 
 [[gateways.assignments]]
 name = "fast"
@@ -423,6 +427,7 @@ identity = "late-sa"
             key_file = key_file.display(),
             cache_ttl_secs = opts.credential_cache_secs,
             scheme = if opts.mtls { "https" } else { "http" },
+            unknown_agents = opts.unknown_agents.unwrap_or("deny"),
             issuer = idp.issuer(),
             echo = echo.url(),
         );

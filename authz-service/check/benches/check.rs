@@ -250,6 +250,8 @@ fn bench(c: &mut Criterion) {
             client_capabilities: Default::default(),
             tool_annotations: Default::default(),
             refresher: Default::default(),
+            sightings: None,
+            alerts: None,
         }
     });
     let request = check_request(&token);

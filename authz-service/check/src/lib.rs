@@ -10,11 +10,14 @@
 //! the `exchange` client (RFC 8693, ID-JAG); `consent` answers in band when a person must connect
 //! an identity, and `elicitation` tells the filter which of those answers
 //! are done. `reload` swaps the compiled policy in place when the config
-//! file changes.
+//! file changes (or an agent is onboarded by approval), and `onboarding`
+//! records the unprovisioned agents a gateway refused, off the request path;
+//! `alerts` sends refusals worth a person's attention to a webhook, also off it.
 //!
 //! This crate does not depend on `latchkey-control` or on axum: the request
 //! path cannot reach the admin API, the connect page or the HTTP side.
 
+pub mod alerts;
 pub mod approval;
 pub mod authn;
 pub mod consent;
@@ -24,6 +27,7 @@ pub mod elicitation;
 pub mod exchange;
 pub mod forwarded_body;
 pub mod oauth;
+pub mod onboarding;
 pub mod refresh;
 pub mod reload;
 pub mod respond;

@@ -4,6 +4,11 @@
 //! not parse or compile is refused with a message naming the line, and the
 //! policy in force stays. Everything else takes effect at restart.
 //! Reloads are counted, taken and refused, for `/metrics`.
+//!
+//! Agents onboarded by approval (`latchkey_core::onboarding`) live in
+//! Redis, not in the file: they are merged into every compile, and a
+//! change to them (each replica's invalidation listener runs
+//! [`PolicySource::onboarded_hook`]) compiles the policy again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,12 +18,20 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use latchkey_core::config::{Config, ConfigError};
+use latchkey_core::onboarding::{OnboardedAgent, merged_with};
 use latchkey_core::policy::Policy;
+use latchkey_store::cache::ChangeHook;
+use latchkey_store::store::Store;
 
 /// The policy in force, and where it came from.
 pub struct PolicySource {
     current: ArcSwap<Policy>,
     path: Option<PathBuf>,
+    /// Agents onboarded by approval, as last read from Redis.
+    onboarded: ArcSwap<Vec<OnboardedAgent>>,
+    /// Held while compiling: the file watcher and the onboarding hook must
+    /// not put an older compile in force after a newer one.
+    compiling: std::sync::Mutex<()>,
     reloaded: AtomicU64,
     refused: AtomicU64,
 }
@@ -44,6 +57,8 @@ impl PolicySource {
         PolicySource {
             current: ArcSwap::from_pointee(policy),
             path: None,
+            onboarded: Default::default(),
+            compiling: Default::default(),
             reloaded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
@@ -53,6 +68,8 @@ impl PolicySource {
         PolicySource {
             current: ArcSwap::from_pointee(policy),
             path: Some(path),
+            onboarded: Default::default(),
+            compiling: Default::default(),
             reloaded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
@@ -75,6 +92,7 @@ impl PolicySource {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        let _one_at_a_time = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = self.load(path, running);
         let counter = if outcome.is_ok() {
             &self.reloaded
@@ -86,6 +104,19 @@ impl PolicySource {
     }
 
     fn load(&self, path: &Path, running: &Config) -> Result<(), String> {
+        let onboarded = self.onboarded.load();
+        let policy = Self::compile_file(path, running, &onboarded)?;
+        self.current.store(Arc::new(policy));
+        Ok(())
+    }
+
+    /// The file's `[policy]` and `[[agents]]` (over the rest of the
+    /// running config) with `onboarded` merged in.
+    fn compile_file(
+        path: &Path,
+        running: &Config,
+        onboarded: &[OnboardedAgent],
+    ) -> Result<Policy, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let fresh = Config::parse(&text).map_err(|e| match e {
@@ -109,15 +140,89 @@ impl PolicySource {
         // `[[agents]]` is part of the policy (who may act, and for whom):
         // taken from the file too, not from the config the process started
         // with, or a provisioned or removed agent would wait for a restart.
-        let merged = Config {
+        let from_file = Config {
             policy: fresh.policy,
             agents: fresh.agents,
             ..running.clone()
         };
-        let policy =
-            Policy::compile(&merged, &text).map_err(|e| format!("{}: {e}", path.display()))?;
-        self.current.store(Arc::new(policy));
-        Ok(())
+        let (merged, skipped) = merged_with(&from_file, onboarded);
+        if !skipped.is_empty() {
+            tracing::warn!(
+                agents = ?skipped,
+                "agents onboarded by approval are also in the config file's [[agents]]; the file's entries apply"
+            );
+        }
+        Policy::compile(&merged, &text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Whether the policy would still compile with `candidate` onboarded
+    /// too (checked before an approval is written); the error says why not.
+    pub fn check_onboarding(
+        &self,
+        running: &Config,
+        candidate: &OnboardedAgent,
+    ) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut onboarded: Vec<OnboardedAgent> = self
+            .onboarded
+            .load()
+            .iter()
+            .filter(|a| a.name != candidate.name)
+            .cloned()
+            .collect();
+        onboarded.push(candidate.clone());
+        Self::compile_file(path, running, &onboarded).map(|_| ())
+    }
+
+    /// Puts `agents` (every agent onboarded by approval) into the policy
+    /// in force; a policy that does not compile with them is refused and
+    /// the one in force stays.
+    pub fn set_onboarded(
+        &self,
+        agents: Vec<OnboardedAgent>,
+        running: &Config,
+    ) -> Result<(), String> {
+        let previous = self.onboarded.swap(Arc::new(agents));
+        let outcome = self.reload(running);
+        if outcome.is_err() {
+            self.onboarded.store(previous);
+        }
+        outcome
+    }
+
+    /// The invalidation listener's hook for onboarded agents: read them
+    /// all from Redis again and compile them in. A read that fails keeps
+    /// the policy in force (the listener runs the hook again when it
+    /// resubscribes).
+    pub fn onboarded_hook(self: &Arc<Self>, store: Store, running: Config) -> ChangeHook {
+        let source = self.clone();
+        let running = Arc::new(running);
+        Arc::new(move || {
+            let (source, store, running) = (source.clone(), store.clone(), running.clone());
+            Box::pin(async move {
+                match store.onboarded_agents().await {
+                    Ok(agents) => {
+                        let count = agents.len();
+                        match source.set_onboarded(agents, &running) {
+                            Ok(()) => tracing::info!(
+                                onboarded = count,
+                                "agents onboarded by approval compiled into the policy"
+                            ),
+                            Err(e) => tracing::error!(
+                                error = %e,
+                                "agents onboarded by approval do not compile; the previous policy stays in force"
+                            ),
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "cannot read the agents onboarded by approval; the previous policy stays in force"
+                    ),
+                }
+            })
+        })
     }
 
     /// Polls the file every `every` and reloads when it changed. Polling

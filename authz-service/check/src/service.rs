@@ -46,6 +46,11 @@ pub struct CheckService {
     pub tool_annotations: crate::upstream_tools::ToolAnnotations,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditWriter>,
+    /// Records the unprovisioned agents refused on gateways with
+    /// `unknown_agents = "request"` (none: not recorded).
+    pub sightings: Option<crate::onboarding::SightingRecorder>,
+    /// The `[alerts]` webhook, when configured.
+    pub alerts: Option<crate::alerts::AlertSender>,
 }
 
 #[tonic::async_trait]
@@ -96,6 +101,11 @@ impl Authorization for CheckService {
             refresher: &self.refresher,
         };
         let decision = decider.decide(&ctx).await;
+        if let (Decision::Deny(deny), Some(recorder)) = (&decision, &self.sightings)
+            && let Some(sighting) = &deny.sighting
+        {
+            recorder.sighted(sighting.as_ref().clone());
+        }
         let connect = self.config.connect.as_ref();
         let gate = approval::Gate {
             credentials: &self.credentials,
@@ -196,6 +206,9 @@ impl CheckService {
     fn record(&self, mut event: DecisionEvent) {
         event.bound_fields();
         self.metrics.record_decision(&event);
+        if let Some(alerts) = &self.alerts {
+            alerts.observe(&event);
+        }
         self.audit.record(&event);
     }
 }

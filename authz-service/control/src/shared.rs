@@ -30,6 +30,10 @@ pub struct ControlState {
     /// This replica is in the registry: key rotation checks it holds the
     /// key, and changes wait for its confirmation (`/readyz` waits for it).
     pub announced: std::sync::atomic::AtomicBool,
+    /// Records agents refused on gateways with `unknown_agents = "request"`.
+    pub sightings: Option<latchkey_check::onboarding::SightingRecorder>,
+    /// The `[alerts]` webhook, when configured.
+    pub alerts: Option<latchkey_check::alerts::AlertSender>,
 }
 
 impl ControlState {
@@ -46,6 +50,8 @@ impl ControlState {
             tool_annotations: self.tool_annotations.clone(),
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
+            sightings: self.sightings.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum UnknownAgents {
     Deny,
     /// Let through under the raw id it presented (grants may name that id).
     Allow,
+    /// Refused as by `Deny`, and recorded as a request an operator can
+    /// approve (`onboarding`).
+    Request,
 }
 
 /// The agent behind one request.
@@ -139,7 +142,8 @@ impl AgentDirectory {
     }
 
     /// Attaches the agent behind the request to `caller`; `Err` names an
-    /// unknown agent that a gateway with `unknown_agents = "deny"` refuses
+    /// unknown agent that a gateway with `unknown_agents = "deny"` (or
+    /// `"request"`) refuses
     /// (still attached, so the refusal is attributed).
     pub fn attribute(
         &self,
@@ -153,7 +157,7 @@ impl AgentDirectory {
         caller.headless = self.is_headless(&agent, caller);
         caller.agent = Some(agent.name.clone());
         caller.agent_source = Some(agent.source);
-        if !agent.provisioned && unknown == UnknownAgents::Deny {
+        if !agent.provisioned && unknown != UnknownAgents::Allow {
             return Err(agent);
         }
         Ok(())

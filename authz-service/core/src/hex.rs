@@ -19,6 +19,13 @@ pub fn sha256(value: &[u8]) -> String {
     encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value).as_ref())
 }
 
+/// The HMAC-SHA256 of `value` under `key`, as 64 hex digits (how a
+/// webhook receiver checks who signed a body).
+pub fn hmac_sha256(key: &[u8], value: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    encode(aws_lc_rs::hmac::sign(&key, value).as_ref())
+}
+
 fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -42,6 +49,15 @@ mod tests {
             );
             assert_ne!(a, random(n));
         }
+    }
+
+    #[test]
+    fn hmac_sha256_is_the_rfc_4231_digest() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            hmac_sha256(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

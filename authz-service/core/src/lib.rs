@@ -8,6 +8,10 @@
 //!   sealing with AES-256-GCM);
 //! * `routing` (which upstream a path is), `capability` (what an admin
 //!   token may do), `policy` (who may call what, and what each caller sees);
+//! * `review`: the access review (who may call what where, through which
+//!   identity, and what looks stale), judged from loaded records;
+//! * `onboarding`: agents nobody provisioned, their requests, and those
+//!   approved (merged into the policy beside `[[agents]]`);
 //! * `audit`: the audit event schema and its bounds; `metrics`: the
 //!   registry every decision is counted in; `hex`: random ids and SHA-256
 //!   digests as hex.
@@ -24,8 +28,10 @@ pub mod config;
 pub mod hex;
 pub mod identity;
 pub mod metrics;
+pub mod onboarding;
 pub mod policy;
 pub mod principal;
+pub mod review;
 pub mod routing;
 pub mod vault;
 

@@ -108,9 +108,14 @@ impl RefreshResult {
     }
 }
 
-/// Where `refresh` counts its refreshes; a clone counts into the same family.
+/// Where `refresh` counts its refreshes; a clone counts into the same
+/// family. Failures are also kept, by server and result, until the alert
+/// webhook takes them (bounded: configured servers × three results).
 #[derive(Debug, Clone, Default)]
-pub struct RefreshCounter(Family<RefreshLabels, Counter>);
+pub struct RefreshCounter(
+    Family<RefreshLabels, Counter>,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>>,
+);
 
 impl RefreshCounter {
     pub fn count(&self, server: &str, result: RefreshResult) {
@@ -120,6 +125,27 @@ impl RefreshCounter {
                 result: result.as_str(),
             })
             .inc();
+        if matches!(
+            result,
+            RefreshResult::InvalidGrant
+                | RefreshResult::Unavailable
+                | RefreshResult::ExchangeRefused
+        ) {
+            *self
+                .1
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((server.to_string(), result.as_str()))
+                .or_default() += 1;
+        }
+    }
+
+    /// The failed renewals since the last call, by server and result.
+    pub fn take_failures(&self) -> Vec<(String, &'static str, u64)> {
+        std::mem::take(&mut *self.1.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .map(|((server, result), n)| (server, result, n))
+            .collect()
     }
 }
 
@@ -133,6 +159,7 @@ pub struct Metrics {
     refreshes: RefreshCounter,
     settles: Family<ResultLabels, Counter>,
     approvals: Family<ApprovalLabels, Counter>,
+    alert_deliveries: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,7 +176,17 @@ impl Metrics {
             refreshes: RefreshCounter::default(),
             settles: Family::default(),
             approvals: Family::default(),
+            alert_deliveries: Family::default(),
         }
+    }
+
+    /// Counts one batch for the alert webhook by how it ended: `delivered`,
+    /// `failed` (every attempt refused or unanswered) or `dropped` (too
+    /// many waiting, or refusals beyond a batch's bound).
+    pub fn count_alert_delivery(&self, result: &'static str) {
+        self.alert_deliveries
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts one step of an approval request under `rule`: `requested`,
@@ -223,6 +260,11 @@ impl Metrics {
             "approvals",
             "Tool calls held for approval, by rule and outcome: requested (a call was held), approved, denied, used (an approved call went upstream)",
             self.approvals.clone(),
+        );
+        registry.register(
+            "alert_deliveries",
+            "Batches of refusals for the [alerts] webhook by result: delivered, failed (every attempt refused or unanswered), dropped (the sender was behind)",
+            self.alert_deliveries.clone(),
         );
         if let Some(pending) = r.approvals_pending {
             registry.register(

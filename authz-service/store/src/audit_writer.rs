@@ -27,6 +27,9 @@ const LINGER: Duration = Duration::from_millis(5);
 
 pub struct AuditWriter {
     queue: mpsc::Sender<String>,
+    /// When identities, people and agents were last let through, taken
+    /// from the same events (`last_used`).
+    last_used: Arc<crate::last_used::LastUsed>,
     dropped: AtomicU64,
     written: Arc<AtomicU64>,
 }
@@ -37,9 +40,11 @@ impl AuditWriter {
     pub fn start(store: Store, writer_id: String, capacity: usize) -> Arc<AuditWriter> {
         let (queue, events) = mpsc::channel(capacity.max(1));
         let written = Arc::new(AtomicU64::new(0));
+        let last_used = crate::last_used::LastUsed::start(store.clone());
         tokio::spawn(drain(store, writer_id, events, written.clone()));
         Arc::new(AuditWriter {
             queue,
+            last_used,
             dropped: AtomicU64::new(0),
             written,
         })
@@ -51,6 +56,7 @@ impl AuditWriter {
     pub fn record(&self, event: &DecisionEvent) {
         let json = event.to_stream_json();
         log(event);
+        self.last_used.observe(event);
         crate::otlp::export(&json);
         if self.queue.try_send(json).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

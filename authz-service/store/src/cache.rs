@@ -8,7 +8,11 @@
 //! everything when the subscription is back. A load that raced with an
 //! invalidation is answered but not kept (the epoch check), so a stale value
 //! is never cached past a change. Settle markers on the same channel are
-//! confirmed in order with the invalidations (`propagation`).
+//! confirmed in order with the invalidations (`propagation`). What is not
+//! a cached entry but compiled from Redis (agents onboarded by approval,
+//! compiled into the policy) registers a hook for its keys' prefix: the
+//! listener runs it, and waits for it, before the next message, so a
+//! settle marker is confirmed only after the hook applied the change.
 //! Hits and misses are counted for `/metrics`.
 
 use std::sync::Arc;
@@ -36,8 +40,14 @@ pub enum Entry {
     Identity(Option<Arc<OpenIdentity>>),
 }
 
+/// Work the listener does when a key with a registered prefix changes,
+/// or when it (re)subscribes and anything may have changed.
+pub type ChangeHook = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 pub struct ReplicaCache {
     entries: moka::future::Cache<String, Entry>,
+    /// Key prefix → the hook run when a key under it changes.
+    hooks: std::sync::Mutex<Vec<(String, ChangeHook)>>,
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
     subscribed: AtomicBool,
@@ -51,6 +61,7 @@ impl ReplicaCache {
                 .time_to_live(ttl)
                 .max_capacity(capacity)
                 .build(),
+            hooks: std::sync::Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             lookups: Lookups::default(),
@@ -87,6 +98,31 @@ impl ReplicaCache {
         self.entries.invalidate_all();
     }
 
+    /// Runs `hook` (to its end, before the next invalidation is applied)
+    /// whenever a key starting with `prefix` changes, and after every
+    /// (re)subscription.
+    pub fn on_change(&self, prefix: String, hook: ChangeHook) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((prefix, hook));
+    }
+
+    /// The hooks for `key` (every hook when `None`).
+    async fn run_hooks(&self, key: Option<&str>) {
+        let due: Vec<ChangeHook> = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(prefix, _)| key.is_none_or(|k| k.starts_with(prefix.as_str())))
+            .map(|(_, hook)| hook.clone())
+            .collect();
+        for hook in due {
+            hook().await;
+        }
+    }
+
     /// Hits and misses of `get_or_load` so far (for `/metrics`).
     pub fn lookups(&self) -> LookupCounts {
         self.lookups.counts()
@@ -119,6 +155,7 @@ impl ReplicaCache {
                     Ok(()) => {
                         // Anything may have changed while we were not listening.
                         self.flush();
+                        self.run_hooks(None).await;
                         self.subscribed.store(true, Ordering::Release);
                         if first {
                             tracing::info!(%channel, "invalidation subscription established");
@@ -137,11 +174,15 @@ impl ReplicaCache {
                                     if !crate::propagation::confirm_if_marker(
                                         &store, &replica, &key,
                                     ) {
-                                        self.invalidate(&key).await
+                                        self.invalidate(&key).await;
+                                        self.run_hooks(Some(&key)).await;
                                     }
                                 }
                                 // An unreadable message: drop everything to be safe.
-                                Err(_) => self.flush(),
+                                Err(_) => {
+                                    self.flush();
+                                    self.run_hooks(None).await;
+                                }
                             }
                         }
                         self.subscribed.store(false, Ordering::Release);

@@ -6,13 +6,17 @@
 //! stream) → `credentials` (what the request path and the admin API call).
 //! `propagation` waits until every replica applied a change. `audit_writer`
 //! queues audit events into the stream (and `otlp` exports them);
-//! `audit_read` reads the stream back for `latchkey audit`.
+//! `audit_read` reads the stream back for `latchkey audit`; `last_used`
+//! keeps when each identity, person and agent was last let through. `approvals` and
+//! `agent_requests` keep what waits for a person's decision.
 
+pub mod agent_requests;
 pub mod approvals;
 pub mod audit_read;
 pub mod audit_writer;
 pub mod cache;
 pub mod credentials;
+pub mod last_used;
 pub mod otlp;
 pub mod propagation;
 pub mod redis_backend;

@@ -174,6 +174,10 @@ impl Store {
     pub fn principal_key(&self, kind: PrincipalKind, id: &str) -> String {
         format!("{}:{}:{id}", self.prefix, kind.as_str())
     }
+    /// Every user (or agent) with a status record, for the access review.
+    pub fn principals_index(&self, kind: PrincipalKind) -> String {
+        format!("{}:{}s", self.prefix, kind.as_str())
+    }
     /// Gateway names cannot contain `:`, so the user part may.
     pub fn connection_key(&self, gateway: &str, user: &str) -> String {
         format!("{}:connection:{gateway}:{user}", self.prefix)

@@ -7,7 +7,9 @@
 //! Run one area with `cargo test -p latchkey-e2e --test e2e -- attacker::`,
 //! one scenario by (part of) its name.
 
+mod access_review;
 mod agents;
+mod alerts;
 mod approval_page;
 mod approvals;
 mod attacker;
@@ -30,6 +32,7 @@ mod istio;
 mod leaks;
 mod local_stack;
 mod metrics;
+mod onboarding;
 mod peers_oauth;
 mod policy;
 mod refresh;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::authn::{AuthnError, TokenVerifier, bearer_token};
 use crate::context::RequestContext;
 use crate::refresh::{ExchangeCall, RefreshError, Refresher};
+use latchkey_core::agents::UnknownAgents;
 use latchkey_core::config::{IdentityScheme, ServerAuth};
 use latchkey_core::identity::{CredentialKind, PrincipalKind, Status, exchanged_identity_id};
 use latchkey_core::policy::{self, Policy};
@@ -17,6 +18,7 @@ use latchkey_core::routing::{Route, RouteTable};
 use latchkey_core::vault::Secret;
 use latchkey_filter::mcp::RequestError;
 use latchkey_filter::visibility::{ItemKind, Visibility};
+use latchkey_store::agent_requests::Sighting;
 use latchkey_store::cache::OpenIdentity;
 use latchkey_store::credentials::Credentials;
 
@@ -84,6 +86,9 @@ pub struct Deny {
     /// The answer is a URL elicitation (-32042) the Wasm filter announces
     /// as completed on the session's GET stream once the person is done.
     pub elicitation: Option<PendingElicitation>,
+    /// An unprovisioned agent a gateway with `unknown_agents = "request"`
+    /// refused: its onboarding request is recorded (`crate::onboarding`).
+    pub sighting: Option<Box<Sighting>>,
 }
 
 /// A URL elicitation handed to a client, as the filter remembers it
@@ -168,6 +173,7 @@ impl Decider<'_> {
                 body: None,
                 attribution: None,
                 elicitation: None,
+                sighting: None,
             });
         };
         let audience = route.gateway.public_url.as_str().trim_end_matches('/');
@@ -186,20 +192,33 @@ impl Decider<'_> {
             route.gateway.unknown_agents,
         );
         if let Err(agent) = recognised {
-            return attributed_to(
-                &route,
-                &caller,
-                id,
-                forbidden(
-                    "unknown_agent",
-                    format!(
-                        "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; an operator adds it under [[agents]] in the Latchkey config",
-                        agent.name,
-                        agent.source.describe(),
-                        route.gateway.name
-                    ),
+            let requested = route.gateway.unknown_agents == UnknownAgents::Request;
+            let next = if requested {
+                format!(
+                    "a request to onboard it is recorded; an operator approves it with `latchkey agent approve {}`",
+                    agent.name
+                )
+            } else {
+                "an operator adds it under [[agents]] in the Latchkey config".to_string()
+            };
+            let mut deny = forbidden(
+                "unknown_agent",
+                format!(
+                    "agent '{}' (recognised by its {}) is not provisioned for gateway '{}'; {next}",
+                    agent.name,
+                    agent.source.describe(),
+                    route.gateway.name
                 ),
             );
+            if requested {
+                deny.sighting = Some(Box::new(Sighting {
+                    agent: agent.name.clone(),
+                    source: agent.source.name(),
+                    gateway: route.gateway.name.clone(),
+                    user: (!caller.headless).then(|| caller.subject.clone()),
+                }));
+            }
+            return attributed_to(&route, &caller, id, deny);
         }
         // Before the principals' status, as it always was for one assignment.
         if let Some(deny) = headless_refusal(&route, &caller).filter(|_| route.combined.is_none()) {

@@ -163,6 +163,7 @@ pub(super) fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> D
             body: None,
             attribution: None,
             elicitation: None,
+            sighting: None,
         };
     }
     let mut challenge = format!(
@@ -190,6 +191,7 @@ pub(super) fn authn_denial(e: AuthnError, route: &Route, id: Option<Value>) -> D
         body: None,
         attribution: None,
         elicitation: None,
+        sighting: None,
     }
 }
 

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status as RpcStatus};
 
 use crate::shared::ControlState;
 
+mod agent_requests;
 mod approvals;
 mod operator;
 mod wire;
@@ -193,7 +194,7 @@ impl AdminService {
         let written = store
             .mutate(
                 &store.principal_key(kind, id),
-                &[],
+                &[store.principals_index(kind)],
                 id,
                 |current: Option<PrincipalRecord>| {
                     let after = PrincipalRecord {
@@ -613,6 +614,23 @@ impl Admin for AdminService {
         let op = self.operator(&request).await?;
         let decided = approvals::decide(&self.state, &op, request.into_inner()).await?;
         Ok(Response::new(decided))
+    }
+
+    async fn list_agent_requests(
+        &self,
+        request: Request<pb::ListAgentRequestsRequest>,
+    ) -> Reply<pb::ListAgentRequestsResponse> {
+        let op = self.operator(&request).await?;
+        Ok(Response::new(agent_requests::list(&self.state, &op).await?))
+    }
+
+    async fn decide_agent_request(
+        &self,
+        request: Request<pb::DecideAgentRequestRequest>,
+    ) -> Reply<pb::AgentRequest> {
+        let (op, request) = self.open(request).await?;
+        let decided = agent_requests::decide(&self.state, &op, request).await?;
+        self.settled(decided).await
     }
 
     async fn list_keys(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod admin;
+mod alerts;
 mod audit;
 mod connect;
 mod gateways;
@@ -20,6 +21,7 @@ mod servers;
 mod vault;
 
 pub use self::admin::*;
+pub use self::alerts::*;
 pub use self::audit::*;
 pub use self::connect::*;
 pub use self::gateways::*;
@@ -70,6 +72,8 @@ pub struct Config {
     /// The connect page and per-user OAuth (`[connect]`). Absent: a user
     /// without an identity for a per-user server is told to ask an operator.
     pub connect: Option<ConnectConfig>,
+    /// A webhook for refusals worth a person's attention (`[alerts]`).
+    pub alerts: Option<AlertsConfig>,
 }
 
 impl Config {
@@ -131,6 +135,9 @@ impl Config {
             );
         }
         self.listen.validate().map_err(ConfigError::Invalid)?;
+        if let Some(alerts) = &self.alerts {
+            alerts.validate().map_err(ConfigError::Invalid)?;
+        }
         let mut names = HashSet::new();
         for s in &self.servers {
             if !names.insert(s.name.as_str()) {

@@ -162,21 +162,6 @@ pub enum ConnectionCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AgentCommand {
-    /// The agent's requests are refused until enabled again.
-    Disable {
-        /// The agent's name in `[[agents]]` (for an unknown agent let
-        /// through by `unknown_agents = "allow"`, the id it presents).
-        agent: String,
-    },
-    /// The agent's requests are decided as before it was disabled.
-    Enable {
-        /// As for `disable`.
-        agent: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Offline: print a new random master key line (`key-id:base64`).
     Generate {
@@ -494,25 +479,6 @@ pub async fn user(args: &AdminArgs, command: UserCommand) -> Result<()> {
     Ok(())
 }
 
-pub async fn agent(args: &AdminArgs, command: AgentCommand) -> Result<()> {
-    let mut s = Session::open(args).await?;
-    let (id, enabled) = match command {
-        AgentCommand::Disable { agent } => (agent, false),
-        AgentCommand::Enable { agent } => (agent, true),
-    };
-    let r = s
-        .client
-        .set_agent_status(s.request(pb::SetPrincipalStatusRequest {
-            id,
-            status: status(enabled) as i32,
-        }))
-        .await
-        .map_err(refused)?
-        .into_answer();
-    s.print(principal_json(&r), principal_line);
-    Ok(())
-}
-
 pub async fn connection(args: &AdminArgs, command: ConnectionCommand) -> Result<()> {
     let mut s = Session::open(args).await?;
     let connection = match command {
@@ -625,7 +591,7 @@ pub async fn keys(args: &AdminArgs, command: KeysCommand) -> Result<()> {
     Ok(())
 }
 
-fn status(enabled: bool) -> pb::Status {
+pub(super) fn status(enabled: bool) -> pb::Status {
     if enabled {
         pb::Status::Enabled
     } else {
@@ -683,11 +649,11 @@ fn identity_line(v: &Value) -> String {
     )
 }
 
-fn principal_json(p: &pb::Principal) -> Value {
+pub(super) fn principal_json(p: &pb::Principal) -> Value {
     json!({"id": p.id, "kind": p.kind, "status": status_name(p.status), "updated_by": p.updated_by, "updated_at": p.updated_at})
 }
 
-fn principal_line(v: &Value) -> String {
+pub(super) fn principal_line(v: &Value) -> String {
     format!(
         "{} {}: {}",
         v["kind"].as_str().unwrap_or(""),

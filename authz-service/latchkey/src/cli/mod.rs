@@ -1,12 +1,16 @@
 //! The `latchkey` command line: what each command takes (clap) and where
 //! it runs. One file per command group: `serve`, `admin` (identities,
-//! users, connections, agents, keys: calls to the admin API, and the
-//! offline `identity put-shared`), `approval` (tool calls held for
-//! approval, over the same API), `policy` (`check` and `lint` against a
+//! users, connections, keys: calls to the admin API, and the offline
+//! `identity put-shared`), `agent` (disable, enable, and onboarding
+//! requests, over the same API), `approval` (tool calls held for
+//! approval, over the same API), `access` (`review`, from the config and
+//! Redis), `policy` (`check` and `lint` against a
 //! config file), `audit` (`query` and `tail` of the stream in Redis) and
 //! `envoy` (`render` and `istio`, the deployment config).
 
+mod access;
 mod admin;
+mod agent;
 mod approval;
 mod audit;
 mod envoy;
@@ -25,9 +29,9 @@ use latchkey_store::credentials::Credentials;
 use latchkey_store::redis_backend::Topology;
 use latchkey_store::store::Store;
 
-use self::admin::{
-    AdminArgs, AgentCommand, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand,
-};
+use self::access::AccessCommand;
+use self::admin::{AdminArgs, ConnectionCommand, IdentityCommand, KeysCommand, UserCommand};
+use self::agent::AgentCommand;
 use self::approval::ApprovalCommand;
 use self::audit::AuditCommand;
 use self::envoy::EnvoyCommand;
@@ -62,7 +66,7 @@ enum Command {
     /// Connections: which identity a user uses for each per-user server of a gateway.
     #[command(subcommand)]
     Connection(ConnectionCommand),
-    /// Agents: disable and enable.
+    /// Agents: disable and enable; onboard the ones nobody provisioned.
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Master keys.
@@ -82,6 +86,9 @@ enum Command {
     /// The audit trail: decisions and changes, read from Redis.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Access review: who may call what where, and what looks stale.
+    #[command(subcommand)]
+    Access(AccessCommand),
 }
 
 /// Runs one parsed command line to its end.
@@ -101,11 +108,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Identity(c) => block_on(admin::identity(&cli.admin, c))?,
         Command::User(c) => block_on(admin::user(&cli.admin, c))?,
         Command::Connection(c) => block_on(admin::connection(&cli.admin, c))?,
-        Command::Agent(c) => block_on(admin::agent(&cli.admin, c))?,
+        Command::Agent(c) => block_on(agent::run(&cli.admin, c))?,
         Command::Keys(c) => block_on(admin::keys(&cli.admin, c))?,
         Command::Approval(c) => block_on(approval::run(&cli.admin, c))?,
         Command::Whoami => block_on(admin::whoami(&cli.admin))?,
         Command::Audit(c) => audit::run(c, cli.admin.json),
+        Command::Access(c) => access::run(c, cli.admin.json),
         Command::Policy(c) => policy::run(c),
         Command::Envoy(c) => envoy::run(c),
     }

@@ -59,6 +59,13 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
     let grpc_security = ListenerSecurity::from_listen(&config.listen)?;
     let credentials = open_credentials(&config).await?;
     let replica_id = format!("{}-{}", std::process::id(), latchkey_core::hex::random(4));
+    // Agents onboarded by approval are compiled into the policy when the
+    // subscription starts (so before the replica is ready) and whenever
+    // one changes.
+    credentials.cache.on_change(
+        credentials.store.onboarded_agent_prefix(),
+        policy.onboarded_hook(credentials.store.clone(), config.clone()),
+    );
     // Invalidations first: readiness waits for the subscription, so no
     // Check is answered from a cache that could miss a change.
     tokio::spawn(
@@ -97,7 +104,19 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         config.audit.queue_events,
     );
     let providers = latchkey_check::oauth::Providers::from_config(&config)?;
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
+    let alerts = match &config.alerts {
+        Some(a) => {
+            let sender =
+                latchkey_check::alerts::AlertSender::start(a, replica_id.clone(), metrics.clone())?;
+            tracing::info!(
+                webhook_host = a.webhook_url.host_str().unwrap_or(""),
+                "refusals worth attention are also sent to the alert webhook"
+            );
+            Some(sender)
+        }
+        None => None,
+    };
     let refresher = latchkey_check::refresh::Refresher::new(
         providers.clone(),
         config.connect.as_ref(),
@@ -110,13 +129,17 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
         tool_annotations: Default::default(),
         refresher,
         announced: Default::default(),
+        alerts,
+        sightings: Some(latchkey_check::onboarding::SightingRecorder::start(
+            credentials.store.clone(),
+        )),
         config: Arc::new(config),
         routes: Arc::new(routes),
         verifier: Arc::new(verifier),
         credentials,
         policy,
         audit,
-        metrics: Arc::new(metrics),
+        metrics,
     });
     tokio::spawn(announce(state.clone(), replica_id.clone()));
 
