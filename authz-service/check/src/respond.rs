@@ -89,16 +89,8 @@ fn allow(a: &Allow) -> CheckResponse {
         "authorization".to_string(),
         latchkey_filter::stale::REJECTED_HEADER.to_string(),
     ];
-    // Nor does an ID token the caller sent to be exchanged.
-    if let Some(h) = a
-        .route
-        .server
-        .exchange
-        .as_ref()
-        .and_then(|x| x.subject_token_header.as_deref())
-    {
-        headers_to_remove.push(h.to_ascii_lowercase());
-    }
+    // Nor does an ID token the caller sent to be exchanged (on any route:
+    // `drop_request_headers`).
     if let Some(h) = &a.inject {
         headers_to_remove.retain(|r| *r != h.name);
         headers.push(header(
@@ -118,6 +110,28 @@ fn allow(a: &Allow) -> CheckResponse {
             ..Default::default()
         })),
         dynamic_metadata: Some(attribution(a)),
+    }
+}
+
+/// An allowed request goes upstream without the headers in `names` (the
+/// ID-token headers `[servers.exchange]` reads, on every route: a client
+/// configured to send its ID token sends it everywhere, and a server
+/// without exchange must not receive it either). A header the answer sets
+/// (the credential) is kept.
+pub fn drop_request_headers(response: &mut CheckResponse, names: &[&str]) {
+    let Some(check_response::HttpResponse::OkResponse(ok)) = response.http_response.as_mut() else {
+        return;
+    };
+    for name in names {
+        let name = name.to_ascii_lowercase();
+        let set_here = ok.headers.iter().any(|h| {
+            h.header
+                .as_ref()
+                .is_some_and(|h| h.key.eq_ignore_ascii_case(&name))
+        });
+        if !set_here && !ok.headers_to_remove.contains(&name) {
+            ok.headers_to_remove.push(name);
+        }
     }
 }
 

@@ -117,6 +117,7 @@ impl Authorization for CheckService {
         let decision = self.consent(&ctx, decision).await;
         self.record(event(&ctx, &decision, started));
         let mut response = respond::to_check_response(&decision);
+        respond::drop_request_headers(&mut response, &keep);
         respond::keep_latchkey_cookies_home(&mut response, ctx.cookie.as_deref());
         if let Some(framing) = self.hidden_framing(&ctx, &decision) {
             respond::frame_like_upstream(&mut response, &framing);

@@ -413,6 +413,23 @@ async fn token_exchange_gives_each_person_their_own_token_for_them_and_their_age
         names.iter().any(|n| n == "authorization") && !names.iter().any(|n| n == "x-id-token"),
         "the ID token stays at the gateway: {seen}"
     );
+    // Nor does it reach a server without exchange, which the client sends
+    // it to all the same; a header of no meaning to Latchkey does (the
+    // report lists the headers it got).
+    let plain = post_json(
+        &stack.url("whoami"),
+        Some(&access),
+        INITIALIZE,
+        &[("x-id-token", alices.as_str()), ("x-e2e-marker", "1")],
+    )
+    .await?;
+    ensure!(plain.status == 200, "{} {}", plain.status, plain.body);
+    let seen = stack.echo.seen().await?;
+    let names = seen["header_names"].as_array().context("header_names")?;
+    ensure!(
+        names.iter().any(|n| n == "x-e2e-marker") && !names.iter().any(|n| n == "x-id-token"),
+        "an ID token never goes upstream, on any route: {seen}"
+    );
 
     // The identity provider goes away: a person without an exchanged token
     // gets 503 saying so; alice's, still good, keeps serving her.
