@@ -178,14 +178,21 @@ impl PolicySource {
 
     /// Puts `agents` (every agent onboarded by approval) into the policy
     /// in force; a policy that does not compile with them is refused and
-    /// the one in force stays.
+    /// the one in force stays. Not a reload of the file: not counted as one.
     pub fn set_onboarded(
         &self,
         agents: Vec<OnboardedAgent>,
         running: &Config,
     ) -> Result<(), String> {
+        if agents.is_empty() && self.onboarded.load().is_empty() {
+            return Ok(());
+        }
         let previous = self.onboarded.swap(Arc::new(agents));
-        let outcome = self.reload(running);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = self.load(path, running);
         if outcome.is_err() {
             self.onboarded.store(previous);
         }
@@ -292,6 +299,39 @@ identity = "gh-sa"
             source.reload(&running).is_err(),
             "a missing file is refused"
         );
+        assert_eq!(source.reloads(), ReloadCounts { ok: 1, refused: 2 });
+        // Agents onboarded by approval are compiled in, not counted as
+        // reloads; a set that does not compile leaves the policy in force
+        // (with a [policy]: without one, grants are not added at all).
+        std::fs::write(&path, format!("{CONFIG}\n[policy]\n")).unwrap();
+        let onboarded = |grant: &str| latchkey_core::onboarding::OnboardedAgent {
+            name: "new-bot".into(),
+            source: "client_id".into(),
+            grants: vec![latchkey_core::onboarding::AgentGrant::parse(grant).unwrap()],
+            approved_by: "ops".into(),
+            approved_at: "t".into(),
+        };
+        assert!(!source.current().agents.is_provisioned("new-bot"));
+        source
+            .set_onboarded(vec![onboarded("g/gh")], &running)
+            .unwrap();
+        assert!(source.current().agents.is_provisioned("new-bot"));
+        let e = source
+            .set_onboarded(vec![onboarded("g/nope")], &running)
+            .unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+        assert!(source.current().agents.is_provisioned("new-bot"));
+        assert!(
+            source
+                .check_onboarding(&running, &onboarded("g/nope"))
+                .is_err()
+        );
+        assert!(
+            source
+                .check_onboarding(&running, &onboarded("g/gh"))
+                .is_ok()
+        );
+        std::fs::remove_file(&path).unwrap();
         assert_eq!(source.reloads(), ReloadCounts { ok: 1, refused: 2 });
         // A fixed policy has no file: nothing to reload, nothing counted.
         let fixed = PolicySource::fixed(Policy::compile(&running, CONFIG).unwrap());
