@@ -6,7 +6,9 @@
 //! stream) → `credentials` (what the request path and the admin API call).
 //! `propagation` waits until every replica applied a change. `audit_writer`
 //! queues audit events into the stream (and `otlp` exports them);
-//! `audit_read` reads the stream back for `latchkey audit`.
+//! `audit_read` reads the stream back for `latchkey audit`. `scim` keeps
+//! the Users and Groups an identity provider provisions over SCIM, and the
+//! people's status and groups they decide.
 
 pub mod approvals;
 pub mod audit_read;
@@ -16,4 +18,5 @@ pub mod credentials;
 pub mod otlp;
 pub mod propagation;
 pub mod redis_backend;
+pub mod scim;
 pub mod store;
