@@ -1,7 +1,8 @@
 //! The HTTP side of `latchkey serve`: RFC 9728 protected resource metadata for
 //! each gateway (so an MCP client without a token learns where to get one),
 //! liveness/readiness probes, Prometheus metrics (`/metrics`) and, with
-//! `[connect]`, the connect page (`connect`).
+//! `[connect]`, the connect page (`connect`); with `[scim]`, SCIM
+//! provisioning (`scim`).
 
 use std::sync::Arc;
 
@@ -16,7 +17,9 @@ use crate::shared::ControlState;
 use latchkey_core::config::Gateway;
 use latchkey_core::metrics::{self, Readings};
 
-pub fn router(state: Arc<ControlState>) -> Router {
+/// Fails when `[scim]` is configured without its token.
+pub fn router(state: Arc<ControlState>) -> Result<Router, crate::scim::ScimSetupError> {
+    let scim = crate::scim::router(state.clone())?;
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -26,7 +29,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
     } else {
         router
     };
-    router
+    Ok(router
         .route("/.well-known/oauth-protected-resource", get(metadata_root))
         .route(
             "/.well-known/oauth-protected-resource/{*resource}",
@@ -34,6 +37,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
         )
         .with_state(state.clone())
         .merge(crate::connect::router(state))
+        .merge(scim))
 }
 
 /// `[listen] metrics`: `/metrics` alone.

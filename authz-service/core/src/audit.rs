@@ -69,9 +69,11 @@ pub struct LifecycleEvent {
     pub event: &'static str,
     /// e.g. `identity.create`, `identity.disable`, `user.deactivate`, `keys.rotate`.
     pub action: String,
-    /// The subject of the token that asked for the change.
+    /// The subject of the token that asked for the change (`scim:<provider>`
+    /// for the identity provider over SCIM).
     pub actor: String,
-    /// `identity`, `user`, `agent`, `connection`, `keys`.
+    /// `identity`, `user`, `agent`, `connection`, `keys`, `approval`,
+    /// `scim_user`, `scim_group`.
     pub target_kind: &'static str,
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]

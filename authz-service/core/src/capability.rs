@@ -27,9 +27,13 @@ pub enum Capability {
     /// Approve or deny other people's tool calls held for approval (with
     /// the role the rule names).
     ApprovalsDecide,
+    /// Provision people and groups over SCIM (`/scim/v2`). Held only by
+    /// the `[scim]` bearer token, the identity provider's: a person's
+    /// token never carries it (see [`Capability::claimable`]).
+    ScimProvision,
 }
 
-const ALL: [(Capability, &str); 8] = [
+const ALL: [(Capability, &str); 9] = [
     (Capability::IdentitiesManage, "identities:manage"),
     (Capability::UsersManage, "users:manage"),
     (Capability::AgentsManage, "agents:manage"),
@@ -38,6 +42,7 @@ const ALL: [(Capability, &str); 8] = [
     (Capability::ServersManage, "servers:manage"),
     (Capability::GatewaysManage, "gateways:manage"),
     (Capability::ApprovalsDecide, "approvals:decide"),
+    (Capability::ScimProvision, "scim:provision"),
 ];
 
 impl Capability {
@@ -52,9 +57,20 @@ impl Capability {
             .unwrap_or("")
     }
 
+    /// Whether a token's claims (or `[admin.roles]`) can grant it. SCIM
+    /// provisioning is the identity provider's, through its own token:
+    /// an operator who could claim it could rewrite who is in which group.
+    pub fn claimable(self) -> bool {
+        self != Capability::ScimProvision
+    }
+
     /// Every capability name, for error messages.
     pub fn names() -> String {
-        ALL.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+        ALL.iter()
+            .filter(|(c, _)| c.claimable())
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -87,20 +103,26 @@ impl Capabilities {
     pub fn from_claims(claims: &Map<String, Value>, grants: &ClaimGrants<'_>) -> Self {
         let mut held = BTreeSet::new();
         for name in strings(claims.get(grants.capabilities_claim)) {
-            if let Some(c) = Capability::parse(name) {
+            if let Some(c) = Capability::parse(name).filter(|c| c.claimable()) {
                 held.insert(c);
             }
         }
         for claim in grants.role_claims {
             for role in strings(claims.get(claim)) {
                 for name in grants.roles.get(role).into_iter().flatten() {
-                    if let Some(c) = Capability::parse(name) {
+                    if let Some(c) = Capability::parse(name).filter(|c| c.claimable()) {
                         held.insert(c);
                     }
                 }
             }
         }
         Self(held)
+    }
+
+    /// Exactly `held`: what a credential other than a person's token
+    /// carries (the `[scim]` token: `scim:provision`).
+    pub fn only(held: &[Capability]) -> Self {
+        Self(held.iter().copied().collect())
     }
 
     pub fn has(&self, c: Capability) -> bool {
@@ -178,6 +200,16 @@ mod tests {
             &admin(),
         );
         assert_eq!(c, Capabilities::default());
+    }
+
+    #[test]
+    fn scim_provisioning_is_never_granted_by_a_token_s_claims() {
+        let c = Capabilities::from_claims(
+            &claims(json!({"latchkey_capabilities": ["scim:provision"]})),
+            &admin(),
+        );
+        assert!(!c.has(Capability::ScimProvision));
+        assert!(Capabilities::only(&[Capability::ScimProvision]).has(Capability::ScimProvision));
     }
 
     #[test]

@@ -334,6 +334,12 @@ pub struct PrincipalRecord {
     pub status: Status,
     pub updated_by: String,
     pub updated_at: String,
+    /// A person provisioned over SCIM: the display names of the SCIM
+    /// Groups they are in, which stand for their token's `groups`/`roles`
+    /// claims in policy (the IdP's SCIM calls are live, a token up to an
+    /// hour old). `None`: not provisioned over SCIM, the token's claims hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim_groups: Option<Vec<String>>,
 }
 
 /// A user's attachment to a gateway: the identity chosen for each per-user

@@ -14,7 +14,9 @@
 //!   approved (merged into the policy beside `[[agents]]`);
 //! * `audit`: the audit event schema and its bounds; `metrics`: the
 //!   registry every decision is counted in; `hex`: random ids and SHA-256
-//!   digests as hex.
+//!   digests as hex;
+//! * `scim`: SCIM 2.0 resources, list filters and PATCH, for provisioning
+//!   people and groups from an identity provider.
 //!
 //! Above it: `latchkey-store` (Redis) ← `latchkey-check` (the request path)
 //! ← `latchkey-control` (admin API, connect page, HTTP side) ← the
@@ -33,6 +35,7 @@ pub mod policy;
 pub mod principal;
 pub mod review;
 pub mod routing;
+pub mod scim;
 pub mod vault;
 
 /// Now, in Unix seconds: the clock conditions, step-up ages and expiries

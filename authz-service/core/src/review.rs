@@ -8,7 +8,8 @@
 //!
 //! Who "a person Latchkey knows" is: an identity's owner, someone with a
 //! connection, a deactivated (or reactivated) user, someone a grant names,
-//! or someone a replica let through. Roles come from the person's token at
+//! someone the identity provider provisioned over SCIM, or someone a
+//! replica let through. Roles come from the person's token at
 //! request time, so a grant by role is listed with the role it needs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -77,6 +78,8 @@ pub struct ReviewInput<'a> {
     pub identities: &'a [VaultRecord],
     pub connections: &'a [ConnectionRecord],
     pub principals: &'a [PrincipalRecord],
+    /// People the identity provider provisioned over SCIM (`userName`s).
+    pub provisioned_users: &'a BTreeSet<String>,
     pub last_used: &'a LastUsedTimes,
     pub now: i64,
     /// An identity or connection unused this long is stale.
@@ -231,6 +234,7 @@ impl ReviewInput<'_> {
             }
         }
         users.extend(self.last_used.names(Used::User).map(str::to_owned));
+        users.extend(self.provisioned_users.iter().cloned());
         users
     }
 
@@ -689,6 +693,7 @@ tools = { allow = ["search_code"] }
                 status: Status::Disabled,
                 updated_by: "ops".into(),
                 updated_at: rfc3339(NOW - DAY),
+                scim_groups: None,
             },
             PrincipalRecord {
                 id: "ci-bot".into(),
@@ -696,6 +701,7 @@ tools = { allow = ["search_code"] }
                 status: Status::Disabled,
                 updated_by: "ops".into(),
                 updated_at: rfc3339(NOW - DAY),
+                scim_groups: None,
             },
         ];
         let last_used = LastUsedTimes(
@@ -720,6 +726,7 @@ tools = { allow = ["search_code"] }
                 identities: &identities,
                 connections: &connections,
                 principals: &principals,
+                provisioned_users: &["erin".to_string()].into(),
                 last_used: &last_used,
                 now: NOW,
                 stale_after_days: 30,
@@ -803,15 +810,16 @@ tools = { allow = ["search_code"] }
                 ("user", "alice", "enabled"),
                 ("user", "carol", "disabled"),
                 ("user", "dave", "enabled"),
+                ("user", "erin", "enabled"),
                 ("agent", "ci-bot", "disabled"),
                 ("agent", "ghost-bot", "enabled"),
             ]
         );
-        let ghost = &r.principals[4];
+        let ghost = &r.principals[5];
         assert_eq!(ghost.source, Some("unprovisioned"));
-        assert_eq!(r.principals[3].source, Some("config"));
-        assert_eq!(r.principals[3].access[0].grants, ["bots"]);
-        assert_eq!(r.principals[3].access[0].tools, ["search_code"]);
+        assert_eq!(r.principals[4].source, Some("config"));
+        assert_eq!(r.principals[4].access[0].grants, ["bots"]);
+        assert_eq!(r.principals[4].access[0].tools, ["search_code"]);
         // A gateway filter keeps the principals, drops other gateways' rows.
         let none = run(&ReviewFilter {
             gateway: Some("other".into()),

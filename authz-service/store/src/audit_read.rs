@@ -102,13 +102,13 @@ fn same(wanted: &Option<String>, value: &Value) -> bool {
     wanted.as_deref().is_none_or(|w| value.as_str() == Some(w))
 }
 
-/// By the user, or about them: their user record, one of their
-/// connections (target `<gateway>/<user>`), an identity they own(ed).
+/// By the user, or about them: their user record or SCIM User, one of
+/// their connections (target `<gateway>/<user>`), an identity they own(ed).
 fn lifecycle_involves_user(event: &Value, user: &str) -> bool {
     let target = event["target"].as_str().unwrap_or_default();
     event["actor"] == user
         || match event["target_kind"].as_str() {
-            Some("user") => target == user,
+            Some("user" | "scim_user") => target == user,
             Some("connection") => target
                 .strip_suffix(user)
                 .is_some_and(|gateway| gateway.ends_with('/')),

@@ -212,6 +212,7 @@ mod tests {
             status,
             updated_by: "x".into(),
             updated_at: "t".into(),
+            scim_groups: None,
         })))
     }
 

@@ -38,5 +38,6 @@ mod policy;
 mod refresh;
 mod refresh_lock;
 mod resource_uris;
+mod scim;
 mod step_up;
 mod upstream_tls;

@@ -224,7 +224,7 @@ impl Decider<'_> {
         if let Some(deny) = headless_refusal(&route, &caller).filter(|_| route.combined.is_none()) {
             return attributed_to(&route, &caller, id, deny);
         }
-        if let Err(deny) = self.principals_enabled(&caller).await {
+        if let Err(deny) = self.principals_enabled(&mut caller).await {
             return attributed_to(&route, &caller, id, deny);
         }
         if route.combined.is_none() {
@@ -383,21 +383,29 @@ impl Decider<'_> {
 
     /// A deactivated user or a disabled agent is refused before anything
     /// else, on every gateway.
-    async fn principals_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+    /// For a person provisioned over SCIM, their SCIM groups also replace
+    /// the token's group claims as their roles (read with their status).
+    async fn principals_enabled(&self, caller: &mut Caller) -> Result<(), Deny> {
         self.user_enabled(caller).await?;
         self.agent_enabled(caller).await
     }
 
-    async fn user_enabled(&self, caller: &Caller) -> Result<(), Deny> {
+    async fn user_enabled(&self, caller: &mut Caller) -> Result<(), Deny> {
         if caller.headless {
             return Ok(());
         }
         let user = self
             .credentials
-            .principal_status(PrincipalKind::User, &caller.subject)
+            .principal(PrincipalKind::User, &caller.subject)
             .await
             .map_err(|e| unavailable(&e))?;
-        if user == Status::Disabled {
+        if let Some(groups) = user.as_ref().and_then(|u| u.scim_groups.as_ref()) {
+            // SCIM is live; the token's claims are as old as the token.
+            caller.roles = groups.clone();
+            caller.roles.sort();
+            caller.roles.dedup();
+        }
+        if user.is_some_and(|u| u.status == Status::Disabled) {
             return Err(forbidden(
                 "user_deactivated",
                 format!(

@@ -203,6 +203,8 @@ impl AdminService {
                         status,
                         updated_by: op.subject.clone(),
                         updated_at: now_rfc3339(),
+                        // A status change keeps what SCIM says of their groups.
+                        scim_groups: current.as_ref().and_then(|c| c.scim_groups.clone()),
                     };
                     Ok::<_, StoreError>(Mutation {
                         event: LifecycleEvent::new(

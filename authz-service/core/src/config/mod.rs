@@ -17,6 +17,7 @@ mod identity_provider;
 mod listen;
 mod policy;
 mod redis;
+mod scim;
 mod servers;
 mod vault;
 
@@ -29,6 +30,7 @@ pub use self::identity_provider::*;
 pub use self::listen::*;
 pub use self::policy::*;
 pub use self::redis::*;
+pub use self::scim::*;
 pub use self::servers::*;
 pub use self::vault::*;
 
@@ -74,6 +76,9 @@ pub struct Config {
     pub connect: Option<ConnectConfig>,
     /// A webhook for refusals worth a person's attention (`[alerts]`).
     pub alerts: Option<AlertsConfig>,
+    /// The SCIM 2.0 endpoint an identity provider provisions people and
+    /// groups through (`[scim]`). Absent: no `/scim/v2`.
+    pub scim: Option<ScimConfig>,
 }
 
 impl Config {
@@ -194,9 +199,18 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(problem) = self.scim.as_ref().and_then(ScimConfig::problem) {
+            return invalid(format!("[scim] {problem}"));
+        }
         for (role, caps) in &self.admin.roles {
             for cap in caps {
-                if crate::capability::Capability::parse(cap).is_none() {
+                let parsed = crate::capability::Capability::parse(cap);
+                if parsed.is_some_and(|c| !c.claimable()) {
+                    return invalid(format!(
+                        "[admin.roles] '{role}': '{cap}' is held only by the [scim] token, the identity provider's; no role can grant it"
+                    ));
+                }
+                if parsed.is_none() {
                     return invalid(format!(
                         "[admin.roles] '{role}': unknown capability '{cap}' (known: {})",
                         crate::capability::Capability::names()
@@ -525,6 +539,40 @@ scheme = "per_user"
         assert_eq!(c.admin.listen.port(), 9999);
         assert_eq!(c.admin.audience, "latchkey-admin");
         assert_eq!(c.redis.timeout_ms, 500);
+    }
+
+    #[test]
+    fn the_scim_section_names_its_token_and_provider_and_no_role_grants_provisioning() {
+        let with_scim = |section: &str| {
+            Config::parse(&SAMPLE.replace(
+                "[identity_provider]",
+                &format!("{section}\n\n[identity_provider]"),
+            ))
+        };
+        let ok =
+            with_scim("[scim]\ntoken_env = \"LATCHKEY_SCIM_TOKEN\"\nprovider = \"okta\"").unwrap();
+        let scim = ok.scim.unwrap();
+        assert_eq!(scim.actor(), "scim:okta");
+        assert_eq!((scim.max_users, scim.max_groups), (50_000, 5_000));
+        let err = with_scim("[scim]\ntoken_env = \"T\"\nprovider = \"okta inc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[scim] provider"), "{err}");
+        let err = with_scim("[scim]\ntoken_env = \"\"\nprovider = \"okta\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token_env"), "{err}");
+        let err = with_scim("[scim]\ntoken = \"inline\"\nprovider = \"okta\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field"),
+            "a token is never written in the file: {err}"
+        );
+        let err = with_scim("[admin.roles]\nidp = [\"scim:provision\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("held only by the [scim] token"), "{err}");
     }
 
     fn with_combined(combined: &str) -> Result<Config, ConfigError> {

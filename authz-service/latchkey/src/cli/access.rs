@@ -15,7 +15,9 @@ use latchkey_core::config::Config;
 use latchkey_core::identity::{ConnectionRecord, PrincipalKind, PrincipalRecord, VaultRecord};
 use latchkey_core::onboarding::merged_with;
 use latchkey_core::review::{self, Review, ReviewFilter, ReviewInput};
+use latchkey_core::scim::ResourceKind;
 use latchkey_store::redis_backend::Topology;
+use latchkey_store::scim::StoredResource;
 use latchkey_store::store::Store;
 
 #[derive(Subcommand, Debug)]
@@ -100,9 +102,31 @@ async fn read_and_review(
         .await?;
     let connection_keys = records(store.connections_index()).await?;
     let connections: Vec<ConnectionRecord> = store.get_many(&connection_keys).await?;
+    // People provisioned over SCIM: their status and groups are principal
+    // records SCIM writes, not in the admin API's index.
+    let scim_ids = records(store.scim_index(ResourceKind::User)).await?;
+    let scim_users: Vec<StoredResource> = store
+        .get_many(
+            &scim_ids
+                .iter()
+                .map(|i| store.scim_key(ResourceKind::User, i))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    let provisioned_users: BTreeSet<String> = scim_users
+        .iter()
+        .map(|u| u.text("userName").to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
     let mut principals: Vec<PrincipalRecord> = Vec::new();
     for kind in [PrincipalKind::User, PrincipalKind::Agent] {
-        let ids = records(store.principals_index(kind)).await?;
+        let mut ids: BTreeSet<String> = records(store.principals_index(kind))
+            .await?
+            .into_iter()
+            .collect();
+        if kind == PrincipalKind::User {
+            ids.extend(provisioned_users.iter().cloned());
+        }
         let keys: Vec<String> = ids.iter().map(|i| store.principal_key(kind, i)).collect();
         principals.extend(store.get_many::<PrincipalRecord>(&keys).await?);
     }
@@ -116,6 +140,7 @@ async fn read_and_review(
         identities: &identities,
         connections: &connections,
         principals: &principals,
+        provisioned_users: &provisioned_users,
         last_used: &last_used,
         now: latchkey_core::unix_now(),
         stale_after_days: stale_days,

@@ -188,7 +188,7 @@ async fn serve(config: Config, policy: Arc<PolicySource>) -> Result<()> {
                 .with_graceful_shutdown(shutdown_signal()),
         )
     });
-    let http = axum::serve(listener, http_listener::router(state))
+    let http = axum::serve(listener, http_listener::router(state)?)
         .with_graceful_shutdown(shutdown_signal());
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, replica = %replica_id, "latchkey serving");
     tokio::try_join!(
