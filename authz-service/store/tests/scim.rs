@@ -74,10 +74,9 @@ async fn two_replicas_racing_for_one_user_name_create_it_once() {
             1,
             "round {round}: {won:?}"
         );
-        let lost = if x.is_ok() {
-            y.unwrap_err()
-        } else {
-            x.unwrap_err()
+        let lost = match (x, y) {
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+            _ => unreachable!("exactly one won"),
         };
         assert_eq!(refused_as(lost), (409, Some(ScimType::Uniqueness)));
     }
