@@ -6,7 +6,8 @@
 //! write per agent per [`FLUSH_EVERY`] on each replica: sightings are
 //! coalesced in memory first. When the queue is full (Redis slow or gone)
 //! sightings are dropped: the calls are refused all the same, and the
-//! next sighting records the request.
+//! next sighting records the request. Ids and people longer than
+//! `MAX_AGENT_ID_LEN` are not stored.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,9 +40,17 @@ impl SightingRecorder {
     }
 
     /// Queues one refused call; never waits.
-    pub fn sighted(&self, sighting: Sighting) {
+    pub fn sighted(&self, mut sighting: Sighting) {
         if sighting.agent.len() > MAX_AGENT_ID_LEN {
             return;
+        }
+        // A subject no person's id is this long: counted, not named.
+        if sighting
+            .user
+            .as_ref()
+            .is_some_and(|u| u.len() > MAX_AGENT_ID_LEN)
+        {
+            sighting.user = None;
         }
         if self.queue.try_send(sighting).is_err() {
             tracing::debug!("agent sighting dropped: the onboarding queue is full");

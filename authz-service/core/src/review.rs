@@ -538,6 +538,14 @@ pub fn to_csv(review: &Review) -> String {
         "kind,name,status,last_used,gateway,assignment,server,scheme,grants,tools,tools_denied,identity,identity_status,identity_last_used,identity_refreshed\n",
     );
     let field = |s: &str| {
+        // Names come from tokens and the IdP: one a spreadsheet would read
+        // as a formula is written as text.
+        let s = if s.starts_with(['=', '+', '-', '@']) {
+            std::borrow::Cow::Owned(format!("'{s}"))
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        };
+        let s = s.as_ref();
         if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
@@ -897,6 +905,26 @@ tools = { allow = ["search_code"] }
                 .nth(1)
                 .unwrap()
                 .starts_with("user,\"o'neil, \"\"jr\"\"\",enabled,")
+        );
+        let formula = to_csv(&Review {
+            principals: vec![PrincipalReview {
+                kind: "user",
+                name: "=HYPERLINK(\"x\")".into(),
+                status: "enabled",
+                source: None,
+                last_used: None,
+                access: vec![],
+                identities: vec![],
+            }],
+            findings: vec![],
+        });
+        assert!(
+            formula
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("user,\"'=HYPERLINK(\"\"x\"\")\",enabled,"),
+            "{formula}"
         );
     }
 }
