@@ -39,16 +39,18 @@ const ATTEMPTS: usize = 8;
 /// KEYS[1] audit stream, KEYS[2] index set, KEYS[3..] records.
 /// ARGV[1] number of records n, ARGV[2] index change ('add', 'remove' or
 /// ''), ARGV[3] index member, ARGV[4] index bound, ARGV[5] stream max
-/// length, ARGV[6] invalidation channel; then per record its expected
-/// value ('' = absent), new value ('' = delete) and whether to publish it
-/// ('1'); then the events.
+/// length, ARGV[6] invalidation channel, ARGV[7] how a user's principal
+/// key starts; then per record its expected value ('' = absent), new value
+/// ('' = delete) and whether to publish it ('1'); then the events. The
+/// last key is the users' principals index: a person whose principal
+/// record SCIM writes is in it, as when the admin API writes one.
 /// Returns 1 applied, 0 a record changed since it was read, -1 the index
 /// is full.
 const COMMIT: &str = r#"
 local n = tonumber(ARGV[1])
 for i = 1, n do
   local current = redis.call('GET', KEYS[2 + i])
-  local expected = ARGV[4 + 3 * i]
+  local expected = ARGV[5 + 3 * i]
   if expected == '' then
     if current then return 0 end
   elseif current ~= expected then
@@ -60,16 +62,20 @@ if ARGV[2] == 'add' and redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 0
   return -1
 end
 for i = 1, n do
-  local new = ARGV[5 + 3 * i]
+  local new = ARGV[6 + 3 * i]
   if new == '' then redis.call('DEL', KEYS[2 + i]) else redis.call('SET', KEYS[2 + i], new) end
+  local key = KEYS[2 + i]
+  if new ~= '' and string.sub(key, 1, #ARGV[7]) == ARGV[7] then
+    redis.call('SADD', KEYS[3 + n], string.sub(key, #ARGV[7] + 1))
+  end
 end
 if ARGV[2] == 'add' then redis.call('SADD', KEYS[2], ARGV[3]) end
 if ARGV[2] == 'remove' then redis.call('SREM', KEYS[2], ARGV[3]) end
-for i = 7 + 3 * n, #ARGV do
+for i = 8 + 3 * n, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[i])
 end
 for i = 1, n do
-  if ARGV[6 + 3 * i] == '1' then redis.call('PUBLISH', ARGV[6], KEYS[2 + i]) end
+  if ARGV[7 + 3 * i] == '1' then redis.call('PUBLISH', ARGV[6], KEYS[2 + i]) end
 end
 return 1
 "#;
@@ -332,6 +338,7 @@ impl Provisioning {
         for w in &batch.writes {
             invocation.key(&w.key);
         }
+        invocation.key(self.store.principals_index(PrincipalKind::User));
         let (change, member) = match &batch.index {
             Some((IndexChange::Add, m)) => ("add", m.as_str()),
             Some((IndexChange::Remove, m)) => ("remove", m.as_str()),
@@ -347,7 +354,8 @@ impl Provisioning {
             .arg(member)
             .arg(bound)
             .arg(self.store.audit_max_len)
-            .arg(self.store.channel());
+            .arg(self.store.channel())
+            .arg(self.store.principal_key(PrincipalKind::User, ""));
         for w in &batch.writes {
             invocation
                 .arg(w.expected.as_deref().unwrap_or(""))

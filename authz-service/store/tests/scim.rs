@@ -98,6 +98,14 @@ async fn a_person_follows_their_user_and_their_groups() {
         (Status::Enabled, Some(vec![]))
     );
     assert_eq!(p.updated_by, "scim:test");
+    // Listed with the people the admin API changed (the access review).
+    assert_eq!(
+        store
+            .members(&store.principals_index(PrincipalKind::User))
+            .await
+            .unwrap(),
+        ["alice"]
+    );
 
     let (eng, _) = scim
         .create_group(group("Engineering", &[&alice.id]))

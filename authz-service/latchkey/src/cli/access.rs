@@ -102,8 +102,8 @@ async fn read_and_review(
         .await?;
     let connection_keys = records(store.connections_index()).await?;
     let connections: Vec<ConnectionRecord> = store.get_many(&connection_keys).await?;
-    // People provisioned over SCIM: their status and groups are principal
-    // records SCIM writes, not in the admin API's index.
+    // People provisioned over SCIM, including those with no principal
+    // record (active, in no group): known people, listed.
     let scim_ids = records(store.scim_index(ResourceKind::User)).await?;
     let scim_users: Vec<StoredResource> = store
         .get_many(
@@ -120,13 +120,7 @@ async fn read_and_review(
         .collect();
     let mut principals: Vec<PrincipalRecord> = Vec::new();
     for kind in [PrincipalKind::User, PrincipalKind::Agent] {
-        let mut ids: BTreeSet<String> = records(store.principals_index(kind))
-            .await?
-            .into_iter()
-            .collect();
-        if kind == PrincipalKind::User {
-            ids.extend(provisioned_users.iter().cloned());
-        }
+        let ids = records(store.principals_index(kind)).await?;
         let keys: Vec<String> = ids.iter().map(|i| store.principal_key(kind, i)).collect();
         principals.extend(store.get_many::<PrincipalRecord>(&keys).await?);
     }
